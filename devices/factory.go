@@ -1,0 +1,100 @@
+package devices
+
+import (
+	"bytes"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+)
+
+// ImportRow is one device of a factory batch, already validated by the caller.
+type ImportRow struct {
+	Serial    string
+	Model     string
+	TokenHash []byte // SHA-256 of the claim token
+}
+
+// Row outcomes reported by ImportBatch.
+const (
+	RowCreated  = "created"  // a new device record
+	RowExists   = "exists"   // the same serial, model and token hash were already registered
+	RowRejected = "rejected" // see Reason
+)
+
+// RowResult is the outcome of one ImportRow.
+type RowResult struct {
+	Serial   string    `json:"serial"`
+	Status   string    `json:"status"`
+	DeviceID uuid.UUID `json:"device_id,omitzero"`
+	Reason   string    `json:"reason,omitempty"`
+}
+
+// ImportBatch registers a factory batch in one transaction: every new row
+// becomes a device in state manufactured (or claimed, when the batch is
+// pre-assigned to a site), rows already registered identically are reported
+// as existing (so a re-import is idempotent), and rows that clash with an
+// existing registration are rejected with a reason. The batch record and its
+// audit event are written only when at least one device was created.
+func (s *Store) ImportBatch(batch Batch, rows []ImportRow, ev AuditEvent) (Batch, []RowResult, error) {
+	results := make([]RowResult, len(rows))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		state := StateManufactured
+		if batch.Site != "" {
+			if _, err := getSite(tx, batch.Site); err != nil {
+				return err
+			}
+			state = StateClaimed
+		}
+		now := time.Now().UTC()
+		created := 0
+		seen := make(map[string]int, len(rows))
+		for i, r := range rows {
+			res := &results[i]
+			res.Serial = r.Serial
+			if j, dup := seen[r.Serial]; dup {
+				res.Status, res.Reason = RowRejected, fmt.Sprintf("duplicate of row %d in this batch", j+1)
+				continue
+			}
+			seen[r.Serial] = i
+			if raw := tx.Bucket(bucketSerials).Get([]byte(r.Serial)); raw != nil {
+				d, err := getDevice(tx, uuid.UUID(raw))
+				if err != nil {
+					return err
+				}
+				res.DeviceID = d.ID
+				if d.Model == r.Model && bytes.Equal(d.TokenHash, r.TokenHash) {
+					res.Status = RowExists
+				} else {
+					res.Status, res.Reason = RowRejected, "serial already registered with a different model or claim token"
+				}
+				continue
+			}
+			d := Device{ID: uuid.New(), Serial: r.Serial, Model: r.Model, BatchID: batch.ID, Site: batch.Site,
+				State: state, TokenHash: r.TokenHash, CreatedAt: now, UpdatedAt: now, Rev: 1}
+			if err := putDevice(tx, nil, &d); err != nil {
+				return err
+			}
+			res.Status, res.DeviceID = RowCreated, d.ID
+			created++
+		}
+		batch.Count = created
+		if created == 0 {
+			return nil
+		}
+		batch.CreatedAt = now
+		if err := putJSON(tx.Bucket(bucketBatches), []byte(batch.ID), batch); err != nil {
+			return err
+		}
+		if ev.Detail == nil {
+			ev.Detail = map[string]string{}
+		}
+		ev.Detail["created"] = fmt.Sprint(created)
+		return appendAudit(tx, ev)
+	})
+	if err != nil {
+		return Batch{}, nil, err
+	}
+	return batch, results, nil
+}

@@ -1,0 +1,236 @@
+package devices
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Provisioning is one enrollment commit, prepared (and its certificate signed)
+// outside the transaction.
+type Provisioning struct {
+	DeviceID uuid.UUID
+	// Rev is the device revision the caller decided on; a different stored
+	// revision fails the commit with ErrConflict.
+	Rev uint64
+	Now time.Time
+	// Apply sets the new state, identity and config fields on the device. It may
+	// run more than once (bbolt batches retry), so it must only assign fields.
+	Apply func(d *Device)
+	Audit AuditEvent
+}
+
+// Provision commits an enrollment in one transaction: it re-checks the
+// device's revision, keeps its unexpired lease in the device's site or
+// allocates a new address from the site's pool, applies the caller's changes
+// and appends the audit event. Concurrent calls share fsyncs (bbolt Batch).
+func (s *Store) Provision(p Provisioning) (Device, error) {
+	var out Device
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		d, err := getDevice(tx, p.DeviceID)
+		if err != nil {
+			return err
+		}
+		if d.Rev != p.Rev {
+			return fmt.Errorf("provision %s: %w", d.Serial, ErrConflict)
+		}
+		old := d
+		site, err := getSite(tx, d.Site)
+		if err != nil {
+			return err
+		}
+		lease, err := acquireLease(tx, &site, &d, p.Now)
+		if err != nil {
+			return fmt.Errorf("lease for %s in site %q: %w", d.Serial, site.Name, err)
+		}
+		p.Apply(&d)
+		d.Lease = &lease
+		d.Rev++
+		d.UpdatedAt = p.Now
+		if err := putDevice(tx, &old, &d); err != nil {
+			return err
+		}
+		ev := p.Audit
+		ev.Time = p.Now
+		if err := appendAudit(tx, ev); err != nil {
+			return err
+		}
+		out = d
+		return nil
+	})
+	return out, err
+}
+
+// RenewLease extends the device's lease by its site's lease time; when the
+// lease has lapsed and its address was reclaimed, a new address is allocated.
+func (s *Store) RenewLease(id uuid.UUID, now time.Time, ev AuditEvent) (Device, error) {
+	var out Device
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		d, err := getDevice(tx, id)
+		if err != nil {
+			return err
+		}
+		if d.Site == "" {
+			return fmt.Errorf("renew lease of %s: %w", d.Serial, ErrNoLease)
+		}
+		old := d
+		site, err := getSite(tx, d.Site)
+		if err != nil {
+			return err
+		}
+		lease, err := acquireLease(tx, &site, &d, now)
+		if err != nil {
+			return fmt.Errorf("renew lease of %s: %w", d.Serial, err)
+		}
+		d.Lease = &lease
+		d.Rev++
+		d.UpdatedAt = now
+		if err := putDevice(tx, &old, &d); err != nil {
+			return err
+		}
+		ev.Time = now
+		if ev.Detail == nil {
+			ev.Detail = map[string]string{}
+		}
+		ev.Detail["address"] = lease.Addr.String()
+		ev.Detail["expires"] = lease.Expires.Format(time.RFC3339)
+		if err := appendAudit(tx, ev); err != nil {
+			return err
+		}
+		out = d
+		return nil
+	})
+	return out, err
+}
+
+// LeasesInUse counts a site's leases that have not expired at now.
+func (s *Store) LeasesInUse(site string, now time.Time) (n int, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		prefix := append([]byte(site), 0)
+		c := tx.Bucket(bucketLeases).Cursor()
+		for k, v := c.Seek(prefix); k != nil && len(k) == len(prefix)+4 && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
+			var l Lease
+			if err := jsonUnmarshal(v, &l); err != nil {
+				return err
+			}
+			if l.Expires.After(now) {
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
+func leaseKey(site string, a netip.Addr) []byte {
+	b := a.As4()
+	k := make([]byte, 0, len(site)+5)
+	k = append(k, site...)
+	k = append(k, 0)
+	return append(k, b[:]...)
+}
+
+// acquireLease extends d's current lease when it is still its own and in this
+// site's pool, and otherwise allocates the next free (or expired) address.
+func acquireLease(tx *bolt.Tx, site *Site, d *Device, now time.Time) (Lease, error) {
+	leases := tx.Bucket(bucketLeases)
+	expires := now.Add(site.LeaseTTL).UTC().Truncate(time.Second)
+	if d.Lease != nil && d.Lease.Site == site.Name && site.CIDR.Contains(d.Lease.Addr) {
+		var held Lease
+		ok, err := getJSON(leases, leaseKey(site.Name, d.Lease.Addr), &held)
+		if err != nil {
+			return Lease{}, err
+		}
+		if ok && held.DeviceID == d.ID {
+			held.Expires = expires
+			return held, putJSON(leases, leaseKey(site.Name, held.Addr), held)
+		}
+	}
+	if d.Lease != nil { // lease of another site or pool, or reclaimed: let it go
+		if err := releaseLease(tx, d); err != nil {
+			return Lease{}, err
+		}
+	}
+	pools := tx.Bucket(bucketPools)
+	base := binary.BigEndian.Uint32(site.CIDR.Addr().AsSlice())
+	hosts := uint32(1)<<(32-site.CIDR.Bits()) - 2 // without network and broadcast
+	var cursor uint32
+	if raw := pools.Get([]byte(site.Name)); len(raw) == 4 {
+		cursor = binary.BigEndian.Uint32(raw) % hosts
+	}
+	for i := range hosts {
+		off := (cursor + i) % hosts
+		var a4 [4]byte
+		binary.BigEndian.PutUint32(a4[:], base+1+off)
+		addr := netip.AddrFrom4(a4)
+		if addr == site.Gateway {
+			continue
+		}
+		key := leaseKey(site.Name, addr)
+		var held Lease
+		ok, err := getJSON(leases, key, &held)
+		if err != nil {
+			return Lease{}, err
+		}
+		if ok && held.Expires.After(now) {
+			continue
+		}
+		if ok { // expired: reclaim it from its former holder
+			if err := reclaim(tx, held, now); err != nil {
+				return Lease{}, err
+			}
+		}
+		l := Lease{Site: site.Name, Addr: addr, DeviceID: d.ID, Expires: expires}
+		if err := putJSON(leases, key, l); err != nil {
+			return Lease{}, err
+		}
+		var next [4]byte
+		binary.BigEndian.PutUint32(next[:], (off+1)%hosts)
+		return l, pools.Put([]byte(site.Name), next[:])
+	}
+	return Lease{}, ErrPoolExhausted
+}
+
+// releaseLease frees the address d holds, if the lease record is still d's.
+func releaseLease(tx *bolt.Tx, d *Device) error {
+	if d.Lease == nil {
+		return nil
+	}
+	key := leaseKey(d.Lease.Site, d.Lease.Addr)
+	var held Lease
+	ok, err := getJSON(tx.Bucket(bucketLeases), key, &held)
+	if err != nil {
+		return err
+	}
+	if ok && held.DeviceID == d.ID {
+		if err := tx.Bucket(bucketLeases).Delete(key); err != nil {
+			return err
+		}
+	}
+	d.Lease = nil
+	return nil
+}
+
+// reclaim takes an expired lease away from the device that held it.
+func reclaim(tx *bolt.Tx, held Lease, now time.Time) error {
+	prev, err := getDevice(tx, held.DeviceID)
+	if err != nil {
+		return err
+	}
+	if prev.Lease == nil || prev.Lease.Addr != held.Addr || prev.Lease.Site != held.Site {
+		return nil
+	}
+	old := prev
+	prev.Lease = nil
+	prev.Rev++
+	prev.UpdatedAt = now
+	if err := putDevice(tx, &old, &prev); err != nil {
+		return err
+	}
+	return appendAudit(tx, AuditEvent{Time: now, Actor: "system", Action: "lease.expire",
+		Target: prev.Serial, Detail: map[string]string{"site": held.Site, "address": held.Addr.String()}})
+}

@@ -1,0 +1,287 @@
+package devices
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+var (
+	bucketDevices = []byte("devices")
+	bucketSerials = []byte("serials")
+	bucketBySite  = []byte("bysite")
+	bucketSites   = []byte("sites")
+	bucketLeases  = []byte("leases")
+	bucketPools   = []byte("pools")
+	bucketBatches = []byte("batches")
+	bucketTokens  = []byte("tokens")
+	bucketAudit   = []byte("audit")
+	allBuckets    = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
+		bucketPools, bucketBatches, bucketTokens, bucketAudit}
+)
+
+// Options tune how the store file is opened.
+type Options struct {
+	// LockTimeout bounds the wait for the file lock; another process holding it
+	// makes Open fail with ErrLocked. Default 1s.
+	LockTimeout time.Duration
+	// MaxBatchDelay is how long enrollment commits wait to share one fsync. Default 2ms.
+	MaxBatchDelay time.Duration
+}
+
+// Store is the bbolt-backed inventory. It is safe for concurrent use.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens or creates the inventory file at path (its directory is created 0700).
+func Open(path string, opts Options) (*Store, error) {
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = time.Second
+	}
+	if opts.MaxBatchDelay == 0 {
+		opts.MaxBatchDelay = 2 * time.Millisecond
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create store directory: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	db.MaxBatchDelay = opts.MaxBatchDelay
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("initialise store: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the file. It is safe to call more than once.
+func (s *Store) Close() error {
+	return s.db.Close()
+}
+
+// Check runs bbolt's consistency check and returns the first problem found.
+func (s *Store) Check() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return fmt.Errorf("check store: %w", err)
+		}
+		return nil
+	})
+}
+
+func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
+	raw := b.Get(key)
+	if raw == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil { // Unmarshal copies: nothing points into the mmap
+		return true, fmt.Errorf("decode record %q: %w", key, err)
+	}
+	return true, nil
+}
+
+func putJSON(b *bolt.Bucket, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", key, err)
+	}
+	return b.Put(key, raw)
+}
+
+func appendAudit(tx *bolt.Tx, ev AuditEvent) error {
+	b := tx.Bucket(bucketAudit)
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	ev.Seq = seq
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	return putJSON(b, u64(seq), ev)
+}
+
+func u64(v uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], v)
+	return k[:]
+}
+
+func siteDeviceKey(site string, id uuid.UUID) []byte {
+	k := make([]byte, 0, len(site)+1+16)
+	k = append(k, site...)
+	k = append(k, 0)
+	return append(k, id[:]...)
+}
+
+func putDevice(tx *bolt.Tx, old *Device, d *Device) error {
+	if old != nil && old.Site != d.Site && old.Site != "" {
+		if err := tx.Bucket(bucketBySite).Delete(siteDeviceKey(old.Site, d.ID)); err != nil {
+			return err
+		}
+	}
+	if d.Site != "" {
+		if err := tx.Bucket(bucketBySite).Put(siteDeviceKey(d.Site, d.ID), nil); err != nil {
+			return err
+		}
+	}
+	if old == nil {
+		if err := tx.Bucket(bucketSerials).Put([]byte(d.Serial), d.ID[:]); err != nil {
+			return err
+		}
+	}
+	return putJSON(tx.Bucket(bucketDevices), d.ID[:], d)
+}
+
+func getDevice(tx *bolt.Tx, id uuid.UUID) (Device, error) {
+	var d Device
+	ok, err := getJSON(tx.Bucket(bucketDevices), id[:], &d)
+	if err != nil {
+		return d, err
+	}
+	if !ok {
+		return d, fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	return d, nil
+}
+
+// Device returns the device with the given ID.
+func (s *Store) Device(id uuid.UUID) (Device, error) {
+	var d Device
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		d, err = getDevice(tx, id)
+		return err
+	})
+	return d, err
+}
+
+// DeviceBySerial returns the device with the given serial.
+func (s *Store) DeviceBySerial(serial string) (Device, error) {
+	var d Device
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketSerials).Get([]byte(serial))
+		if len(raw) != 16 {
+			return fmt.Errorf("serial %q: %w", serial, ErrNotFound)
+		}
+		var err error
+		d, err = getDevice(tx, uuid.UUID(raw))
+		return err
+	})
+	return d, err
+}
+
+// Filter selects devices in Devices.
+type Filter struct {
+	Site  string
+	State State
+	After uuid.UUID // cursor: list devices whose ID sorts after this one
+	Limit int       // default 100, at most 1000
+}
+
+// Devices lists devices in ID order. next is the cursor for the following page,
+// uuid.Nil when there is none.
+func (s *Store) Devices(f Filter) (list []Device, next uuid.UUID, err error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	f.Limit = min(f.Limit, 1000)
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDevices).Cursor()
+		k, v := c.First()
+		if f.After != uuid.Nil {
+			k, v = c.Seek(f.After[:])
+			if bytes.Equal(k, f.After[:]) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil; k, v = c.Next() {
+			var d Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("decode device %x: %w", k, err)
+			}
+			if (f.Site != "" && d.Site != f.Site) || (f.State != "" && d.State != f.State) {
+				continue
+			}
+			if len(list) == f.Limit {
+				next = list[len(list)-1].ID
+				return nil
+			}
+			list = append(list, d)
+		}
+		return nil
+	})
+	return list, next, err
+}
+
+// Audit returns up to limit audit events with a sequence number above after.
+func (s *Store) Audit(after uint64, limit int) ([]AuditEvent, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	var out []AuditEvent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		for k, v := c.Seek(u64(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			var ev AuditEvent
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return fmt.Errorf("decode audit event %x: %w", k, err)
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PutToken stores an API token under the hash of its secret.
+func (s *Store) PutToken(hash []byte, t Token, ev AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := putJSON(tx.Bucket(bucketTokens), hash, t); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
+	})
+}
+
+// TokenByHash returns the token stored under hash.
+func (s *Store) TokenByHash(hash []byte) (Token, error) {
+	var t Token
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ok, err := getJSON(tx.Bucket(bucketTokens), hash, &t)
+		if err == nil && !ok {
+			err = fmt.Errorf("token: %w", ErrNotFound)
+		}
+		return err
+	})
+	return t, err
+}
+
+func jsonUnmarshal(raw []byte, v any) error {
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("decode record: %w", err)
+	}
+	return nil
+}

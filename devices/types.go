@@ -1,0 +1,192 @@
+package devices
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// State is a device's lifecycle state.
+type State string
+
+// Lifecycle states, in the order a device normally moves through them.
+const (
+	StateManufactured State = "manufactured" // imported from a factory manifest, no site
+	StateClaimed      State = "claimed"      // bound to a site, not yet enrolled
+	StateProvisioned  State = "provisioned"  // certificate, config and lease issued
+	StateActive       State = "active"       // device reported it applied its config
+	StateRevoked      State = "revoked"      // certificate revoked, every attempt refused
+)
+
+// Device is one inventory record.
+type Device struct {
+	ID              uuid.UUID `json:"id"`
+	Serial          string    `json:"serial"`
+	Model           string    `json:"model"`
+	BatchID         string    `json:"batch_id,omitempty"`
+	Site            string    `json:"site,omitempty"`
+	State           State     `json:"state"`
+	TokenHash       []byte    `json:"token_hash"` // SHA-256 of the claim token; never the token
+	FirmwareVersion string    `json:"firmware_version,omitempty"`
+	MAC             string    `json:"mac,omitempty"`
+	// Issued identity: the current certificate and the key it certifies.
+	CertSerial    string    `json:"cert_serial,omitempty"` // hex
+	CertDER       []byte    `json:"cert_der,omitempty"`
+	PublicKeyHash []byte    `json:"public_key_hash,omitempty"` // SHA-256 of SubjectPublicKeyInfo
+	CertNotAfter  time.Time `json:"cert_not_after,omitzero"`
+	Lease         *Lease    `json:"lease,omitempty"`
+	ConfigVersion uint64    `json:"config_version,omitempty"`
+	ProvisionedAt time.Time `json:"provisioned_at,omitzero"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+	// Rev increases with every write; Provision uses it to detect concurrent change.
+	Rev uint64 `json:"rev"`
+}
+
+// Lease is an IPv4 address held by a device until Expires.
+type Lease struct {
+	Site     string     `json:"site"`
+	Addr     netip.Addr `json:"addr"`
+	DeviceID uuid.UUID  `json:"device_id"`
+	Expires  time.Time  `json:"expires"`
+}
+
+// Security is a Wi-Fi security mode.
+type Security string
+
+// Supported Wi-Fi security modes.
+const (
+	SecurityWPA2PSK Security = "wpa2-psk"
+	SecurityWPA3SAE Security = "wpa3-sae"
+)
+
+// Site is a place devices are installed: its Wi-Fi and network profile and its
+// IPv4 address pool.
+type Site struct {
+	Name       string        `json:"name"`
+	SSID       string        `json:"ssid"`
+	Security   Security      `json:"security"`
+	Passphrase string        `json:"passphrase"`
+	CIDR       netip.Prefix  `json:"cidr"`
+	Gateway    netip.Addr    `json:"gateway"`
+	DNS        []netip.Addr  `json:"dns,omitempty"`
+	NTP        []string      `json:"ntp,omitempty"`
+	LeaseTTL   time.Duration `json:"lease_ttl"`
+	Version    uint64        `json:"version"`
+	CreatedAt  time.Time     `json:"created_at"`
+	UpdatedAt  time.Time     `json:"updated_at"`
+}
+
+// Batch is a set of devices registered together from a factory run.
+type Batch struct {
+	ID        string    `json:"id"`
+	Model     string    `json:"model,omitempty"`
+	Site      string    `json:"site,omitempty"`
+	Source    string    `json:"source"` // "mint" or the imported file's name
+	Count     int       `json:"count"`
+	CreatedBy string    `json:"created_by"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Role is what an API token may do.
+type Role string
+
+// Token roles. Only admin is issued until role management lands.
+const (
+	RoleAdmin     Role = "admin"
+	RoleOperator  Role = "operator"
+	RoleInstaller Role = "installer"
+	RoleViewer    Role = "viewer"
+)
+
+// Token is an API bearer token, stored under the SHA-256 of its secret.
+type Token struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Role      Role      `json:"role"`
+	Sites     []string  `json:"sites,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// AuditEvent records one change: who did what to which target, when and from where.
+type AuditEvent struct {
+	Seq    uint64            `json:"seq"`
+	Time   time.Time         `json:"time"`
+	Actor  string            `json:"actor"`  // "device:<serial>", "token:<id>", "system"
+	Action string            `json:"action"` // e.g. "site.create", "device.enroll"
+	Target string            `json:"target"` // what it acted on
+	Source string            `json:"source,omitempty"`
+	Detail map[string]string `json:"detail,omitempty"`
+}
+
+var (
+	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	serialRE = nameRE
+)
+
+// ValidName reports whether s can name a site or a model: 1-64 characters of
+// letters, digits, '.', '_' and '-', starting with a letter or digit. Such
+// names are safe as file names and URL path segments.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// ValidSerial reports whether s is an acceptable device serial (same rule as ValidName).
+func ValidSerial(s string) bool { return serialRE.MatchString(s) }
+
+// Validate checks a site profile and fills defaults; errors name the field.
+func (s *Site) Validate() error {
+	switch {
+	case !ValidName(s.Name):
+		return fmt.Errorf("%w: name: must be 1-64 of [A-Za-z0-9._-], starting alphanumeric", ErrInvalid)
+	case s.SSID == "" || len(s.SSID) > 32:
+		return fmt.Errorf("%w: ssid: must be 1-32 bytes", ErrInvalid)
+	case s.Security != SecurityWPA2PSK && s.Security != SecurityWPA3SAE:
+		return fmt.Errorf("%w: security: must be %q or %q", ErrInvalid, SecurityWPA2PSK, SecurityWPA3SAE)
+	case len(s.Passphrase) < 8 || len(s.Passphrase) > 63:
+		return fmt.Errorf("%w: passphrase: must be 8-63 characters", ErrInvalid)
+	case !s.CIDR.IsValid() || !s.CIDR.Addr().Is4():
+		return fmt.Errorf("%w: cidr: must be an IPv4 prefix such as 10.20.0.0/24", ErrInvalid)
+	case s.CIDR.Bits() < 8 || s.CIDR.Bits() > 30:
+		return fmt.Errorf("%w: cidr: prefix length must be between /8 and /30", ErrInvalid)
+	case s.CIDR.Masked() != s.CIDR:
+		return fmt.Errorf("%w: cidr: %s has host bits set (did you mean %s?)", ErrInvalid, s.CIDR, s.CIDR.Masked())
+	}
+	if !s.Gateway.IsValid() {
+		s.Gateway = s.CIDR.Addr().Next() // first host by convention
+	}
+	if !s.CIDR.Contains(s.Gateway) || s.Gateway == s.CIDR.Addr() || s.Gateway == lastAddr(s.CIDR) {
+		return fmt.Errorf("%w: gateway: %s is not a host address of %s", ErrInvalid, s.Gateway, s.CIDR)
+	}
+	for _, d := range s.DNS {
+		if !d.IsValid() {
+			return fmt.Errorf("%w: dns: invalid address", ErrInvalid)
+		}
+	}
+	for _, n := range s.NTP {
+		if n == "" || len(n) > 253 {
+			return fmt.Errorf("%w: ntp: server names must be 1-253 characters", ErrInvalid)
+		}
+	}
+	if s.LeaseTTL == 0 {
+		s.LeaseTTL = 24 * time.Hour
+	}
+	if s.LeaseTTL < time.Minute || s.LeaseTTL > 365*24*time.Hour {
+		return fmt.Errorf("%w: lease: must be between 1m and 8760h", ErrInvalid)
+	}
+	return nil
+}
+
+// PoolSize is the number of addresses a site can lease: the prefix less the
+// network, broadcast and gateway addresses.
+func (s *Site) PoolSize() int {
+	return 1<<(32-s.CIDR.Bits()) - 3
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Addr().As4()
+	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	n |= 1<<(32-p.Bits()) - 1
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+}

@@ -1,0 +1,267 @@
+package enroll
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+)
+
+// Registry is the part of the inventory that fleet operations change.
+type Registry interface {
+	CreateSite(site devices.Site, ev devices.AuditEvent) (devices.Site, error)
+	UpdateSite(name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, error)
+	DeleteSite(name string, ev devices.AuditEvent) error
+	ImportBatch(b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent) (devices.Batch, []devices.RowResult, error)
+}
+
+// Fleet runs the operator's changes to sites and factory batches, each
+// validated and audited.
+type Fleet struct {
+	reg Registry
+	log *slog.Logger
+}
+
+// NewFleet returns a Fleet over reg.
+func NewFleet(reg Registry, log *slog.Logger) *Fleet { return &Fleet{reg: reg, log: log} }
+
+// Actor is who asks for a change and from where (audit).
+type Actor struct {
+	Name   string // "token:<id>"
+	Source string
+}
+
+func (a Actor) event(action, target string, detail map[string]string) devices.AuditEvent {
+	return devices.AuditEvent{Actor: a.Name, Action: action, Target: target, Source: a.Source, Detail: detail}
+}
+
+// CreateSite validates and stores a new site.
+func (f *Fleet) CreateSite(a Actor, s devices.Site) (devices.Site, error) {
+	out, err := f.reg.CreateSite(s, a.event("site.create", s.Name, map[string]string{"cidr": s.CIDR.String(), "ssid": s.SSID}))
+	if err == nil {
+		f.log.Info("site created", "site", s.Name, "actor", a.Name)
+	}
+	return out, err
+}
+
+// UpdateSite changes a site; fn edits a copy of the stored profile.
+func (f *Fleet) UpdateSite(a Actor, name string, fn func(*devices.Site) error) (devices.Site, error) {
+	out, err := f.reg.UpdateSite(name, fn, a.event("site.update", name, nil))
+	if err == nil {
+		f.log.Info("site updated", "site", name, "version", out.Version, "actor", a.Name)
+	}
+	return out, err
+}
+
+// DeleteSite removes a site that no device uses.
+func (f *Fleet) DeleteSite(a Actor, name string) error {
+	err := f.reg.DeleteSite(name, a.event("site.delete", name, nil))
+	if err == nil {
+		f.log.Info("site deleted", "site", name, "actor", a.Name)
+	}
+	return err
+}
+
+// ManifestRow is one line of a factory manifest: a serial, a model, and the
+// claim token or its hash (exactly one of the two).
+type ManifestRow struct {
+	Serial         string `json:"serial"`
+	Model          string `json:"model,omitempty"`
+	ClaimToken     string `json:"claim_token,omitempty"`
+	ClaimTokenHash string `json:"claim_token_hash,omitempty"`
+}
+
+// BatchSpec describes a batch as a whole.
+type BatchSpec struct {
+	Model  string // default for rows without one
+	Site   string // pre-assign every device to this site (state claimed)
+	Source string // "mint" or a manifest file name
+}
+
+// MaxBatchRows bounds one import request.
+const MaxBatchRows = 100_000
+
+// ImportBatch validates every row, registers the good ones in one
+// transaction and reports each row's outcome in order: created, exists
+// (re-import, idempotent) or rejected with the reason.
+func (f *Fleet) ImportBatch(a Actor, spec BatchSpec, rows []ManifestRow) (devices.Batch, []devices.RowResult, error) {
+	switch {
+	case len(rows) == 0:
+		return devices.Batch{}, nil, fmt.Errorf("%w: rows: empty batch", ErrInvalid)
+	case len(rows) > MaxBatchRows:
+		return devices.Batch{}, nil, fmt.Errorf("%w: rows: more than %d in one batch", ErrInvalid, MaxBatchRows)
+	case spec.Model != "" && !devices.ValidName(spec.Model):
+		return devices.Batch{}, nil, fmt.Errorf("%w: model: must be 1-64 of [A-Za-z0-9._-]", ErrInvalid)
+	case spec.Site != "" && !devices.ValidName(spec.Site):
+		return devices.Batch{}, nil, fmt.Errorf("%w: site: invalid name", ErrInvalid)
+	}
+	results := make([]devices.RowResult, len(rows))
+	var good []devices.ImportRow
+	var goodIdx []int
+	for i, r := range rows {
+		row, err := checkRow(r, spec.Model)
+		if err != nil {
+			results[i] = devices.RowResult{Serial: r.Serial, Status: devices.RowRejected, Reason: err.Error()}
+			continue
+		}
+		good = append(good, row)
+		goodIdx = append(goodIdx, i)
+	}
+	batch := devices.Batch{ID: uuid.NewString(), Model: spec.Model, Site: spec.Site, Source: spec.Source, CreatedBy: a.Name}
+	if len(good) > 0 {
+		b, res, err := f.reg.ImportBatch(batch, good, a.event("batch.import", batch.ID,
+			map[string]string{"source": spec.Source, "model": spec.Model, "site": spec.Site}))
+		if err != nil {
+			return devices.Batch{}, nil, err
+		}
+		batch = b
+		for j, r := range res {
+			results[goodIdx[j]] = r
+		}
+	}
+	f.log.Info("batch imported", "batch", batch.ID, "created", batch.Count, "rows", len(rows), "actor", a.Name)
+	return batch, results, nil
+}
+
+func checkRow(r ManifestRow, defModel string) (devices.ImportRow, error) {
+	model := r.Model
+	if model == "" {
+		model = defModel
+	}
+	switch {
+	case !devices.ValidSerial(r.Serial):
+		return devices.ImportRow{}, errors.New("serial: must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+	case !devices.ValidName(model):
+		return devices.ImportRow{}, errors.New("model: missing or invalid")
+	case (r.ClaimToken == "") == (r.ClaimTokenHash == ""):
+		return devices.ImportRow{}, errors.New("give exactly one of claim_token and claim_token_hash")
+	}
+	var hash []byte
+	if r.ClaimToken != "" {
+		if err := CheckToken(r.ClaimToken); err != nil {
+			return devices.ImportRow{}, errors.New(strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
+		}
+		hash = HashToken(r.ClaimToken)
+	} else {
+		h, err := ParseTokenHash(r.ClaimTokenHash)
+		if err != nil {
+			return devices.ImportRow{}, errors.New(strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
+		}
+		hash = h
+	}
+	return devices.ImportRow{Serial: r.Serial, Model: model, TokenHash: hash}, nil
+}
+
+// ParseManifest reads a factory manifest: JSON lines (one ManifestRow object
+// per line) or CSV with a header naming the columns serial, model and
+// claim_token or claim_token_hash. Blank lines are skipped. It fails on a
+// structural error (bad JSON, wrong column count, unknown columns), naming
+// the line; row content is checked by ImportBatch.
+func ParseManifest(r io.Reader) ([]ManifestRow, error) {
+	br := bufio.NewReader(r)
+	first, err := peekNonSpace(br)
+	if err != nil {
+		return nil, err
+	}
+	if first == '{' {
+		return parseJSONLines(br)
+	}
+	return parseCSV(br)
+}
+
+func peekNonSpace(br *bufio.Reader) (byte, error) {
+	for {
+		b, err := br.ReadByte()
+		if err == io.EOF {
+			return 0, fmt.Errorf("%w: manifest is empty", ErrInvalid)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read manifest: %w", err)
+		}
+		if b != ' ' && b != '\t' && b != '\r' && b != '\n' && b != 0xEF && b != 0xBB && b != 0xBF { // BOM too
+			return b, br.UnreadByte()
+		}
+	}
+}
+
+func parseJSONLines(r io.Reader) ([]ManifestRow, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64*1024)
+	var rows []ManifestRow
+	for line := 1; sc.Scan(); line++ {
+		text := bytes.TrimSpace(sc.Bytes())
+		if len(text) == 0 {
+			continue
+		}
+		dec := json.NewDecoder(bytes.NewReader(text))
+		dec.DisallowUnknownFields()
+		var row ManifestRow
+		if err := dec.Decode(&row); err != nil {
+			return nil, fmt.Errorf("%w: manifest line %d: %w", ErrInvalid, line, err)
+		}
+		if len(rows) == MaxBatchRows {
+			return nil, fmt.Errorf("%w: manifest has more than %d rows", ErrInvalid, MaxBatchRows)
+		}
+		rows = append(rows, row)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%w: manifest: %w", ErrInvalid, err)
+	}
+	return rows, nil
+}
+
+func parseCSV(r io.Reader) ([]ManifestRow, error) {
+	cr := csv.NewReader(r)
+	cr.TrimLeadingSpace = true
+	header, err := cr.Read()
+	if err != nil {
+		return nil, fmt.Errorf("%w: manifest header: %w", ErrInvalid, err)
+	}
+	col := map[string]int{}
+	for i, h := range header {
+		h = strings.ToLower(strings.TrimSpace(h))
+		switch h {
+		case "serial", "model", "claim_token", "claim_token_hash":
+		default:
+			return nil, fmt.Errorf("%w: manifest header: unknown column %q (want serial, model, claim_token or claim_token_hash)", ErrInvalid, h)
+		}
+		if _, dup := col[h]; dup {
+			return nil, fmt.Errorf("%w: manifest header: column %q twice", ErrInvalid, h)
+		}
+		col[h] = i
+	}
+	if _, ok := col["serial"]; !ok {
+		return nil, fmt.Errorf("%w: manifest header: no serial column", ErrInvalid)
+	}
+	get := func(rec []string, name string) string {
+		if i, ok := col[name]; ok {
+			return strings.TrimSpace(rec[i])
+		}
+		return ""
+	}
+	var rows []ManifestRow
+	for {
+		rec, err := cr.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: manifest: %w", ErrInvalid, err)
+		}
+		if len(rows) == MaxBatchRows {
+			return nil, fmt.Errorf("%w: manifest has more than %d rows", ErrInvalid, MaxBatchRows)
+		}
+		rows = append(rows, ManifestRow{Serial: get(rec, "serial"), Model: get(rec, "model"),
+			ClaimToken: get(rec, "claim_token"), ClaimTokenHash: get(rec, "claim_token_hash")})
+	}
+	return rows, nil
+}

@@ -1,0 +1,414 @@
+package enroll
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/pki"
+)
+
+// Store is the part of the inventory that enrollment needs.
+type Store interface {
+	DeviceBySerial(serial string) (devices.Device, error)
+	Device(id uuid.UUID) (devices.Device, error)
+	Site(name string) (devices.Site, error)
+	Provision(p devices.Provisioning) (devices.Device, error)
+	RenewLease(id uuid.UUID, now time.Time, ev devices.AuditEvent) (devices.Device, error)
+}
+
+// Signer issues device certificates.
+type Signer interface {
+	IssueDevice(csr *x509.CertificateRequest, id pki.DeviceIdentity) (*x509.Certificate, error)
+	Intermediate() *x509.Certificate
+	Root() *x509.Certificate
+}
+
+// Clock tells the time; tests replace it.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Config tunes enrollment policy. Zero values take the defaults in setDefaults.
+type Config struct {
+	RetryWindow      time.Duration // same serial + same key within this gets the same answer; default 10m
+	NotClaimedRetry  time.Duration // Max-Age for an unclaimed device; default 5m
+	PoolRetry        time.Duration // Max-Age when the pool is exhausted; default 10m
+	MaxFailures      int           // failed attempts per serial or source before throttling; default 5
+	FailureWindow    time.Duration // failures older than this are forgotten; default 10m
+	ThrottleBase     time.Duration // first block; doubles per further failure; default 30s
+	ThrottleMax      time.Duration // longest block; default 1h
+	AllowP384        bool          // certify ECDSA P-384 keys too
+	AllowEd25519     bool          // certify Ed25519 keys too
+	MaxCSRBytes      int           // default 2048
+	MaxFieldBytes    int           // model, firmware_version; default 64
+	ThrottleBySource bool          // count failures per source address as well as per serial
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.RetryWindow, 10*time.Minute)
+	def(&c.NotClaimedRetry, 5*time.Minute)
+	def(&c.PoolRetry, 10*time.Minute)
+	def(&c.FailureWindow, 10*time.Minute)
+	def(&c.ThrottleBase, 30*time.Second)
+	def(&c.ThrottleMax, time.Hour)
+	if c.MaxFailures == 0 {
+		c.MaxFailures = 5
+	}
+	if c.MaxCSRBytes == 0 {
+		c.MaxCSRBytes = 2048
+	}
+	if c.MaxFieldBytes == 0 {
+		c.MaxFieldBytes = 64
+	}
+}
+
+// Service runs enrollment, whatever the transport.
+type Service struct {
+	cfg      Config
+	store    Store
+	signer   Signer
+	clock    Clock
+	log      *slog.Logger
+	bySerial *throttle
+	bySource *throttle
+}
+
+// New returns a Service. clock may be nil for the system clock.
+func New(cfg Config, store Store, signer Signer, clock Clock, log *slog.Logger) *Service {
+	cfg.setDefaults()
+	if clock == nil {
+		clock = systemClock{}
+	}
+	return &Service{
+		cfg: cfg, store: store, signer: signer, clock: clock, log: log,
+		bySerial: newThrottle(cfg.MaxFailures, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax),
+		// A source (a NAT, a factory line) may front many devices: allow it more.
+		bySource: newThrottle(cfg.MaxFailures*4, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax),
+	}
+}
+
+// Request is an enrollment request, decoded from any transport.
+type Request struct {
+	Serial          string
+	ClaimToken      string
+	CSR             []byte // DER
+	Model           string
+	FirmwareVersion string
+	MAC             string
+	Source          netip.AddrPort // where it came from (throttling, audit)
+	Transport       string         // "coap", "coaps", "mqtt" (audit)
+}
+
+// Result is what an enrolled device receives.
+type Result struct {
+	DeviceID uuid.UUID
+	Chain    []*x509.Certificate // leaf first
+	Root     *x509.Certificate
+	Config   DeviceConfig
+}
+
+// DeviceConfig is a site profile rendered for one device.
+type DeviceConfig struct {
+	Version uint64
+	WiFi    WiFi
+	Network Network
+	Lease   Lease
+}
+
+// WiFi is the network a device joins.
+type WiFi struct {
+	SSID       string
+	Security   string
+	Passphrase string
+}
+
+// Network is the device's static addressing.
+type Network struct {
+	Address   netip.Addr
+	PrefixLen int
+	Gateway   netip.Addr
+	DNS       []netip.Addr
+	NTP       []string
+}
+
+// Lease is the device's address and when it must renew.
+type Lease struct {
+	Address   netip.Addr
+	ExpiresAt time.Time
+}
+
+// Enroll authenticates a device by its claim token and issues its
+// certificate, config and lease, recording all of it in one transaction.
+// Errors wrap this package's sentinels; RetryAfter tells when to retry.
+func (s *Service) Enroll(req Request) (Result, error) {
+	now := s.clock.Now()
+	srcKey := req.Source.Addr().String()
+	if ok, wait := s.bySource.allow(srcKey, now); !ok {
+		return Result{}, &RetryError{Err: ErrThrottled, After: wait}
+	}
+	if ok, wait := s.bySerial.allow(req.Serial, now); !ok {
+		return Result{}, &RetryError{Err: ErrThrottled, After: wait}
+	}
+	csr, err := s.validate(req)
+	if err != nil {
+		return Result{}, err
+	}
+	d, err := s.authenticate(req, now, srcKey)
+	if err != nil {
+		return Result{}, err
+	}
+	keyHash := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	for range 3 {
+		res, err := s.enrollOnce(req, csr, keyHash[:], d, now)
+		if !errors.Is(err, devices.ErrConflict) {
+			return res, err
+		}
+		// Someone else changed the device (a parallel retry of the same
+		// device): decide again on what is stored now.
+		if d, err = s.store.DeviceBySerial(req.Serial); err != nil {
+			return Result{}, fmt.Errorf("enroll %s: %w", req.Serial, err)
+		}
+	}
+	return Result{}, fmt.Errorf("enroll %s: %w", req.Serial, devices.ErrConflict)
+}
+
+func (s *Service) validate(req Request) (*x509.CertificateRequest, error) {
+	switch {
+	case !devices.ValidSerial(req.Serial):
+		return nil, fmt.Errorf("%w: serial: must be 1-64 of [A-Za-z0-9._-]", ErrInvalid)
+	case len(req.CSR) == 0:
+		return nil, fmt.Errorf("%w: csr: required", ErrInvalid)
+	case len(req.CSR) > s.cfg.MaxCSRBytes:
+		return nil, fmt.Errorf("%w: csr: larger than %d bytes", ErrInvalid, s.cfg.MaxCSRBytes)
+	case len(req.Model) > s.cfg.MaxFieldBytes || len(req.FirmwareVersion) > s.cfg.MaxFieldBytes || len(req.MAC) > 32:
+		return nil, fmt.Errorf("%w: model, firmware_version or mac too long", ErrInvalid)
+	}
+	if err := CheckToken(req.ClaimToken); err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(req.CSR)
+	if err != nil {
+		return nil, fmt.Errorf("%w: csr: not a DER PKCS#10 request: %w", ErrInvalid, err)
+	}
+	if err := pki.CheckKey(csr.PublicKey, s.cfg.AllowP384, s.cfg.AllowEd25519); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnsupportedKey, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: csr: signature does not verify (proof of possession): %w", ErrInvalid, err)
+	}
+	return csr, nil
+}
+
+// decoyHash stands in for an unknown serial's token hash so that the
+// comparison costs the same whether or not the serial exists.
+var decoyHash = sha256.Sum256([]byte("provisiond decoy token hash"))
+
+func (s *Service) authenticate(req Request, now time.Time, srcKey string) (devices.Device, error) {
+	d, err := s.store.DeviceBySerial(req.Serial)
+	known := err == nil
+	if err != nil && !errors.Is(err, devices.ErrNotFound) {
+		return d, fmt.Errorf("enroll %s: %w", req.Serial, err)
+	}
+	want := decoyHash[:]
+	if known && len(d.TokenHash) == sha256.Size {
+		want = d.TokenHash
+	}
+	got := HashToken(req.ClaimToken)
+	if subtle.ConstantTimeCompare(got, want)&boolInt(known) != 1 {
+		s.bySerial.fail(req.Serial, now)
+		s.bySource.fail(srcKey, now)
+		s.log.Info("enrollment refused", "serial", req.Serial, "source", req.Source, "reason", "unauthorized")
+		return d, ErrUnauthorized
+	}
+	s.bySerial.succeed(req.Serial)
+	return d, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s *Service) enrollOnce(req Request, csr *x509.CertificateRequest, keyHash []byte, d devices.Device, now time.Time) (Result, error) {
+	switch d.State {
+	case devices.StateRevoked:
+		return Result{}, ErrRevoked
+	case devices.StateProvisioned, devices.StateActive:
+		if subtle.ConstantTimeCompare(d.PublicKeyHash, keyHash) != 1 {
+			return Result{}, ErrTokenUsed
+		}
+		if now.Sub(d.ProvisionedAt) > s.cfg.RetryWindow {
+			return Result{}, ErrAlreadyProvisioned
+		}
+		return s.replay(d) // a retry whose answer was lost: same answer again
+	case devices.StateManufactured:
+		return Result{}, &RetryError{Err: ErrNotClaimed, After: s.cfg.NotClaimedRetry}
+	case devices.StateClaimed:
+	default:
+		return Result{}, fmt.Errorf("enroll %s: unknown state %q", d.Serial, d.State)
+	}
+	if d.Site == "" {
+		return Result{}, &RetryError{Err: ErrNotClaimed, After: s.cfg.NotClaimedRetry}
+	}
+	site, err := s.store.Site(d.Site)
+	if err != nil {
+		return Result{}, fmt.Errorf("enroll %s: %w", d.Serial, err)
+	}
+	model := d.Model
+	if model == "" {
+		model = req.Model
+	}
+	// Sign outside the write transaction; a failed commit leaves only an
+	// unrecorded certificate that nobody ever received.
+	leaf, err := s.signer.IssueDevice(csr, pki.DeviceIdentity{ID: d.ID, Serial: d.Serial, Model: model, Site: d.Site})
+	if err != nil {
+		return Result{}, fmt.Errorf("enroll %s: %w", d.Serial, err)
+	}
+	certSerial := fmt.Sprintf("%x", leaf.SerialNumber)
+	stored, err := s.store.Provision(devices.Provisioning{
+		DeviceID: d.ID,
+		Rev:      d.Rev,
+		Now:      now.UTC(),
+		Apply: func(x *devices.Device) {
+			x.State = devices.StateProvisioned
+			x.Model = model
+			if req.FirmwareVersion != "" {
+				x.FirmwareVersion = req.FirmwareVersion
+			}
+			if req.MAC != "" {
+				x.MAC = req.MAC
+			}
+			x.CertSerial, x.CertDER, x.CertNotAfter = certSerial, leaf.Raw, leaf.NotAfter
+			x.PublicKeyHash = keyHash
+			x.ConfigVersion = site.Version
+			x.ProvisionedAt = now.UTC()
+		},
+		Audit: devices.AuditEvent{
+			Actor: "device:" + d.Serial, Action: "device.enroll", Target: d.Serial, Source: req.Source.String(),
+			Detail: map[string]string{"device_id": d.ID.String(), "transport": req.Transport,
+				"cert_serial": certSerial, "site": d.Site},
+		},
+	})
+	switch {
+	case errors.Is(err, devices.ErrPoolExhausted):
+		s.log.Warn("enrollment refused", "serial", d.Serial, "site", d.Site, "reason", "pool exhausted")
+		return Result{}, &RetryError{Err: fmt.Errorf("%w: site %q", ErrPoolExhausted, d.Site), After: s.cfg.PoolRetry}
+	case err != nil:
+		return Result{}, err
+	}
+	s.bySource.succeed(req.Source.Addr().String())
+	s.log.Info("device enrolled", "serial", d.Serial, "device_id", d.ID, "site", d.Site,
+		"address", stored.Lease.Addr, "transport", req.Transport)
+	return s.result(stored, site, leaf)
+}
+
+// replay rebuilds the answer a device already received from what is stored.
+func (s *Service) replay(d devices.Device) (Result, error) {
+	leaf, err := x509.ParseCertificate(d.CertDER)
+	if err != nil {
+		return Result{}, fmt.Errorf("replay %s: stored certificate: %w", d.Serial, err)
+	}
+	site, err := s.store.Site(d.Site)
+	if err != nil {
+		return Result{}, fmt.Errorf("replay %s: %w", d.Serial, err)
+	}
+	return s.result(d, site, leaf)
+}
+
+func (s *Service) result(d devices.Device, site devices.Site, leaf *x509.Certificate) (Result, error) {
+	if d.Lease == nil {
+		return Result{}, fmt.Errorf("device %s: %w", d.Serial, devices.ErrNoLease)
+	}
+	return Result{
+		DeviceID: d.ID,
+		Chain:    []*x509.Certificate{leaf, s.signer.Intermediate()},
+		Root:     s.signer.Root(),
+		Config:   Render(site, d),
+	}, nil
+}
+
+// Render turns a site profile and a device's lease into the device's config.
+func Render(site devices.Site, d devices.Device) DeviceConfig {
+	c := DeviceConfig{
+		Version: d.ConfigVersion,
+		WiFi:    WiFi{SSID: site.SSID, Security: string(site.Security), Passphrase: site.Passphrase},
+		Network: Network{PrefixLen: site.CIDR.Bits(), Gateway: site.Gateway, DNS: site.DNS, NTP: site.NTP},
+	}
+	if d.Lease != nil {
+		c.Network.Address = d.Lease.Addr
+		c.Lease = Lease{Address: d.Lease.Addr, ExpiresAt: d.Lease.Expires}
+	}
+	return c
+}
+
+// RenewLease extends the lease of a device that authenticated with its
+// certificate (the transport verified it and extracted the device ID).
+func (s *Service) RenewLease(id uuid.UUID, source netip.AddrPort, transport string) (DeviceConfig, error) {
+	d, err := s.store.Device(id)
+	if errors.Is(err, devices.ErrNotFound) {
+		return DeviceConfig{}, ErrUnknownDevice
+	}
+	if err != nil {
+		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
+	}
+	switch d.State {
+	case devices.StateRevoked:
+		return DeviceConfig{}, ErrRevoked
+	case devices.StateProvisioned, devices.StateActive:
+	default:
+		return DeviceConfig{}, fmt.Errorf("%w: device %s is %s, not provisioned", ErrUnknownDevice, d.Serial, d.State)
+	}
+	d, err = s.store.RenewLease(id, s.clock.Now().UTC(), devices.AuditEvent{
+		Actor: "device:" + d.Serial, Action: "lease.renew", Target: d.Serial, Source: source.String(),
+		Detail: map[string]string{"transport": transport},
+	})
+	if errors.Is(err, devices.ErrPoolExhausted) {
+		return DeviceConfig{}, &RetryError{Err: ErrPoolExhausted, After: s.cfg.PoolRetry}
+	}
+	if err != nil {
+		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
+	}
+	site, err := s.store.Site(d.Site)
+	if err != nil {
+		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
+	}
+	return Render(site, d), nil
+}
+
+// Authorize reports whether a device presenting a certificate with this
+// identity may connect: it exists, is not revoked, and the certificate is its
+// current one.
+func (s *Service) Authorize(id uuid.UUID, certSerial string) error {
+	d, err := s.store.Device(id)
+	if errors.Is(err, devices.ErrNotFound) {
+		return ErrUnknownDevice
+	}
+	if err != nil {
+		return err
+	}
+	if d.State == devices.StateRevoked {
+		return ErrRevoked
+	}
+	if d.CertSerial != certSerial {
+		return fmt.Errorf("%w: certificate %s is not the device's current one", ErrRevoked, certSerial)
+	}
+	return nil
+}

@@ -1,0 +1,360 @@
+// Package server assembles provisiond from its parts: the inventory, the
+// embedded CA, the enrollment service and the CoAP and HTTPS front ends. It
+// owns the data directory layout and first-start set-up. cmd/provisiond and
+// the end-to-end tests both start the service through it.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/pki"
+	"github.com/provisiond/provisiond/transport/coap"
+	"github.com/provisiond/provisiond/transport/httpapi"
+)
+
+// Version is the service version reported by the API.
+var Version = "0.1.0-dev"
+
+// Files inside the data directory.
+const (
+	InventoryFile  = "inventory.db"
+	CADir          = "ca"
+	PassphraseFile = "ca.passphrase"
+	AdminTokenFile = "admin.token"
+	RootFile       = "root.pem"
+)
+
+// PassphraseEnv names the environment variable holding the CA key passphrase.
+const PassphraseEnv = "PROVISIOND_CA_PASSPHRASE"
+
+// Config is everything the service needs to start. Defaults() fills it.
+type Config struct {
+	DataDir        string
+	CoAPSAddr      string // "" disables DTLS (not recommended)
+	CoAPAddr       string // plain CoAP; only with InsecureCoAP
+	InsecureCoAP   bool
+	HTTPAddr       string
+	AdvertiseHost  string   // host devices use to reach the service (bundles, certificates)
+	ServerNames    []string // extra DNS names / IPs for the server certificate
+	CAPassphrase   string   // when empty: $PROVISIOND_CA_PASSPHRASE, else a generated file
+	CertLifetime   time.Duration
+	CertTemplate   string // file with an x509util template; empty = built-in
+	Enroll         enroll.Config
+	StoreBatchWait time.Duration
+}
+
+// Defaults returns the embedded defaults that `go run ./cmd/provisiond` uses.
+func Defaults() Config {
+	return Config{
+		DataDir:       "./data",
+		CoAPSAddr:     ":5684",
+		HTTPAddr:      ":8443",
+		AdvertiseHost: "localhost",
+		CertLifetime:  90 * 24 * time.Hour,
+	}
+}
+
+// Validate checks the configuration; messages name the field.
+func (c Config) Validate() error {
+	switch {
+	case c.DataDir == "":
+		return errors.New("data: required")
+	case c.CoAPSAddr == "" && c.CoAPAddr == "":
+		return errors.New("coaps-addr: at least one CoAP listener is required")
+	case c.CoAPAddr != "" && !c.InsecureCoAP:
+		return errors.New("coap-addr: plain CoAP needs --insecure-coap (claim tokens would travel in clear)")
+	case c.HTTPAddr == "":
+		return errors.New("http-addr: required")
+	case c.CertLifetime < time.Hour:
+		return errors.New("cert-lifetime: at least 1h")
+	case c.AdvertiseHost == "":
+		return errors.New("advertise-host: required")
+	}
+	for name, addr := range map[string]string{"coaps-addr": c.CoAPSAddr, "coap-addr": c.CoAPAddr, "http-addr": c.HTTPAddr} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s: %q is not host:port (%v)", name, addr, err)
+		}
+	}
+	return nil
+}
+
+// Server is a running provisiond.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *devices.Store
+	ca     *pki.CA
+	coap   *coap.Server
+	http   *http.Server
+	httpLn net.Listener
+	errs   chan error
+
+	once sync.Once
+}
+
+// Start opens the data directory (creating the CA and admin token on first
+// start) and starts every listener. It fails at once when another provisiond
+// uses the same data directory.
+func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, errs: make(chan error, 4)}
+	defer func() {
+		if err != nil {
+			_ = s.Shutdown(context.Background())
+		}
+	}()
+	s.store, err = devices.Open(filepath.Join(cfg.DataDir, InventoryFile), devices.Options{MaxBatchDelay: cfg.StoreBatchWait})
+	if errors.Is(err, devices.ErrLocked) {
+		return nil, fmt.Errorf("data directory %s is in use by another provisiond (its inventory is locked); stop it or use --data", cfg.DataDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	pass, err := s.passphrase()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := ""
+	if cfg.CertTemplate != "" {
+		b, err := os.ReadFile(cfg.CertTemplate)
+		if err != nil {
+			return nil, fmt.Errorf("cert-template: %w", err)
+		}
+		tmpl = string(b)
+	}
+	ca, created, err := pki.Open(pki.Config{Dir: filepath.Join(cfg.DataDir, CADir), Passphrase: []byte(pass),
+		DeviceLifetime: cfg.CertLifetime, DeviceTemplate: tmpl})
+	if err != nil {
+		return nil, err
+	}
+	s.ca = ca
+	if created {
+		log.Info("created embedded CA", "dir", filepath.Join(cfg.DataDir, CADir), "root", ca.Root().Subject.CommonName)
+	}
+	rootPath := filepath.Join(cfg.DataDir, RootFile)
+	if err := pki.WriteFileAtomic(rootPath, ca.RootPEM(), 0o644); err != nil {
+		return nil, err
+	}
+	if err := s.adminToken(); err != nil {
+		return nil, err
+	}
+	serverCert, err := ca.IssueServer(s.serverNames(), s.serverIPs(), 30*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+
+	svc := enroll.New(cfg.Enroll, s.store, ca, nil, log)
+	fleet := enroll.NewFleet(s.store, log)
+
+	clientCAs := ca.Roots().Clone()
+	clientCAs.AddCert(ca.Intermediate())
+	coapAddr := ""
+	if cfg.InsecureCoAP {
+		coapAddr = cfg.CoAPAddr
+	}
+	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert,
+		ClientCAs: clientCAs, Authorize: svc.Authorize}, svc, ca.Root(), log)
+	if err := s.coap.Start(); err != nil {
+		return nil, err
+	}
+
+	api := httpapi.New(s.store, fleet, s.info, log)
+	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
+	}
+	s.http = &http.Server{
+		Handler:           api,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	go func() {
+		if err := s.http.ServeTLS(s.httpLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errs <- fmt.Errorf("serve https: %w", err)
+		}
+	}()
+	log.Info("provisiond ready",
+		"data", cfg.DataDir, "root_ca", rootPath, "admin_token", filepath.Join(cfg.DataDir, AdminTokenFile),
+		"https", "https://"+s.HTTPAddr().String(), "endpoints", strings.Join(s.info().Endpoints, " "))
+	return s, nil
+}
+
+func (s *Server) passphrase() (string, error) {
+	if s.cfg.CAPassphrase != "" {
+		return s.cfg.CAPassphrase, nil
+	}
+	if p := os.Getenv(PassphraseEnv); p != "" {
+		return p, nil
+	}
+	path := filepath.Join(s.cfg.DataDir, PassphraseFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read CA passphrase: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.cfg.DataDir, CADir, pki.IntermediateKeyFile)); err == nil {
+		return "", fmt.Errorf("the CA exists but no passphrase was given: set %s", PassphraseEnv)
+	}
+	var raw [32]byte
+	_, _ = rand.Read(raw[:])
+	pass := base64.RawURLEncoding.EncodeToString(raw[:])
+	if err := pki.WriteFileAtomic(path, []byte(pass+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	s.log.Warn("CA key passphrase generated and stored beside the keys; set "+PassphraseEnv+" and delete the file for production",
+		"file", path)
+	return pass, nil
+}
+
+// adminToken makes sure data/admin.token exists and is a valid admin token.
+func (s *Server) adminToken() error {
+	path := filepath.Join(s.cfg.DataDir, AdminTokenFile)
+	b, err := os.ReadFile(path)
+	var secret string
+	switch {
+	case err == nil:
+		secret = strings.TrimSpace(string(b))
+	case errors.Is(err, os.ErrNotExist):
+		var raw [32]byte
+		_, _ = rand.Read(raw[:])
+		secret = "pvd_" + base64.RawURLEncoding.EncodeToString(raw[:])
+	default:
+		return fmt.Errorf("read admin token: %w", err)
+	}
+	h := sha256.Sum256([]byte(secret))
+	if _, err := s.store.TokenByHash(h[:]); errors.Is(err, devices.ErrNotFound) {
+		tok := devices.Token{ID: uuid.NewString()[:8], Name: "admin (bootstrap)", Role: devices.RoleAdmin, CreatedAt: time.Now().UTC()}
+		if err := s.store.PutToken(h[:], tok, devices.AuditEvent{Actor: "system", Action: "token.create", Target: tok.ID,
+			Detail: map[string]string{"role": string(tok.Role), "name": tok.Name}}); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	return pki.WriteFileAtomic(path, []byte(secret+"\n"), 0o600)
+}
+
+func (s *Server) serverNames() []string {
+	names := []string{"localhost"}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		names = append(names, h)
+	}
+	for _, n := range append([]string{s.cfg.AdvertiseHost}, s.cfg.ServerNames...) {
+		if net.ParseIP(n) == nil && n != "" && n != "localhost" {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+func (s *Server) serverIPs() []net.IP {
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, n := range append([]string{s.cfg.AdvertiseHost}, s.cfg.ServerNames...) {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		}
+	}
+	return ips
+}
+
+func (s *Server) info() httpapi.Info {
+	var eps []string
+	if a := s.coap.SecureAddr(); a != nil {
+		eps = append(eps, "coaps://"+net.JoinHostPort(s.cfg.AdvertiseHost, port(a)))
+	}
+	if a := s.coap.InsecureAddr(); a != nil {
+		eps = append(eps, "coap://"+net.JoinHostPort(s.cfg.AdvertiseHost, port(a)))
+	}
+	return httpapi.Info{Endpoints: eps, RootCA: string(s.ca.RootPEM()), Version: Version}
+}
+
+func port(a net.Addr) string {
+	switch v := a.(type) {
+	case *net.UDPAddr:
+		return strconv.Itoa(v.Port)
+	case *net.TCPAddr:
+		return strconv.Itoa(v.Port)
+	}
+	_, p, _ := net.SplitHostPort(a.String())
+	return p
+}
+
+// HTTPAddr is the bound HTTPS address.
+func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
+
+// CoAPSAddr is the bound DTLS address (nil when disabled).
+func (s *Server) CoAPSAddr() net.Addr { return s.coap.SecureAddr() }
+
+// CoAPAddr is the bound plain CoAP address (nil when disabled).
+func (s *Server) CoAPAddr() net.Addr { return s.coap.InsecureAddr() }
+
+// Store gives tests access to the inventory.
+func (s *Server) Store() *devices.Store { return s.store }
+
+// CA gives tests access to the CA.
+func (s *Server) CA() *pki.CA { return s.ca }
+
+// Err reports a listener that failed while running.
+func (s *Server) Err() <-chan error {
+	out := make(chan error, 1)
+	go func() {
+		select {
+		case err := <-s.errs:
+			out <- err
+		case err := <-s.coap.Err():
+			out <- err
+		}
+	}()
+	return out
+}
+
+// Shutdown stops the listeners, waits for in-flight requests (until ctx
+// ends) and closes the inventory. It is idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	s.once.Do(func() {
+		if s.http != nil {
+			errs = append(errs, s.http.Shutdown(ctx))
+		} else if s.httpLn != nil {
+			errs = append(errs, s.httpLn.Close())
+		}
+		if s.coap != nil {
+			errs = append(errs, s.coap.Shutdown(ctx))
+		}
+		if s.store != nil {
+			errs = append(errs, s.store.Close())
+		}
+	})
+	return errors.Join(errs...)
+}

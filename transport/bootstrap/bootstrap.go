@@ -1,0 +1,193 @@
+// Package bootstrap maps the bootstrap wire messages to package enroll and
+// back, the same for every transport: it decodes a request body, calls the
+// enrollment service and encodes the answer or the error, and reports a
+// protocol-neutral Status that each transport turns into its own code
+// (CoAP 4.01, MQTT error response, HTTP 401).
+package bootstrap
+
+import (
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"math"
+	"net/netip"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// Status is the outcome of a request, before a transport names it.
+type Status int
+
+// Outcomes; the comment gives the CoAP code each maps to.
+const (
+	Created           Status = iota // 2.01
+	Changed                         // 2.04
+	BadRequest                      // 4.00
+	Unauthorized                    // 4.01
+	Forbidden                       // 4.03
+	NotFound                        // 4.04
+	TooLarge                        // 4.13
+	UnsupportedFormat               // 4.15
+	TooManyRequests                 // 4.29
+	Internal                        // 5.00
+	Unavailable                     // 5.03
+)
+
+// Error codes carried in wire.Error.Code. They are part of the protocol.
+const (
+	CodeBadRequest         = "bad_request"
+	CodeUnsupportedKey     = "unsupported_key"
+	CodeUnauthorized       = "unauthorized"
+	CodeNotClaimed         = "not_claimed"
+	CodeRevoked            = "revoked"
+	CodeTokenUsed          = "token_used"
+	CodeAlreadyProvisioned = "already_provisioned"
+	CodeThrottled          = "throttled"
+	CodePoolExhausted      = "pool_exhausted"
+	CodeTooLarge           = "too_large"
+	CodeUnsupportedFormat  = "unsupported_format"
+	CodeUnknownDevice      = "unknown_device"
+	CodeInternal           = "internal"
+)
+
+// Answer is what a transport sends back.
+type Answer struct {
+	Status     Status
+	Format     wire.Format // of Body; zero when Body is plain text
+	Body       []byte
+	RetryAfter time.Duration // Max-Age / Retry-After when > 0
+}
+
+// Enroller is the enrollment service as the transports see it.
+type Enroller interface {
+	Enroll(req enroll.Request) (enroll.Result, error)
+	RenewLease(id uuid.UUID, source netip.AddrPort, transport string) (enroll.DeviceConfig, error)
+}
+
+// Handler serves bootstrap requests for one transport.
+type Handler struct {
+	Enroller  Enroller
+	Transport string // for audit and logs: "coaps", "coap", "mqtt"
+	Log       *slog.Logger
+}
+
+// Enroll handles one enrollment request body.
+func (h *Handler) Enroll(f wire.Format, body []byte, src netip.AddrPort) Answer {
+	if f != wire.JSON && f != wire.CBOR {
+		return Answer{Status: UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)")}
+	}
+	if len(body) > wire.MaxRequestBytes {
+		return h.errorAnswer(f, TooLarge, CodeTooLarge, "request body larger than 4096 bytes", 0)
+	}
+	var req wire.EnrollRequest
+	if err := wire.Unmarshal(f, body, &req); err != nil {
+		return h.errorAnswer(f, BadRequest, CodeBadRequest, err.Error(), 0)
+	}
+	res, err := h.Enroller.Enroll(enroll.Request{
+		Serial: req.Serial, ClaimToken: req.ClaimToken, CSR: req.CSR, Model: req.Model,
+		FirmwareVersion: req.FirmwareVersion, MAC: req.MAC, Source: src, Transport: h.Transport,
+	})
+	if err != nil {
+		return h.Error(f, err)
+	}
+	out, err := wire.Marshal(f, Response(res))
+	if err != nil {
+		return h.Error(f, err)
+	}
+	return Answer{Status: Created, Format: f, Body: out}
+}
+
+// RenewLease handles a lease renewal by an authenticated device.
+func (h *Handler) RenewLease(f wire.Format, id uuid.UUID, src netip.AddrPort) Answer {
+	cfg, err := h.Enroller.RenewLease(id, src, h.Transport)
+	if err != nil {
+		return h.Error(f, err)
+	}
+	out, err := wire.Marshal(f, wire.LeaseResponse{Lease: lease(cfg.Lease), Network: network(cfg.Network), ConfigVersion: cfg.Version})
+	if err != nil {
+		return h.Error(f, err)
+	}
+	return Answer{Status: Changed, Format: f, Body: out}
+}
+
+// Response converts an enrollment result to its wire form.
+func Response(res enroll.Result) wire.EnrollResponse {
+	chain := make(wire.Chain, len(res.Chain))
+	for i, c := range res.Chain {
+		chain[i] = c.Raw
+	}
+	return wire.EnrollResponse{
+		DeviceID:    res.DeviceID.String(),
+		Certificate: chain,
+		CA:          rawOf(res.Root),
+		WiFi: wire.WiFi{SSID: res.Config.WiFi.SSID, Security: res.Config.WiFi.Security,
+			Passphrase: res.Config.WiFi.Passphrase},
+		Network:       network(res.Config.Network),
+		Lease:         lease(res.Config.Lease),
+		ConfigVersion: res.Config.Version,
+	}
+}
+
+func rawOf(c *x509.Certificate) wire.Cert {
+	if c == nil {
+		return nil
+	}
+	return c.Raw
+}
+
+func network(n enroll.Network) wire.Network {
+	out := wire.Network{Address: n.Address.String(), PrefixLen: n.PrefixLen, Gateway: n.Gateway.String(), NTP: n.NTP}
+	for _, d := range n.DNS {
+		out.DNS = append(out.DNS, d.String())
+	}
+	return out
+}
+
+func lease(l enroll.Lease) wire.Lease {
+	return wire.Lease{Address: l.Address.String(), ExpiresAt: l.ExpiresAt.UTC()}
+}
+
+// Error maps an error from package enroll to an answer in format f.
+func (h *Handler) Error(f wire.Format, err error) Answer {
+	retry, _ := enroll.RetryAfter(err)
+	switch {
+	case errors.Is(err, enroll.ErrUnsupportedKey):
+		return h.errorAnswer(f, BadRequest, CodeUnsupportedKey, err.Error(), 0)
+	case errors.Is(err, enroll.ErrInvalid):
+		return h.errorAnswer(f, BadRequest, CodeBadRequest, err.Error(), 0)
+	case errors.Is(err, enroll.ErrUnauthorized):
+		return h.errorAnswer(f, Unauthorized, CodeUnauthorized, enroll.ErrUnauthorized.Error(), 0)
+	case errors.Is(err, enroll.ErrNotClaimed):
+		return h.errorAnswer(f, Forbidden, CodeNotClaimed, enroll.ErrNotClaimed.Error(), retry)
+	case errors.Is(err, enroll.ErrRevoked):
+		return h.errorAnswer(f, Forbidden, CodeRevoked, enroll.ErrRevoked.Error(), 0)
+	case errors.Is(err, enroll.ErrTokenUsed):
+		return h.errorAnswer(f, Forbidden, CodeTokenUsed, "claim token already used with another key", 0)
+	case errors.Is(err, enroll.ErrAlreadyProvisioned):
+		return h.errorAnswer(f, Forbidden, CodeAlreadyProvisioned, "device already provisioned; renew instead", 0)
+	case errors.Is(err, enroll.ErrThrottled):
+		return h.errorAnswer(f, TooManyRequests, CodeThrottled, enroll.ErrThrottled.Error(), retry)
+	case errors.Is(err, enroll.ErrPoolExhausted):
+		return h.errorAnswer(f, Unavailable, CodePoolExhausted, "no free address in the site's pool", retry)
+	case errors.Is(err, enroll.ErrUnknownDevice):
+		return h.errorAnswer(f, NotFound, CodeUnknownDevice, "unknown device", 0)
+	}
+	h.Log.Error("bootstrap request failed", "transport", h.Transport, "err", err)
+	return h.errorAnswer(f, Internal, CodeInternal, "internal error", 0)
+}
+
+func (h *Handler) errorAnswer(f wire.Format, s Status, code, msg string, retry time.Duration) Answer {
+	secs := 0
+	if retry > 0 {
+		secs = int(math.Ceil(retry.Seconds()))
+	}
+	body, err := wire.Marshal(f, wire.Error{Code: code, Message: msg, RetryAfter: secs})
+	if err != nil {
+		return Answer{Status: s, Body: []byte(code + ": " + msg), RetryAfter: retry}
+	}
+	return Answer{Status: s, Format: f, Body: body, RetryAfter: time.Duration(secs) * time.Second}
+}

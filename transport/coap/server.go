@@ -1,0 +1,421 @@
+// Package coap serves the bootstrap protocol over CoAP: DTLS on UDP (the
+// default, port 5684) and, only when explicitly enabled for development,
+// plain CoAP on UDP. It maps CoAP messages to package bootstrap and its
+// outcomes to CoAP response codes, Content-Format and Max-Age.
+//
+// Resources: POST /enroll (claim token + CSR -> certificate, config, lease),
+// GET /ca (the root certificate) and POST /lease (renewal; needs the device's
+// certificate on the DTLS session). docs/protocol.md is the reference.
+//
+// Client certificates are optional at the handshake, so one port serves
+// bootstrap (server-authenticated DTLS) and enrolled devices (mutual DTLS).
+// A presented certificate is verified against the CA and checked against the
+// inventory during the handshake: an unknown, revoked or superseded device
+// certificate fails the handshake.
+package coap
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	piondtls "github.com/pion/dtls/v3"
+	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
+	dtlsserver "github.com/plgd-dev/go-coap/v3/dtls/server"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	coapnet "github.com/plgd-dev/go-coap/v3/net"
+	"github.com/plgd-dev/go-coap/v3/options"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
+	udpserver "github.com/plgd-dev/go-coap/v3/udp/server"
+
+	"github.com/provisiond/provisiond/transport/bootstrap"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// MediaPKIXCert is the CoAP content-format of a DER certificate (RFC 9148).
+const MediaPKIXCert message.MediaType = 287
+
+// Authorizer decides whether a verified device certificate may connect.
+type Authorizer func(id uuid.UUID, certSerial string) error
+
+// Config configures the CoAP listeners.
+type Config struct {
+	SecureAddr       string          // DTLS listen address, e.g. ":5684"; empty disables
+	InsecureAddr     string          // plain CoAP address; empty (the default) disables
+	Certificate      tls.Certificate // server chain and key for DTLS
+	ClientCAs        *x509.CertPool  // verifies device certificates
+	Authorize        Authorizer      // checks a device certificate against the inventory
+	HandshakeTimeout time.Duration   // default 10s
+	IdleTimeout      time.Duration   // close DTLS sessions idle this long; default 60s
+}
+
+// Server is the CoAP front end.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	secure   *bootstrap.Handler
+	insecure *bootstrap.Handler
+	root     []byte // DER
+
+	mu        sync.Mutex
+	dtls      *dtlsserver.Server
+	udp       *udpserver.Server
+	dtlsAddr  net.Addr
+	udpAddr   net.Addr
+	wg        sync.WaitGroup
+	stopped   bool
+	serveErrs chan error
+}
+
+// New returns a server; Start binds it.
+func New(cfg Config, enroller bootstrap.Enroller, root *x509.Certificate, log *slog.Logger) *Server {
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	return &Server{
+		cfg:       cfg,
+		log:       log,
+		secure:    &bootstrap.Handler{Enroller: enroller, Transport: "coaps", Log: log},
+		insecure:  &bootstrap.Handler{Enroller: enroller, Transport: "coap", Log: log},
+		root:      root.Raw,
+		serveErrs: make(chan error, 2),
+	}
+}
+
+type peerKey struct{}
+
+// peer is the verified identity of a device on a mutual-DTLS session.
+type peer struct {
+	id         uuid.UUID
+	certSerial string
+}
+
+// Start binds the configured listeners and serves them in the background.
+func (s *Server) Start() error {
+	if s.cfg.SecureAddr != "" {
+		if err := s.startDTLS(); err != nil {
+			return err
+		}
+	}
+	if s.cfg.InsecureAddr != "" {
+		if err := s.startUDP(); err != nil {
+			s.Shutdown(context.Background())
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) router(h *bootstrap.Handler) *mux.Router {
+	r := mux.NewRouter()
+	r.DefaultHandle(mux.HandlerFunc(func(w mux.ResponseWriter, _ *mux.Message) {
+		_ = w.SetResponse(codes.NotFound, message.TextPlain, bytes.NewReader([]byte("no such resource; see /enroll, /ca, /lease")))
+	}))
+	_ = r.Handle("/enroll", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.enroll(h, w, m) }))
+	_ = r.Handle("/ca", mux.HandlerFunc(s.ca))
+	_ = r.Handle("/lease", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.lease(h, w, m) }))
+	return r
+}
+
+func (s *Server) startDTLS() error {
+	cfg := &piondtls.Config{
+		Certificates:         []tls.Certificate{s.cfg.Certificate},
+		ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret,
+		ClientAuth:           piondtls.VerifyClientCertIfGiven,
+		ClientCAs:            s.cfg.ClientCAs,
+		VerifyPeerCertificate: func(_ [][]byte, chains [][]*x509.Certificate) error {
+			if len(chains) == 0 || len(chains[0]) == 0 {
+				return nil // no client certificate: bootstrap session
+			}
+			id, serial, err := DeviceIdentity(chains[0][0])
+			if err != nil {
+				return err
+			}
+			if s.cfg.Authorize != nil {
+				if err := s.cfg.Authorize(id, serial); err != nil {
+					s.log.Info("device certificate refused at handshake", "device_id", id, "err", err)
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	l, err := coapnet.NewDTLSListener("udp", s.cfg.SecureAddr, cfg)
+	if err != nil {
+		return fmt.Errorf("listen coaps %s: %w", s.cfg.SecureAddr, err)
+	}
+	srv := coapdtls.NewServer(
+		options.WithMux(s.router(s.secure)),
+		options.WithDTLSHandshakeTimeout(s.cfg.HandshakeTimeout),
+		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { _ = cc.Close() }),
+		options.WithOnNewConn(func(cc *udpclient.Conn) {
+			dc, ok := cc.NetConn().(*piondtls.Conn)
+			if !ok {
+				return
+			}
+			st, ok := dc.ConnectionState()
+			if !ok || len(st.PeerCertificates) == 0 {
+				return
+			}
+			leaf, err := x509.ParseCertificate(st.PeerCertificates[0])
+			if err != nil {
+				return
+			}
+			if id, serial, err := DeviceIdentity(leaf); err == nil {
+				cc.SetContextValue(peerKey{}, peer{id: id, certSerial: serial})
+			}
+		}),
+		options.WithErrors(func(err error) { s.log.Debug("coaps", "err", err) }),
+	)
+	s.mu.Lock()
+	s.dtls, s.dtlsAddr = srv, l.Addr()
+	s.mu.Unlock()
+	s.wg.Go(func() {
+		if err := srv.Serve(l); err != nil {
+			s.serveErrs <- fmt.Errorf("serve coaps: %w", err)
+		}
+	})
+	s.log.Info("CoAP over DTLS listening", "addr", l.Addr().String())
+	return nil
+}
+
+func (s *Server) startUDP() error {
+	l, err := coapnet.NewListenUDP("udp", s.cfg.InsecureAddr)
+	if err != nil {
+		return fmt.Errorf("listen coap %s: %w", s.cfg.InsecureAddr, err)
+	}
+	srv := udp.NewServer(
+		options.WithMux(s.router(s.insecure)),
+		options.WithErrors(func(err error) { s.log.Debug("coap", "err", err) }),
+	)
+	s.mu.Lock()
+	s.udp, s.udpAddr = srv, l.LocalAddr()
+	s.mu.Unlock()
+	s.wg.Go(func() {
+		defer l.Close()
+		if err := srv.Serve(l); err != nil {
+			s.serveErrs <- fmt.Errorf("serve coap: %w", err)
+		}
+	})
+	s.log.Warn("plain CoAP (no DTLS) listening: development only, claim tokens travel in clear", "addr", l.LocalAddr().String())
+	return nil
+}
+
+// SecureAddr is the bound DTLS address, nil when disabled.
+func (s *Server) SecureAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dtlsAddr
+}
+
+// InsecureAddr is the bound plain CoAP address, nil when disabled.
+func (s *Server) InsecureAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.udpAddr
+}
+
+// Err reports a listener that stopped on its own.
+func (s *Server) Err() <-chan error { return s.serveErrs }
+
+// Shutdown stops the listeners and waits for them, at most until ctx ends.
+// It is safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopped = true
+	if s.dtls != nil {
+		s.dtls.Stop()
+	}
+	if s.udp != nil {
+		s.udp.Stop()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// DeviceIdentity extracts the device UUID (urn:uuid URI SAN) and the
+// certificate's serial (hex) from a device certificate.
+func DeviceIdentity(c *x509.Certificate) (uuid.UUID, string, error) {
+	for _, u := range c.URIs {
+		if u.Scheme == "urn" && len(u.Opaque) == len("uuid:")+36 && u.Opaque[:5] == "uuid:" {
+			id, err := uuid.Parse(u.Opaque[5:])
+			if err == nil {
+				return id, fmt.Sprintf("%x", c.SerialNumber), nil
+			}
+		}
+	}
+	return uuid.Nil, "", errors.New("certificate carries no urn:uuid device identity")
+}
+
+func sourceOf(w mux.ResponseWriter) netip.AddrPort {
+	if ua, ok := w.Conn().RemoteAddr().(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(w.Conn().RemoteAddr().String())
+	return ap
+}
+
+func reply(w mux.ResponseWriter, a bootstrap.Answer) {
+	cf := message.TextPlain
+	if a.Format != 0 {
+		cf = message.MediaType(a.Format)
+	}
+	var opts []message.Option
+	if a.RetryAfter > 0 {
+		secs := uint32(min(a.RetryAfter/time.Second, 1<<31))
+		buf := make([]byte, 4)
+		n, _ := message.EncodeUint32(buf, secs)
+		opts = append(opts, message.Option{ID: message.MaxAge, Value: buf[:n]})
+	}
+	_ = w.SetResponse(coapCode(a.Status), cf, bytes.NewReader(a.Body), opts...)
+}
+
+func coapCode(s bootstrap.Status) codes.Code {
+	switch s {
+	case bootstrap.Created:
+		return codes.Created
+	case bootstrap.Changed:
+		return codes.Changed
+	case bootstrap.BadRequest:
+		return codes.BadRequest
+	case bootstrap.Unauthorized:
+		return codes.Unauthorized
+	case bootstrap.Forbidden:
+		return codes.Forbidden
+	case bootstrap.NotFound:
+		return codes.NotFound
+	case bootstrap.TooLarge:
+		return codes.RequestEntityTooLarge
+	case bootstrap.UnsupportedFormat:
+		return codes.UnsupportedMediaType
+	case bootstrap.TooManyRequests:
+		return codes.TooManyRequests
+	case bootstrap.Unavailable:
+		return codes.ServiceUnavailable
+	}
+	return codes.InternalServerError
+}
+
+func methodNotAllowed(w mux.ResponseWriter, allowed string) {
+	_ = w.SetResponse(codes.MethodNotAllowed, message.TextPlain, bytes.NewReader([]byte("use "+allowed)))
+}
+
+// readBody reads at most limit+1 bytes so that an oversized body is detected
+// without being read whole.
+func readBody(m *mux.Message, limit int) ([]byte, error) {
+	if m.Body() == nil {
+		return nil, nil
+	}
+	if n, err := m.BodySize(); err == nil && n > int64(limit) {
+		return nil, errTooLarge
+	}
+	b, err := io.ReadAll(io.LimitReader(m.Body(), int64(limit)+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > limit {
+		return nil, errTooLarge
+	}
+	return b, nil
+}
+
+var errTooLarge = errors.New("too large")
+
+func (s *Server) enroll(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message) {
+	if m.Code() != codes.POST {
+		methodNotAllowed(w, "POST")
+		return
+	}
+	cf, err := m.ContentFormat()
+	if err != nil {
+		reply(w, bootstrap.Answer{Status: bootstrap.UnsupportedFormat, Body: []byte("content-format required: 60 (CBOR) or 50 (JSON)")})
+		return
+	}
+	f := wire.Format(cf)
+	body, err := readBody(m, wire.MaxRequestBytes)
+	if errors.Is(err, errTooLarge) {
+		body = make([]byte, wire.MaxRequestBytes+1) // let the handler answer 4.13 in the request's format
+	} else if err != nil {
+		reply(w, bootstrap.Answer{Status: bootstrap.BadRequest, Body: []byte("cannot read body")})
+		return
+	}
+	reply(w, h.Enroll(f, body, sourceOf(w)))
+}
+
+func (s *Server) ca(w mux.ResponseWriter, m *mux.Message) {
+	if m.Code() != codes.GET {
+		methodNotAllowed(w, "GET")
+		return
+	}
+	accept, err := m.Accept()
+	if err != nil {
+		accept = MediaPKIXCert
+	}
+	switch accept {
+	case MediaPKIXCert:
+		_ = w.SetResponse(codes.Content, MediaPKIXCert, bytes.NewReader(s.root))
+	case message.AppJSON, message.AppCBOR:
+		body, err := wire.Marshal(wire.Format(accept), struct {
+			CA wire.Cert `json:"ca" cbor:"ca"`
+		}{s.root})
+		if err != nil {
+			reply(w, bootstrap.Answer{Status: bootstrap.Internal, Body: []byte("internal error")})
+			return
+		}
+		_ = w.SetResponse(codes.Content, accept, bytes.NewReader(body))
+	default:
+		_ = w.SetResponse(codes.NotAcceptable, message.TextPlain, bytes.NewReader([]byte("accept 287 (DER), 50 (JSON) or 60 (CBOR)")))
+	}
+}
+
+func (s *Server) lease(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message) {
+	if m.Code() != codes.POST {
+		methodNotAllowed(w, "POST")
+		return
+	}
+	f := wire.CBOR
+	if cf, err := m.ContentFormat(); err == nil {
+		f = wire.Format(cf)
+	} else if a, err := m.Accept(); err == nil {
+		f = wire.Format(a)
+	}
+	if f != wire.CBOR && f != wire.JSON {
+		reply(w, bootstrap.Answer{Status: bootstrap.UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)")})
+		return
+	}
+	p, ok := w.Conn().Context().Value(peerKey{}).(peer)
+	if !ok {
+		body, _ := wire.Marshal(f, wire.Error{Code: bootstrap.CodeUnauthorized, Message: "lease renewal needs the device certificate on the DTLS session"})
+		reply(w, bootstrap.Answer{Status: bootstrap.Unauthorized, Format: f, Body: body})
+		return
+	}
+	reply(w, h.RenewLease(f, p.id, sourceOf(w)))
+}

@@ -1,0 +1,223 @@
+// Package httpapi is provisiond's HTTPS operations API under /api/v1: sites,
+// factory batches, the device inventory and the audit log, for provctl and
+// scripts. Requests and answers are JSON; every route but /api/v1/ca and
+// /healthz needs a bearer token. docs/protocol.md lists the routes.
+package httpapi
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+)
+
+// Inventory is what the API reads.
+type Inventory interface {
+	Site(name string) (devices.Site, error)
+	Sites() ([]devices.Site, error)
+	SiteDeviceCount(name string) (int, error)
+	LeasesInUse(site string, now time.Time) (int, error)
+	Device(id uuid.UUID) (devices.Device, error)
+	DeviceBySerial(serial string) (devices.Device, error)
+	Devices(f devices.Filter) ([]devices.Device, uuid.UUID, error)
+	Audit(after uint64, limit int) ([]devices.AuditEvent, error)
+	TokenByHash(hash []byte) (devices.Token, error)
+}
+
+// Fleet is what the API changes.
+type Fleet interface {
+	CreateSite(a enroll.Actor, s devices.Site) (devices.Site, error)
+	UpdateSite(a enroll.Actor, name string, fn func(*devices.Site) error) (devices.Site, error)
+	DeleteSite(a enroll.Actor, name string) error
+	ImportBatch(a enroll.Actor, spec enroll.BatchSpec, rows []enroll.ManifestRow) (devices.Batch, []devices.RowResult, error)
+}
+
+// Info is what GET /api/v1/info reports: where devices reach the service.
+type Info struct {
+	Endpoints []string `json:"endpoints"` // e.g. coaps://host:5684
+	RootCA    string   `json:"root_ca"`   // PEM
+	Version   string   `json:"version"`
+}
+
+// API serves the routes.
+type API struct {
+	inv   Inventory
+	fleet Fleet
+	info  func() Info
+	log   *slog.Logger
+	mux   *http.ServeMux
+}
+
+// MaxBodyBytes bounds a request body (a batch of 100,000 rows fits).
+const MaxBodyBytes = 32 << 20
+
+// New returns the API handler.
+func New(inv Inventory, fleet Fleet, info func() Info, log *slog.Logger) *API {
+	a := &API{inv: inv, fleet: fleet, info: info, log: log, mux: http.NewServeMux()}
+	for _, r := range a.routes() {
+		a.mux.Handle(r.pattern, a.guard(r))
+	}
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such route")
+	})
+	return a
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+type route struct {
+	pattern string
+	role    devices.Role // minimum role; "" = public
+	handle  func(w http.ResponseWriter, r *http.Request, actor enroll.Actor)
+}
+
+func (a *API) routes() []route {
+	return []route{
+		{"GET /healthz", "", func(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) { writeJSON(w, 200, map[string]string{"status": "ok"}) }},
+		{"GET /api/v1/ca", "", a.getCA},
+		{"GET /api/v1/info", devices.RoleViewer, a.getInfo},
+		{"GET /api/v1/sites", devices.RoleViewer, a.listSites},
+		{"POST /api/v1/sites", devices.RoleAdmin, a.createSite},
+		{"GET /api/v1/sites/{name}", devices.RoleViewer, a.getSite},
+		{"PATCH /api/v1/sites/{name}", devices.RoleAdmin, a.updateSite},
+		{"DELETE /api/v1/sites/{name}", devices.RoleAdmin, a.deleteSite},
+		{"POST /api/v1/batches", devices.RoleAdmin, a.importBatch},
+		{"GET /api/v1/devices", devices.RoleViewer, a.listDevices},
+		{"GET /api/v1/devices/{ref}", devices.RoleViewer, a.getDevice},
+		{"GET /api/v1/audit", devices.RoleViewer, a.listAudit},
+	}
+}
+
+var roleRank = map[devices.Role]int{devices.RoleViewer: 1, devices.RoleInstaller: 2, devices.RoleOperator: 3, devices.RoleAdmin: 4}
+
+func (a *API) guard(rt route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		actor := enroll.Actor{Name: "anonymous", Source: clientAddr(r)}
+		if rt.role != "" {
+			secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || secret == "" {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="provisiond"`)
+				writeError(w, http.StatusUnauthorized, "unauthorized", "bearer token required")
+				return
+			}
+			h := sha256.Sum256([]byte(strings.TrimSpace(secret)))
+			tok, err := a.inv.TokenByHash(h[:])
+			if err != nil {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="provisiond", error="invalid_token"`)
+				writeError(w, http.StatusUnauthorized, "unauthorized", "unknown token")
+				return
+			}
+			if roleRank[tok.Role] < roleRank[rt.role] {
+				writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("needs role %s, token has %s", rt.role, tok.Role))
+				return
+			}
+			actor.Name = "token:" + tok.ID
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		rt.handle(w, r, actor)
+	})
+}
+
+func clientAddr(r *http.Request) string {
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.String()
+	}
+	return r.RemoteAddr
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// ErrorBody is the JSON body of every error answer.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var b ErrorBody
+	b.Error.Code, b.Error.Message = code, msg
+	writeJSON(w, status, b)
+}
+
+// fail maps a domain error to an HTTP answer.
+func (a *API) fail(w http.ResponseWriter, err error) {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body larger than %d bytes", mbe.Limit))
+	case errors.Is(err, devices.ErrInvalid), errors.Is(err, enroll.ErrInvalid), errors.Is(err, errBadRequest):
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+	case errors.Is(err, devices.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, devices.ErrExists):
+		writeError(w, http.StatusConflict, "exists", err.Error())
+	case errors.Is(err, devices.ErrSiteInUse):
+		writeError(w, http.StatusConflict, "in_use", err.Error())
+	default:
+		a.log.Error("api request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "internal error")
+	}
+}
+
+var errBadRequest = errors.New("bad request")
+
+func decode(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return fmt.Errorf("%w: Content-Type must be application/json", errBadRequest)
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return fmt.Errorf("%w: body: %w", errBadRequest, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: body: trailing data after the JSON object", errBadRequest)
+	}
+	return nil
+}
+
+func (a *API) getCA(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	_, _ = w.Write([]byte(a.info().RootCA))
+}
+
+func (a *API) getInfo(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+	writeJSON(w, 200, a.info())
+}
+
+func (a *API) listAudit(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
+	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+	evs, err := a.inv.Audit(after, limit)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if evs == nil {
+		evs = []devices.AuditEvent{}
+	}
+	writeJSON(w, 200, map[string]any{"events": evs})
+}

@@ -1,0 +1,349 @@
+package httpapi
+
+import (
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+)
+
+// SiteRequest creates a site (POST) or, with every field optional, changes
+// one (PATCH). The passphrase is write-only: answers never contain it.
+type SiteRequest struct {
+	Name       *string   `json:"name,omitempty"`
+	SSID       *string   `json:"ssid,omitempty"`
+	Security   *string   `json:"security,omitempty"`
+	Passphrase *string   `json:"passphrase,omitempty"`
+	CIDR       *string   `json:"cidr,omitempty"`
+	Gateway    *string   `json:"gateway,omitempty"`
+	DNS        *[]string `json:"dns,omitempty"`
+	NTP        *[]string `json:"ntp,omitempty"`
+	Lease      *string   `json:"lease,omitempty"` // Go duration, e.g. "24h"
+}
+
+// SiteView is a site as the API shows it.
+type SiteView struct {
+	Name          string    `json:"name"`
+	SSID          string    `json:"ssid"`
+	Security      string    `json:"security"`
+	PassphraseSet bool      `json:"passphrase_set"`
+	CIDR          string    `json:"cidr"`
+	Gateway       string    `json:"gateway"`
+	DNS           []string  `json:"dns,omitempty"`
+	NTP           []string  `json:"ntp,omitempty"`
+	Lease         string    `json:"lease"`
+	Version       uint64    `json:"version"`
+	PoolSize      int       `json:"pool_size"`
+	LeasesInUse   int       `json:"leases_in_use"`
+	Devices       int       `json:"devices"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+}
+
+// apply copies the request's fields onto s; errors name the field.
+func (req SiteRequest) apply(s *devices.Site) error {
+	if req.SSID != nil {
+		s.SSID = *req.SSID
+	}
+	if req.Security != nil {
+		s.Security = devices.Security(*req.Security)
+	}
+	if req.Passphrase != nil {
+		s.Passphrase = *req.Passphrase
+	}
+	if req.CIDR != nil {
+		p, err := netip.ParsePrefix(*req.CIDR)
+		if err != nil {
+			return fmt.Errorf("%w: cidr: %q is not a prefix such as 10.20.0.0/24", devices.ErrInvalid, *req.CIDR)
+		}
+		s.CIDR = p
+		if req.Gateway == nil {
+			s.Gateway = netip.Addr{} // default again for the new prefix
+		}
+	}
+	if req.Gateway != nil {
+		s.Gateway = netip.Addr{}
+		if *req.Gateway != "" {
+			g, err := netip.ParseAddr(*req.Gateway)
+			if err != nil {
+				return fmt.Errorf("%w: gateway: %q is not an IP address", devices.ErrInvalid, *req.Gateway)
+			}
+			s.Gateway = g
+		}
+	}
+	if req.DNS != nil {
+		s.DNS = nil
+		for _, d := range *req.DNS {
+			a, err := netip.ParseAddr(d)
+			if err != nil {
+				return fmt.Errorf("%w: dns: %q is not an IP address", devices.ErrInvalid, d)
+			}
+			s.DNS = append(s.DNS, a)
+		}
+	}
+	if req.NTP != nil {
+		s.NTP = *req.NTP
+	}
+	if req.Lease != nil {
+		d, err := time.ParseDuration(*req.Lease)
+		if err != nil {
+			return fmt.Errorf("%w: lease: %q is not a duration such as 24h", devices.ErrInvalid, *req.Lease)
+		}
+		s.LeaseTTL = d
+	}
+	return nil
+}
+
+func (a *API) view(s devices.Site) (SiteView, error) {
+	n, err := a.inv.SiteDeviceCount(s.Name)
+	if err != nil {
+		return SiteView{}, err
+	}
+	inUse, err := a.inv.LeasesInUse(s.Name, time.Now())
+	if err != nil {
+		return SiteView{}, err
+	}
+	v := SiteView{Name: s.Name, SSID: s.SSID, Security: string(s.Security), PassphraseSet: s.Passphrase != "",
+		CIDR: s.CIDR.String(), Gateway: s.Gateway.String(), NTP: s.NTP, Lease: s.LeaseTTL.String(),
+		Version: s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
+	for _, d := range s.DNS {
+		v.DNS = append(v.DNS, d.String())
+	}
+	return v, nil
+}
+
+func (a *API) listSites(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+	sites, err := a.inv.Sites()
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := make([]SiteView, 0, len(sites))
+	for _, s := range sites {
+		v, err := a.view(s)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		out = append(out, v)
+	}
+	writeJSON(w, 200, map[string]any{"sites": out})
+}
+
+func (a *API) createSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req SiteRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	var s devices.Site
+	if req.Name != nil {
+		s.Name = *req.Name
+	}
+	if err := req.apply(&s); err != nil {
+		a.fail(w, err)
+		return
+	}
+	s, err := a.fleet.CreateSite(actor, s)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.writeSite(w, http.StatusCreated, s)
+}
+
+func (a *API) writeSite(w http.ResponseWriter, status int, s devices.Site) {
+	v, err := a.view(s)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, status, v)
+}
+
+func (a *API) getSite(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	s, err := a.inv.Site(r.PathValue("name"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.writeSite(w, 200, s)
+}
+
+func (a *API) updateSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req SiteRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if req.Name != nil && *req.Name != r.PathValue("name") {
+		a.fail(w, fmt.Errorf("%w: name: a site cannot be renamed", devices.ErrInvalid))
+		return
+	}
+	s, err := a.fleet.UpdateSite(actor, r.PathValue("name"), req.apply)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.writeSite(w, 200, s)
+}
+
+func (a *API) deleteSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	if err := a.fleet.DeleteSite(actor, r.PathValue("name")); err != nil {
+		a.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// BatchRequest registers a factory batch (provctl factory mint and import).
+type BatchRequest struct {
+	Model  string               `json:"model,omitempty"`
+	Site   string               `json:"site,omitempty"`
+	Source string               `json:"source,omitempty"`
+	Rows   []enroll.ManifestRow `json:"rows"`
+}
+
+// BatchResponse reports each row's outcome, in request order.
+type BatchResponse struct {
+	Batch    devices.Batch       `json:"batch"`
+	Created  int                 `json:"created"`
+	Existing int                 `json:"existing"`
+	Rejected int                 `json:"rejected"`
+	Results  []devices.RowResult `json:"results"`
+}
+
+func (a *API) importBatch(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req BatchRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if req.Source == "" {
+		req.Source = "api"
+	}
+	b, res, err := a.fleet.ImportBatch(actor, enroll.BatchSpec{Model: req.Model, Site: req.Site, Source: req.Source}, req.Rows)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := BatchResponse{Batch: b, Results: res}
+	for _, r := range res {
+		switch r.Status {
+		case devices.RowCreated:
+			out.Created++
+		case devices.RowExists:
+			out.Existing++
+		default:
+			out.Rejected++
+		}
+	}
+	writeJSON(w, 200, out)
+}
+
+// DeviceView is a device as the API shows it (never its token hash).
+type DeviceView struct {
+	ID              uuid.UUID  `json:"id"`
+	Serial          string     `json:"serial"`
+	Model           string     `json:"model"`
+	BatchID         string     `json:"batch_id,omitempty"`
+	Site            string     `json:"site,omitempty"`
+	State           string     `json:"state"`
+	FirmwareVersion string     `json:"firmware_version,omitempty"`
+	MAC             string     `json:"mac,omitempty"`
+	CertSerial      string     `json:"cert_serial,omitempty"`
+	CertNotAfter    *time.Time `json:"cert_not_after,omitempty"`
+	Certificate     string     `json:"certificate,omitempty"` // PEM, on GET /devices/{ref} only
+	Lease           *LeaseView `json:"lease,omitempty"`
+	ConfigVersion   uint64     `json:"config_version,omitempty"`
+	ProvisionedAt   *time.Time `json:"provisioned_at,omitempty"`
+	CreatedAt       time.Time  `json:"created_at"`
+	UpdatedAt       time.Time  `json:"updated_at"`
+}
+
+// LeaseView is a lease as the API shows it.
+type LeaseView struct {
+	Address string    `json:"address"`
+	Expires time.Time `json:"expires"`
+}
+
+func deviceView(d devices.Device, withCert bool) DeviceView {
+	v := DeviceView{ID: d.ID, Serial: d.Serial, Model: d.Model, BatchID: d.BatchID, Site: d.Site, State: string(d.State),
+		FirmwareVersion: d.FirmwareVersion, MAC: d.MAC, CertSerial: d.CertSerial, ConfigVersion: d.ConfigVersion,
+		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}
+	if !d.CertNotAfter.IsZero() {
+		t := d.CertNotAfter
+		v.CertNotAfter = &t
+	}
+	if !d.ProvisionedAt.IsZero() {
+		t := d.ProvisionedAt
+		v.ProvisionedAt = &t
+	}
+	if d.Lease != nil {
+		v.Lease = &LeaseView{Address: d.Lease.Addr.String(), Expires: d.Lease.Expires}
+	}
+	if withCert && len(d.CertDER) > 0 {
+		v.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.CertDER}))
+	}
+	return v
+}
+
+func (a *API) listDevices(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	q := r.URL.Query()
+	f := devices.Filter{Site: q.Get("site"), State: devices.State(q.Get("state"))}
+	if s := q.Get("after"); s != "" {
+		id, err := uuid.Parse(s)
+		if err != nil {
+			a.fail(w, fmt.Errorf("%w: after: not a device ID", errBadRequest))
+			return
+		}
+		f.After = id
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			a.fail(w, fmt.Errorf("%w: limit: 1-1000", errBadRequest))
+			return
+		}
+		f.Limit = n
+	}
+	list, next, err := a.inv.Devices(f)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := struct {
+		Devices []DeviceView `json:"devices"`
+		Next    string       `json:"next,omitempty"`
+	}{Devices: make([]DeviceView, 0, len(list))}
+	for _, d := range list {
+		out.Devices = append(out.Devices, deviceView(d, false))
+	}
+	if next != uuid.Nil {
+		out.Next = next.String()
+	}
+	writeJSON(w, 200, out)
+}
+
+func (a *API) getDevice(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	ref := r.PathValue("ref")
+	var d devices.Device
+	var err error
+	if id, perr := uuid.Parse(ref); perr == nil {
+		d, err = a.inv.Device(id)
+	} else {
+		d, err = a.inv.DeviceBySerial(ref)
+	}
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, deviceView(d, true))
+}
