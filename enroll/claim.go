@@ -60,3 +60,11 @@ func CheckToken(t string) error {
 	}
 	return nil
 }
+
+// NewSerial returns a fresh serial for a device of model: "<model>-<10
+// base32 characters>" (50 random bits; the server refuses a duplicate).
+func NewSerial(model string) string {
+	var b [7]byte
+	_, _ = rand.Read(b[:])
+	return model + "-" + tokenEncoding.EncodeToString(b[:])[:10]
+}

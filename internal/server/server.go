@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +42,7 @@ const (
 	PassphraseFile = "ca.passphrase"
 	AdminTokenFile = "admin.token"
 	RootFile       = "root.pem"
+	ServerInfoFile = "server.json" // where the running server's API listens, for provctl --data
 )
 
 // PassphraseEnv names the environment variable holding the CA key passphrase.
@@ -202,10 +204,33 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 			s.errs <- fmt.Errorf("serve https: %w", err)
 		}
 	}()
+	if err := s.writeServerInfo(); err != nil {
+		return nil, err
+	}
 	log.Info("provisiond ready",
 		"data", cfg.DataDir, "root_ca", rootPath, "admin_token", filepath.Join(cfg.DataDir, AdminTokenFile),
 		"https", "https://"+s.HTTPAddr().String(), "endpoints", strings.Join(s.info().Endpoints, " "))
 	return s, nil
+}
+
+// ServerInfo is data/server.json: how local tools reach the running server.
+type ServerInfo struct {
+	API       string   `json:"api"` // https://host:port
+	Endpoints []string `json:"endpoints"`
+	PID       int      `json:"pid"`
+}
+
+func (s *Server) writeServerInfo() error {
+	host, _, _ := net.SplitHostPort(s.cfg.HTTPAddr)
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	b, err := json.MarshalIndent(ServerInfo{API: "https://" + net.JoinHostPort(host, port(s.HTTPAddr())),
+		Endpoints: s.info().Endpoints, PID: os.Getpid()}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return pki.WriteFileAtomic(filepath.Join(s.cfg.DataDir, ServerInfoFile), append(b, '\n'), 0o644)
 }
 
 func (s *Server) passphrase() (string, error) {

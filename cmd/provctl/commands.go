@@ -1,0 +1,326 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+func (e *env) site(sub string, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("site "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	set := map[string]*string{}
+	for _, f := range []struct{ name, usage string }{
+		{"ssid", "Wi-Fi SSID"}, {"security", "wpa2-psk or wpa3-sae"}, {"passphrase", "Wi-Fi passphrase (8-63 characters)"},
+		{"cidr", "IPv4 address pool, e.g. 10.20.0.0/24"}, {"gateway", "default gateway (default: first host)"},
+		{"dns", "comma-separated DNS servers"}, {"ntp", "comma-separated NTP servers"}, {"lease", "lease time, e.g. 24h"},
+	} {
+		set[f.name] = fs.String(f.name, "", f.usage)
+	}
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	req := httpapi.SiteRequest{}
+	str := func(name string) *string {
+		if !given[name] {
+			return nil
+		}
+		return set[name]
+	}
+	list := func(name string) *[]string {
+		if !given[name] {
+			return nil
+		}
+		var out []string
+		for _, s := range strings.Split(*set[name], ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		return &out
+	}
+	req.SSID, req.Security, req.Passphrase, req.CIDR = str("ssid"), str("security"), str("passphrase"), str("cidr")
+	req.Gateway, req.Lease, req.DNS, req.NTP = str("gateway"), str("lease"), list("dns"), list("ntp")
+
+	one := func() (string, error) {
+		if len(pos) != 1 {
+			return "", fmt.Errorf("site %s: give exactly one site NAME", sub)
+		}
+		return url.PathEscape(pos[0]), nil
+	}
+	var v httpapi.SiteView
+	switch sub {
+	case "create":
+		if _, err := one(); err != nil {
+			return err
+		}
+		for _, f := range []string{"ssid", "security", "passphrase", "cidr"} {
+			if !given[f] {
+				return fmt.Errorf("site create: --%s is required", f)
+			}
+		}
+		req.Name = &pos[0]
+		if err := e.client.Do(e.ctx, http.MethodPost, "/api/v1/sites", req, &v); err != nil {
+			return err
+		}
+	case "update":
+		name, err := one()
+		if err != nil {
+			return err
+		}
+		if len(given) == 0 {
+			return errors.New("site update: nothing to change")
+		}
+		if err := e.client.Do(e.ctx, http.MethodPatch, "/api/v1/sites/"+name, req, &v); err != nil {
+			return err
+		}
+	case "show":
+		name, err := one()
+		if err != nil {
+			return err
+		}
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/sites/"+name, nil, &v); err != nil {
+			return err
+		}
+	case "delete":
+		name, err := one()
+		if err != nil {
+			return err
+		}
+		if err := e.client.Do(e.ctx, http.MethodDelete, "/api/v1/sites/"+name, nil, nil); err != nil {
+			return err
+		}
+		return e.print(map[string]string{"deleted": pos[0]}, func(w io.Writer) { fmt.Fprintf(w, "site %s deleted\n", pos[0]) })
+	case "list":
+		var r struct {
+			Sites []httpapi.SiteView `json:"sites"`
+		}
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/sites", nil, &r); err != nil {
+			return err
+		}
+		return e.print(r, func(w io.Writer) {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSSID\tSECURITY\tCIDR\tLEASES\tDEVICES\tVERSION")
+			for _, s := range r.Sites {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%d\t%d\n", s.Name, s.SSID, s.Security, s.CIDR, s.LeasesInUse, s.PoolSize, s.Devices, s.Version)
+			}
+			tw.Flush()
+		})
+	default:
+		return fmt.Errorf("unknown command: site %s", sub)
+	}
+	return e.print(v, func(w io.Writer) {
+		fmt.Fprintf(w, "site %s (version %d)\n  wifi:    %s (%s, passphrase set: %v)\n  network: %s via %s, dns %s, ntp %s\n  lease:   %s; %d of %d addresses in use; %d devices\n",
+			v.Name, v.Version, v.SSID, v.Security, v.PassphraseSet, v.CIDR, v.Gateway, strings.Join(v.DNS, ","), strings.Join(v.NTP, ","),
+			v.Lease, v.LeasesInUse, v.PoolSize, v.Devices)
+	})
+}
+
+func (e *env) mint(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("factory mint", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	model := fs.String("model", "", "device model (required)")
+	count := fs.Int("count", 0, "number of devices (required, 1-100000)")
+	site := fs.String("site", "", "pre-assign the batch to this site (devices enroll without a claim)")
+	out := fs.String("out", "", "directory for the flash bundles and manifest (required; must be empty or absent)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case !devices.ValidName(*model):
+		return errors.New("factory mint: --model is required (1-64 of [A-Za-z0-9._-])")
+	case *count < 1 || *count > enroll.MaxBatchRows:
+		return fmt.Errorf("factory mint: --count must be 1-%d", enroll.MaxBatchRows)
+	case *out == "":
+		return errors.New("factory mint: --out DIR is required")
+	}
+	if entries, err := os.ReadDir(*out); err == nil && len(entries) > 0 {
+		return fmt.Errorf("factory mint: %s is not empty; bundles hold secrets, so provctl will not mix batches", *out)
+	}
+	info, err := e.client.Info(e.ctx)
+	if err != nil {
+		return err
+	}
+	// Tokens are made here and only their hashes go to the server.
+	bundles := make([]wire.Bundle, *count)
+	rows := make([]enroll.ManifestRow, *count)
+	for i := range bundles {
+		serial := enroll.NewSerial(*model)
+		tok := enroll.NewClaimToken()
+		bundles[i] = wire.Bundle{Serial: serial, ClaimToken: tok, RootCA: info.RootCA, Endpoints: info.Endpoints, Model: *model}
+		rows[i] = enroll.ManifestRow{Serial: serial, ClaimTokenHash: enroll.FormatTokenHash(enroll.HashToken(tok))}
+	}
+	res, err := e.client.ImportBatch(e.ctx, httpapi.BatchRequest{Model: *model, Site: *site, Source: "mint", Rows: rows})
+	if err != nil {
+		return err
+	}
+	if res.Created != *count {
+		return fmt.Errorf("factory mint: server registered %d of %d devices (serial collision?); nothing written", res.Created, *count)
+	}
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return err
+	}
+	man := wire.Manifest{BatchID: res.Batch.ID, Model: *model, Site: *site}
+	for i, b := range bundles {
+		raw, _ := json.MarshalIndent(b, "", "  ")
+		if err := os.WriteFile(filepath.Join(*out, b.Serial+".json"), append(raw, '\n'), 0o600); err != nil {
+			return err
+		}
+		man.Devices = append(man.Devices, wire.ManifestRow{Serial: b.Serial, DeviceID: res.Results[i].DeviceID.String(),
+			ClaimTokenHash: rows[i].ClaimTokenHash})
+	}
+	raw, _ := json.MarshalIndent(man, "", "  ")
+	if err := os.WriteFile(filepath.Join(*out, "manifest.json"), append(raw, '\n'), 0o644); err != nil {
+		return err
+	}
+	return e.print(res, func(w io.Writer) {
+		fmt.Fprintf(w, "batch %s: %d devices of model %s", res.Batch.ID, res.Created, *model)
+		if *site != "" {
+			fmt.Fprintf(w, " pre-assigned to site %s", *site)
+		}
+		fmt.Fprintf(w, "\nflash bundles and manifest.json in %s (bundles hold claim tokens: keep them secret)\n", *out)
+	})
+}
+
+func (e *env) importFile(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("factory import", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	model := fs.String("model", "", "model for rows that name none")
+	site := fs.String("site", "", "pre-assign the imported devices to this site")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("factory import: give exactly one manifest FILE (CSV or JSON lines)")
+	}
+	f, err := os.Open(pos[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	rows, err := enroll.ParseManifest(f)
+	if err != nil {
+		return err
+	}
+	res, err := e.client.ImportBatch(e.ctx, httpapi.BatchRequest{Model: *model, Site: *site, Source: filepath.Base(pos[0]), Rows: rows})
+	if err != nil {
+		return err
+	}
+	if err := e.print(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%d created, %d already registered, %d rejected\n", res.Created, res.Existing, res.Rejected)
+		for i, r := range res.Results {
+			if r.Status == devices.RowRejected {
+				fmt.Fprintf(w, "  row %d (%s): %s\n", i+1, r.Serial, r.Reason)
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	if res.Rejected > 0 {
+		return fmt.Errorf("%d rows rejected", res.Rejected)
+	}
+	return nil
+}
+
+func (e *env) devices(sub string, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("devices "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	site := fs.String("site", "", "only this site")
+	state := fs.String("state", "", "only this state")
+	limit := fs.Int("limit", 100, "page size (1-1000)")
+	after := fs.String("after", "", "cursor: the 'next' of the previous page")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "list":
+		q := url.Values{}
+		for k, v := range map[string]string{"site": *site, "state": *state, "after": *after} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		q.Set("limit", fmt.Sprint(*limit))
+		var r struct {
+			Devices []httpapi.DeviceView `json:"devices"`
+			Next    string               `json:"next,omitempty"`
+		}
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/devices?"+q.Encode(), nil, &r); err != nil {
+			return err
+		}
+		return e.print(r, func(w io.Writer) {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SERIAL\tID\tMODEL\tSITE\tSTATE\tADDRESS")
+			for _, d := range r.Devices {
+				addr := "-"
+				if d.Lease != nil {
+					addr = d.Lease.Address
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.Serial, d.ID, d.Model, d.Site, d.State, addr)
+			}
+			tw.Flush()
+			if r.Next != "" {
+				fmt.Fprintf(w, "more: --after %s\n", r.Next)
+			}
+		})
+	case "show":
+		if len(pos) != 1 {
+			return errors.New("devices show: give one SERIAL or ID")
+		}
+		var d httpapi.DeviceView
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(pos[0]), nil, &d); err != nil {
+			return err
+		}
+		return e.print(d, func(w io.Writer) {
+			fmt.Fprintf(w, "%s (%s)\n  model %s, site %s, state %s, config version %d\n", d.Serial, d.ID, d.Model, d.Site, d.State, d.ConfigVersion)
+			if d.Lease != nil {
+				fmt.Fprintf(w, "  lease %s until %s\n", d.Lease.Address, d.Lease.Expires.Format("2006-01-02 15:04:05Z07:00"))
+			}
+			if d.CertSerial != "" {
+				fmt.Fprintf(w, "  certificate serial %s, valid until %s\n", d.CertSerial, d.CertNotAfter.Format("2006-01-02"))
+			}
+		})
+	}
+	return fmt.Errorf("unknown command: devices %s", sub)
+}
+
+func (e *env) audit(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	after := fs.Uint64("after", 0, "only events after this sequence number")
+	limit := fs.Int("limit", 100, "at most this many events (1-1000)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	evs, err := e.client.Audit(e.ctx, *after, *limit)
+	if err != nil {
+		return err
+	}
+	return e.print(map[string]any{"events": evs}, func(w io.Writer) {
+		for _, ev := range evs {
+			fmt.Fprintf(w, "%6d %s %-14s %-22s %s", ev.Seq, ev.Time.Format("2006-01-02T15:04:05Z"), ev.Action, ev.Target, ev.Actor)
+			if ev.Source != "" {
+				fmt.Fprintf(w, " from %s", ev.Source)
+			}
+			fmt.Fprintln(w)
+		}
+	})
+}

@@ -1,0 +1,175 @@
+// Command provctl is the operations, factory and installer CLI for
+// provisiond, a thin client of its HTTPS API.
+//
+//	provctl --data ./data site create hq --ssid Office --security wpa2-psk --passphrase '…' --cidr 10.20.0.0/24
+//	provctl --data ./data factory mint --model TH1 --count 100 --site hq --out ./batch1
+//	provctl --data ./data devices list --site hq -o json
+//
+// It finds the server through --server URL --token-file FILE --ca-file FILE
+// (or PROVCTL_SERVER, PROVCTL_TOKEN_FILE, PROVCTL_CA_FILE), or through
+// --data DIR alone when it runs beside the server (default ./data).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/provisiond/provisiond/internal/server"
+	"github.com/provisiond/provisiond/transport/httpapi"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "provctl:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: provctl [global flags] COMMAND ...
+
+commands:
+  site create NAME --ssid S --security wpa2-psk|wpa3-sae --passphrase P --cidr CIDR [--gateway IP --dns IP,IP --ntp HOST,HOST --lease 24h]
+  site list | site show NAME | site update NAME [same flags as create] | site delete NAME
+  factory mint --model M --count N [--site S] --out DIR
+  factory import FILE [--model M] [--site S]
+  devices list [--site S] [--state STATE] [--limit N] [--after ID] | devices show SERIAL|ID
+  audit [--after SEQ] [--limit N]
+  info
+
+global flags:
+`
+
+// env is a CLI's view of the world, passed in for tests.
+type env struct {
+	ctx    context.Context
+	out    io.Writer
+	json   bool
+	client *httpapi.Client
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("provctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	srv := fs.String("server", os.Getenv("PROVCTL_SERVER"), "API URL, https://host:port (env PROVCTL_SERVER)")
+	tokenFile := fs.String("token-file", os.Getenv("PROVCTL_TOKEN_FILE"), "file holding the API token (env PROVCTL_TOKEN_FILE)")
+	caFile := fs.String("ca-file", os.Getenv("PROVCTL_CA_FILE"), "root CA to trust for the server (env PROVCTL_CA_FILE)")
+	data := fs.String("data", "", "provisiond data directory: fills whatever of --server, --token-file, --ca-file is unset (default ./data)")
+	output := fs.String("o", "text", "output: text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	if *output != "text" && *output != "json" {
+		return fmt.Errorf("-o: %q is neither text nor json", *output)
+	}
+	client, err := connect(*srv, *tokenFile, *caFile, *data)
+	if err != nil {
+		return err
+	}
+	e := &env{ctx: ctx, out: stdout, json: *output == "json", client: client}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	sub := ""
+	if len(rest) > 0 {
+		sub = rest[0]
+	}
+	switch {
+	case cmd == "site" && sub != "":
+		return e.site(sub, rest[1:], stderr)
+	case cmd == "factory" && sub == "mint":
+		return e.mint(rest[1:], stderr)
+	case cmd == "factory" && sub == "import":
+		return e.importFile(rest[1:], stderr)
+	case cmd == "devices" && sub != "":
+		return e.devices(sub, rest[1:], stderr)
+	case cmd == "audit":
+		return e.audit(rest, stderr)
+	case cmd == "info":
+		info, err := client.Info(ctx)
+		if err != nil {
+			return err
+		}
+		return e.print(info, func(w io.Writer) {
+			fmt.Fprintf(w, "version:   %s\nendpoints: %s\n", info.Version, strings.Join(info.Endpoints, " "))
+		})
+	}
+	fs.Usage()
+	return fmt.Errorf("unknown command %q", strings.Join(fs.Args()[:min(2, fs.NArg())], " "))
+}
+
+// connect resolves the server, token and CA from flags, environment and the data directory.
+func connect(srv, tokenFile, caFile, data string) (*httpapi.Client, error) {
+	if data == "" && (srv == "" || tokenFile == "" || caFile == "") {
+		data = "./data"
+	}
+	if data != "" {
+		if srv == "" {
+			raw, err := os.ReadFile(filepath.Join(data, server.ServerInfoFile))
+			if err != nil {
+				return nil, fmt.Errorf("no --server given and %s is unreadable (is provisiond running with --data %s?): %w",
+					filepath.Join(data, server.ServerInfoFile), data, err)
+			}
+			var si server.ServerInfo
+			if err := json.Unmarshal(raw, &si); err != nil {
+				return nil, fmt.Errorf("%s: %w", server.ServerInfoFile, err)
+			}
+			srv = si.API
+		}
+		if tokenFile == "" {
+			tokenFile = filepath.Join(data, server.AdminTokenFile)
+		}
+		if caFile == "" {
+			caFile = filepath.Join(data, server.RootFile)
+		}
+	}
+	token, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("token file: %w", err)
+	}
+	root, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	return httpapi.NewClient(srv, string(token), root)
+}
+
+func (e *env) print(v any, text func(w io.Writer)) error {
+	if e.json {
+		enc := json.NewEncoder(e.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	text(e.out)
+	return nil
+}
+
+// parse parses flags that may come after positional arguments (provctl site
+// show NAME --flag): it returns the positionals.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}

@@ -1,0 +1,319 @@
+// Package simulator is the device side of provisiond's protocols, written
+// the way real firmware behaves: it generates a key on the device, sends a
+// CSR with its claim token over DTLS to the endpoint from its flash bundle,
+// verifies that the returned chain leads to the root it was flashed with,
+// and later renews its lease over mutual DTLS with the issued certificate.
+// It speaks only the wire protocol (package transport/wire), never server
+// internals, so it doubles as our interoperability check and load generator
+// (see Run and cmd/devsim).
+package simulator
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	piondtls "github.com/pion/dtls/v3"
+	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
+	"github.com/plgd-dev/go-coap/v3/options"
+	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
+
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// Device is one simulated device.
+type Device struct {
+	Bundle wire.Bundle
+	Key    crypto.Signer
+	roots  *x509.CertPool
+
+	// Set by a successful Enroll.
+	Enrollment *wire.EnrollResponse
+	Chain      []*x509.Certificate
+}
+
+// NewDevice prepares a device from its flash bundle, generating its key.
+func NewDevice(b wire.Bundle) (*Device, error) {
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM([]byte(b.RootCA)) {
+		return nil, fmt.Errorf("bundle %s: root_ca holds no PEM certificate", b.Serial)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return &Device{Bundle: b, Key: key, roots: roots}, nil
+}
+
+// LoadBundles reads every <serial>.json flash bundle in dir (not the manifest).
+func LoadBundles(dir string) ([]wire.Bundle, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(paths)
+	var out []wire.Bundle
+	for _, p := range paths {
+		if filepath.Base(p) == "manifest.json" {
+			continue
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		var b wire.Bundle
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return nil, fmt.Errorf("bundle %s: %w", p, err)
+		}
+		if b.Serial == "" || b.ClaimToken == "" {
+			return nil, fmt.Errorf("bundle %s: serial and claim_token required", p)
+		}
+		out = append(out, b)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no flash bundles (*.json) in %s", dir)
+	}
+	return out, nil
+}
+
+// Error is a refusal from the server: its CoAP code and error body.
+type Error struct {
+	Code   codes.Code
+	Body   wire.Error
+	MaxAge time.Duration // from the Max-Age option, when given
+}
+
+func (e *Error) Error() string {
+	if e.Body.Code != "" {
+		return fmt.Sprintf("%v %s: %s", e.Code, e.Body.Code, e.Body.Message)
+	}
+	return e.Code.String()
+}
+
+// Reason is a short label for summaries: the error code, or the kind of failure.
+func Reason(err error) string {
+	var e *Error
+	switch {
+	case errors.As(err, &e) && e.Body.Code != "":
+		return e.Body.Code
+	case errors.As(err, &e):
+		return e.Code.String()
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "transport"
+}
+
+// EnrollOptions tune one enrollment.
+type EnrollOptions struct {
+	Endpoint string      // overrides the bundle's first coaps:// endpoint (host:port or URL)
+	Format   wire.Format // CBOR (default) or JSON
+}
+
+func (d *Device) endpoint(override string) (host, addr string, err error) {
+	ep := override
+	if ep == "" {
+		for _, e := range d.Bundle.Endpoints {
+			if strings.HasPrefix(e, "coaps://") {
+				ep = e
+				break
+			}
+		}
+	}
+	if ep == "" {
+		return "", "", errors.New("no coaps:// endpoint in bundle")
+	}
+	if !strings.Contains(ep, "://") {
+		ep = "coaps://" + ep
+	}
+	u, err := url.Parse(ep)
+	if err != nil {
+		return "", "", fmt.Errorf("endpoint %q: %w", ep, err)
+	}
+	if u.Scheme != "coaps" {
+		return "", "", fmt.Errorf("endpoint %q: want coaps://", ep)
+	}
+	return u.Hostname(), u.Host, nil
+}
+
+func (d *Device) dial(ctx context.Context, override string, cert *tls.Certificate) (*udpclient.Conn, error) {
+	host, addr, err := d.endpoint(override)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &piondtls.Config{
+		RootCAs:              d.roots,
+		ServerName:           host,
+		ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret,
+	}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	var dl net.Dialer
+	if deadline, ok := ctx.Deadline(); ok {
+		dl.Deadline = deadline
+	}
+	return coapdtls.Dial(addr, cfg, options.WithDialer(&dl), options.WithContext(ctx))
+}
+
+// CSR returns a DER PKCS#10 request for the device key, naming the serial.
+func (d *Device) CSR() ([]byte, error) {
+	return x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: d.Bundle.Serial},
+	}, d.Key)
+}
+
+// Enroll runs the bootstrap: POST /enroll over DTLS, then checks the answer
+// (the chain verifies to the flashed root and certifies this device's key).
+func (d *Device) Enroll(ctx context.Context, o EnrollOptions) (*wire.EnrollResponse, error) {
+	if o.Format == 0 {
+		o.Format = wire.CBOR
+	}
+	csr, err := d.CSR()
+	if err != nil {
+		return nil, err
+	}
+	body, err := wire.Marshal(o.Format, wire.EnrollRequest{Serial: d.Bundle.Serial, ClaimToken: d.Bundle.ClaimToken,
+		CSR: csr, Model: d.Bundle.Model, FirmwareVersion: "sim-1.0.0"})
+	if err != nil {
+		return nil, err
+	}
+	conn, err := d.dial(ctx, o.Endpoint, nil)
+	if err != nil {
+		return nil, fmt.Errorf("dtls dial: %w", err)
+	}
+	defer conn.Close()
+	resp, err := conn.Post(ctx, "/enroll", message.MediaType(o.Format), bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("post /enroll: %w", err)
+	}
+	defer conn.ReleaseMessage(resp)
+	var out wire.EnrollResponse
+	if err := decodeAnswer(resp, codes.Created, o.Format, &out); err != nil {
+		return nil, err
+	}
+	chain, err := d.verify(&out)
+	if err != nil {
+		return nil, err
+	}
+	d.Enrollment, d.Chain = &out, chain
+	return &out, nil
+}
+
+func decodeAnswer(resp *pool.Message, want codes.Code, f wire.Format, v any) error {
+	body, err := resp.ReadBody()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.Code() != want {
+		e := &Error{Code: resp.Code()}
+		if ma, err := resp.GetOptionUint32(message.MaxAge); err == nil {
+			e.MaxAge = time.Duration(ma) * time.Second
+		}
+		if cf, err := resp.ContentFormat(); err == nil && (cf == message.AppCBOR || cf == message.AppJSON) {
+			_ = wire.Unmarshal(wire.Format(cf), body, &e.Body)
+		} else {
+			e.Body.Message = string(body)
+		}
+		return e
+	}
+	if cf, err := resp.ContentFormat(); err != nil || wire.Format(cf) != f {
+		return fmt.Errorf("answer content-format %v, want %v", cf, f)
+	}
+	return wire.Unmarshal(f, body, v)
+}
+
+func (d *Device) verify(r *wire.EnrollResponse) ([]*x509.Certificate, error) {
+	if len(r.Certificate) == 0 {
+		return nil, errors.New("answer has no certificate")
+	}
+	var chain []*x509.Certificate
+	for _, der := range r.Certificate {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("answer certificate: %w", err)
+		}
+		chain = append(chain, c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: d.roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, fmt.Errorf("issued chain does not verify to the flashed root: %w", err)
+	}
+	type eq interface{ Equal(crypto.PublicKey) bool }
+	if k, ok := chain[0].PublicKey.(eq); !ok || !k.Equal(d.Key.Public()) {
+		return nil, errors.New("issued certificate is not for this device's key")
+	}
+	return chain, nil
+}
+
+// TLSCertificate is the device's issued identity for mutual DTLS.
+func (d *Device) TLSCertificate() (*tls.Certificate, error) {
+	if d.Chain == nil {
+		return nil, errors.New("device is not enrolled")
+	}
+	c := &tls.Certificate{PrivateKey: d.Key, Leaf: d.Chain[0]}
+	for _, x := range d.Chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c, nil
+}
+
+// RenewLease renews the device's lease over mutual DTLS (POST /lease).
+func (d *Device) RenewLease(ctx context.Context, o EnrollOptions) (*wire.LeaseResponse, error) {
+	if o.Format == 0 {
+		o.Format = wire.CBOR
+	}
+	cert, err := d.TLSCertificate()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := d.dial(ctx, o.Endpoint, cert)
+	if err != nil {
+		return nil, fmt.Errorf("dtls dial: %w", err)
+	}
+	defer conn.Close()
+	resp, err := conn.Post(ctx, "/lease", message.MediaType(o.Format), bytes.NewReader(nil))
+	if err != nil {
+		return nil, fmt.Errorf("post /lease: %w", err)
+	}
+	defer conn.ReleaseMessage(resp)
+	var out wire.LeaseResponse
+	if err := decodeAnswer(resp, codes.Changed, o.Format, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// PEM renders the issued chain as PEM (leaf first).
+func (d *Device) PEM() []byte {
+	var b bytes.Buffer
+	for _, c := range d.Chain {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return b.Bytes()
+}

@@ -1,0 +1,195 @@
+package simulator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// RunOptions tune a fleet run.
+type RunOptions struct {
+	Concurrency int           // devices enrolling at once; default 64
+	Endpoint    string        // overrides every bundle's endpoint
+	Format      wire.Format   // CBOR (default) or JSON
+	Timeout     time.Duration // per attempt; default 15s
+	Attempts    int           // per device, including the first; default 3
+	MaxWait     time.Duration // cap on a server's Max-Age between attempts; default 5s
+	Progress    io.Writer     // one line per second when set
+}
+
+// Outcome is one device's result.
+type Outcome struct {
+	Serial   string
+	Device   *Device
+	Err      error
+	Latency  time.Duration // of the successful (or last) attempt
+	Attempts int
+}
+
+// Summary aggregates a run.
+type Summary struct {
+	Devices   int            `json:"devices"`
+	Enrolled  int            `json:"enrolled"`
+	Failed    int            `json:"failed"`
+	Reasons   map[string]int `json:"failed_by_reason,omitempty"`
+	Duration  time.Duration  `json:"duration_ns"`
+	PerSecond float64        `json:"enrollments_per_second"`
+	P50       time.Duration  `json:"p50_ns"`
+	P90       time.Duration  `json:"p90_ns"`
+	P99       time.Duration  `json:"p99_ns"`
+	Max       time.Duration  `json:"max_ns"`
+}
+
+func (s Summary) String() string {
+	out := fmt.Sprintf("devices %d: enrolled %d, failed %d in %v (%.0f enrollments/s); latency p50 %v p90 %v p99 %v max %v",
+		s.Devices, s.Enrolled, s.Failed, s.Duration.Round(time.Millisecond), s.PerSecond,
+		s.P50.Round(100*time.Microsecond), s.P90.Round(100*time.Microsecond), s.P99.Round(100*time.Microsecond), s.Max.Round(100*time.Microsecond))
+	for r, n := range s.Reasons {
+		out += fmt.Sprintf("\n  failed %s: %d", r, n)
+	}
+	return out
+}
+
+func retryable(err error) (bool, time.Duration) {
+	var e *Error
+	if errors.As(err, &e) {
+		switch e.Body.Code {
+		case "throttled", "pool_exhausted", "not_claimed", "internal":
+			return true, e.MaxAge
+		}
+		return e.Code >= 160, e.MaxAge // 5.xx
+	}
+	return true, 0 // timeouts, lost datagrams, handshake failures
+}
+
+// Run enrolls every bundle and returns each outcome (in bundle order) and a summary.
+func Run(ctx context.Context, bundles []wire.Bundle, o RunOptions) ([]Outcome, Summary) {
+	if o.Concurrency <= 0 {
+		o.Concurrency = 64
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 15 * time.Second
+	}
+	if o.Attempts <= 0 {
+		o.Attempts = 3
+	}
+	if o.MaxWait == 0 {
+		o.MaxWait = 5 * time.Second
+	}
+	outs := make([]Outcome, len(bundles))
+	var done, failed atomic.Int64
+	start := time.Now()
+	stopProgress := progress(o.Progress, len(bundles), &done, &failed, start)
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(o.Concurrency, len(bundles)) {
+		wg.Go(func() {
+			for i := range work {
+				outs[i] = enrollOne(ctx, bundles[i], o)
+				done.Add(1)
+				if outs[i].Err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	for i := range bundles {
+		if ctx.Err() != nil {
+			outs[i] = Outcome{Serial: bundles[i].Serial, Err: ctx.Err()}
+			continue
+		}
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	stopProgress()
+	return outs, Summarize(outs, time.Since(start))
+}
+
+func enrollOne(ctx context.Context, b wire.Bundle, o RunOptions) Outcome {
+	out := Outcome{Serial: b.Serial}
+	d, err := NewDevice(b)
+	if err != nil {
+		out.Err = err
+		return out
+	}
+	out.Device = d
+	for out.Attempts < o.Attempts {
+		out.Attempts++
+		actx, cancel := context.WithTimeout(ctx, o.Timeout)
+		t0 := time.Now()
+		_, err = d.Enroll(actx, EnrollOptions{Endpoint: o.Endpoint, Format: o.Format})
+		out.Latency = time.Since(t0)
+		cancel()
+		out.Err = err
+		if err == nil || ctx.Err() != nil {
+			return out
+		}
+		again, wait := retryable(err)
+		if !again {
+			return out
+		}
+		select {
+		case <-time.After(min(max(wait, 100*time.Millisecond), o.MaxWait)):
+		case <-ctx.Done():
+			return out
+		}
+	}
+	return out
+}
+
+// Summarize computes counts, rate and latency percentiles of successful enrollments.
+func Summarize(outs []Outcome, elapsed time.Duration) Summary {
+	s := Summary{Devices: len(outs), Duration: elapsed, Reasons: map[string]int{}}
+	var lat []time.Duration
+	for _, o := range outs {
+		if o.Err != nil {
+			s.Failed++
+			s.Reasons[Reason(o.Err)]++
+			continue
+		}
+		s.Enrolled++
+		lat = append(lat, o.Latency)
+	}
+	if elapsed > 0 {
+		s.PerSecond = float64(s.Enrolled) / elapsed.Seconds()
+	}
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+		s.P50, s.P90, s.P99, s.Max = q(0.50), q(0.90), q(0.99), lat[len(lat)-1]
+	}
+	if len(s.Reasons) == 0 {
+		s.Reasons = nil
+	}
+	return s
+}
+
+func progress(w io.Writer, total int, done, failed *atomic.Int64, start time.Time) func() {
+	if w == nil {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				n := done.Load()
+				fmt.Fprintf(w, "\r%d/%d done, %d failed, %.0f/s   ", n, total, failed.Load(), float64(n)/time.Since(start).Seconds())
+			}
+		}
+	})
+	return func() { close(stop); wg.Wait(); fmt.Fprintln(w) }
+}

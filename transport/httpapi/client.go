@@ -1,0 +1,117 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/provisiond/provisiond/devices"
+)
+
+// Client calls the ops API; provctl is built on it.
+type Client struct {
+	base  *url.URL
+	token string
+	http  *http.Client
+}
+
+// NewClient returns a client for the API at server (https://host:port),
+// trusting rootPEM for the server certificate and sending token.
+func NewClient(server, token string, rootPEM []byte) (*Client, error) {
+	u, err := url.Parse(server)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("server %q: want https://host:port", server)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(rootPEM) {
+		return nil, fmt.Errorf("CA file holds no PEM certificate")
+	}
+	return &Client{base: u, token: strings.TrimSpace(token), http: &http.Client{
+		Timeout:   5 * time.Minute,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+	}}, nil
+}
+
+// APIError is an error answer from the server.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("%s (HTTP %d): %s", e.Code, e.Status, e.Message) }
+
+// Do sends a request with an optional JSON body and decodes a JSON answer into out.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	path, query, _ := strings.Cut(path, "?")
+	u := c.base.JoinPath(path)
+	u.RawQuery = query
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var eb ErrorBody
+		if json.Unmarshal(raw, &eb) == nil && eb.Error.Code != "" {
+			return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		}
+		return &APIError{Status: resp.StatusCode, Code: http.StatusText(resp.StatusCode), Message: strings.TrimSpace(string(raw))}
+	}
+	if out == nil || len(raw) == 0 {
+		return nil
+	}
+	if p, ok := out.(*[]byte); ok {
+		*p = raw
+		return nil
+	}
+	return json.Unmarshal(raw, out)
+}
+
+// Info fetches GET /api/v1/info.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	var i Info
+	return i, c.Do(ctx, http.MethodGet, "/api/v1/info", nil, &i)
+}
+
+// ImportBatch posts a batch.
+func (c *Client) ImportBatch(ctx context.Context, b BatchRequest) (BatchResponse, error) {
+	var r BatchResponse
+	return r, c.Do(ctx, http.MethodPost, "/api/v1/batches", b, &r)
+}
+
+// Audit fetches audit events after a sequence number.
+func (c *Client) Audit(ctx context.Context, after uint64, limit int) ([]devices.AuditEvent, error) {
+	var r struct {
+		Events []devices.AuditEvent `json:"events"`
+	}
+	return r.Events, c.Do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/audit?after=%d&limit=%d", after, limit), nil, &r)
+}

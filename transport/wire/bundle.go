@@ -1,0 +1,28 @@
+package wire
+
+// Bundle is what the factory flashes into one device, written by
+// `provctl factory mint` as DIR/<serial>.json: the device's serial and claim
+// token, the root CA it must trust, and where to enroll.
+type Bundle struct {
+	Serial     string   `json:"serial"`
+	ClaimToken string   `json:"claim_token"`
+	RootCA     string   `json:"root_ca"`   // PEM
+	Endpoints  []string `json:"endpoints"` // e.g. "coaps://prov.example.net:5684"
+	Model      string   `json:"model,omitempty"`
+}
+
+// Manifest is the batch manifest `provctl factory mint` writes beside the
+// bundles (manifest.json). It carries token hashes, never tokens.
+type Manifest struct {
+	BatchID string        `json:"batch_id"`
+	Model   string        `json:"model"`
+	Site    string        `json:"site,omitempty"`
+	Devices []ManifestRow `json:"devices"`
+}
+
+// ManifestRow is one device of a Manifest.
+type ManifestRow struct {
+	Serial         string `json:"serial"`
+	DeviceID       string `json:"device_id"`
+	ClaimTokenHash string `json:"claim_token_hash"`
+}
