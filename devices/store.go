@@ -2,6 +2,7 @@ package devices
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -284,4 +285,26 @@ func jsonUnmarshal(raw []byte, v any) error {
 		return fmt.Errorf("decode record: %w", err)
 	}
 	return nil
+}
+
+// Digest hashes every record of the store. Two equal digests mean nothing
+// was written in between; tests use it to prove a refusal changed nothing.
+func (s *Store) Digest() ([32]byte, error) {
+	h := sha256.New()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			h.Write(name)
+			if err := tx.Bucket(name).ForEach(func(k, v []byte) error {
+				h.Write(k)
+				h.Write(v)
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out, err
 }

@@ -1,0 +1,120 @@
+// Package servertest starts a real provisiond for tests: a fresh data
+// directory under t.TempDir(), every listener on 127.0.0.1 port 0, an API
+// client holding the admin token, and helpers to create sites and mint
+// devices the way provctl does.
+package servertest
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/server"
+	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// Env is a running server and a client for it.
+type Env struct {
+	T       testing.TB
+	Server  *server.Server
+	Client  *httpapi.Client
+	DataDir string
+	Info    httpapi.Info
+	Config  server.Config
+}
+
+// Start runs provisiond until the test ends. mod may adjust the configuration.
+func Start(t testing.TB, mod ...func(*server.Config)) *Env {
+	t.Helper()
+	cfg := server.Defaults()
+	cfg.DataDir = t.TempDir()
+	cfg.CoAPSAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.AdvertiseHost = "127.0.0.1"
+	cfg.CAPassphrase = "test-passphrase-0123456789"
+	for _, m := range mod {
+		m(&cfg)
+	}
+	srv, err := server.Start(cfg, Logger(t))
+	if err != nil {
+		t.Fatalf("start provisiond: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	token, err := os.ReadFile(filepath.Join(cfg.DataDir, server.AdminTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := httpapi.NewClient("https://"+srv.HTTPAddr().String(), string(token), srv.CA().RootPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Env{T: t, Server: srv, Client: c, DataDir: cfg.DataDir, Info: info, Config: cfg}
+}
+
+// Logger writes the server's logs through t.Log at debug level, visible with -v or on failure.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// Site creates a site with the given CIDR.
+func (e *Env) Site(name, cidr string) httpapi.SiteView {
+	e.T.Helper()
+	ssid, sec, pass := "ssid-"+name, "wpa2-psk", "passphrase-"+name
+	var v httpapi.SiteView
+	err := e.Client.Do(context.Background(), "POST", "/api/v1/sites", httpapi.SiteRequest{
+		Name: &name, SSID: &ssid, Security: &sec, Passphrase: &pass, CIDR: &cidr,
+		DNS: &[]string{"192.0.2.53"}, NTP: &[]string{"ntp.example.net"},
+	}, &v)
+	if err != nil {
+		e.T.Fatalf("create site %s: %v", name, err)
+	}
+	return v
+}
+
+// Mint registers n devices of model TEST (pre-assigned to site when not
+// empty) and returns their flash bundles, as `provctl factory mint` does.
+func (e *Env) Mint(n int, site string) []wire.Bundle {
+	e.T.Helper()
+	bundles := make([]wire.Bundle, n)
+	rows := make([]enroll.ManifestRow, n)
+	for i := range bundles {
+		tok := enroll.NewClaimToken()
+		bundles[i] = wire.Bundle{Serial: enroll.NewSerial("TEST"), ClaimToken: tok, RootCA: e.Info.RootCA,
+			Endpoints: e.Info.Endpoints, Model: "TEST"}
+		rows[i] = enroll.ManifestRow{Serial: bundles[i].Serial, ClaimTokenHash: enroll.FormatTokenHash(enroll.HashToken(tok))}
+	}
+	res, err := e.Client.ImportBatch(context.Background(), httpapi.BatchRequest{Model: "TEST", Site: site, Source: "mint", Rows: rows})
+	if err != nil {
+		e.T.Fatalf("mint: %v", err)
+	}
+	if res.Created != n {
+		e.T.Fatalf("mint: created %d of %d", res.Created, n)
+	}
+	return bundles
+}
+
+// CoAPS is the DTLS endpoint, host:port.
+func (e *Env) CoAPS() string { return e.Server.CoAPSAddr().String() }
