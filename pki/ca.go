@@ -267,7 +267,9 @@ type DeviceIdentity struct {
 }
 
 // URI is the device's urn:uuid identity.
-func (id DeviceIdentity) URI() *url.URL { return &url.URL{Scheme: "urn", Opaque: "uuid:" + id.ID.String()} }
+func (id DeviceIdentity) URI() *url.URL {
+	return &url.URL{Scheme: "urn", Opaque: "uuid:" + id.ID.String()}
+}
 
 // CheckKey reports whether pub is a key type the CA certifies: ECDSA P-256
 // or P-384, or Ed25519, each only when allowed.

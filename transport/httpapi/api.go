@@ -84,7 +84,9 @@ type route struct {
 
 func (a *API) routes() []route {
 	return []route{
-		{"GET /healthz", "", func(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) { writeJSON(w, 200, map[string]string{"status": "ok"}) }},
+		{"GET /healthz", "", func(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+			writeJSON(w, 200, map[string]string{"status": "ok"})
+		}},
 		{"GET /api/v1/ca", "", a.getCA},
 		{"GET /api/v1/info", devices.RoleViewer, a.getInfo},
 		{"GET /api/v1/sites", devices.RoleViewer, a.listSites},

@@ -47,7 +47,9 @@ type APIError struct {
 	Message string
 }
 
-func (e *APIError) Error() string { return fmt.Sprintf("%s (HTTP %d): %s", e.Code, e.Status, e.Message) }
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s (HTTP %d): %s", e.Code, e.Status, e.Message)
+}
 
 // Do sends a request with an optional JSON body and decodes a JSON answer into out.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
