@@ -179,12 +179,20 @@ func (s *Store) Device(id uuid.UUID) (Device, error) {
 	return d, err
 }
 
+// decoyRecord is decoded when a serial is unknown, so that looking up an
+// unknown serial costs what looking up a known one does (claim checks must not
+// reveal which serials exist through their timing).
+var decoyRecord, _ = json.Marshal(Device{Serial: "DECOY-SERIAL-0000", Model: "DECOY-MODEL", State: StateClaimed,
+	Site: "decoy-site", BatchID: "00000000-0000-0000-0000-000000000000", TokenHash: make([]byte, 32), Rev: 1})
+
 // DeviceBySerial returns the device with the given serial.
 func (s *Store) DeviceBySerial(serial string) (Device, error) {
 	var d Device
 	err := s.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(bucketSerials).Get([]byte(serial))
 		if len(raw) != 16 {
+			var decoy Device
+			_ = json.Unmarshal(decoyRecord, &decoy)
 			return fmt.Errorf("serial %q: %w", serial, ErrNotFound)
 		}
 		var err error

@@ -163,9 +163,14 @@ func (d *Device) dial(ctx context.Context, override string, cert *tls.Certificat
 		return nil, err
 	}
 	cfg := &piondtls.Config{
-		RootCAs:              d.roots,
 		ServerName:           host,
 		ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret,
+		// pion's own chain check is replaced by an equivalent one that
+		// remembers chains it fully verified (see verifyServer).
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyServer([]byte(d.Bundle.RootCA), d.roots, host, raw)
+		},
 	}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
@@ -256,12 +261,7 @@ func (d *Device) verify(r *wire.EnrollResponse) ([]*x509.Certificate, error) {
 		}
 		chain = append(chain, c)
 	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: d.roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if err := verifyIssued([]byte(d.Bundle.RootCA), d.roots, chain); err != nil {
 		return nil, fmt.Errorf("issued chain does not verify to the flashed root: %w", err)
 	}
 	type eq interface{ Equal(crypto.PublicKey) bool }

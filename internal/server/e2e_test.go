@@ -287,3 +287,28 @@ func csrFor(t *testing.T, key any) []byte {
 	}
 	return der
 }
+
+// A device flashed with another CA's root must refuse this server, even
+// after other devices verified (and cached) this server's chain.
+func TestDeviceRefusesServerOfAnotherCA(t *testing.T) {
+	env := servertest.Start(t)
+	other := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	bundles := env.Mint(2, "hq")
+	good, _ := simulator.NewDevice(bundles[0])
+	if _, err := good.Enroll(ctxT(t), simulator.EnrollOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	foreign := bundles[1]
+	foreign.RootCA = other.Info.RootCA
+	d, err := simulator.NewDevice(foreign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Enroll(ctxT(t), simulator.EnrollOptions{}); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("device trusting another root enrolled anyway: %v", err)
+	}
+	if got, _ := env.Server.Store().DeviceBySerial(foreign.Serial); got.State != "claimed" {
+		t.Errorf("device state %s after a refused handshake, want claimed", got.State)
+	}
+}

@@ -1,0 +1,248 @@
+package devices_test
+
+import (
+	"crypto/sha256"
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+)
+
+func open(t *testing.T) *devices.Store {
+	t.Helper()
+	s, err := devices.Open(filepath.Join(t.TempDir(), "inv.db"), devices.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func site(name, cidr string) devices.Site {
+	return devices.Site{Name: name, SSID: "s", Security: devices.SecurityWPA2PSK, Passphrase: "12345678", CIDR: netip.MustParsePrefix(cidr)}
+}
+
+func hash(s string) []byte { h := sha256.Sum256([]byte(s)); return h[:] }
+
+func importOne(t *testing.T, s *devices.Store, serial, siteName string) devices.Device {
+	t.Helper()
+	_, res, err := s.ImportBatch(devices.Batch{ID: uuid.NewString(), Site: siteName},
+		[]devices.ImportRow{{Serial: serial, Model: "M", TokenHash: hash(serial)}}, devices.AuditEvent{Action: "batch.import"})
+	if err != nil || res[0].Status != devices.RowCreated {
+		t.Fatalf("import %s: %v %+v", serial, err, res)
+	}
+	d, err := s.DeviceBySerial(serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func provision(s *devices.Store, d devices.Device, now time.Time) (devices.Device, error) {
+	return s.Provision(devices.Provisioning{DeviceID: d.ID, Rev: d.Rev, Now: now,
+		Apply: func(x *devices.Device) { x.State = devices.StateProvisioned }})
+}
+
+func TestSiteValidation(t *testing.T) {
+	cases := []struct {
+		name string
+		mod  func(*devices.Site)
+		ok   bool
+	}{
+		{"valid", func(*devices.Site) {}, true},
+		{"name with slash", func(s *devices.Site) { s.Name = "a/b" }, false},
+		{"name dot-dot", func(s *devices.Site) { s.Name = ".." }, false},
+		{"no ssid", func(s *devices.Site) { s.SSID = "" }, false},
+		{"ssid over 32 bytes", func(s *devices.Site) { s.SSID = "0123456789012345678901234567890123" }, false},
+		{"unknown security", func(s *devices.Site) { s.Security = "wep" }, false},
+		{"short passphrase", func(s *devices.Site) { s.Passphrase = "short" }, false},
+		{"IPv6 pool", func(s *devices.Site) { s.CIDR = netip.MustParsePrefix("2001:db8::/64") }, false},
+		{"host bits set", func(s *devices.Site) { s.CIDR = netip.MustParsePrefix("10.0.0.1/24") }, false},
+		{"/31 too small", func(s *devices.Site) { s.CIDR = netip.MustParsePrefix("10.0.0.0/31") }, false},
+		{"gateway outside", func(s *devices.Site) { s.Gateway = netip.MustParseAddr("10.9.9.9") }, false},
+		{"gateway is broadcast", func(s *devices.Site) { s.Gateway = netip.MustParseAddr("10.0.0.255") }, false},
+		{"lease too short", func(s *devices.Site) { s.LeaseTTL = time.Second }, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := site("hq", "10.0.0.0/24")
+			c.mod(&s)
+			err := s.Validate()
+			if (err == nil) != c.ok || (err != nil && !errors.Is(err, devices.ErrInvalid)) {
+				t.Errorf("Validate() = %v, want ok=%v", err, c.ok)
+			}
+		})
+	}
+}
+
+func TestPoolNeverHandsOutReservedAddresses(t *testing.T) {
+	s := open(t)
+	if _, err := s.CreateSite(site("p", "10.0.0.0/29"), devices.AuditEvent{}); err != nil { // 8 addresses, 5 leasable
+		t.Fatal(err)
+	}
+	now := time.Now()
+	got := map[netip.Addr]bool{}
+	for i := range 5 {
+		d, err := provision(s, importOne(t, s, "D"+string(rune('A'+i)), "p"), now)
+		if err != nil {
+			t.Fatalf("device %d: %v", i, err)
+		}
+		got[d.Lease.Addr] = true
+	}
+	for _, reserved := range []string{"10.0.0.0", "10.0.0.1", "10.0.0.7"} {
+		if got[netip.MustParseAddr(reserved)] {
+			t.Errorf("leased reserved address %s", reserved)
+		}
+	}
+	if len(got) != 5 {
+		t.Errorf("%d distinct addresses, want 5", len(got))
+	}
+	last := importOne(t, s, "DZ", "p")
+	before, _ := s.Digest()
+	if _, err := provision(s, last, now); !errors.Is(err, devices.ErrPoolExhausted) {
+		t.Fatalf("sixth device: %v, want ErrPoolExhausted", err)
+	}
+	if after, _ := s.Digest(); after != before {
+		t.Error("a failed provisioning changed the store")
+	}
+}
+
+func TestExpiredLeaseIsReclaimed(t *testing.T) {
+	s := open(t)
+	st := site("p", "10.0.0.0/30") // one leasable address: .2 (gateway .1)
+	st.LeaseTTL = time.Minute
+	if _, err := s.CreateSite(st, devices.AuditEvent{}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	a, err := provision(s, importOne(t, s, "A", "p"), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := importOne(t, s, "B", "p")
+	if _, err := provision(s, b, now.Add(30*time.Second)); !errors.Is(err, devices.ErrPoolExhausted) {
+		t.Fatalf("before expiry: %v, want ErrPoolExhausted", err)
+	}
+	b, err = provision(s, b, now.Add(2*time.Minute))
+	if err != nil {
+		t.Fatalf("after expiry: %v", err)
+	}
+	if b.Lease.Addr != a.Lease.Addr {
+		t.Errorf("B got %s, want the reclaimed %s", b.Lease.Addr, a.Lease.Addr)
+	}
+	a, _ = s.Device(a.ID)
+	if a.Lease != nil {
+		t.Errorf("A still records lease %+v after it was reclaimed", a.Lease)
+	}
+	// A renews: its address is gone, and the pool is full.
+	if _, err := s.RenewLease(a.ID, now.Add(2*time.Minute), devices.AuditEvent{}); !errors.Is(err, devices.ErrPoolExhausted) {
+		t.Errorf("renew after reclaim: %v, want ErrPoolExhausted", err)
+	}
+	evs, _ := s.Audit(0, 100)
+	if evs[len(evs)-1].Action == "lease.expire" || !hasAction(evs, "lease.expire") {
+		t.Errorf("want a lease.expire audit event inside B's provisioning, got %+v", evs)
+	}
+}
+
+func hasAction(evs []devices.AuditEvent, action string) bool {
+	for _, e := range evs {
+		if e.Action == action {
+			return true
+		}
+	}
+	return false
+}
+
+func TestProvisionDetectsConcurrentChange(t *testing.T) {
+	s := open(t)
+	s.CreateSite(site("p", "10.0.0.0/24"), devices.AuditEvent{})
+	d := importOne(t, s, "A", "p")
+	if _, err := provision(s, d, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := provision(s, d, time.Now()); !errors.Is(err, devices.ErrConflict) { // stale revision
+		t.Errorf("stale provision: %v, want ErrConflict", err)
+	}
+}
+
+func TestImportBatchIsIdempotentAndReportsClashes(t *testing.T) {
+	s := open(t)
+	rows := []devices.ImportRow{
+		{Serial: "A", Model: "M", TokenHash: hash("a")},
+		{Serial: "B", Model: "M", TokenHash: hash("b")},
+		{Serial: "A", Model: "M", TokenHash: hash("a")},
+	}
+	b, res, err := s.ImportBatch(devices.Batch{ID: "1"}, rows, devices.AuditEvent{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{devices.RowCreated, devices.RowCreated, devices.RowRejected}
+	for i, r := range res {
+		if r.Status != want[i] {
+			t.Errorf("row %d: %+v, want %s", i, r, want[i])
+		}
+	}
+	if b.Count != 2 {
+		t.Errorf("batch count %d, want 2", b.Count)
+	}
+	before, _ := s.Digest()
+	_, res, err = s.ImportBatch(devices.Batch{ID: "2"}, rows[:2], devices.AuditEvent{})
+	if err != nil || res[0].Status != devices.RowExists || res[1].Status != devices.RowExists {
+		t.Fatalf("re-import: %v %+v", err, res)
+	}
+	if after, _ := s.Digest(); after != before {
+		t.Error("an idempotent re-import wrote to the store")
+	}
+	_, res, _ = s.ImportBatch(devices.Batch{ID: "3"}, []devices.ImportRow{{Serial: "A", Model: "M", TokenHash: hash("other")}}, devices.AuditEvent{})
+	if res[0].Status != devices.RowRejected {
+		t.Errorf("same serial, other token: %+v, want rejected", res[0])
+	}
+	if _, _, err := s.ImportBatch(devices.Batch{ID: "4", Site: "nowhere"}, rows[:1], devices.AuditEvent{}); !errors.Is(err, devices.ErrNotFound) {
+		t.Errorf("import into a missing site: %v, want ErrNotFound", err)
+	}
+}
+
+func TestSiteInUse(t *testing.T) {
+	s := open(t)
+	s.CreateSite(site("p", "10.0.0.0/24"), devices.AuditEvent{})
+	d := importOne(t, s, "A", "p")
+	if err := s.DeleteSite("p", devices.AuditEvent{}); !errors.Is(err, devices.ErrSiteInUse) {
+		t.Errorf("delete with a device bound: %v, want ErrSiteInUse", err)
+	}
+	provision(s, d, time.Now())
+	_, err := s.UpdateSite("p", func(x *devices.Site) error {
+		x.CIDR, x.Gateway = netip.MustParsePrefix("10.1.0.0/24"), netip.Addr{}
+		return nil
+	}, devices.AuditEvent{})
+	if !errors.Is(err, devices.ErrSiteInUse) {
+		t.Errorf("change a pool with leases: %v, want ErrSiteInUse", err)
+	}
+	up, err := s.UpdateSite("p", func(x *devices.Site) error { x.SSID = "new"; return nil }, devices.AuditEvent{})
+	if err != nil || up.Version != 2 {
+		t.Errorf("update ssid: %v version %d, want version 2", err, up.Version)
+	}
+	s.CreateSite(site("empty", "10.2.0.0/24"), devices.AuditEvent{})
+	if err := s.DeleteSite("empty", devices.AuditEvent{}); err != nil {
+		t.Errorf("delete an unused site: %v", err)
+	}
+}
+
+func TestOpenIsExclusive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "inv.db")
+	s, err := devices.Open(path, devices.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := devices.Open(path, devices.Options{LockTimeout: 100 * time.Millisecond}); !errors.Is(err, devices.ErrLocked) {
+		t.Errorf("second open: %v, want ErrLocked", err)
+	}
+	if err := s.Check(); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,26 @@
+// Package enroll is provisiond's enrollment workflow and fleet operations,
+// independent of any transport or storage engine.
+//
+// # Basics
+//
+// [Service.Enroll] runs the same steps whatever the wire: validate the
+// request (sizes, CSR parse, proof of possession, allowed key type), check
+// throttling, authenticate the claim token against its stored SHA-256 hash
+// in constant time, apply the lifecycle rules, sign the certificate
+// (outside any transaction), then commit the device, its lease and an audit
+// event in one store transaction and render the site profile into the
+// device's config. A device that repeats its request with the same key
+// within the retry window gets the same answer again.
+//
+// [Fleet] applies operators' changes (sites, factory batches) with
+// validation and audit events. [ParseManifest] reads factory manifests.
+//
+// The package declares the small interfaces it needs ([Store], [Registry],
+// [Signer], [Clock]); package devices and package pki implement them.
+//
+// # Caveats
+//
+// Throttling state lives in memory: a restart forgets it, and several
+// replicas throttle independently. Unknown serials and wrong tokens cost the
+// same and answer the same ([ErrUnauthorized]).
+package enroll
