@@ -250,3 +250,22 @@ func BenchmarkClaimCheck(b *testing.B) {
 		})
 	}
 }
+
+func FuzzParseManifest(f *testing.F) {
+	f.Add("serial,model,claim_token\nA1,M,TOKENTOKENTOKEN123\n")
+	f.Add("serial,claim_token_hash\r\nA1,sha256:" + strings.Repeat("ab", 32) + "\r\n")
+	f.Add(`{"serial":"A1","model":"M","claim_token":"TOKENTOKENTOKEN123"}` + "\n")
+	f.Add("\ufeff\"serial\"\n\"a,b\"\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		rows, err := enroll.ParseManifest(strings.NewReader(in))
+		if err != nil {
+			if !errors.Is(err, enroll.ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if len(rows) > enroll.MaxBatchRows {
+			t.Fatalf("%d rows", len(rows))
+		}
+	})
+}

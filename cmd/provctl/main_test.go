@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+func provctl(t *testing.T, data string, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), append([]string{"--data", data}, args...), &out, &errOut)
+	return out.String() + errOut.String(), err
+}
+
+func TestWalkthrough(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+
+	if out, err := provctl(t, data, "site", "create", "hq", "--ssid", "Office", "--security", "wpa2-psk",
+		"--passphrase", "correct horse battery", "--cidr", "10.20.0.0/24", "--dns", "10.20.0.1", "--lease", "12h"); err != nil {
+		t.Fatalf("site create: %v\n%s", err, out)
+	}
+	if out, err := provctl(t, data, "site", "create", "bad", "--ssid", "x", "--security", "wep", "--passphrase", "12345678", "--cidr", "10.0.0.0/24"); err == nil || !strings.Contains(err.Error(), "security") {
+		t.Errorf("invalid site accepted: %v %s", err, out)
+	}
+	out, err := provctl(t, data, "-o", "json", "site", "show", "hq")
+	var site struct {
+		Lease         string `json:"lease"`
+		PassphraseSet bool   `json:"passphrase_set"`
+		Passphrase    string `json:"passphrase"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &site) != nil || site.Lease != "12h0m0s" || !site.PassphraseSet || site.Passphrase != "" {
+		t.Errorf("site show -o json: %v %+v\n%s", err, site, out)
+	}
+
+	dir := filepath.Join(t.TempDir(), "batch")
+	if out, err := provctl(t, data, "factory", "mint", "--model", "TH1", "--count", "5", "--site", "hq", "--out", dir); err != nil {
+		t.Fatalf("mint: %v\n%s", err, out)
+	}
+	bundles, err := simulator.LoadBundles(dir)
+	if err != nil || len(bundles) != 5 {
+		t.Fatalf("bundles: %d, %v", len(bundles), err)
+	}
+	for _, b := range bundles {
+		st, _ := os.Stat(filepath.Join(dir, b.Serial+".json"))
+		if st.Mode().Perm() != 0o600 || b.RootCA == "" || len(b.Endpoints) == 0 || len(b.ClaimToken) < 32 {
+			t.Errorf("bundle %s: mode %v, %+v", b.Serial, st.Mode().Perm(), b)
+		}
+	}
+	var man wire.Manifest
+	raw, _ := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if json.Unmarshal(raw, &man) != nil || len(man.Devices) != 5 || strings.Contains(string(raw), bundles[0].ClaimToken) {
+		t.Errorf("manifest: %s", raw)
+	}
+	if out, err := provctl(t, data, "factory", "mint", "--model", "TH1", "--count", "1", "--out", dir); err == nil {
+		t.Errorf("mint into a non-empty directory: %s", out)
+	}
+	_, sum := simulator.Run(context.Background(), bundles, simulator.RunOptions{})
+	if sum.Enrolled != 5 {
+		t.Fatalf("devsim: %v", sum)
+	}
+
+	csv := filepath.Join(t.TempDir(), "line7.csv")
+	os.WriteFile(csv, []byte("serial,model,claim_token\nL7-0001,TH2,TOKENTOKENTOKEN0001\nL7-0002,TH2,short\n../x,TH2,TOKENTOKENTOKEN0003\n"), 0o600)
+	out, err = provctl(t, data, "factory", "import", csv)
+	if err == nil || !strings.Contains(out, "1 created") || !strings.Contains(out, "row 2 (L7-0002): claim_token") || !strings.Contains(out, "row 3 (../x): serial") {
+		t.Errorf("import with bad rows: %v\n%s", err, out)
+	}
+	os.WriteFile(csv, []byte("serial,model,claim_token\nL7-0001,TH2,TOKENTOKENTOKEN0001\n"), 0o600)
+	if out, err := provctl(t, data, "factory", "import", csv); err != nil || !strings.Contains(out, "0 created, 1 already registered") {
+		t.Errorf("re-import: %v\n%s", err, out)
+	}
+
+	out, err = provctl(t, data, "-o", "json", "devices", "list", "--site", "hq", "--state", "provisioned")
+	var list struct {
+		Devices []struct{ Serial, State string } `json:"devices"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &list) != nil || len(list.Devices) != 5 {
+		t.Errorf("devices list: %v %d\n%s", err, len(list.Devices), out)
+	}
+	if out, err := provctl(t, data, "devices", "show", bundles[0].Serial); err != nil || !strings.Contains(out, "lease 10.20.0.") {
+		t.Errorf("devices show: %v\n%s", err, out)
+	}
+	if out, err := provctl(t, data, "site", "delete", "hq"); err == nil || !strings.Contains(err.Error(), "in_use") {
+		t.Errorf("delete a site in use: %v %s", err, out)
+	}
+	if out, err := provctl(t, data, "audit", "--limit", "1000"); err != nil || !strings.Contains(out, "device.enroll") || !strings.Contains(out, "batch.import") || !strings.Contains(out, "site.create") {
+		t.Errorf("audit: %v\n%s", err, out)
+	}
+}
+
+func TestConnectErrors(t *testing.T) {
+	if _, err := provctl(t, t.TempDir(), "site", "list"); err == nil || !strings.Contains(err.Error(), "is provisiond running") {
+		t.Errorf("no server: %v", err)
+	}
+}
