@@ -312,3 +312,28 @@ func TestDeviceRefusesServerOfAnotherCA(t *testing.T) {
 		t.Errorf("device state %s after a refused handshake, want claimed", got.State)
 	}
 }
+
+// Every offered cipher suite works, including the CCM_8 suite that RFC 7252
+// makes mandatory for certificate-based CoAP devices.
+func TestCipherSuites(t *testing.T) {
+	env := servertest.Start(t)
+	roots := x509.NewCertPool()
+	roots.AddCert(env.Server.CA().Root())
+	for _, cs := range []piondtls.CipherSuiteID{
+		piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
+		piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM,
+		piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		piondtls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		piondtls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		piondtls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA,
+	} {
+		t.Run(cs.String(), func(t *testing.T) {
+			cfg := &piondtls.Config{RootCAs: roots, ServerName: "127.0.0.1", CipherSuites: []piondtls.CipherSuiteID{cs},
+				ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret}
+			a := rawRequest(t, env, codes.GET, "/ca", message.AppCBOR, nil, cfg)
+			if a.Code != codes.Content || len(a.Body) == 0 {
+				t.Errorf("GET /ca over %v: %v", cs, a.Code)
+			}
+		})
+	}
+}

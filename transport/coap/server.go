@@ -48,6 +48,19 @@ import (
 // MediaPKIXCert is the CoAP content-format of a DER certificate (RFC 9148).
 const MediaPKIXCert message.MediaType = 287
 
+// CipherSuites are the DTLS suites offered, strongest first. pion's default
+// list lacks the CCM suites, but RFC 7252 section 9.1.3.3 makes
+// TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 mandatory for CoAP devices using
+// certificates, and constrained firmware often offers nothing else.
+var CipherSuites = []piondtls.CipherSuiteID{
+	piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	piondtls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	piondtls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM,
+	piondtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
+	piondtls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA,
+}
+
 // Authorizer decides whether a verified device certificate may connect.
 type Authorizer func(id uuid.UUID, certSerial string) error
 
@@ -136,6 +149,7 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 func (s *Server) startDTLS() error {
 	cfg := &piondtls.Config{
 		Certificates:         []tls.Certificate{s.cfg.Certificate},
+		CipherSuites:         CipherSuites,
 		ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret,
 		ClientAuth:           piondtls.VerifyClientCertIfGiven,
 		ClientCAs:            s.cfg.ClientCAs,

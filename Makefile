@@ -1,0 +1,50 @@
+# provisiond: `make run` starts the service on its embedded defaults,
+# `make test` installs what the tests need and runs vet and the tests.
+
+GO       ?= go
+PKGS     := ./...
+# Debian packages the tests use: libcoap's client (interop test) and openssl.
+DEB_PKGS := libcoap3-bin openssl
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps vet fmt-check build bench fuzz clean
+
+run:
+	$(GO) run ./cmd/provisiond
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+deps:
+	@missing=""; \
+	command -v coap-client-openssl >/dev/null || missing="$$missing libcoap3-bin"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+test: deps fmt-check vet
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+# Benchmarks behind docs/performance.md.
+bench: build
+	$(GO) test -run XXX -bench . -benchtime 2s ./pki/ ./enroll/
+	$(GO) test -run XXX -bench EnrollDTLS -benchtime 5000x ./internal/server/
+
+# Short fuzzing of every decoder of outside input.
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzDecodeEnrollRequest -fuzztime $(FUZZTIME) ./transport/wire/
+	$(GO) test -run XXX -fuzz FuzzParseManifest -fuzztime $(FUZZTIME) ./enroll/
+
+clean:
+	rm -rf bin
