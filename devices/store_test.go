@@ -13,7 +13,7 @@ import (
 	"github.com/provisiond/provisiond/devices"
 )
 
-func open(t *testing.T) *devices.Store {
+func open(t testing.TB) *devices.Store {
 	t.Helper()
 	s, err := devices.Open(filepath.Join(t.TempDir(), "inv.db"), devices.Options{})
 	if err != nil {
@@ -29,7 +29,7 @@ func site(name, cidr string) devices.Site {
 
 func hash(s string) []byte { h := sha256.Sum256([]byte(s)); return h[:] }
 
-func importOne(t *testing.T, s *devices.Store, serial, siteName string) devices.Device {
+func importOne(t testing.TB, s *devices.Store, serial, siteName string) devices.Device {
 	t.Helper()
 	_, res, err := s.ImportBatch(devices.Batch{ID: uuid.NewString(), Site: siteName},
 		[]devices.ImportRow{{Serial: serial, Model: "M", TokenHash: hash(serial)}}, devices.AuditEvent{Action: "batch.import"})

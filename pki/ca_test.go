@@ -192,3 +192,29 @@ func BenchmarkIssueDevice(b *testing.B) {
 		})
 	})
 }
+
+// BenchmarkECDSA is the floor every enrollment pays several times: P-256
+// signatures and verifications on this machine.
+func BenchmarkECDSA(b *testing.B) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	digest := make([]byte, 32)
+	sig, _ := ecdsa.SignASN1(rand.Reader, key, digest)
+	b.Run("sign-P256", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := ecdsa.SignASN1(rand.Reader, key, digest); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+	b.Run("verify-P256", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if !ecdsa.VerifyASN1(&key.PublicKey, digest, sig) {
+					b.Fatal("verify failed")
+				}
+			}
+		})
+	})
+}

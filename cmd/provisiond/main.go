@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	str(&cfg.CoAPAddr, "coap-addr", "plain CoAP listen address; needs --insecure-coap")
 	str(&cfg.HTTPAddr, "http-addr", "HTTPS ops API listen address")
 	str(&cfg.AdvertiseHost, "advertise-host", "host name or IP devices use to reach this server")
+	str(&cfg.DebugAddr, "debug-addr", "serve net/http/pprof here, e.g. 127.0.0.1:6060 (no authentication: keep it on loopback)")
 	str(&cfg.CertTemplate, "cert-template", "x509util template file for device certificates (default built in)")
 	names := env("server-names", "")
 	fs.StringVar(&names, "server-names", names, "extra comma-separated DNS names/IPs in the server certificate (env PROVISIOND_SERVER_NAMES)")

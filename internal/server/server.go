@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -62,6 +63,7 @@ type Config struct {
 	CertTemplate   string // file with an x509util template; empty = built-in
 	Enroll         enroll.Config
 	StoreBatchWait time.Duration
+	DebugAddr      string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
 
 // Defaults returns the embedded defaults that `go run ./cmd/provisiond` uses.
@@ -111,6 +113,7 @@ type Server struct {
 	coap   *coap.Server
 	http   *http.Server
 	httpLn net.Listener
+	debug  *http.Server
 	errs   chan error
 
 	once sync.Once
@@ -204,6 +207,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 			s.errs <- fmt.Errorf("serve https: %w", err)
 		}
 	}()
+	if cfg.DebugAddr != "" {
+		if err := s.startDebug(); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.writeServerInfo(); err != nil {
 		return nil, err
 	}
@@ -211,6 +219,23 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		"data", cfg.DataDir, "root_ca", rootPath, "admin_token", filepath.Join(cfg.DataDir, AdminTokenFile),
 		"https", "https://"+s.HTTPAddr().String(), "endpoints", strings.Join(s.info().Endpoints, " "))
 	return s, nil
+}
+
+// startDebug serves net/http/pprof on cfg.DebugAddr.
+func (s *Server) startDebug() error {
+	ln, err := net.Listen("tcp", s.cfg.DebugAddr)
+	if err != nil {
+		return fmt.Errorf("listen debug %s: %w", s.cfg.DebugAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	s.debug = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.debug.Serve(ln) }()
+	s.log.Warn("pprof debug endpoint listening (no authentication)", "addr", ln.Addr().String())
+	return nil
 }
 
 // ServerInfo is data/server.json: how local tools reach the running server.
@@ -376,6 +401,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if s.coap != nil {
 			errs = append(errs, s.coap.Shutdown(ctx))
+		}
+		if s.debug != nil {
+			errs = append(errs, s.debug.Close())
 		}
 		if s.store != nil {
 			errs = append(errs, s.store.Close())

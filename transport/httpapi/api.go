@@ -68,13 +68,38 @@ func New(inv Inventory, fleet Fleet, info func() Info, log *slog.Logger) *API {
 	for _, r := range a.routes() {
 		a.mux.Handle(r.pattern, a.guard(r))
 	}
-	a.mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such route")
-	})
 	return a
 }
 
-func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+// ServeHTTP routes a request. When no route matches, the mux decides the
+// status (404, or 405 with an Allow header) and the answer is our JSON error.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, pattern := a.mux.Handler(r)
+	if pattern != "" {
+		a.mux.ServeHTTP(w, r) // sets the path values that Handler does not
+		return
+	}
+	rec := &statusOnly{header: http.Header{}}
+	h.ServeHTTP(rec, r)
+	if allow := rec.header.Get("Allow"); allow != "" {
+		w.Header().Set("Allow", allow)
+	}
+	if rec.status == http.StatusMethodNotAllowed {
+		writeError(w, rec.status, "method_not_allowed", "use "+rec.header.Get("Allow"))
+		return
+	}
+	writeError(w, http.StatusNotFound, "not_found", "no such route")
+}
+
+// statusOnly records what the mux's fallback handler would answer.
+type statusOnly struct {
+	header http.Header
+	status int
+}
+
+func (s *statusOnly) Header() http.Header         { return s.header }
+func (s *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusOnly) WriteHeader(code int)        { s.status = code }
 
 type route struct {
 	pattern string
