@@ -204,18 +204,8 @@ func (d *Device) Enroll(ctx context.Context, o EnrollOptions) (*wire.EnrollRespo
 	if err != nil {
 		return nil, err
 	}
-	conn, err := d.dial(ctx, o.Endpoint, nil)
-	if err != nil {
-		return nil, fmt.Errorf("dtls dial: %w", err)
-	}
-	defer conn.Close()
-	resp, err := conn.Post(ctx, "/enroll", message.MediaType(o.Format), bytes.NewReader(body))
-	if err != nil {
-		return nil, fmt.Errorf("post /enroll: %w", err)
-	}
-	defer conn.ReleaseMessage(resp)
 	var out wire.EnrollResponse
-	if err := decodeAnswer(resp, codes.Created, o.Format, &out); err != nil {
+	if err := d.post(ctx, o, nil, "/enroll", body, codes.Created, &out); err != nil {
 		return nil, err
 	}
 	chain, err := d.verify(&out)
@@ -292,21 +282,27 @@ func (d *Device) RenewLease(ctx context.Context, o EnrollOptions) (*wire.LeaseRe
 	if err != nil {
 		return nil, err
 	}
-	conn, err := d.dial(ctx, o.Endpoint, cert)
-	if err != nil {
-		return nil, fmt.Errorf("dtls dial: %w", err)
-	}
-	defer conn.Close()
-	resp, err := conn.Post(ctx, "/lease", message.MediaType(o.Format), bytes.NewReader(nil))
-	if err != nil {
-		return nil, fmt.Errorf("post /lease: %w", err)
-	}
-	defer conn.ReleaseMessage(resp)
 	var out wire.LeaseResponse
-	if err := decodeAnswer(resp, codes.Changed, o.Format, &out); err != nil {
+	if err := d.post(ctx, o, cert, "/lease", nil, codes.Changed, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
+}
+
+// post sends one request on a fresh DTLS session (mutual when cert is set)
+// and decodes an answer with the wanted code into out.
+func (d *Device) post(ctx context.Context, o EnrollOptions, cert *tls.Certificate, path string, body []byte, want codes.Code, out any) error {
+	conn, err := d.dial(ctx, o.Endpoint, cert)
+	if err != nil {
+		return fmt.Errorf("dtls dial: %w", err)
+	}
+	defer conn.Close()
+	resp, err := conn.Post(ctx, path, message.MediaType(o.Format), bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("post %s: %w", path, err)
+	}
+	defer conn.ReleaseMessage(resp)
+	return decodeAnswer(resp, want, o.Format, out)
 }
 
 // PEM renders the issued chain as PEM (leaf first).

@@ -8,6 +8,7 @@ package bootstrap
 import (
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/netip"
@@ -81,7 +82,7 @@ func (h *Handler) Enroll(f wire.Format, body []byte, src netip.AddrPort) Answer 
 		return Answer{Status: UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)")}
 	}
 	if len(body) > wire.MaxRequestBytes {
-		return h.errorAnswer(f, TooLarge, CodeTooLarge, "request body larger than 4096 bytes", 0)
+		return h.TooLarge(f)
 	}
 	var req wire.EnrollRequest
 	if err := wire.Unmarshal(f, body, &req); err != nil {
@@ -99,6 +100,12 @@ func (h *Handler) Enroll(f wire.Format, body []byte, src netip.AddrPort) Answer 
 		return h.Error(f, err)
 	}
 	return Answer{Status: Created, Format: f, Body: out}
+}
+
+// TooLarge answers a request whose body exceeds wire.MaxRequestBytes, for
+// transports that notice before reading it all.
+func (h *Handler) TooLarge(f wire.Format) Answer {
+	return h.errorAnswer(f, TooLarge, CodeTooLarge, fmt.Sprintf("request body larger than %d bytes", wire.MaxRequestBytes), 0)
 }
 
 // RenewLease handles a lease renewal by an authenticated device.

@@ -375,9 +375,13 @@ func (s *Server) enroll(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Messa
 	}
 	f := wire.Format(cf)
 	body, err := readBody(m, wire.MaxRequestBytes)
-	if errors.Is(err, errTooLarge) {
-		body = make([]byte, wire.MaxRequestBytes+1) // let the handler answer 4.13 in the request's format
-	} else if err != nil {
+	switch {
+	case errors.Is(err, errTooLarge) && (f == wire.JSON || f == wire.CBOR):
+		reply(w, h.TooLarge(f))
+		return
+	case errors.Is(err, errTooLarge):
+		body = nil // the handler answers 4.15 for the format first
+	case err != nil:
 		reply(w, bootstrap.Answer{Status: bootstrap.BadRequest, Body: []byte("cannot read body")})
 		return
 	}
