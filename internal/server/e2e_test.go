@@ -3,6 +3,8 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -21,6 +23,7 @@ import (
 	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
+	coapudp "github.com/plgd-dev/go-coap/v3/udp"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/server"
@@ -336,4 +339,43 @@ func TestCipherSuites(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Plain CoAP exists only behind the explicit development flag.
+func TestInsecureCoAP(t *testing.T) {
+	cfg := server.Defaults()
+	cfg.DataDir, cfg.CoAPAddr = t.TempDir(), "127.0.0.1:0"
+	if _, err := server.Start(cfg, servertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "--insecure-coap") {
+		t.Fatalf("plain CoAP without the flag: %v", err)
+	}
+	env := servertest.Start(t, func(c *server.Config) { c.InsecureCoAP, c.CoAPAddr = true, "127.0.0.1:0" })
+	env.Site("hq", "10.20.0.0/24")
+	b := env.Mint(1, "hq")[0]
+	conn, err := coapudp.Dial(env.Server.CoAPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body, _ := wire.Marshal(wire.JSON, wire.EnrollRequest{Serial: b.Serial, ClaimToken: b.ClaimToken, CSR: csrFor(t, mustKey(t))})
+	resp, err := conn.Post(ctxT(t), "/enroll", message.AppJSON, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := resp.ReadBody()
+	var res wire.EnrollResponse
+	if resp.Code() != codes.Created || wire.Unmarshal(wire.JSON, raw, &res) != nil || res.DeviceID == "" {
+		t.Fatalf("plain CoAP enroll: %v %s", resp.Code(), raw)
+	}
+	evs, _ := env.Server.Store().Audit(0, 100)
+	if last := evs[len(evs)-1]; last.Action != "device.enroll" || last.Detail["transport"] != "coap" {
+		t.Errorf("audit records transport %q, want coap", last.Detail["transport"])
+	}
+}
+
+func mustKey(t *testing.T) *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
