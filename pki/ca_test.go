@@ -218,3 +218,27 @@ func BenchmarkECDSA(b *testing.B) {
 		})
 	})
 }
+
+func TestServerCertificateRenews(t *testing.T) {
+	ca := openCA(t, t.TempDir(), "")
+	sc, err := ca.NewServerCertificate([]string{"localhost"}, nil, 3*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	sc.Now = func() time.Time { return now }
+	first, _ := sc.Get()
+	now = now.Add(time.Hour)
+	if c, _ := sc.Get(); c != first {
+		t.Error("reissued before two thirds of the lifetime")
+	}
+	now = now.Add(90 * time.Minute)
+	second, err := sc.Get()
+	if err != nil || second.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 ||
+		second.Leaf.PublicKey.(*ecdsa.PublicKey).Equal(first.Leaf.PublicKey) {
+		t.Fatalf("not reissued after two thirds of the lifetime: %v", err)
+	}
+	if err := second.Leaf.VerifyHostname("localhost"); err != nil {
+		t.Error(err)
+	}
+}

@@ -170,7 +170,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err := s.adminToken(); err != nil {
 		return nil, err
 	}
-	serverCert, err := ca.IssueServer(s.serverNames(), s.serverIPs(), 30*24*time.Hour)
+	serverCert, err := ca.NewServerCertificate(s.serverNames(), s.serverIPs(), 30*24*time.Hour)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +184,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if cfg.InsecureCoAP {
 		coapAddr = cfg.CoAPAddr
 	}
-	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert,
+	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize}, svc, ca.Root(), log)
 	if err := s.coap.Start(); err != nil {
 		return nil, err
@@ -196,8 +196,14 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
 	}
 	s.http = &http.Server{
-		Handler:           api,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12},
+		Handler: api,
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, err := serverCert.Get()
+			if err != nil {
+				log.Error("server certificate renewal failed; presenting the current one", "err", err)
+			}
+			return c, nil
+		}},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),

@@ -66,13 +66,13 @@ type Authorizer func(id uuid.UUID, certSerial string) error
 
 // Config configures the CoAP listeners.
 type Config struct {
-	SecureAddr       string          // DTLS listen address, e.g. ":5684"; empty disables
-	InsecureAddr     string          // plain CoAP address; empty (the default) disables
-	Certificate      tls.Certificate // server chain and key for DTLS
-	ClientCAs        *x509.CertPool  // verifies device certificates
-	Authorize        Authorizer      // checks a device certificate against the inventory
-	HandshakeTimeout time.Duration   // default 10s
-	IdleTimeout      time.Duration   // close DTLS sessions idle this long; default 60s
+	SecureAddr       string                           // DTLS listen address, e.g. ":5684"; empty disables
+	InsecureAddr     string                           // plain CoAP address; empty (the default) disables
+	Certificate      func() (*tls.Certificate, error) // server chain and key for DTLS, asked at every handshake
+	ClientCAs        *x509.CertPool                   // verifies device certificates
+	Authorize        Authorizer                       // checks a device certificate against the inventory
+	HandshakeTimeout time.Duration                    // default 10s
+	IdleTimeout      time.Duration                    // close DTLS sessions idle this long; default 60s
 }
 
 // Server is the CoAP front end.
@@ -148,7 +148,13 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 
 func (s *Server) startDTLS() error {
 	cfg := &piondtls.Config{
-		Certificates:         []tls.Certificate{s.cfg.Certificate},
+		GetCertificate: func(*piondtls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, err := s.cfg.Certificate()
+			if err != nil {
+				s.log.Error("server certificate renewal failed; presenting the current one", "err", err)
+			}
+			return c, nil
+		},
 		CipherSuites:         CipherSuites,
 		ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret,
 		ClientAuth:           piondtls.VerifyClientCertIfGiven,
