@@ -316,3 +316,33 @@ func (s *Store) Digest() ([32]byte, error) {
 	copy(out[:], h.Sum(nil))
 	return out, err
 }
+
+// UpdateDevice applies fn to the stored device in one transaction. fn returns
+// the audit event to append (nil for none), or an error to change nothing.
+// Concurrent calls share fsyncs (bbolt Batch), so fn may run more than once.
+func (s *Store) UpdateDevice(id uuid.UUID, fn func(d *Device) (*AuditEvent, error)) (Device, error) {
+	var out Device
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		d, err := getDevice(tx, id)
+		if err != nil {
+			return err
+		}
+		old := d
+		ev, err := fn(&d)
+		if err != nil {
+			return err
+		}
+		d.Rev = old.Rev + 1
+		if err := putDevice(tx, &old, &d); err != nil {
+			return err
+		}
+		if ev != nil {
+			if err := appendAudit(tx, *ev); err != nil {
+				return err
+			}
+		}
+		out = d
+		return nil
+	})
+	return out, err
+}

@@ -38,10 +38,14 @@ type Device struct {
 	PublicKeyHash []byte    `json:"public_key_hash,omitempty"` // SHA-256 of SubjectPublicKeyInfo
 	CertNotAfter  time.Time `json:"cert_not_after,omitzero"`
 	Lease         *Lease    `json:"lease,omitempty"`
-	ConfigVersion uint64    `json:"config_version,omitempty"`
-	ProvisionedAt time.Time `json:"provisioned_at,omitzero"`
-	CreatedAt     time.Time `json:"created_at"`
-	UpdatedAt     time.Time `json:"updated_at"`
+	ConfigVersion uint64    `json:"config_version,omitempty"` // desired
+	// What the device last reported about itself (operational channel).
+	AppliedConfigVersion uint64    `json:"applied_config_version,omitempty"`
+	Health               string    `json:"health,omitempty"`
+	LastSeen             time.Time `json:"last_seen,omitzero"`
+	ProvisionedAt        time.Time `json:"provisioned_at,omitzero"`
+	CreatedAt            time.Time `json:"created_at"`
+	UpdatedAt            time.Time `json:"updated_at"`
 	// Rev increases with every write; Provision uses it to detect concurrent change.
 	Rev uint64 `json:"rev"`
 }

@@ -23,6 +23,7 @@ type Store interface {
 	Site(name string) (devices.Site, error)
 	Provision(p devices.Provisioning) (devices.Device, error)
 	RenewLease(id uuid.UUID, now time.Time, ev devices.AuditEvent) (devices.Device, error)
+	UpdateDevice(id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
 }
 
 // Signer issues device certificates.
@@ -87,6 +88,7 @@ type Service struct {
 	log      *slog.Logger
 	bySerial *throttle
 	bySource *throttle
+	notifier Notifier
 }
 
 // New returns a Service. clock may be nil for the system clock.
@@ -158,9 +160,14 @@ type Lease struct {
 // Errors wrap this package's sentinels; RetryAfter tells when to retry.
 func (s *Service) Enroll(req Request) (Result, error) {
 	now := s.clock.Now()
-	srcKey := req.Source.Addr().String()
-	if ok, wait := s.bySource.allow(srcKey, now); !ok {
-		return Result{}, &RetryError{Err: ErrThrottled, After: wait}
+	// Behind an external MQTT broker the device's address is unknown: then
+	// only the per-serial throttle applies.
+	srcKey := ""
+	if req.Source.IsValid() {
+		srcKey = req.Source.Addr().String()
+		if ok, wait := s.bySource.allow(srcKey, now); !ok {
+			return Result{}, &RetryError{Err: ErrThrottled, After: wait}
+		}
 	}
 	if ok, wait := s.bySerial.allow(req.Serial, now); !ok {
 		return Result{}, &RetryError{Err: ErrThrottled, After: wait}
@@ -232,7 +239,9 @@ func (s *Service) authenticate(req Request, now time.Time, srcKey string) (devic
 	got := HashToken(req.ClaimToken)
 	if subtle.ConstantTimeCompare(got, want)&boolInt(known) != 1 {
 		s.bySerial.fail(req.Serial, now)
-		s.bySource.fail(srcKey, now)
+		if srcKey != "" {
+			s.bySource.fail(srcKey, now)
+		}
 		s.log.Info("enrollment refused", "serial", req.Serial, "source", req.Source, "reason", "unauthorized")
 		return d, ErrUnauthorized
 	}
@@ -314,10 +323,16 @@ func (s *Service) enrollOnce(req Request, csr *x509.CertificateRequest, keyHash 
 	case err != nil:
 		return Result{}, err
 	}
-	s.bySource.succeed(req.Source.Addr().String())
+	if req.Source.IsValid() {
+		s.bySource.succeed(req.Source.Addr().String())
+	}
 	s.log.Info("device enrolled", "serial", d.Serial, "device_id", d.ID, "site", d.Site,
 		"address", stored.Lease.Addr, "transport", req.Transport)
-	return s.result(stored, site, leaf)
+	res, err := s.result(stored, site, leaf)
+	if err == nil {
+		s.notify(stored.ID, res.Config)
+	}
+	return res, err
 }
 
 // replay rebuilds the answer a device already received from what is stored.
@@ -390,7 +405,9 @@ func (s *Service) RenewLease(id uuid.UUID, source netip.AddrPort, transport stri
 	if err != nil {
 		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
 	}
-	return Render(site, d), nil
+	cfg := Render(site, d)
+	s.notify(d.ID, cfg)
+	return cfg, nil
 }
 
 // Authorize reports whether a device presenting a certificate with this

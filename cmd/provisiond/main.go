@@ -53,6 +53,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	str(&cfg.CoAPSAddr, "coaps-addr", "CoAP over DTLS listen address (empty disables)")
 	str(&cfg.CoAPAddr, "coap-addr", "plain CoAP listen address; needs --insecure-coap")
 	str(&cfg.HTTPAddr, "http-addr", "HTTPS ops API listen address")
+	str(&cfg.MQTTAddr, "mqtt-addr", "embedded MQTT broker, MQTT over TLS (empty disables)")
+	str(&cfg.MQTTPlainAddr, "mqtt-plain-addr", "embedded broker, plain MQTT; needs --insecure-mqtt")
+	str(&cfg.MQTTBroker, "mqtt-broker", "use this external broker (mqtts://host:port) instead of the embedded one")
+	str(&cfg.MQTTCAFile, "mqtt-ca-file", "PEM roots for the external broker's certificate (default: provisiond's root)")
+	str(&cfg.MQTTClientID, "mqtt-client-id", "this replica's client ID on the external broker (default provisiond-<hostname>)")
 	str(&cfg.AdvertiseHost, "advertise-host", "host name or IP devices use to reach this server")
 	str(&cfg.DebugAddr, "debug-addr", "serve net/http/pprof here, e.g. 127.0.0.1:6060 (no authentication: keep it on loopback)")
 	str(&cfg.CertTemplate, "cert-template", "x509util template file for device certificates (default built in)")
@@ -60,6 +65,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&names, "server-names", names, "extra comma-separated DNS names/IPs in the server certificate (env PROVISIOND_SERVER_NAMES)")
 	insecure := env("insecure-coap", "false") == "true"
 	fs.BoolVar(&insecure, "insecure-coap", insecure, "also serve plain CoAP (development only; default address :5683)")
+	insecureMQTT := env("insecure-mqtt", "false") == "true"
+	fs.BoolVar(&insecureMQTT, "insecure-mqtt", insecureMQTT, "also serve plain MQTT (development only; default address :1883)")
 	lifetime := env("cert-lifetime", cfg.CertLifetime.String())
 	fs.StringVar(&lifetime, "cert-lifetime", lifetime, "device certificate lifetime (env PROVISIOND_CERT_LIFETIME)")
 	retry := env("retry-window", "10m")
@@ -84,6 +91,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg.InsecureCoAP = insecure
 	if insecure && cfg.CoAPAddr == "" {
 		cfg.CoAPAddr = ":5683"
+	}
+	cfg.InsecureMQTT = insecureMQTT
+	if insecureMQTT && cfg.MQTTPlainAddr == "" && cfg.MQTTBroker == "" {
+		cfg.MQTTPlainAddr = ":1883"
 	}
 	if names != "" {
 		cfg.ServerNames = strings.Split(names, ",")

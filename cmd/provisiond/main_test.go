@@ -19,7 +19,7 @@ func TestRunStartsAndStopsCleanly(t *testing.T) {
 	var logs bytes.Buffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"}, &logs)
+		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-format", "json"}, &logs)
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -31,6 +32,7 @@ import (
 	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/transport/coap"
 	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/mqtt"
 )
 
 // Version is the service version reported by the API.
@@ -56,6 +58,12 @@ type Config struct {
 	CoAPAddr       string // plain CoAP; only with InsecureCoAP
 	InsecureCoAP   bool
 	HTTPAddr       string
+	MQTTAddr       string // embedded broker, MQTT over TLS; "" disables it
+	MQTTPlainAddr  string // embedded broker, plain MQTT; only with InsecureMQTT
+	InsecureMQTT   bool
+	MQTTBroker     string // external broker URL (mqtts://host:port): replaces the embedded one
+	MQTTCAFile     string // PEM roots for the external broker's certificate (default: provisiond's root)
+	MQTTClientID   string // this replica's client ID on the external broker (default provisiond-<hostname>)
 	AdvertiseHost  string   // host devices use to reach the service (bundles, certificates)
 	ServerNames    []string // extra DNS names / IPs for the server certificate
 	CAPassphrase   string   // when empty: $PROVISIOND_CA_PASSPHRASE, else a generated file
@@ -72,6 +80,7 @@ func Defaults() Config {
 		DataDir:       "./data",
 		CoAPSAddr:     ":5684",
 		HTTPAddr:      ":8443",
+		MQTTAddr:      ":8883",
 		AdvertiseHost: "localhost",
 		CertLifetime:  90 * 24 * time.Hour,
 	}
@@ -88,12 +97,17 @@ func (c Config) Validate() error {
 		return errors.New("coap-addr: plain CoAP needs --insecure-coap (claim tokens would travel in clear)")
 	case c.HTTPAddr == "":
 		return errors.New("http-addr: required")
+	case c.MQTTPlainAddr != "" && !c.InsecureMQTT:
+		return errors.New("mqtt-plain-addr: plain MQTT needs --insecure-mqtt (claim tokens would travel in clear)")
+	case c.MQTTBroker != "" && !strings.HasPrefix(c.MQTTBroker, "mqtts://") && !(c.InsecureMQTT && strings.HasPrefix(c.MQTTBroker, "mqtt://")):
+		return fmt.Errorf("mqtt-broker: %q: want mqtts://host:port (mqtt:// only with --insecure-mqtt)", c.MQTTBroker)
 	case c.CertLifetime < time.Hour:
 		return errors.New("cert-lifetime: at least 1h")
 	case c.AdvertiseHost == "":
 		return errors.New("advertise-host: required")
 	}
-	for name, addr := range map[string]string{"coaps-addr": c.CoAPSAddr, "coap-addr": c.CoAPAddr, "http-addr": c.HTTPAddr} {
+	for name, addr := range map[string]string{"coaps-addr": c.CoAPSAddr, "coap-addr": c.CoAPAddr, "http-addr": c.HTTPAddr,
+		"mqtt-addr": c.MQTTAddr, "mqtt-plain-addr": c.MQTTPlainAddr} {
 		if addr == "" {
 			continue
 		}
@@ -111,6 +125,8 @@ type Server struct {
 	store  *devices.Store
 	ca     *pki.CA
 	coap   *coap.Server
+	broker *mqtt.Broker // embedded broker, or nil
+	remote *mqtt.Remote // external broker connection, or nil
 	http   *http.Server
 	httpLn net.Listener
 	debug  *http.Server
@@ -189,6 +205,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err := s.coap.Start(); err != nil {
 		return nil, err
 	}
+	if err := s.startMQTT(svc, serverCert, clientCAs); err != nil {
+		return nil, err
+	}
 
 	api := httpapi.New(s.store, fleet, s.info, log)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
@@ -225,6 +244,80 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		"data", cfg.DataDir, "root_ca", rootPath, "admin_token", filepath.Join(cfg.DataDir, AdminTokenFile),
 		"https", "https://"+s.HTTPAddr().String(), "endpoints", strings.Join(s.info().Endpoints, " "))
 	return s, nil
+}
+
+// startMQTT runs the embedded broker, or connects to the external one.
+func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificate, clientCAs *x509.CertPool) error {
+	h := mqtt.NewHandler(svc, svc, s.log)
+	if s.cfg.MQTTBroker != "" {
+		roots := s.ca.Roots()
+		if s.cfg.MQTTCAFile != "" {
+			pem, err := os.ReadFile(s.cfg.MQTTCAFile)
+			if err != nil {
+				return fmt.Errorf("mqtt-ca-file: %w", err)
+			}
+			roots = x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("mqtt-ca-file: %s holds no PEM certificate", s.cfg.MQTTCAFile)
+			}
+		}
+		// The service authenticates to the broker with a certificate from our
+		// CA whose common name (the broker's username) is provisiond-service.
+		svcCert, err := s.ca.NewServerCertificate([]string{ServiceIdentity}, nil, 30*24*time.Hour)
+		if err != nil {
+			return err
+		}
+		id := s.cfg.MQTTClientID
+		if id == "" {
+			host, _ := os.Hostname()
+			id = "provisiond-" + host
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s.remote, err = mqtt.DialRemote(ctx, mqtt.RemoteConfig{URL: s.cfg.MQTTBroker, ClientID: id, TLS: &tls.Config{
+			RootCAs: roots, MinVersion: tls.VersionTLS12,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return svcCert.Get() },
+		}}, h, s.log)
+		if err != nil {
+			return err
+		}
+		svc.SetNotifier(h)
+		return nil
+	}
+	if s.cfg.MQTTAddr == "" && s.cfg.MQTTPlainAddr == "" {
+		return nil
+	}
+	plain := ""
+	if s.cfg.InsecureMQTT {
+		plain = s.cfg.MQTTPlainAddr
+	}
+	s.broker = mqtt.NewBroker(mqtt.BrokerConfig{Addr: s.cfg.MQTTAddr, InsecureAddr: plain, Certificate: serverCert.Get,
+		ClientCAs: clientCAs, Authorize: mqtt.Authorizer(svc.Authorize)}, h, s.log)
+	if err := s.broker.Start(); err != nil {
+		return err
+	}
+	svc.SetNotifier(h)
+	return nil
+}
+
+// ServiceIdentity is the common name of the certificate provisiond presents
+// to an external MQTT broker (Mosquitto's username for it).
+const ServiceIdentity = "provisiond-service"
+
+// MQTTAddr is the embedded broker's bound TLS address ("" when not running).
+func (s *Server) MQTTAddr() string {
+	if s.broker == nil {
+		return ""
+	}
+	return s.broker.Addr()
+}
+
+// MQTTPlainAddr is the embedded broker's bound plain address ("" when not running).
+func (s *Server) MQTTPlainAddr() string {
+	if s.broker == nil {
+		return ""
+	}
+	return s.broker.InsecureAddr()
 }
 
 // startDebug serves net/http/pprof on cfg.DebugAddr.
@@ -352,6 +445,19 @@ func (s *Server) info() httpapi.Info {
 	if a := s.coap.InsecureAddr(); a != nil {
 		eps = append(eps, "coap://"+net.JoinHostPort(s.cfg.AdvertiseHost, port(a)))
 	}
+	switch {
+	case s.remote != nil:
+		eps = append(eps, s.cfg.MQTTBroker)
+	case s.broker != nil:
+		if a := s.broker.Addr(); a != "" {
+			_, p, _ := net.SplitHostPort(a)
+			eps = append(eps, "mqtts://"+net.JoinHostPort(s.cfg.AdvertiseHost, p))
+		}
+		if a := s.broker.InsecureAddr(); a != "" {
+			_, p, _ := net.SplitHostPort(a)
+			eps = append(eps, "mqtt://"+net.JoinHostPort(s.cfg.AdvertiseHost, p))
+		}
+	}
 	return httpapi.Info{Endpoints: eps, RootCA: string(s.ca.RootPEM()), Version: Version}
 }
 
@@ -407,6 +513,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if s.coap != nil {
 			errs = append(errs, s.coap.Shutdown(ctx))
+		}
+		if s.broker != nil {
+			errs = append(errs, s.broker.Shutdown(ctx))
+		}
+		if s.remote != nil {
+			errs = append(errs, s.remote.Shutdown(ctx))
 		}
 		if s.debug != nil {
 			errs = append(errs, s.debug.Close())

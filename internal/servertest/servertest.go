@@ -34,7 +34,7 @@ func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 	t.Helper()
 	cfg := server.Defaults()
 	cfg.DataDir = t.TempDir()
-	cfg.CoAPSAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.CoAPSAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.AdvertiseHost = "127.0.0.1"
 	cfg.CAPassphrase = "test-passphrase-0123456789"
 	for _, m := range mod {
@@ -115,6 +115,9 @@ func (e *Env) Mint(n int, site string) []wire.Bundle {
 	}
 	return bundles
 }
+
+// MQTTS is the embedded broker's TLS endpoint as a URL.
+func (e *Env) MQTTS() string { return "mqtts://" + e.Server.MQTTAddr() }
 
 // CoAPS is the DTLS endpoint, host:port.
 func (e *Env) CoAPS() string { return e.Server.CoAPSAddr().String() }

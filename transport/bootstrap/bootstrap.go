@@ -55,12 +55,35 @@ const (
 	CodeInternal           = "internal"
 )
 
+// Code is the CoAP response code of a status, in dotted form ("4.01"). MQTT
+// replies carry it too, so both transports speak the same codes.
+func (s Status) Code() string {
+	return [...]string{"2.01", "2.04", "4.00", "4.01", "4.03", "4.04", "4.13", "4.15", "4.29", "5.00", "5.03"}[s]
+}
+
 // Answer is what a transport sends back.
 type Answer struct {
 	Status     Status
 	Format     wire.Format // of Body; zero when Body is plain text
 	Body       []byte
+	Value      any           // what Body encodes: *wire.EnrollResponse, *wire.LeaseResponse or *wire.Error
 	RetryAfter time.Duration // Max-Age / Retry-After when > 0
+}
+
+// Reply wraps the answer for transports without status codes (MQTT).
+func (a Answer) Reply() wire.Reply {
+	r := wire.Reply{Status: a.Status.Code()}
+	switch v := a.Value.(type) {
+	case *wire.EnrollResponse:
+		r.Enrollment = v
+	case *wire.LeaseResponse:
+		r.Lease = v
+	case *wire.Error:
+		r.Error = v
+	default:
+		r.Error = &wire.Error{Code: CodeInternal, Message: string(a.Body)}
+	}
+	return r
 }
 
 // Enroller is the enrollment service as the transports see it.
@@ -79,7 +102,8 @@ type Handler struct {
 // Enroll handles one enrollment request body.
 func (h *Handler) Enroll(f wire.Format, body []byte, src netip.AddrPort) Answer {
 	if f != wire.JSON && f != wire.CBOR {
-		return Answer{Status: UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)")}
+		return Answer{Status: UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)"),
+			Value: &wire.Error{Code: CodeUnsupportedFormat, Message: "use CBOR or JSON"}}
 	}
 	if len(body) > wire.MaxRequestBytes {
 		return h.TooLarge(f)
@@ -95,11 +119,12 @@ func (h *Handler) Enroll(f wire.Format, body []byte, src netip.AddrPort) Answer 
 	if err != nil {
 		return h.Error(f, err)
 	}
-	out, err := wire.Marshal(f, Response(res))
+	resp := Response(res)
+	out, err := wire.Marshal(f, resp)
 	if err != nil {
 		return h.Error(f, err)
 	}
-	return Answer{Status: Created, Format: f, Body: out}
+	return Answer{Status: Created, Format: f, Body: out, Value: &resp}
 }
 
 // TooLarge answers a request whose body exceeds wire.MaxRequestBytes, for
@@ -114,11 +139,24 @@ func (h *Handler) RenewLease(f wire.Format, id uuid.UUID, src netip.AddrPort) An
 	if err != nil {
 		return h.Error(f, err)
 	}
-	out, err := wire.Marshal(f, wire.LeaseResponse{Lease: lease(cfg.Lease), Network: network(cfg.Network), ConfigVersion: cfg.Version})
+	resp := LeaseResponse(cfg)
+	out, err := wire.Marshal(f, resp)
 	if err != nil {
 		return h.Error(f, err)
 	}
-	return Answer{Status: Changed, Format: f, Body: out}
+	return Answer{Status: Changed, Format: f, Body: out, Value: &resp}
+}
+
+// LeaseResponse converts a renewed config to its wire form.
+func LeaseResponse(cfg enroll.DeviceConfig) wire.LeaseResponse {
+	return wire.LeaseResponse{Lease: lease(cfg.Lease), Network: network(cfg.Network), ConfigVersion: cfg.Version}
+}
+
+// Config converts a device's config to the form pushed on its operational channel.
+func Config(id uuid.UUID, cfg enroll.DeviceConfig) wire.DeviceConfig {
+	return wire.DeviceConfig{DeviceID: id.String(), ConfigVersion: cfg.Version,
+		WiFi:    wire.WiFi{SSID: cfg.WiFi.SSID, Security: cfg.WiFi.Security, Passphrase: cfg.WiFi.Passphrase},
+		Network: network(cfg.Network), Lease: lease(cfg.Lease)}
 }
 
 // Response converts an enrollment result to its wire form.
@@ -192,9 +230,10 @@ func (h *Handler) errorAnswer(f wire.Format, s Status, code, msg string, retry t
 	if retry > 0 {
 		secs = int(math.Ceil(retry.Seconds()))
 	}
-	body, err := wire.Marshal(f, wire.Error{Code: code, Message: msg, RetryAfter: secs})
+	e := wire.Error{Code: code, Message: msg, RetryAfter: secs}
+	body, err := wire.Marshal(f, e)
 	if err != nil {
-		return Answer{Status: s, Body: []byte(code + ": " + msg), RetryAfter: retry}
+		return Answer{Status: s, Body: []byte(code + ": " + msg), Value: &e, RetryAfter: retry}
 	}
-	return Answer{Status: s, Format: f, Body: body, RetryAfter: time.Duration(secs) * time.Second}
+	return Answer{Status: s, Format: f, Body: body, Value: &e, RetryAfter: time.Duration(secs) * time.Second}
 }

@@ -252,3 +252,31 @@ func Unmarshal(f Format, data []byte, v any) error {
 	}
 	return nil
 }
+
+// Reply is an answer on MQTT, which has no status codes: Status is the CoAP
+// code the same answer has on CoAP ("2.01", "4.01", ...), and exactly one of
+// the other fields is set.
+type Reply struct {
+	Status     string          `json:"status" cbor:"status"`
+	Enrollment *EnrollResponse `json:"enrollment,omitempty" cbor:"enrollment,omitempty"`
+	Lease      *LeaseResponse  `json:"lease,omitempty" cbor:"lease,omitempty"`
+	Error      *Error          `json:"error,omitempty" cbor:"error,omitempty"`
+}
+
+// DeviceConfig is a device's current configuration, pushed on its
+// operational channel (MQTT: retained on devices/{id}/config).
+type DeviceConfig struct {
+	DeviceID      string  `json:"device_id" cbor:"device_id"`
+	ConfigVersion uint64  `json:"config_version" cbor:"config_version"`
+	WiFi          WiFi    `json:"wifi" cbor:"wifi"`
+	Network       Network `json:"network" cbor:"network"`
+	Lease         Lease   `json:"lease" cbor:"lease"`
+}
+
+// StateReport is what a device reports about itself on its operational
+// channel (MQTT: devices/{id}/state).
+type StateReport struct {
+	ConfigVersion   uint64 `json:"config_version" cbor:"config_version"` // the config version it applied
+	FirmwareVersion string `json:"firmware_version,omitempty" cbor:"firmware_version,omitempty"`
+	Health          string `json:"health,omitempty" cbor:"health,omitempty"` // "ok", "degraded", free text up to 256 bytes
+}

@@ -1,0 +1,127 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+func TestMQTTEnrollAndOperate(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	for _, f := range []wire.Format{wire.JSON, wire.CBOR} {
+		t.Run(f.String(), func(t *testing.T) {
+			b := env.Mint(1, "hq")[0]
+			d, _ := simulator.NewDevice(b)
+			res, err := d.EnrollMQTT(ctxT(t), simulator.MQTTOptions{Format: f}) // broker from the bundle's mqtts:// endpoint
+			if err != nil {
+				t.Fatalf("enroll over MQTT: %v", err)
+			}
+			if res.WiFi.SSID != "ssid-hq" || res.Network.PrefixLen != 24 {
+				t.Errorf("answer %+v", res)
+			}
+			opensslVerify(t, env, d.PEM())
+			stored, _ := env.Server.Store().DeviceBySerial(b.Serial)
+			if stored.State != devices.StateProvisioned || stored.Lease == nil || stored.Lease.Addr.String() != res.Network.Address {
+				t.Fatalf("stored %+v", stored)
+			}
+			evs, _ := env.Server.Store().Audit(0, 1000)
+			if last := lastAction(evs, "device.enroll"); last == nil || last.Detail["transport"] != "mqtt" || last.Source == "" {
+				t.Errorf("audit event %+v, want transport mqtt with a source", last)
+			}
+
+			s, err := d.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+			if err != nil {
+				t.Fatalf("operational connect: %v", err)
+			}
+			defer s.Close()
+			cfg, err := s.Config(ctxT(t)) // retained: there before the device subscribed
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.DeviceID != res.DeviceID || cfg.WiFi != res.WiFi || cfg.Network.Address != res.Network.Address || cfg.ConfigVersion != res.ConfigVersion {
+				t.Errorf("pushed config %+v does not match the enrollment %+v", cfg, res)
+			}
+			if err := s.ReportState(ctxT(t), wire.StateReport{ConfigVersion: cfg.ConfigVersion, FirmwareVersion: "2.0.0", Health: "ok"}); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool {
+				d, _ := env.Server.Store().DeviceBySerial(b.Serial)
+				return d.State == devices.StateActive && d.AppliedConfigVersion == cfg.ConfigVersion && d.FirmwareVersion == "2.0.0" && d.Health == "ok"
+			}, "device active after reporting its applied config")
+
+			time.Sleep(1100 * time.Millisecond) // lease expiry has one-second resolution
+			lease, err := s.RenewLease(ctxT(t))
+			if err != nil {
+				t.Fatalf("renew over MQTT: %v", err)
+			}
+			if lease.Lease.Address != res.Lease.Address || !lease.Lease.ExpiresAt.After(res.Lease.ExpiresAt) {
+				t.Errorf("renewed %+v, first %+v", lease.Lease, res.Lease)
+			}
+		})
+	}
+}
+
+// Errors carry the same codes and messages over MQTT as over CoAP.
+func TestMQTTErrorsMatchCoAP(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	for _, c := range []struct {
+		name string
+		mod  func(*wire.Bundle)
+		code string
+	}{
+		{"wrong token", func(b *wire.Bundle) { b.ClaimToken = "WRONGWRONGWRONGWRONG" }, "unauthorized"},
+		{"unknown serial", func(b *wire.Bundle) { b.Serial = "NO-SUCH-DEVICE" }, "unauthorized"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := env.Mint(1, "hq")[0]
+			c.mod(&b)
+			before, _ := env.Server.Store().Digest()
+			d1, _ := simulator.NewDevice(b)
+			_, errMQTT := d1.EnrollMQTT(ctxT(t), simulator.MQTTOptions{})
+			d2, _ := simulator.NewDevice(b)
+			_, errCoAP := d2.Enroll(ctxT(t), simulator.EnrollOptions{Format: wire.JSON})
+			var em, ec *simulator.Error
+			if !asErr(errMQTT, &em) || !asErr(errCoAP, &ec) {
+				t.Fatalf("mqtt %v, coap %v", errMQTT, errCoAP)
+			}
+			if em.Code != ec.Code || em.Body != ec.Body || em.Body.Code != c.code {
+				t.Errorf("MQTT %v %+v, CoAP %v %+v, want both %s", em.Code, em.Body, ec.Code, ec.Body, c.code)
+			}
+			if after, _ := env.Server.Store().Digest(); after != before {
+				t.Error("a refused enrollment changed the store")
+			}
+		})
+	}
+}
+
+func lastAction(evs []devices.AuditEvent, action string) *devices.AuditEvent {
+	for i := len(evs) - 1; i >= 0; i-- {
+		if evs[i].Action == action {
+			return &evs[i]
+		}
+	}
+	return nil
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for: %s", what)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func asErr(err error, target **simulator.Error) bool { return errors.As(err, target) }

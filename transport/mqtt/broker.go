@@ -1,0 +1,270 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/google/uuid"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/provisiond/provisiond/transport/coap"
+)
+
+// Authorizer decides whether a verified device certificate may connect.
+type Authorizer func(id uuid.UUID, certSerial string) error
+
+// BrokerConfig configures the embedded broker.
+type BrokerConfig struct {
+	Addr         string                           // MQTT over TLS, e.g. ":8883"; empty disables
+	InsecureAddr string                           // plain MQTT (development only); empty disables
+	Certificate  func() (*tls.Certificate, error) // server certificate, asked at every handshake
+	ClientCAs    *x509.CertPool                   // verifies device certificates
+	Authorize    Authorizer                       // checks a device certificate against the inventory
+}
+
+// Broker is the embedded MQTT broker with provisiond's access rules.
+type Broker struct {
+	cfg     BrokerConfig
+	srv     *mochi.Server
+	handler *Handler
+	log     *slog.Logger
+	tls     *listeners.TCP
+	plain   *listeners.TCP
+
+	mu   sync.Mutex
+	done bool
+}
+
+// NewBroker returns a broker serving h; Start binds it.
+func NewBroker(cfg BrokerConfig, h *Handler, log *slog.Logger) *Broker {
+	caps := mochi.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = 64 * 1024 // requests are 4 KiB at most; configs are small
+	srv := mochi.New(&mochi.Options{InlineClient: true, Capabilities: caps, Logger: log.With("component", "mqtt")})
+	b := &Broker{cfg: cfg, srv: srv, handler: h, log: log}
+	h.SetPublisher(b)
+	return b
+}
+
+// Publish sends a message from the server (the broker's inline client, which
+// is not subject to the access rules).
+func (b *Broker) Publish(topic string, payload []byte, retain bool) error {
+	return b.srv.Publish(topic, payload, retain, 1)
+}
+
+// Start binds the listeners and serves in the background.
+func (b *Broker) Start() error {
+	if err := b.srv.AddHook(&access{b: b}, nil); err != nil {
+		return err
+	}
+	if b.cfg.Addr != "" {
+		b.tls = listeners.NewTCP(listeners.Config{ID: "mqtts", Address: b.cfg.Addr, TLSConfig: &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			ClientAuth: tls.VerifyClientCertIfGiven,
+			ClientCAs:  b.cfg.ClientCAs,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				c, err := b.cfg.Certificate()
+				if err != nil {
+					b.log.Error("server certificate renewal failed; presenting the current one", "err", err)
+				}
+				return c, nil
+			},
+		}})
+		if err := b.srv.AddListener(b.tls); err != nil {
+			return fmt.Errorf("listen mqtts %s: %w", b.cfg.Addr, err)
+		}
+	}
+	if b.cfg.InsecureAddr != "" {
+		b.plain = listeners.NewTCP(listeners.Config{ID: "mqtt", Address: b.cfg.InsecureAddr})
+		if err := b.srv.AddListener(b.plain); err != nil {
+			return fmt.Errorf("listen mqtt %s: %w", b.cfg.InsecureAddr, err)
+		}
+		b.log.Warn("plain MQTT (no TLS) listening: development only, claim tokens travel in clear", "addr", b.plain.Address())
+	}
+	if err := b.srv.Serve(); err != nil {
+		return fmt.Errorf("serve mqtt: %w", err)
+	}
+	if b.tls != nil {
+		b.log.Info("MQTT over TLS listening", "addr", b.tls.Address())
+	}
+	return nil
+}
+
+// Addr is the bound TLS address ("" when disabled).
+func (b *Broker) Addr() string { return address(b.tls) }
+
+// InsecureAddr is the bound plain address ("" when disabled).
+func (b *Broker) InsecureAddr() string { return address(b.plain) }
+
+func address(l *listeners.TCP) string {
+	if l == nil {
+		return ""
+	}
+	return l.Address()
+}
+
+// Disconnect cuts a device's live session, if it has one.
+func (b *Broker) Disconnect(id uuid.UUID) {
+	if cl, ok := b.srv.Clients.Get(id.String()); ok {
+		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	}
+}
+
+// Shutdown closes the listeners and every session. It is idempotent.
+func (b *Broker) Shutdown(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return nil
+	}
+	b.done = true
+	return b.srv.Close()
+}
+
+// identity is who a connected client is.
+type identity struct {
+	device uuid.UUID // set for a device with a certificate; Nil for a bootstrap client
+	source netip.AddrPort
+}
+
+// access is the mochi hook that enforces provisiond's rules:
+//   - a client with a certificate is an enrolled device: its client ID must be
+//     the UUID its certificate names, the device must exist, not be revoked,
+//     and the certificate must be its current one;
+//   - a client without one is bootstrapping: its client ID must be
+//     "boot-<nonce>", it may publish only its enrollment request and subscribe
+//     only to its own result topic, never with wildcards;
+//   - a device may only use topics under devices/<its id>/, may not publish to
+//     the server's topics there (config, lease), and no client's message is
+//     retained or may read $SYS.
+//
+// Server-bound messages are handled in the publishing client's goroutine.
+type access struct {
+	mochi.HookBase
+	b       *Broker
+	clients sync.Map // *mochi.Client -> identity
+}
+
+func (a *access) ID() string { return "provisiond-access" }
+
+func (a *access) Provides(x byte) bool {
+	switch x {
+	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish, mochi.OnDisconnect, mochi.OnSessionEstablished:
+		return true
+	}
+	return false
+}
+
+func peerCertificate(cl *mochi.Client) *x509.Certificate {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	st := tc.ConnectionState()
+	if len(st.PeerCertificates) == 0 {
+		return nil
+	}
+	return st.PeerCertificates[0] // verified against ClientCAs during the handshake
+}
+
+func sourceOf(cl *mochi.Client) netip.AddrPort {
+	ap, err := netip.ParseAddrPort(cl.Net.Remote)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func (a *access) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
+	clientID := pk.Connect.ClientIdentifier
+	src := sourceOf(cl)
+	if cert := peerCertificate(cl); cert != nil {
+		id, serial, err := coap.DeviceIdentity(cert)
+		if err == nil && clientID != id.String() {
+			err = fmt.Errorf("client ID %q is not the certificate's device %s", clientID, id)
+		}
+		if err == nil && a.b.cfg.Authorize != nil {
+			err = a.b.cfg.Authorize(id, serial)
+		}
+		if err != nil {
+			a.b.log.Info("mqtt connect refused", "client_id", clientID, "source", src, "err", err)
+			return false
+		}
+		a.clients.Store(cl, identity{device: id, source: src})
+		return true
+	}
+	if !ValidBootstrapID(clientID) {
+		a.b.log.Info("mqtt connect refused", "client_id", clientID, "source", src,
+			"err", errors.New("without a certificate the client ID must be boot-<16-64 of [A-Za-z0-9_-]>"))
+		return false
+	}
+	a.clients.Store(cl, identity{source: src})
+	return true
+}
+
+func (a *access) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
+	if v, ok := a.clients.Load(cl); ok && v.(identity).device != uuid.Nil {
+		// Retained messages live in memory: make sure a (re)connecting device
+		// finds its current config even after a server restart.
+		a.b.handler.PushConfig(v.(identity).device)
+	}
+}
+
+func (a *access) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
+	a.clients.Delete(cl)
+}
+
+func (a *access) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
+	v, ok := a.clients.Load(cl)
+	if !ok {
+		return false
+	}
+	who := v.(identity)
+	if who.device == uuid.Nil { // bootstrap client
+		if hasWildcard(topic) {
+			return false
+		}
+		if write {
+			p := ParseTopic(topic)
+			return p.Kind == Enroll && p.ClientID == cl.ID
+		}
+		return topic == ResultTopic(cl.ID)
+	}
+	own := DevicesRoot + "/" + who.device.String() + "/"
+	rest, ok := strings.CutPrefix(topic, own)
+	if !ok || rest == "" {
+		return false
+	}
+	if write {
+		return !hasWildcard(rest) && rest != "config" && rest != "lease"
+	}
+	return true // any filter inside its own tree
+}
+
+func (a *access) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	if pk.FixedHeader.Retain {
+		// A retained enrollment request would keep a claim token on the
+		// broker: clients never get to retain anything. (Rejecting the packet
+		// instead would leave a QoS 1 publisher waiting for an ack forever.)
+		pk.FixedHeader.Retain = false
+	}
+	v, _ := a.clients.Load(cl)
+	who, _ := v.(identity)
+	// Server-bound messages are handled here. They still go on through mochi
+	// (which acknowledges QoS 1 only then; a rejected packet is never
+	// acknowledged), but the access rules leave no one else to receive them.
+	a.b.handler.Handle(pk.TopicName, pk.Payload, who.source)
+	return pk, nil
+}
+

@@ -1,0 +1,101 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+// SharedGroup is the shared-subscription group provisiond replicas join, so
+// that each request is handled by exactly one of them.
+const SharedGroup = "provisiond"
+
+// serverFilters are what the server consumes from an external broker.
+var serverFilters = []string{
+	BootstrapRoot + "/+/enroll/+",
+	DevicesRoot + "/+/state",
+	DevicesRoot + "/+/lease/renew",
+}
+
+// Remote connects the handler to an external broker (Mosquitto, EMQX, ...).
+// The broker enforces the access rules (docs/operations.md gives a Mosquitto
+// configuration); provisiond trusts the device ID in a topic because the
+// broker only lets that device publish there.
+type Remote struct {
+	client paho.Client
+	log    *slog.Logger
+}
+
+// RemoteConfig configures the connection to an external broker.
+type RemoteConfig struct {
+	URL      string      // mqtts://host:port (mqtt:// only for development)
+	TLS      *tls.Config // trusts the broker; carries the service certificate
+	ClientID string      // unique per replica
+}
+
+// DialRemote connects to the broker and subscribes to the server-bound topics.
+func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Logger) (*Remote, error) {
+	r := &Remote{log: log}
+	opts := paho.NewClientOptions().
+		AddBroker(cfg.URL).
+		SetClientID(cfg.ClientID).
+		SetTLSConfig(cfg.TLS).
+		SetCleanSession(true).
+		SetOrderMatters(false). // handle requests concurrently
+		SetAutoReconnect(true).
+		SetConnectRetry(false).
+		SetKeepAlive(30 * time.Second).
+		SetConnectTimeout(10 * time.Second).
+		SetOnConnectHandler(func(c paho.Client) {
+			// (Re)subscribe on every connect: the session is clean.
+			filters := map[string]byte{}
+			for _, f := range serverFilters {
+				filters["$share/"+SharedGroup+"/"+f] = 1
+			}
+			tok := c.SubscribeMultiple(filters, func(_ paho.Client, m paho.Message) {
+				h.Handle(m.Topic(), m.Payload(), netip.AddrPort{})
+			})
+			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+				log.Info("subscribed to the external broker", "filters", len(filters))
+			} else {
+				log.Error("subscribe on the external broker failed", "err", tok.Error())
+			}
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			log.Warn("lost the external MQTT broker; reconnecting", "err", err)
+		})
+	r.client = paho.NewClient(opts)
+	tok := r.client.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if err := tok.Error(); err != nil {
+		return nil, fmt.Errorf("connect to MQTT broker %s: %w", cfg.URL, err)
+	}
+	h.SetPublisher(r)
+	log.Info("using external MQTT broker", "url", cfg.URL, "client_id", cfg.ClientID)
+	return r, nil
+}
+
+// Publish sends a message at QoS 1 and waits for the broker's acknowledgement.
+func (r *Remote) Publish(topic string, payload []byte, retain bool) error {
+	tok := r.client.Publish(topic, 1, retain, payload)
+	if !tok.WaitTimeout(10 * time.Second) {
+		return errors.New("publish: no acknowledgement within 10s")
+	}
+	return tok.Error()
+}
+
+// Shutdown disconnects, letting in-flight messages go out.
+func (r *Remote) Shutdown(context.Context) error {
+	r.client.Disconnect(500)
+	return nil
+}

@@ -1,0 +1,106 @@
+package mqtt
+
+import (
+	"regexp"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// Topics. {cid} is the bootstrap client's ID, {id} a device UUID.
+//
+//	bootstrap/{cid}/enroll/json|cbor   device -> server  enrollment request
+//	bootstrap/{cid}/result             server -> device  wire.Reply, in the request's format
+//	devices/{id}/config                server -> device  wire.DeviceConfig (JSON), retained
+//	devices/{id}/state                 device -> server  wire.StateReport (JSON)
+//	devices/{id}/lease/renew           device -> server  lease renewal (payload ignored)
+//	devices/{id}/lease                 server -> device  wire.Reply (JSON)
+const (
+	BootstrapRoot = "bootstrap"
+	DevicesRoot   = "devices"
+)
+
+// bootstrapIDRE is the form of a bootstrap client ID: "boot-" and a nonce of
+// 16-64 characters the device chose at random.
+var bootstrapIDRE = regexp.MustCompile(`^boot-[A-Za-z0-9_-]{16,64}$`)
+
+// ValidBootstrapID reports whether id may be used by a client without a certificate.
+func ValidBootstrapID(id string) bool { return bootstrapIDRE.MatchString(id) }
+
+// EnrollTopic is where a bootstrap client publishes its request.
+func EnrollTopic(cid string, f wire.Format) string {
+	return BootstrapRoot + "/" + cid + "/enroll/" + formatName(f)
+}
+
+// ResultTopic is where a bootstrap client receives its answer.
+func ResultTopic(cid string) string { return BootstrapRoot + "/" + cid + "/result" }
+
+// ConfigTopic, StateTopic, RenewTopic and LeaseTopic are a device's operational topics.
+func ConfigTopic(id string) string { return DevicesRoot + "/" + id + "/config" }
+
+// StateTopic is where a device reports its state.
+func StateTopic(id string) string { return DevicesRoot + "/" + id + "/state" }
+
+// RenewTopic is where a device asks for a lease renewal.
+func RenewTopic(id string) string { return DevicesRoot + "/" + id + "/lease/renew" }
+
+// LeaseTopic is where a device receives its renewed lease.
+func LeaseTopic(id string) string { return DevicesRoot + "/" + id + "/lease" }
+
+func formatName(f wire.Format) string {
+	if f == wire.CBOR {
+		return "cbor"
+	}
+	return "json"
+}
+
+// Kind is what a device-published topic is for.
+type Kind int
+
+// Kinds of server-bound topics.
+const (
+	NotServerBound Kind = iota
+	Enroll
+	State
+	Renew
+)
+
+// Parsed is a server-bound topic, taken apart.
+type Parsed struct {
+	Kind     Kind
+	ClientID string      // Enroll: the bootstrap client ID in the topic
+	Format   wire.Format // Enroll
+	DeviceID uuid.UUID   // State, Renew
+}
+
+// ParseTopic recognises the topics devices publish to the server. Anything
+// else (including malformed variants) is NotServerBound.
+func ParseTopic(topic string) Parsed {
+	parts := strings.Split(topic, "/")
+	switch {
+	case len(parts) == 4 && parts[0] == BootstrapRoot && parts[2] == "enroll" && ValidBootstrapID(parts[1]):
+		switch parts[3] {
+		case "json":
+			return Parsed{Kind: Enroll, ClientID: parts[1], Format: wire.JSON}
+		case "cbor":
+			return Parsed{Kind: Enroll, ClientID: parts[1], Format: wire.CBOR}
+		}
+	case len(parts) >= 3 && parts[0] == DevicesRoot:
+		id, err := uuid.Parse(parts[1])
+		if err != nil || id.String() != parts[1] { // canonical lower-case form only
+			return Parsed{}
+		}
+		switch {
+		case len(parts) == 3 && parts[2] == "state":
+			return Parsed{Kind: State, DeviceID: id}
+		case len(parts) == 4 && parts[2] == "lease" && parts[3] == "renew":
+			return Parsed{Kind: Renew, DeviceID: id}
+		}
+	}
+	return Parsed{}
+}
+
+// hasWildcard reports whether a topic filter holds + or #.
+func hasWildcard(filter string) bool { return strings.ContainsAny(filter, "+#") }
