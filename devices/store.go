@@ -346,3 +346,8 @@ func (s *Store) UpdateDevice(id uuid.UUID, fn func(d *Device) (*AuditEvent, erro
 	})
 	return out, err
 }
+
+// AppendAudit records an event that goes with no other change.
+func (s *Store) AppendAudit(ev AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return appendAudit(tx, ev) })
+}

@@ -2,7 +2,10 @@ package pki
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -50,4 +53,22 @@ func (s *ServerCertificate) Get() (*tls.Certificate, error) {
 	}
 	s.cur = &c
 	return s.cur, nil
+}
+
+// IssueServerPEM issues a server certificate with a fresh key for another
+// service (an external MQTT broker) and returns the chain and the key in PEM.
+func (ca *CA) IssueServerPEM(names []string, ips []netip.Addr, lifetime time.Duration) (chainPEM, keyPEM []byte, err error) {
+	var netIPs []net.IP
+	for _, ip := range ips {
+		netIPs = append(netIPs, net.IP(ip.AsSlice()))
+	}
+	c, err := ca.IssueServer(names, netIPs, lifetime)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	return EncodeCerts(c.Leaf, ca.intermediate), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }

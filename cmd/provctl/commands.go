@@ -324,3 +324,47 @@ func (e *env) audit(args []string, stderr io.Writer) error {
 		}
 	})
 }
+
+func (e *env) serverCert(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("cert server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	names := fs.String("name", "", "comma-separated DNS names (the first is the common name)")
+	ips := fs.String("ip", "", "comma-separated IP addresses")
+	lifetime := fs.String("lifetime", "8760h", "validity")
+	out := fs.String("out", "", "directory for server.pem (chain), server.key (0600) and ca.pem (required)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *out == "" || (*names == "" && *ips == "") {
+		return errors.New("cert server: --out and at least one --name or --ip are required")
+	}
+	split := func(s string) []string {
+		var r []string
+		for _, x := range strings.Split(s, ",") {
+			if x = strings.TrimSpace(x); x != "" {
+				r = append(r, x)
+			}
+		}
+		return r
+	}
+	var res httpapi.ServerCertResponse
+	if err := e.client.Do(e.ctx, http.MethodPost, "/api/v1/server-certificates",
+		httpapi.ServerCertRequest{Names: split(*names), IPs: split(*ips), Lifetime: *lifetime}, &res); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		data string
+		mode os.FileMode
+	}{{"server.key", res.Key, 0o600}, {"server.pem", res.Certificate, 0o644}, {"ca.pem", res.CA, 0o644}} {
+		if err := os.WriteFile(filepath.Join(*out, f.name), []byte(f.data), f.mode); err != nil {
+			return err
+		}
+	}
+	return e.print(map[string]string{"dir": *out}, func(w io.Writer) {
+		fmt.Fprintf(w, "server.pem, server.key and ca.pem written to %s\n", *out)
+	})
+}

@@ -46,6 +46,7 @@ commands:
   factory import FILE [--model M] [--site S]
   devices list [--site S] [--state STATE] [--limit N] [--after ID] | devices show SERIAL|ID
   audit [--after SEQ] [--limit N]
+  cert server --name HOST[,HOST] [--ip IP,IP] [--lifetime 8760h] --out DIR   (for an external MQTT broker)
   info
 
 global flags:
@@ -97,6 +98,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.importFile(rest[1:], stderr)
 	case cmd == "devices" && sub != "":
 		return e.devices(sub, rest[1:], stderr)
+	case cmd == "cert" && sub == "server":
+		return e.serverCert(rest[1:], stderr)
 	case cmd == "audit":
 		return e.audit(rest, stderr)
 	case cmd == "info":

@@ -56,6 +56,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	str(&cfg.MQTTAddr, "mqtt-addr", "embedded MQTT broker, MQTT over TLS (empty disables)")
 	str(&cfg.MQTTPlainAddr, "mqtt-plain-addr", "embedded broker, plain MQTT; needs --insecure-mqtt")
 	str(&cfg.MQTTBroker, "mqtt-broker", "use this external broker (mqtts://host:port) instead of the embedded one")
+	str(&cfg.MQTTBootstrap, "mqtt-bootstrap-url", "with --mqtt-broker: the URL devices bootstrap on, if not the same (goes into flash bundles)")
 	str(&cfg.MQTTCAFile, "mqtt-ca-file", "PEM roots for the external broker's certificate (default: provisiond's root)")
 	str(&cfg.MQTTClientID, "mqtt-client-id", "this replica's client ID on the external broker (default provisiond-<hostname>)")
 	str(&cfg.AdvertiseHost, "advertise-host", "host name or IP devices use to reach this server")

@@ -19,8 +19,14 @@ import (
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
-// mqttDial connects a raw client; it returns the connect error instead of failing.
+// mqttDial connects a raw client to the embedded broker; it returns the
+// connect error instead of failing.
 func mqttDial(t *testing.T, env *servertest.Env, clientID string, cert *tls.Certificate) (paho.Client, error) {
+	t.Helper()
+	return mqttDialURL(t, env.Server.MQTTAddr(), clientID, env, cert)
+}
+
+func mqttDialURL(t *testing.T, addr, clientID string, env *servertest.Env, cert *tls.Certificate) (paho.Client, error) {
 	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(env.Server.CA().Root())
@@ -28,7 +34,7 @@ func mqttDial(t *testing.T, env *servertest.Env, clientID string, cert *tls.Cert
 	if cert != nil {
 		tc.Certificates = []tls.Certificate{*cert}
 	}
-	c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://"+env.Server.MQTTAddr()).SetClientID(clientID).
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://"+addr).SetClientID(clientID).
 		SetTLSConfig(tc).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5*time.Second))
 	tok := c.Connect()
 	if !tok.WaitTimeout(10 * time.Second) {

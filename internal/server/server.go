@@ -63,6 +63,7 @@ type Config struct {
 	InsecureMQTT   bool
 	MQTTBroker     string // external broker URL (mqtts://host:port): replaces the embedded one
 	MQTTCAFile     string // PEM roots for the external broker's certificate (default: provisiond's root)
+	MQTTBootstrap  string // the external broker URL devices bootstrap on (default MQTTBroker)
 	MQTTClientID   string // this replica's client ID on the external broker (default provisiond-<hostname>)
 	AdvertiseHost  string   // host devices use to reach the service (bundles, certificates)
 	ServerNames    []string // extra DNS names / IPs for the server certificate
@@ -209,7 +210,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		return nil, err
 	}
 
-	api := httpapi.New(s.store, fleet, s.info, log)
+	api := httpapi.New(s.store, fleet, ca, s.info, log)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
@@ -311,6 +312,10 @@ func (s *Server) MQTTAddr() string {
 	}
 	return s.broker.Addr()
 }
+
+// MQTTConnected reports whether the external broker connection is up (false
+// when the embedded broker is used).
+func (s *Server) MQTTConnected() bool { return s.remote != nil && s.remote.Connected() }
 
 // MQTTPlainAddr is the embedded broker's bound plain address ("" when not running).
 func (s *Server) MQTTPlainAddr() string {
@@ -446,6 +451,8 @@ func (s *Server) info() httpapi.Info {
 		eps = append(eps, "coap://"+net.JoinHostPort(s.cfg.AdvertiseHost, port(a)))
 	}
 	switch {
+	case s.remote != nil && s.cfg.MQTTBootstrap != "":
+		eps = append(eps, s.cfg.MQTTBootstrap)
 	case s.remote != nil:
 		eps = append(eps, s.cfg.MQTTBroker)
 	case s.broker != nil:

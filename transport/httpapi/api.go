@@ -33,6 +33,7 @@ type Inventory interface {
 	Devices(f devices.Filter) ([]devices.Device, uuid.UUID, error)
 	Audit(after uint64, limit int) ([]devices.AuditEvent, error)
 	TokenByHash(hash []byte) (devices.Token, error)
+	AppendAudit(ev devices.AuditEvent) error
 }
 
 // Fleet is what the API changes.
@@ -41,6 +42,12 @@ type Fleet interface {
 	UpdateSite(a enroll.Actor, name string, fn func(*devices.Site) error) (devices.Site, error)
 	DeleteSite(a enroll.Actor, name string) error
 	ImportBatch(a enroll.Actor, spec enroll.BatchSpec, rows []enroll.ManifestRow) (devices.Batch, []devices.RowResult, error)
+}
+
+// CertIssuer issues certificates for the services around provisiond (an
+// external MQTT broker) that devices must trust through provisiond's root.
+type CertIssuer interface {
+	IssueServerPEM(names []string, ips []netip.Addr, lifetime time.Duration) (chainPEM, keyPEM []byte, err error)
 }
 
 // Info is what GET /api/v1/info reports: where devices reach the service.
@@ -54,6 +61,7 @@ type Info struct {
 type API struct {
 	inv   Inventory
 	fleet Fleet
+	certs CertIssuer
 	info  func() Info
 	log   *slog.Logger
 	mux   *http.ServeMux
@@ -63,8 +71,8 @@ type API struct {
 const MaxBodyBytes = 32 << 20
 
 // New returns the API handler.
-func New(inv Inventory, fleet Fleet, info func() Info, log *slog.Logger) *API {
-	a := &API{inv: inv, fleet: fleet, info: info, log: log, mux: http.NewServeMux()}
+func New(inv Inventory, fleet Fleet, certs CertIssuer, info func() Info, log *slog.Logger) *API {
+	a := &API{inv: inv, fleet: fleet, certs: certs, info: info, log: log, mux: http.NewServeMux()}
 	for _, r := range a.routes() {
 		a.mux.Handle(r.pattern, a.guard(r))
 	}
@@ -123,6 +131,7 @@ func (a *API) routes() []route {
 		{"GET /api/v1/devices", devices.RoleViewer, a.listDevices},
 		{"GET /api/v1/devices/{ref}", devices.RoleViewer, a.getDevice},
 		{"GET /api/v1/audit", devices.RoleViewer, a.listAudit},
+		{"POST /api/v1/server-certificates", devices.RoleAdmin, a.issueServerCert},
 	}
 }
 

@@ -39,7 +39,11 @@ type RemoteConfig struct {
 	ClientID string      // unique per replica
 }
 
-// DialRemote connects to the broker and subscribes to the server-bound topics.
+// DialRemote starts connecting to the broker and subscribes to the
+// server-bound topics once connected. It does not wait for the broker: the
+// connection is retried every few seconds (the broker may start after
+// provisiond, for instance because it needs a certificate from provisiond's
+// CA), and re-established whenever it is lost. ctx bounds only the set-up.
 func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Logger) (*Remote, error) {
 	r := &Remote{log: log}
 	opts := paho.NewClientOptions().
@@ -49,7 +53,8 @@ func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Log
 		SetCleanSession(true).
 		SetOrderMatters(false). // handle requests concurrently
 		SetAutoReconnect(true).
-		SetConnectRetry(false).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(2 * time.Second).
 		SetKeepAlive(30 * time.Second).
 		SetConnectTimeout(10 * time.Second).
 		SetOnConnectHandler(func(c paho.Client) {
@@ -70,20 +75,21 @@ func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Log
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			log.Warn("lost the external MQTT broker; reconnecting", "err", err)
 		})
-	r.client = paho.NewClient(opts)
-	tok := r.client.Connect()
-	select {
-	case <-tok.Done():
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if err := tok.Error(); err != nil {
-		return nil, fmt.Errorf("connect to MQTT broker %s: %w", cfg.URL, err)
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	h.SetPublisher(r)
-	log.Info("using external MQTT broker", "url", cfg.URL, "client_id", cfg.ClientID)
+	r.client = paho.NewClient(opts)
+	tok := r.client.Connect()
+	if tok.WaitTimeout(3*time.Second) && tok.Error() != nil {
+		return nil, fmt.Errorf("connect to MQTT broker %s: %w", cfg.URL, tok.Error())
+	}
+	log.Info("using external MQTT broker", "url", cfg.URL, "client_id", cfg.ClientID, "connected", r.client.IsConnectionOpen())
 	return r, nil
 }
+
+// Connected reports whether the broker connection is up.
+func (r *Remote) Connected() bool { return r.client.IsConnectionOpen() }
 
 // Publish sends a message at QoS 1 and waits for the broker's acknowledgement.
 func (r *Remote) Publish(topic string, payload []byte, retain bool) error {
