@@ -3,8 +3,8 @@
 
 GO       ?= go
 PKGS     := ./...
-# Debian packages the tests use: libcoap's client (interop test) and openssl.
-DEB_PKGS := libcoap3-bin openssl
+# Debian packages the tests use: libcoap's client and Mosquitto's clients
+# (interop tests), the Mosquitto broker (external-broker test), openssl.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps vet fmt-check build bench fuzz clean
@@ -19,6 +19,8 @@ deps:
 	@missing=""; \
 	command -v coap-client-openssl >/dev/null || missing="$$missing libcoap3-bin"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_rr >/dev/null || missing="$$missing mosquitto-clients"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -38,7 +40,8 @@ test: deps fmt-check vet
 # Benchmarks behind docs/performance.md.
 bench: build
 	$(GO) test -run XXX -bench . -benchtime 2s ./pki/ ./enroll/
-	$(GO) test -run XXX -bench EnrollDTLS -benchtime 5000x ./internal/server/
+	$(GO) test -run XXX -bench 'EnrollDTLS|EnrollMQTT' -benchtime 5000x ./internal/server/
+	$(GO) test -run XXX -bench Provision -benchtime 5000x ./devices/
 
 # Short fuzzing of every decoder of outside input.
 FUZZTIME ?= 30s

@@ -16,7 +16,9 @@ import (
 // RunOptions tune a fleet run.
 type RunOptions struct {
 	Concurrency int           // devices enrolling at once; default 64
-	Endpoint    string        // overrides every bundle's endpoint
+	Transport   string        // "coap" (default), "mqtt", or "mix" (alternating)
+	Endpoint    string        // overrides every bundle's CoAP endpoint
+	Broker      string        // overrides every bundle's MQTT endpoint
 	Format      wire.Format   // CBOR (default) or JSON
 	Timeout     time.Duration // per attempt; default 15s
 	Attempts    int           // per device, including the first; default 3
@@ -92,7 +94,7 @@ func Run(ctx context.Context, bundles []wire.Bundle, o RunOptions) ([]Outcome, S
 	for range min(o.Concurrency, len(bundles)) {
 		wg.Go(func() {
 			for i := range work {
-				outs[i] = enrollOne(ctx, bundles[i], o)
+				outs[i] = enrollOne(ctx, bundles[i], useMQTT(o.Transport, i), o)
 				done.Add(1)
 				if outs[i].Err != nil {
 					failed.Add(1)
@@ -113,7 +115,11 @@ func Run(ctx context.Context, bundles []wire.Bundle, o RunOptions) ([]Outcome, S
 	return outs, Summarize(outs, time.Since(start))
 }
 
-func enrollOne(ctx context.Context, b wire.Bundle, o RunOptions) Outcome {
+func useMQTT(transport string, i int) bool {
+	return transport == "mqtt" || (transport == "mix" && i%2 == 1)
+}
+
+func enrollOne(ctx context.Context, b wire.Bundle, overMQTT bool, o RunOptions) Outcome {
 	out := Outcome{Serial: b.Serial}
 	d, err := NewDevice(b)
 	if err != nil {
@@ -125,7 +131,11 @@ func enrollOne(ctx context.Context, b wire.Bundle, o RunOptions) Outcome {
 		out.Attempts++
 		actx, cancel := context.WithTimeout(ctx, o.Timeout)
 		t0 := time.Now()
-		_, err = d.Enroll(actx, EnrollOptions{Endpoint: o.Endpoint, Format: o.Format})
+		if overMQTT {
+			_, err = d.EnrollMQTT(actx, MQTTOptions{Broker: o.Broker, Format: o.Format})
+		} else {
+			_, err = d.Enroll(actx, EnrollOptions{Endpoint: o.Endpoint, Format: o.Format})
+		}
 		out.Latency = time.Since(t0)
 		cancel()
 		out.Err = err

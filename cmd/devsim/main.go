@@ -3,6 +3,7 @@
 //
 //	go run ./cmd/devsim --bundles ./batch1
 //	go run ./cmd/devsim --bundles ./batch1 --concurrency 256 --json
+//	go run ./cmd/devsim --bundles ./batch1 --transport mqtt
 package main
 
 import (
@@ -41,7 +42,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("devsim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	bundles := fs.String("bundles", "", "directory of flash bundles (<serial>.json) from provctl factory mint")
-	server := fs.String("server", "", "override the bundles' endpoint: host:port or coaps://host:port")
+	server := fs.String("server", "", "override the bundles' CoAP endpoint: host:port or coaps://host:port")
+	broker := fs.String("broker", "", "override the bundles' MQTT endpoint: host:port or mqtts://host:port")
+	transport := fs.String("transport", "coap", "coap (DTLS), mqtt (TLS) or mix (alternating)")
 	conc := fs.Int("concurrency", 64, "devices enrolling at once")
 	format := fs.String("format", "cbor", "payload encoding: cbor or json")
 	attempts := fs.Int("attempts", 3, "attempts per device (retries honour the server's Max-Age)")
@@ -66,7 +69,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts := simulator.RunOptions{Concurrency: *conc, Endpoint: *server, Format: f, Attempts: *attempts, Timeout: *timeout}
+	switch *transport {
+	case "coap", "mqtt", "mix":
+	default:
+		return fmt.Errorf("--transport: %q is not coap, mqtt or mix", *transport)
+	}
+	opts := simulator.RunOptions{Concurrency: *conc, Transport: *transport, Endpoint: *server, Broker: *broker,
+		Format: f, Attempts: *attempts, Timeout: *timeout}
 	if !*quiet && !*asJSON {
 		opts.Progress = stderr
 	}

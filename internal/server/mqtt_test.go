@@ -125,3 +125,23 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 }
 
 func asErr(err error, target **simulator.Error) bool { return errors.As(err, target) }
+
+// A mixed fleet: half the devices over CoAP/DTLS, half over MQTT, as devsim --transport mix runs them.
+func TestMixedFleet(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/23")
+	outs, sum := simulator.Run(ctxT(t), env.Mint(60, "hq"), simulator.RunOptions{Transport: "mix", Concurrency: 20})
+	if sum.Enrolled != 60 {
+		t.Fatalf("%v", sum)
+	}
+	evs, _ := env.Server.Store().Audit(0, 1000)
+	by := map[string]int{}
+	for _, e := range evs {
+		if e.Action == "device.enroll" {
+			by[e.Detail["transport"]]++
+		}
+	}
+	if by["coaps"] != 30 || by["mqtt"] != 30 {
+		t.Errorf("enrollments by transport %v, want 30 coaps and 30 mqtt (%d outcomes)", by, len(outs))
+	}
+}
