@@ -3,10 +3,14 @@ package server_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -143,5 +147,52 @@ func TestMixedFleet(t *testing.T) {
 	}
 	if by["coaps"] != 30 || by["mqtt"] != 30 {
 		t.Errorf("enrollments by transport %v, want 30 coaps and 30 mqtt (%d outcomes)", by, len(outs))
+	}
+}
+
+// A revoked device is refused at MQTT CONNECT and at the DTLS handshake.
+// (Revocation itself is an operator action of a later issue; here the
+// device's state is set in the store.)
+func TestRevokedDeviceRefusedAtConnect(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	d, _ := simulator.NewDevice(env.Mint(1, "hq")[0])
+	if _, err := d.EnrollMQTT(ctxT(t), simulator.MQTTOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := d.ConnectMQTT(ctxT(t), simulator.MQTTOptions{}) // control: accepted before revocation
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	id := uuid.MustParse(d.Enrollment.DeviceID)
+	if _, err := env.Server.Store().UpdateDevice(id, func(x *devices.Device) (*devices.AuditEvent, error) {
+		x.State = devices.StateRevoked
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ConnectMQTT(ctxT(t), simulator.MQTTOptions{}); err == nil {
+		t.Error("revoked device connected over MQTT")
+	}
+	if _, err := d.RenewLease(ctxT(t), simulator.EnrollOptions{}); err == nil || simulator.Reason(err) != "transport" {
+		t.Errorf("revoked device over DTLS: %v, want the handshake refused", err)
+	}
+	if _, err := d.Enroll(ctxT(t), simulator.EnrollOptions{}); simulator.Reason(err) != "revoked" {
+		t.Errorf("revoked device re-enrolling: %v, want 4.03 revoked", err)
+	}
+}
+
+func TestInsecureMQTT(t *testing.T) {
+	cfg := server.Defaults()
+	cfg.DataDir, cfg.MQTTPlainAddr = t.TempDir(), "127.0.0.1:0"
+	if _, err := server.Start(cfg, servertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "--insecure-mqtt") {
+		t.Fatalf("plain MQTT without the flag: %v", err)
+	}
+	env := servertest.Start(t, func(c *server.Config) { c.InsecureMQTT, c.MQTTPlainAddr = true, "127.0.0.1:0" })
+	env.Site("hq", "10.20.0.0/24")
+	d, _ := simulator.NewDevice(env.Mint(1, "hq")[0])
+	if _, err := d.EnrollMQTT(ctxT(t), simulator.MQTTOptions{Broker: "mqtt://" + env.Server.MQTTPlainAddr()}); err != nil {
+		t.Fatalf("enroll over plain MQTT: %v", err)
 	}
 }
