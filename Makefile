@@ -48,6 +48,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzDecodeEnrollRequest -fuzztime $(FUZZTIME) ./transport/wire/
 	$(GO) test -run XXX -fuzz FuzzParseManifest -fuzztime $(FUZZTIME) ./enroll/
+	$(GO) test -run XXX -fuzz FuzzParseTopic -fuzztime $(FUZZTIME) ./transport/mqtt/
 
 clean:
 	rm -rf bin
