@@ -90,4 +90,3 @@ func (s *Service) notify(id uuid.UUID, cfg DeviceConfig) {
 		s.notifier.ConfigChanged(id, cfg)
 	}
 }
-

@@ -131,28 +131,43 @@ type EnrollOptions struct {
 	Format   wire.Format // CBOR (default) or JSON
 }
 
-func (d *Device) endpoint(override string) (host, addr string, err error) {
+// endpointURL is override, or else the bundle's first endpoint with one of
+// the schemes; a bare host:port gets the first scheme.
+func (d *Device) endpointURL(override string, schemes ...string) (*url.URL, error) {
 	ep := override
 	if ep == "" {
+	find:
 		for _, e := range d.Bundle.Endpoints {
-			if strings.HasPrefix(e, "coaps://") {
-				ep = e
-				break
+			for _, sc := range schemes {
+				if strings.HasPrefix(e, sc+"://") {
+					ep = e
+					break find
+				}
 			}
 		}
 	}
 	if ep == "" {
-		return "", "", errors.New("no coaps:// endpoint in bundle")
+		return nil, fmt.Errorf("no %s:// endpoint in bundle", schemes[0])
 	}
 	if !strings.Contains(ep, "://") {
-		ep = "coaps://" + ep
+		ep = schemes[0] + "://" + ep
 	}
 	u, err := url.Parse(ep)
 	if err != nil {
-		return "", "", fmt.Errorf("endpoint %q: %w", ep, err)
+		return nil, fmt.Errorf("endpoint %q: %w", ep, err)
 	}
-	if u.Scheme != "coaps" {
-		return "", "", fmt.Errorf("endpoint %q: want coaps://", ep)
+	for _, sc := range schemes {
+		if u.Scheme == sc {
+			return u, nil
+		}
+	}
+	return nil, fmt.Errorf("endpoint %q: want %s://", ep, strings.Join(schemes, ":// or "))
+}
+
+func (d *Device) endpoint(override string) (host, addr string, err error) {
+	u, err := d.endpointURL(override, "coaps")
+	if err != nil {
+		return "", "", err
 	}
 	return u.Hostname(), u.Host, nil
 }

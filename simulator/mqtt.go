@@ -25,31 +25,16 @@ type MQTTOptions struct {
 	Format wire.Format // CBOR or JSON (default) for enrollment
 }
 
+// broker returns paho's address for the MQTT endpoint and the host name to verify.
 func (d *Device) broker(override string) (string, string, error) {
-	ep := override
-	if ep == "" {
-		for _, e := range d.Bundle.Endpoints {
-			if strings.HasPrefix(e, "mqtts://") {
-				ep = e
-				break
-			}
-		}
-	}
-	if ep == "" {
-		return "", "", errors.New("no mqtts:// endpoint in bundle")
-	}
-	if !strings.Contains(ep, "://") {
-		ep = "mqtts://" + ep
-	}
-	u, err := url.Parse(ep)
+	u, err := d.endpointURL(override, "mqtts", "mqtt")
 	if err != nil {
 		return "", "", err
 	}
-	scheme := "ssl"
 	if u.Scheme == "mqtt" {
-		scheme = "tcp"
+		return "tcp://" + u.Host, u.Hostname(), nil
 	}
-	return scheme + "://" + u.Host, u.Hostname(), nil
+	return "ssl://" + u.Host, u.Hostname(), nil
 }
 
 func (d *Device) mqttClient(ctx context.Context, o MQTTOptions, clientID string, cert *tls.Certificate) (paho.Client, error) {

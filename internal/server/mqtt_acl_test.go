@@ -2,9 +2,9 @@ package server_test
 
 import (
 	"crypto/ecdsa"
-	"errors"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -34,8 +34,8 @@ func mqttDialURL(t *testing.T, addr, clientID string, env *servertest.Env, cert 
 	if cert != nil {
 		tc.Certificates = []tls.Certificate{*cert}
 	}
-	c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://"+addr).SetClientID(clientID).
-		SetTLSConfig(tc).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5*time.Second))
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(clientID).
+		SetTLSConfig(tc).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5 * time.Second))
 	tok := c.Connect()
 	if !tok.WaitTimeout(10 * time.Second) {
 		return nil, errTimeout

@@ -61,10 +61,10 @@ type Config struct {
 	MQTTAddr       string // embedded broker, MQTT over TLS; "" disables it
 	MQTTPlainAddr  string // embedded broker, plain MQTT; only with InsecureMQTT
 	InsecureMQTT   bool
-	MQTTBroker     string // external broker URL (mqtts://host:port): replaces the embedded one
-	MQTTCAFile     string // PEM roots for the external broker's certificate (default: provisiond's root)
-	MQTTBootstrap  string // the external broker URL devices bootstrap on (default MQTTBroker)
-	MQTTClientID   string // this replica's client ID on the external broker (default provisiond-<hostname>)
+	MQTTBroker     string   // external broker URL (mqtts://host:port): replaces the embedded one
+	MQTTCAFile     string   // PEM roots for the external broker's certificate (default: provisiond's root)
+	MQTTBootstrap  string   // the external broker URL devices bootstrap on (default MQTTBroker)
+	MQTTClientID   string   // this replica's client ID on the external broker (default provisiond-<hostname>)
 	AdvertiseHost  string   // host devices use to reach the service (bundles, certificates)
 	ServerNames    []string // extra DNS names / IPs for the server certificate
 	CAPassphrase   string   // when empty: $PROVISIOND_CA_PASSPHRASE, else a generated file

@@ -267,4 +267,3 @@ func (a *access) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet,
 	a.b.handler.Handle(pk.TopicName, pk.Payload, who.source)
 	return pk, nil
 }
-
