@@ -26,8 +26,11 @@ var (
 	bucketBatches = []byte("batches")
 	bucketTokens  = []byte("tokens")
 	bucketAudit   = []byte("audit")
+	bucketMeta    = []byte("meta")
 	allBuckets    = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
-		bucketPools, bucketBatches, bucketTokens, bucketAudit}
+		bucketPools, bucketBatches, bucketTokens, bucketAudit, bucketMeta}
+
+	keyAuditHead = []byte("audit_head") // 8-byte seq + hex hash of the newest audit event
 )
 
 // Options tune how the store file is opened.
@@ -120,9 +123,20 @@ func appendAudit(tx *bolt.Tx, ev AuditEvent) error {
 	}
 	ev.Seq = seq
 	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
+		ev.Time = time.Now()
 	}
-	return putJSON(b, u64(seq), ev)
+	ev.Time = ev.Time.UTC()
+	meta := tx.Bucket(bucketMeta)
+	if head := meta.Get(keyAuditHead); len(head) > 8 {
+		ev.PrevHash = string(head[8:])
+	}
+	if ev.Hash, err = HashAuditEvent(ev); err != nil {
+		return err
+	}
+	if err := putJSON(b, u64(seq), ev); err != nil {
+		return err
+	}
+	return meta.Put(keyAuditHead, append(u64(seq), ev.Hash...))
 }
 
 func u64(v uint64) []byte {

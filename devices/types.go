@@ -124,6 +124,10 @@ type AuditEvent struct {
 	Target string            `json:"target"` // what it acted on
 	Source string            `json:"source,omitempty"`
 	Detail map[string]string `json:"detail,omitempty"`
+	// The hash chain: Hash is SHA-256 over PrevHash and this event's JSON
+	// (with Hash empty); PrevHash is the previous event's Hash.
+	PrevHash string `json:"prev_hash"`
+	Hash     string `json:"hash"`
 }
 
 var (

@@ -46,6 +46,8 @@ commands:
   factory import FILE [--model M] [--site S]
   devices list [--site S] [--state STATE] [--limit N] [--after ID] | devices show SERIAL|ID
   audit [--after SEQ] [--limit N]
+  audit export [--out FILE]          the whole log as JSON lines, and its head hash
+  audit verify [FILE] [--head HASH]  check the hash chain: on the server, or of an export
   cert server --name HOST[,HOST] [--ip IP,IP] [--lifetime 8760h] --out DIR   (for an external MQTT broker)
   info
 
@@ -100,6 +102,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.devices(sub, rest[1:], stderr)
 	case cmd == "cert" && sub == "server":
 		return e.serverCert(rest[1:], stderr)
+	case cmd == "audit" && sub == "export":
+		return e.auditExport(rest[1:], stderr)
+	case cmd == "audit" && sub == "verify":
+		return e.auditVerify(rest[1:], stderr)
 	case cmd == "audit":
 		return e.audit(rest, stderr)
 	case cmd == "info":

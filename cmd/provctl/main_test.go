@@ -103,3 +103,44 @@ func TestConnectErrors(t *testing.T) {
 		t.Errorf("no server: %v", err)
 	}
 }
+
+func TestAuditExportAndVerify(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	env.Site("hq", "10.20.0.0/24")
+	env.Mint(3, "hq")
+	file := filepath.Join(t.TempDir(), "audit.jsonl")
+	out, err := provctl(t, data, "audit", "export", "--out", file)
+	if err != nil || !strings.Contains(out, "exported") {
+		t.Fatalf("export: %v\n%s", err, out)
+	}
+	head := strings.Fields(out[strings.Index(out, "hash "):])[1]
+	if out, err := provctl(t, data, "audit", "verify"); err != nil || !strings.Contains(out, "audit log OK") {
+		t.Errorf("server verify: %v %s", err, out)
+	}
+	if out, err := provctl(t, data, "audit", "verify", file, "--head", head); err != nil || !strings.Contains(out, "audit log OK") {
+		t.Errorf("offline verify: %v %s", err, out)
+	}
+	raw, _ := os.ReadFile(file)
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	edited := strings.Replace(lines[1], `"action":"site.create"`, `"action":"site.delete"`, 1)
+	if edited == lines[1] {
+		t.Fatalf("line 2 is not the site.create event: %s", lines[1])
+	}
+	for name, content := range map[string]string{
+		"event 2 was modified":    strings.Join(append(append([]string{lines[0]}, edited), lines[2:]...), "\n"),
+		"event 3 follows event 1": strings.Join(append([]string{lines[0]}, lines[2:]...), "\n"),
+	} {
+		bad := filepath.Join(t.TempDir(), "bad.jsonl")
+		os.WriteFile(bad, []byte(content), 0o600)
+		if _, err := provctl(t, data, "audit", "verify", bad); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("tampered export: %v, want an error naming %q", err, name)
+		}
+	}
+	// Cutting events off the end is caught by the recorded head.
+	short := filepath.Join(t.TempDir(), "short.jsonl")
+	os.WriteFile(short, []byte(strings.Join(lines[:len(lines)-1], "\n")), 0o600)
+	if _, err := provctl(t, data, "audit", "verify", short, "--head", head); err == nil || !strings.Contains(err.Error(), "not the recorded") {
+		t.Errorf("truncated export with --head: %v", err)
+	}
+}

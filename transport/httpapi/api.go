@@ -34,6 +34,7 @@ type Inventory interface {
 	Audit(after uint64, limit int) ([]devices.AuditEvent, error)
 	TokenByHash(hash []byte) (devices.Token, error)
 	AppendAudit(ev devices.AuditEvent) error
+	VerifyAudit() (n int, seq uint64, hash string, err error)
 }
 
 // Fleet is what the API changes.
@@ -131,6 +132,7 @@ func (a *API) routes() []route {
 		{"GET /api/v1/devices", devices.RoleViewer, a.listDevices},
 		{"GET /api/v1/devices/{ref}", devices.RoleViewer, a.getDevice},
 		{"GET /api/v1/audit", devices.RoleViewer, a.listAudit},
+		{"GET /api/v1/audit/verify", devices.RoleViewer, a.verifyAudit},
 		{"POST /api/v1/server-certificates", devices.RoleAdmin, a.issueServerCert},
 	}
 }
@@ -206,6 +208,8 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, devices.ErrExists):
 		writeError(w, http.StatusConflict, "exists", err.Error())
+	case errors.Is(err, devices.ErrAuditTampered):
+		writeError(w, http.StatusConflict, "audit_tampered", err.Error())
 	case errors.Is(err, devices.ErrSiteInUse):
 		writeError(w, http.StatusConflict, "in_use", err.Error())
 	default:
@@ -256,4 +260,22 @@ func (a *API) listAudit(w http.ResponseWriter, r *http.Request, _ enroll.Actor) 
 		evs = []devices.AuditEvent{}
 	}
 	writeJSON(w, 200, map[string]any{"events": evs})
+}
+
+// AuditHead is the answer of GET /api/v1/audit/verify: the verified chain's
+// length and its newest event. Record Hash somewhere else to detect later
+// rewrites of the whole log.
+type AuditHead struct {
+	Events int    `json:"events"`
+	Seq    uint64 `json:"seq"`
+	Hash   string `json:"hash"`
+}
+
+func (a *API) verifyAudit(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+	n, seq, hash, err := a.inv.VerifyAudit()
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, AuditHead{Events: n, Seq: seq, Hash: hash})
 }

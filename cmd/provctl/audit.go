@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/transport/httpapi"
+)
+
+func (e *env) auditExport(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("audit export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("out", "", "file to write (default standard output)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	w := e.out
+	if *out != "" {
+		f, err := os.OpenFile(*out, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		w = f
+	}
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	var v devices.AuditVerifier
+	for after := uint64(0); ; {
+		evs, err := e.client.Audit(e.ctx, after, 1000)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, ev := range evs {
+			if err := v.Add(ev); err != nil { // refuse to export a log that does not verify
+				return err
+			}
+			if err := enc.Encode(ev); err != nil {
+				return err
+			}
+		}
+		after = evs[len(evs)-1].Seq
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	n, seq, hash := v.Head()
+	fmt.Fprintf(stderr, "exported %d events; head: event %d, hash %s\n", n, seq, hash)
+	return nil
+}
+
+func (e *env) auditVerify(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	head := fs.String("head", "", "the hash the newest event must have (recorded from an earlier export)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	var res httpapi.AuditHead
+	switch len(pos) {
+	case 0:
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/audit/verify", nil, &res); err != nil {
+			return err
+		}
+	case 1:
+		f, err := os.Open(pos[0])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		var v devices.AuditVerifier
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+		for line := 1; sc.Scan(); line++ {
+			var ev devices.AuditEvent
+			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+				return fmt.Errorf("%w: line %d does not decode: %v", devices.ErrAuditTampered, line, err)
+			}
+			if err := v.Add(ev); err != nil {
+				return err
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return err
+		}
+		res.Events, res.Seq, res.Hash = v.Head()
+	default:
+		return errors.New("audit verify: at most one FILE")
+	}
+	if *head != "" && *head != res.Hash {
+		return fmt.Errorf("%w: the newest event (%d) has hash %s, not the recorded %s", devices.ErrAuditTampered, res.Seq, res.Hash, *head)
+	}
+	return e.print(res, func(w io.Writer) {
+		fmt.Fprintf(w, "audit log OK: %d events, newest %d, hash %s\n", res.Events, res.Seq, res.Hash)
+	})
+}
