@@ -365,3 +365,40 @@ func (s *Store) UpdateDevice(id uuid.UUID, fn func(d *Device) (*AuditEvent, erro
 func (s *Store) AppendAudit(ev AuditEvent) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return appendAudit(tx, ev) })
 }
+
+// Tokens lists the API tokens (never their secrets, which are not stored).
+func (s *Store) Tokens() ([]Token, error) {
+	var out []Token
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTokens).ForEach(func(_, v []byte) error {
+			var t Token
+			if err := json.Unmarshal(v, &t); err != nil {
+				return fmt.Errorf("decode token: %w", err)
+			}
+			out = append(out, t)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// DeleteToken revokes the token with the given ID.
+func (s *Store) DeleteToken(id string, ev AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var t Token
+			if err := json.Unmarshal(v, &t); err != nil {
+				return fmt.Errorf("decode token: %w", err)
+			}
+			if t.ID == id {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+				return appendAudit(tx, ev)
+			}
+		}
+		return fmt.Errorf("token %q: %w", id, ErrNotFound)
+	})
+}

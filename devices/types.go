@@ -98,7 +98,9 @@ type Batch struct {
 // Role is what an API token may do.
 type Role string
 
-// Token roles. Only admin is issued until role management lands.
+// Token roles, from most to least powerful: an admin manages tokens, sites
+// and certificates; an operator runs the fleet (factory batches, site
+// changes); an installer claims devices for its sites; a viewer reads.
 const (
 	RoleAdmin     Role = "admin"
 	RoleOperator  Role = "operator"
@@ -107,12 +109,23 @@ const (
 )
 
 // Token is an API bearer token, stored under the SHA-256 of its secret.
+// Sites, when not empty, limits it to those sites' devices and profiles.
 type Token struct {
 	ID        string    `json:"id"`
 	Name      string    `json:"name"`
 	Role      Role      `json:"role"`
 	Sites     []string  `json:"sites,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	CreatedBy string    `json:"created_by,omitempty"`
+}
+
+// ValidRole reports whether r is one of the four roles.
+func ValidRole(r Role) bool {
+	switch r {
+	case RoleAdmin, RoleOperator, RoleInstaller, RoleViewer:
+		return true
+	}
+	return false
 }
 
 // AuditEvent records one change: who did what to which target, when and from where.

@@ -34,10 +34,25 @@ type Fleet struct {
 // NewFleet returns a Fleet over reg.
 func NewFleet(reg Registry, log *slog.Logger) *Fleet { return &Fleet{reg: reg, log: log} }
 
-// Actor is who asks for a change and from where (audit).
+// Actor is who asks for a change and from where (audit), and what it may touch.
 type Actor struct {
 	Name   string // "token:<id>"
 	Source string
+	Sites  []string // empty: every site
+}
+
+// CanSite reports whether the actor may act on a site ("" is no site: only
+// actors limited to no sites may).
+func (a Actor) CanSite(site string) bool {
+	if len(a.Sites) == 0 {
+		return true
+	}
+	for _, s := range a.Sites {
+		if s == site && site != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func (a Actor) event(action, target string, detail map[string]string) devices.AuditEvent {

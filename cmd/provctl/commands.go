@@ -368,3 +368,65 @@ func (e *env) serverCert(args []string, stderr io.Writer) error {
 		fmt.Fprintf(w, "server.pem, server.key and ca.pem written to %s\n", *out)
 	})
 }
+
+func (e *env) token(sub string, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("token "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	role := fs.String("role", "", "admin, operator, installer or viewer")
+	sites := fs.String("sites", "", "comma-separated sites the token is limited to (default: all)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "create":
+		if len(pos) != 1 || *role == "" {
+			return errors.New("token create: give a NAME and --role")
+		}
+		req := httpapi.TokenRequest{Name: pos[0], Role: devices.Role(*role)}
+		for _, s := range strings.Split(*sites, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				req.Sites = append(req.Sites, s)
+			}
+		}
+		var res httpapi.TokenCreated
+		if err := e.client.Do(e.ctx, http.MethodPost, "/api/v1/tokens", req, &res); err != nil {
+			return err
+		}
+		return e.print(res, func(w io.Writer) {
+			fmt.Fprintf(w, "token %s (%s, role %s", res.ID, res.Name, res.Role)
+			if len(res.Sites) > 0 {
+				fmt.Fprintf(w, ", sites %s", strings.Join(res.Sites, ","))
+			}
+			fmt.Fprintf(w, "):\n%s\nIt is shown only now: store it as a secret.\n", res.Secret)
+		})
+	case "list":
+		var r struct {
+			Tokens []devices.Token `json:"tokens"`
+		}
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/tokens", nil, &r); err != nil {
+			return err
+		}
+		return e.print(r, func(w io.Writer) {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tROLE\tSITES\tCREATED")
+			for _, t := range r.Tokens {
+				sites := strings.Join(t.Sites, ",")
+				if sites == "" {
+					sites = "(all)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, sites, t.CreatedAt.Format("2006-01-02"))
+			}
+			tw.Flush()
+		})
+	case "revoke":
+		if len(pos) != 1 {
+			return errors.New("token revoke: give one token ID")
+		}
+		if err := e.client.Do(e.ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(pos[0]), nil, nil); err != nil {
+			return err
+		}
+		return e.print(map[string]string{"revoked": pos[0]}, func(w io.Writer) { fmt.Fprintf(w, "token %s revoked\n", pos[0]) })
+	}
+	return fmt.Errorf("unknown command: token %s", sub)
+}

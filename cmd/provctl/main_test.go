@@ -144,3 +144,48 @@ func TestAuditExportAndVerify(t *testing.T) {
 		t.Errorf("truncated export with --head: %v", err)
 	}
 }
+
+func TestTokens(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	env.Site("hq", "10.20.0.0/24")
+	out, err := provctl(t, data, "-o", "json", "token", "create", "lobby-installer", "--role", "installer", "--sites", "hq")
+	var created struct {
+		ID    string   `json:"id"`
+		Token string   `json:"token"`
+		Role  string   `json:"role"`
+		Sites []string `json:"sites"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &created) != nil || created.Token == "" || created.Role != "installer" || len(created.Sites) != 1 {
+		t.Fatalf("create: %v\n%s", err, out)
+	}
+	if out, err := provctl(t, data, "token", "create", "x", "--role", "root"); err == nil {
+		t.Errorf("unknown role accepted: %s", out)
+	}
+	if out, err := provctl(t, data, "token", "create", "x", "--role", "viewer", "--sites", "nowhere"); err == nil {
+		t.Errorf("token for an unknown site accepted: %s", out)
+	}
+	// The new token works, within its limits.
+	tokFile := filepath.Join(t.TempDir(), "tok")
+	os.WriteFile(tokFile, []byte(created.Token), 0o600)
+	as := func(args ...string) (string, error) {
+		var o, e bytes.Buffer
+		err := run(context.Background(), append([]string{"--data", data, "--token-file", tokFile}, args...), &o, &e)
+		return o.String() + e.String(), err
+	}
+	if out, err := as("site", "show", "hq"); err != nil {
+		t.Errorf("installer reads its site: %v %s", err, out)
+	}
+	if _, err := as("site", "delete", "hq"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("installer deletes a site: %v", err)
+	}
+	if out, err := provctl(t, data, "token", "list"); err != nil || !strings.Contains(out, "lobby-installer") || strings.Contains(out, created.Token) {
+		t.Errorf("list: %v\n%s", err, out)
+	}
+	if out, err := provctl(t, data, "token", "revoke", created.ID); err != nil {
+		t.Fatalf("revoke: %v %s", err, out)
+	}
+	if _, err := as("site", "show", "hq"); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("revoked token still works: %v", err)
+	}
+}

@@ -210,7 +210,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		return nil, err
 	}
 
-	api := httpapi.New(s.store, fleet, ca, s.info, log)
+	api := httpapi.New(s.store, fleet, ca, s.store, s.info, log)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)

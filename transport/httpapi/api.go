@@ -60,20 +60,21 @@ type Info struct {
 
 // API serves the routes.
 type API struct {
-	inv   Inventory
-	fleet Fleet
-	certs CertIssuer
-	info  func() Info
-	log   *slog.Logger
-	mux   *http.ServeMux
+	inv    Inventory
+	fleet  Fleet
+	certs  CertIssuer
+	tokens TokenStore
+	info   func() Info
+	log    *slog.Logger
+	mux    *http.ServeMux
 }
 
 // MaxBodyBytes bounds a request body (a batch of 100,000 rows fits).
 const MaxBodyBytes = 32 << 20
 
 // New returns the API handler.
-func New(inv Inventory, fleet Fleet, certs CertIssuer, info func() Info, log *slog.Logger) *API {
-	a := &API{inv: inv, fleet: fleet, certs: certs, info: info, log: log, mux: http.NewServeMux()}
+func New(inv Inventory, fleet Fleet, certs CertIssuer, tokens TokenStore, info func() Info, log *slog.Logger) *API {
+	a := &API{inv: inv, fleet: fleet, certs: certs, tokens: tokens, info: info, log: log, mux: http.NewServeMux()}
 	for _, r := range a.routes() {
 		a.mux.Handle(r.pattern, a.guard(r))
 	}
@@ -113,28 +114,64 @@ func (s *statusOnly) WriteHeader(code int)        { s.status = code }
 type route struct {
 	pattern string
 	role    devices.Role // minimum role; "" = public
+	global  bool         // refused to tokens limited to sites
 	handle  func(w http.ResponseWriter, r *http.Request, actor enroll.Actor)
 }
 
-func (a *API) routes() []route {
-	return []route{
-		{"GET /healthz", "", func(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
-			writeJSON(w, 200, map[string]string{"status": "ok"})
-		}},
-		{"GET /api/v1/ca", "", a.getCA},
-		{"GET /api/v1/info", devices.RoleViewer, a.getInfo},
-		{"GET /api/v1/sites", devices.RoleViewer, a.listSites},
-		{"POST /api/v1/sites", devices.RoleAdmin, a.createSite},
-		{"GET /api/v1/sites/{name}", devices.RoleViewer, a.getSite},
-		{"PATCH /api/v1/sites/{name}", devices.RoleAdmin, a.updateSite},
-		{"DELETE /api/v1/sites/{name}", devices.RoleAdmin, a.deleteSite},
-		{"POST /api/v1/batches", devices.RoleAdmin, a.importBatch},
-		{"GET /api/v1/devices", devices.RoleViewer, a.listDevices},
-		{"GET /api/v1/devices/{ref}", devices.RoleViewer, a.getDevice},
-		{"GET /api/v1/audit", devices.RoleViewer, a.listAudit},
-		{"GET /api/v1/audit/verify", devices.RoleViewer, a.verifyAudit},
-		{"POST /api/v1/server-certificates", devices.RoleAdmin, a.issueServerCert},
+// RouteInfo describes one route's access rule (for documentation and the
+// role x route test matrix).
+type RouteInfo struct {
+	Pattern string       // "METHOD /path"
+	Role    devices.Role // minimum role; "" = public
+	Global  bool         // refused to site-limited tokens
+}
+
+// Routes lists every route and its access rule.
+func Routes() []RouteInfo {
+	var out []RouteInfo
+	for _, r := range (&API{}).routes() {
+		out = append(out, RouteInfo{Pattern: r.pattern, Role: r.role, Global: r.global})
 	}
+	return out
+}
+
+func (a *API) routes() []route {
+	const global = true
+	health := func(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+		writeJSON(w, 200, map[string]string{"status": "ok"})
+	}
+	return []route{
+		{"GET /healthz", "", false, health},
+		{"GET /api/v1/ca", "", false, a.getCA},
+		{"GET /api/v1/info", devices.RoleViewer, false, a.getInfo},
+		{"GET /api/v1/sites", devices.RoleViewer, false, a.listSites},
+		{"POST /api/v1/sites", devices.RoleAdmin, false, a.createSite},
+		{"GET /api/v1/sites/{name}", devices.RoleViewer, false, a.getSite},
+		{"PATCH /api/v1/sites/{name}", devices.RoleOperator, false, a.updateSite},
+		{"DELETE /api/v1/sites/{name}", devices.RoleAdmin, false, a.deleteSite},
+		{"POST /api/v1/batches", devices.RoleOperator, false, a.importBatch},
+		{"GET /api/v1/devices", devices.RoleViewer, false, a.listDevices},
+		{"GET /api/v1/devices/{ref}", devices.RoleViewer, false, a.getDevice},
+		{"GET /api/v1/audit", devices.RoleViewer, global, a.listAudit},
+		{"GET /api/v1/audit/verify", devices.RoleViewer, global, a.verifyAudit},
+		{"POST /api/v1/server-certificates", devices.RoleAdmin, global, a.issueServerCert},
+		{"GET /api/v1/tokens", devices.RoleAdmin, global, a.listTokens},
+		{"POST /api/v1/tokens", devices.RoleAdmin, global, a.createToken},
+		{"DELETE /api/v1/tokens/{id}", devices.RoleAdmin, global, a.deleteToken},
+	}
+}
+
+// forbidSite answers 403 and returns true when the actor may not act on site.
+func forbidSite(w http.ResponseWriter, actor enroll.Actor, site string) bool {
+	if actor.CanSite(site) {
+		return false
+	}
+	what := "site " + site
+	if site == "" {
+		what = "devices without a site"
+	}
+	writeError(w, http.StatusForbidden, "forbidden", "this token is limited to sites "+strings.Join(actor.Sites, ", ")+", not "+what)
+	return true
 }
 
 var roleRank = map[devices.Role]int{devices.RoleViewer: 1, devices.RoleInstaller: 2, devices.RoleOperator: 3, devices.RoleAdmin: 4}
@@ -160,7 +197,11 @@ func (a *API) guard(rt route) http.Handler {
 				writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("needs role %s, token has %s", rt.role, tok.Role))
 				return
 			}
-			actor.Name = "token:" + tok.ID
+			if rt.global && len(tok.Sites) > 0 {
+				writeError(w, http.StatusForbidden, "forbidden", "a token limited to sites cannot use this route")
+				return
+			}
+			actor.Name, actor.Sites = "token:"+tok.ID, tok.Sites
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 		rt.handle(w, r, actor)

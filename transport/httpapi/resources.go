@@ -119,7 +119,7 @@ func (a *API) view(s devices.Site) (SiteView, error) {
 	return v, nil
 }
 
-func (a *API) listSites(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+func (a *API) listSites(w http.ResponseWriter, _ *http.Request, actor enroll.Actor) {
 	sites, err := a.inv.Sites()
 	if err != nil {
 		a.fail(w, err)
@@ -127,6 +127,9 @@ func (a *API) listSites(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) 
 	}
 	out := make([]SiteView, 0, len(sites))
 	for _, s := range sites {
+		if !actor.CanSite(s.Name) {
+			continue
+		}
 		v, err := a.view(s)
 		if err != nil {
 			a.fail(w, err)
@@ -146,6 +149,9 @@ func (a *API) createSite(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 	var s devices.Site
 	if req.Name != nil {
 		s.Name = *req.Name
+	}
+	if forbidSite(w, actor, s.Name) {
+		return
 	}
 	if err := req.apply(&s); err != nil {
 		a.fail(w, err)
@@ -168,7 +174,10 @@ func (a *API) writeSite(w http.ResponseWriter, status int, s devices.Site) {
 	writeJSON(w, status, v)
 }
 
-func (a *API) getSite(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+func (a *API) getSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	if forbidSite(w, actor, r.PathValue("name")) {
+		return
+	}
 	s, err := a.inv.Site(r.PathValue("name"))
 	if err != nil {
 		a.fail(w, err)
@@ -178,6 +187,9 @@ func (a *API) getSite(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
 }
 
 func (a *API) updateSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	if forbidSite(w, actor, r.PathValue("name")) {
+		return
+	}
 	var req SiteRequest
 	if err := decode(r, &req); err != nil {
 		a.fail(w, err)
@@ -196,6 +208,9 @@ func (a *API) updateSite(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 }
 
 func (a *API) deleteSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	if forbidSite(w, actor, r.PathValue("name")) {
+		return
+	}
 	if err := a.fleet.DeleteSite(actor, r.PathValue("name")); err != nil {
 		a.fail(w, err)
 		return
@@ -224,6 +239,9 @@ func (a *API) importBatch(w http.ResponseWriter, r *http.Request, actor enroll.A
 	var req BatchRequest
 	if err := decode(r, &req); err != nil {
 		a.fail(w, err)
+		return
+	}
+	if forbidSite(w, actor, req.Site) {
 		return
 	}
 	if req.Source == "" {
@@ -295,9 +313,19 @@ func deviceView(d devices.Device, withCert bool) DeviceView {
 	return v
 }
 
-func (a *API) listDevices(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+func (a *API) listDevices(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	q := r.URL.Query()
 	f := devices.Filter{Site: q.Get("site"), State: devices.State(q.Get("state"))}
+	if f.Site == "" && len(actor.Sites) == 1 {
+		f.Site = actor.Sites[0] // a token for one site sees that site
+	}
+	if len(actor.Sites) > 0 && f.Site == "" {
+		writeError(w, http.StatusForbidden, "forbidden", "a token limited to several sites must name one: ?site=")
+		return
+	}
+	if forbidSite(w, actor, f.Site) {
+		return
+	}
 	if s := q.Get("after"); s != "" {
 		id, err := uuid.Parse(s)
 		if err != nil {
@@ -332,7 +360,7 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request, _ enroll.Actor
 	writeJSON(w, 200, out)
 }
 
-func (a *API) getDevice(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+func (a *API) getDevice(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	ref := r.PathValue("ref")
 	var d devices.Device
 	var err error
@@ -343,6 +371,9 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request, _ enroll.Actor) 
 	}
 	if err != nil {
 		a.fail(w, err)
+		return
+	}
+	if forbidSite(w, actor, d.Site) {
 		return
 	}
 	writeJSON(w, 200, deviceView(d, true))
