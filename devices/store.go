@@ -27,8 +27,10 @@ var (
 	bucketTokens  = []byte("tokens")
 	bucketAudit   = []byte("audit")
 	bucketMeta    = []byte("meta")
+	bucketCerts   = []byte("certs")   // certificate serial (hex) -> device UUID, every certificate issued
+	bucketRevoked = []byte("revoked") // certificate serial (hex) -> RevokedCert
 	allBuckets    = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
-		bucketPools, bucketBatches, bucketTokens, bucketAudit, bucketMeta}
+		bucketPools, bucketBatches, bucketTokens, bucketAudit, bucketMeta, bucketCerts, bucketRevoked}
 
 	keyAuditHead = []byte("audit_head") // 8-byte seq + hex hash of the newest audit event
 )
@@ -165,6 +167,11 @@ func putDevice(tx *bolt.Tx, old *Device, d *Device) error {
 	}
 	if old == nil {
 		if err := tx.Bucket(bucketSerials).Put([]byte(d.Serial), d.ID[:]); err != nil {
+			return err
+		}
+	}
+	if d.CertSerial != "" && (old == nil || old.CertSerial != d.CertSerial) {
+		if err := tx.Bucket(bucketCerts).Put([]byte(d.CertSerial), d.ID[:]); err != nil {
 			return err
 		}
 	}

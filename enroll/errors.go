@@ -28,6 +28,8 @@ var (
 	ErrThrottled = errors.New("too many failed attempts")
 	// ErrPoolExhausted is returned when the device's site has no free address.
 	ErrPoolExhausted = errors.New("site address pool exhausted")
+	// ErrForbidden is returned when an operator's token may not act on what it names.
+	ErrForbidden = errors.New("forbidden")
 	// ErrUnknownDevice is returned when an authenticated device is not in the inventory.
 	ErrUnknownDevice = errors.New("unknown device")
 )

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -22,13 +24,84 @@ type Registry interface {
 	UpdateSite(name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, error)
 	DeleteSite(name string, ev devices.AuditEvent) error
 	ImportBatch(b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent) (devices.Batch, []devices.RowResult, error)
+	Device(id uuid.UUID) (devices.Device, error)
+	Revoke(sel devices.Selector, reason string, now time.Time, ev devices.AuditEvent) ([]devices.Device, error)
+	Reopen(id uuid.UUID, tokenHash []byte, now time.Time, ev devices.AuditEvent) (devices.Device, error)
 }
 
-// Fleet runs the operator's changes to sites and factory batches, each
-// validated and audited.
+// Fleet runs the operator's changes to sites, factory batches and device
+// revocation, each validated and audited.
 type Fleet struct {
-	reg Registry
-	log *slog.Logger
+	reg      Registry
+	log      *slog.Logger
+	onRevoke []func([]devices.Device)
+	revokeMu sync.Mutex
+}
+
+// OnRevoke registers fn to run after devices were revoked (regenerate the
+// CRL, cut live sessions). Call it before serving.
+func (f *Fleet) OnRevoke(fn func([]devices.Device)) { f.onRevoke = append(f.onRevoke, fn) }
+
+// MaxReasonBytes bounds a revocation reason.
+const MaxReasonBytes = 200
+
+// Revoke revokes the selected devices with a reason: certificate on the
+// revocation list, lease released, state revoked, one audit event each; then
+// the OnRevoke listeners run. An actor limited to sites may only revoke
+// devices of its sites (and no batches).
+func (f *Fleet) Revoke(a Actor, sel devices.Selector, reason string) ([]devices.Device, error) {
+	switch {
+	case reason == "" || len(reason) > MaxReasonBytes:
+		return nil, fmt.Errorf("%w: reason: 1-%d bytes", ErrInvalid, MaxReasonBytes)
+	case len(sel.IDs) == 0 && sel.Site == "" && sel.Batch == "":
+		return nil, fmt.Errorf("%w: name devices, a site or a batch", ErrInvalid)
+	case len(a.Sites) > 0 && sel.Batch != "":
+		return nil, fmt.Errorf("%w: a token limited to sites cannot revoke a batch", ErrForbidden)
+	case sel.Site != "" && !a.CanSite(sel.Site):
+		return nil, fmt.Errorf("%w: site %s", ErrForbidden, sel.Site)
+	}
+	if len(a.Sites) > 0 {
+		for _, id := range sel.IDs {
+			d, err := f.reg.Device(id)
+			if err != nil {
+				return nil, err
+			}
+			if !a.CanSite(d.Site) {
+				return nil, fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
+			}
+		}
+	}
+	// One revocation at a time, so listeners see revocations in order.
+	f.revokeMu.Lock()
+	defer f.revokeMu.Unlock()
+	revoked, err := f.reg.Revoke(sel, reason, time.Now().UTC(), a.event("device.revoke", "", nil))
+	if err != nil {
+		return nil, err
+	}
+	for _, fn := range f.onRevoke {
+		fn(revoked)
+	}
+	f.log.Info("devices revoked", "count", len(revoked), "reason", reason, "actor", a.Name)
+	return revoked, nil
+}
+
+// Reopen lets a revoked device enroll again: it gets a fresh claim token
+// (returned, never stored) and forgets its revoked certificate.
+func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
+	d, err := f.reg.Device(id)
+	if err != nil {
+		return "", d, err
+	}
+	if !a.CanSite(d.Site) {
+		return "", d, fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
+	}
+	tok := NewClaimToken()
+	d, err = f.reg.Reopen(id, HashToken(tok), time.Now().UTC(), a.event("device.reopen", d.Serial, nil))
+	if err != nil {
+		return "", d, err
+	}
+	f.log.Info("device re-opened", "serial", d.Serial, "actor", a.Name)
+	return tok, d, nil
 }
 
 // NewFleet returns a Fleet over reg.

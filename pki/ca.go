@@ -94,6 +94,7 @@ type CA struct {
 	root         *x509.Certificate
 	intermediate *x509.Certificate
 	cas          *softcas.SoftCAS
+	signer       crypto.Signer // the intermediate's key (CRL, OCSP)
 	tmpl         *template.Template
 	roots        *x509.CertPool
 }
@@ -237,7 +238,7 @@ func load(cfg Config, tmpl *template.Template) (*CA, error) {
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(root)
-	return &CA{cfg: cfg, root: root, intermediate: inter, cas: cas, tmpl: tmpl, roots: roots}, nil
+	return &CA{cfg: cfg, root: root, intermediate: inter, cas: cas, signer: signer, tmpl: tmpl, roots: roots}, nil
 }
 
 func publicKeysEqual(a, b crypto.PublicKey) bool {

@@ -60,6 +60,8 @@ func TestRoleRouteMatrix(t *testing.T) {
 			body = `{"names":["broker.example"]}`
 		case "GET /api/v1/devices":
 			path += "?site=hq"
+		case "POST /api/v1/revocations":
+			body = `{"devices":["` + dev.Serial + `"],"reason":"matrix"}`
 		}
 		return method, path, body
 	}
@@ -91,6 +93,7 @@ func TestRoleRouteMatrix(t *testing.T) {
 		"POST /api/v1/tokens": devices.RoleAdmin, "DELETE /api/v1/tokens/{id}": devices.RoleAdmin, "GET /api/v1/tokens": devices.RoleAdmin,
 		"POST /api/v1/server-certificates": devices.RoleAdmin, "DELETE /api/v1/sites/{name}": devices.RoleAdmin,
 		"POST /api/v1/sites": devices.RoleAdmin, "POST /api/v1/batches": devices.RoleOperator,
+		"POST /api/v1/revocations": devices.RoleOperator, "POST /api/v1/devices/{ref}/reopen": devices.RoleOperator,
 	}
 	for _, rt := range routes {
 		if want, ok := pinned[rt.Pattern]; ok && rt.Role != want {
@@ -114,7 +117,8 @@ func TestRoleRouteMatrix(t *testing.T) {
 				}
 			}
 			touchesHQ := strings.Contains(rt.Pattern, "{name}") || strings.Contains(rt.Pattern, "{ref}") ||
-				rt.Pattern == "GET /api/v1/devices" || rt.Pattern == "POST /api/v1/batches" || rt.Pattern == "POST /api/v1/sites"
+				rt.Pattern == "GET /api/v1/devices" || rt.Pattern == "POST /api/v1/batches" || rt.Pattern == "POST /api/v1/sites" ||
+				rt.Pattern == "POST /api/v1/revocations"
 			if rt.Role != "" && (rt.Global || touchesHQ) {
 				if code, body := do(rt.Pattern, elsewhere); code != 403 {
 					t.Errorf("admin limited to site other: %d %s, want 403", code, body)

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -23,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -133,6 +135,10 @@ type Server struct {
 	debug  *http.Server
 	errs   chan error
 
+	crlMu sync.Mutex
+	crl   atomic.Pointer[[]byte] // current DER CRL
+	stop  chan struct{}
+
 	once sync.Once
 }
 
@@ -146,7 +152,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, errs: make(chan error, 4)}
+	s := &Server{cfg: cfg, log: log, errs: make(chan error, 4), stop: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			_ = s.Shutdown(context.Background())
@@ -194,6 +200,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 
 	svc := enroll.New(cfg.Enroll, s.store, ca, nil, log)
 	fleet := enroll.NewFleet(s.store, log)
+	if err := s.refreshCRL(); err != nil {
+		return nil, err
+	}
+	go s.crlLoop()
 
 	clientCAs := ca.Roots().Clone()
 	clientCAs.AddCert(ca.Intermediate())
@@ -203,14 +213,30 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	}
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize}, svc, ca.Root(), log)
+	s.coap.SetCRL(s.CRL)
 	if err := s.coap.Start(); err != nil {
 		return nil, err
 	}
 	if err := s.startMQTT(svc, serverCert, clientCAs); err != nil {
 		return nil, err
 	}
+	// After a revocation: a new CRL, and the devices' live sessions cut.
+	fleet.OnRevoke(func(revoked []devices.Device) {
+		if err := s.refreshCRL(); err != nil {
+			s.log.Error("regenerate CRL", "err", err)
+		}
+		for _, d := range revoked {
+			s.coap.CutDevice(d.ID)
+			switch {
+			case s.broker != nil:
+				s.broker.CutDevice(d.ID)
+			case s.remote != nil:
+				s.remote.CutDevice(d.ID)
+			}
+		}
+	})
 
-	api := httpapi.New(s.store, fleet, ca, s.store, s.info, log)
+	api := httpapi.New(s.store, fleet, ca, s.store, s, s.info, log)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
@@ -245,6 +271,58 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		"data", cfg.DataDir, "root_ca", rootPath, "admin_token", filepath.Join(cfg.DataDir, AdminTokenFile),
 		"https", "https://"+s.HTTPAddr().String(), "endpoints", strings.Join(s.info().Endpoints, " "))
 	return s, nil
+}
+
+// refreshCRL regenerates the CRL from the store's revoked certificates.
+func (s *Server) refreshCRL() error {
+	s.crlMu.Lock()
+	defer s.crlMu.Unlock()
+	list, err := s.store.RevokedCerts()
+	if err != nil {
+		return err
+	}
+	entries := make([]pki.Revoked, 0, len(list))
+	for _, r := range list {
+		n, ok := new(big.Int).SetString(r.Serial, 16)
+		if !ok {
+			return fmt.Errorf("revoked certificate serial %q is not hex", r.Serial)
+		}
+		entries = append(entries, pki.Revoked{Serial: n, RevokedAt: r.RevokedAt})
+	}
+	now := time.Now()
+	der, err := s.ca.CRL(entries, now.UnixNano(), now)
+	if err != nil {
+		return err
+	}
+	s.crl.Store(&der)
+	return nil
+}
+
+// crlLoop reissues the CRL before it expires, even without revocations.
+func (s *Server) crlLoop() {
+	t := time.NewTicker(pki.CRLValidity / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if err := s.refreshCRL(); err != nil {
+				s.log.Error("regenerate CRL", "err", err)
+			}
+		}
+	}
+}
+
+// CRL is the current DER revocation list.
+func (s *Server) CRL() []byte { return *s.crl.Load() }
+
+// OCSP answers a DER OCSP request from the inventory.
+func (s *Server) OCSP(req []byte) ([]byte, error) {
+	return s.ca.OCSP(req, func(serial *big.Int) (pki.Status, error) {
+		st, rc, err := s.store.CertStatus(fmt.Sprintf("%x", serial))
+		return pki.Status{Known: st != devices.CertUnknown, Revoked: st == devices.CertRevoked, RevokedAt: rc.RevokedAt}, err
+	}, time.Now())
 }
 
 // startMQTT runs the embedded broker, or connects to the external one.
@@ -513,6 +591,7 @@ func (s *Server) Err() <-chan error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
 	s.once.Do(func() {
+		close(s.stop)
 		if s.http != nil {
 			errs = append(errs, s.http.Shutdown(ctx))
 		} else if s.httpLn != nil {

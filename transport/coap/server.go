@@ -83,7 +83,10 @@ type Server struct {
 	insecure *bootstrap.Handler
 	root     []byte // DER
 
+	crl func() []byte // current DER CRL, for GET /crl
+
 	mu        sync.Mutex
+	sessions  map[uuid.UUID]map[*udpclient.Conn]struct{} // mutual-DTLS sessions per device
 	dtls      *dtlsserver.Server
 	udp       *udpserver.Server
 	dtlsAddr  net.Addr
@@ -107,8 +110,41 @@ func New(cfg Config, enroller bootstrap.Enroller, root *x509.Certificate, log *s
 		secure:    &bootstrap.Handler{Enroller: enroller, Transport: "coaps", Log: log},
 		insecure:  &bootstrap.Handler{Enroller: enroller, Transport: "coap", Log: log},
 		root:      root.Raw,
+		sessions:  map[uuid.UUID]map[*udpclient.Conn]struct{}{},
 		serveErrs: make(chan error, 2),
 	}
+}
+
+// SetCRL makes GET /crl serve what crl returns. Call it before Start.
+func (s *Server) SetCRL(crl func() []byte) { s.crl = crl }
+
+// CutDevice closes every DTLS session authenticated with the device's
+// certificate (after revocation). New handshakes are refused by Authorize.
+func (s *Server) CutDevice(id uuid.UUID) {
+	s.mu.Lock()
+	conns := s.sessions[id]
+	delete(s.sessions, id)
+	s.mu.Unlock()
+	for cc := range conns {
+		_ = cc.Close()
+	}
+}
+
+func (s *Server) track(id uuid.UUID, cc *udpclient.Conn) {
+	s.mu.Lock()
+	if s.sessions[id] == nil {
+		s.sessions[id] = map[*udpclient.Conn]struct{}{}
+	}
+	s.sessions[id][cc] = struct{}{}
+	s.mu.Unlock()
+	cc.AddOnClose(func() {
+		s.mu.Lock()
+		delete(s.sessions[id], cc)
+		if len(s.sessions[id]) == 0 {
+			delete(s.sessions, id)
+		}
+		s.mu.Unlock()
+	})
 }
 
 type peerKey struct{}
@@ -142,6 +178,7 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 	}))
 	_ = r.Handle("/enroll", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.enroll(h, w, m) }))
 	_ = r.Handle("/ca", mux.HandlerFunc(s.ca))
+	_ = r.Handle("/crl", mux.HandlerFunc(s.getCRL))
 	_ = r.Handle("/lease", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.lease(h, w, m) }))
 	return r
 }
@@ -199,6 +236,7 @@ func (s *Server) startDTLS() error {
 			}
 			if id, serial, err := DeviceIdentity(leaf); err == nil {
 				cc.SetContextValue(peerKey{}, peer{id: id, certSerial: serial})
+				s.track(id, cc)
 			}
 		}),
 		options.WithErrors(func(err error) { s.log.Debug("coaps", "err", err) }),
@@ -442,4 +480,16 @@ func (s *Server) lease(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Messag
 		return
 	}
 	reply(w, h.RenewLease(f, p.id, sourceOf(w)))
+}
+
+func (s *Server) getCRL(w mux.ResponseWriter, m *mux.Message) {
+	if m.Code() != codes.GET {
+		methodNotAllowed(w, "GET")
+		return
+	}
+	if s.crl == nil {
+		_ = w.SetResponse(codes.ServiceUnavailable, message.TextPlain, bytes.NewReader([]byte("no CRL")))
+		return
+	}
+	_ = w.SetResponse(codes.Content, message.AppOctets, bytes.NewReader(s.crl()))
 }

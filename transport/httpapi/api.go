@@ -42,6 +42,8 @@ type Fleet interface {
 	CreateSite(a enroll.Actor, s devices.Site) (devices.Site, error)
 	UpdateSite(a enroll.Actor, name string, fn func(*devices.Site) error) (devices.Site, error)
 	DeleteSite(a enroll.Actor, name string) error
+	Revoke(a enroll.Actor, sel devices.Selector, reason string) ([]devices.Device, error)
+	Reopen(a enroll.Actor, id uuid.UUID) (string, devices.Device, error)
 	ImportBatch(a enroll.Actor, spec enroll.BatchSpec, rows []enroll.ManifestRow) (devices.Batch, []devices.RowResult, error)
 }
 
@@ -60,21 +62,22 @@ type Info struct {
 
 // API serves the routes.
 type API struct {
-	inv    Inventory
-	fleet  Fleet
-	certs  CertIssuer
-	tokens TokenStore
-	info   func() Info
-	log    *slog.Logger
-	mux    *http.ServeMux
+	inv        Inventory
+	fleet      Fleet
+	certs      CertIssuer
+	tokens     TokenStore
+	revocation Revocation
+	info       func() Info
+	log        *slog.Logger
+	mux        *http.ServeMux
 }
 
 // MaxBodyBytes bounds a request body (a batch of 100,000 rows fits).
 const MaxBodyBytes = 32 << 20
 
 // New returns the API handler.
-func New(inv Inventory, fleet Fleet, certs CertIssuer, tokens TokenStore, info func() Info, log *slog.Logger) *API {
-	a := &API{inv: inv, fleet: fleet, certs: certs, tokens: tokens, info: info, log: log, mux: http.NewServeMux()}
+func New(inv Inventory, fleet Fleet, certs CertIssuer, tokens TokenStore, rev Revocation, info func() Info, log *slog.Logger) *API {
+	a := &API{inv: inv, fleet: fleet, certs: certs, tokens: tokens, revocation: rev, info: info, log: log, mux: http.NewServeMux()}
 	for _, r := range a.routes() {
 		a.mux.Handle(r.pattern, a.guard(r))
 	}
@@ -143,6 +146,9 @@ func (a *API) routes() []route {
 	return []route{
 		{"GET /healthz", "", false, health},
 		{"GET /api/v1/ca", "", false, a.getCA},
+		{"GET /api/v1/crl", "", false, a.getCRL},
+		{"POST /ocsp", "", false, a.ocsp},
+		{"GET /ocsp/", "", false, a.ocsp},
 		{"GET /api/v1/info", devices.RoleViewer, false, a.getInfo},
 		{"GET /api/v1/sites", devices.RoleViewer, false, a.listSites},
 		{"POST /api/v1/sites", devices.RoleAdmin, false, a.createSite},
@@ -152,6 +158,8 @@ func (a *API) routes() []route {
 		{"POST /api/v1/batches", devices.RoleOperator, false, a.importBatch},
 		{"GET /api/v1/devices", devices.RoleViewer, false, a.listDevices},
 		{"GET /api/v1/devices/{ref}", devices.RoleViewer, false, a.getDevice},
+		{"POST /api/v1/revocations", devices.RoleOperator, false, a.revoke},
+		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},
 		{"GET /api/v1/audit", devices.RoleViewer, global, a.listAudit},
 		{"GET /api/v1/audit/verify", devices.RoleViewer, global, a.verifyAudit},
 		{"POST /api/v1/server-certificates", devices.RoleAdmin, global, a.issueServerCert},
@@ -243,6 +251,8 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.As(err, &mbe):
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body larger than %d bytes", mbe.Limit))
+	case errors.Is(err, enroll.ErrForbidden):
+		writeError(w, http.StatusForbidden, "forbidden", err.Error())
 	case errors.Is(err, devices.ErrInvalid), errors.Is(err, enroll.ErrInvalid), errors.Is(err, errBadRequest):
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 	case errors.Is(err, devices.ErrNotFound):

@@ -111,10 +111,15 @@ func address(l *listeners.TCP) string {
 	return l.Address()
 }
 
-// Disconnect cuts a device's live session, if it has one.
-func (b *Broker) Disconnect(id uuid.UUID) {
+// CutDevice cuts a device's live session, if it has one, and clears its
+// retained config (which holds the site's Wi-Fi passphrase). Reconnects are
+// refused at CONNECT by Authorize.
+func (b *Broker) CutDevice(id uuid.UUID) {
 	if cl, ok := b.srv.Clients.Get(id.String()); ok {
 		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	}
+	if err := b.Publish(ConfigTopic(id.String()), nil, true); err != nil { // an empty retained message clears it
+		b.log.Warn("clear retained config", "device_id", id, "err", err)
 	}
 }
 

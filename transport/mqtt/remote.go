@@ -10,6 +10,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/google/uuid"
 )
 
 // SharedGroup is the shared-subscription group provisiond replicas join, so
@@ -104,4 +105,13 @@ func (r *Remote) Publish(topic string, payload []byte, retain bool) error {
 func (r *Remote) Shutdown(context.Context) error {
 	r.client.Disconnect(500)
 	return nil
+}
+
+// CutDevice clears a revoked device's retained config on the external broker.
+// Cutting its session is the broker's business: with Mosquitto, through the
+// revocation list (docs/operations.md).
+func (r *Remote) CutDevice(id uuid.UUID) {
+	if err := r.Publish(ConfigTopic(id.String()), nil, true); err != nil {
+		r.log.Warn("clear retained config", "device_id", id, "err", err)
+	}
 }

@@ -1,0 +1,201 @@
+package devices
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+)
+
+// RevokedCert is a certificate that must no longer be trusted.
+type RevokedCert struct {
+	Serial    string    `json:"serial"` // hex
+	DeviceID  uuid.UUID `json:"device_id"`
+	RevokedAt time.Time `json:"revoked_at"`
+	Reason    string    `json:"reason"`
+}
+
+// CertStatus is what the CA knows of a certificate serial (OCSP).
+type CertStatus int
+
+// Certificate statuses.
+const (
+	CertUnknown CertStatus = iota // never issued here
+	CertGood
+	CertRevoked
+)
+
+// Selector chooses devices for a bulk operation; the sets add up.
+type Selector struct {
+	IDs   []uuid.UUID
+	Site  string
+	Batch string
+}
+
+// Revoke marks the selected devices revoked in one transaction: their
+// certificate goes on the revocation list, their lease is released, and an
+// audit event per device records who, why and from where. Devices already
+// revoked are left as they are. It returns the devices it revoked.
+func (s *Store) Revoke(sel Selector, reason string, now time.Time, ev AuditEvent) ([]Device, error) {
+	var out []Device
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		ids, err := selectDevices(tx, sel)
+		if err != nil {
+			return err
+		}
+		out = out[:0]
+		for _, id := range ids {
+			d, err := getDevice(tx, id)
+			if err != nil {
+				return err
+			}
+			if d.State == StateRevoked {
+				continue
+			}
+			old := d
+			if err := releaseLease(tx, &d); err != nil {
+				return err
+			}
+			if d.CertSerial != "" {
+				if err := putJSON(tx.Bucket(bucketRevoked), []byte(d.CertSerial),
+					RevokedCert{Serial: d.CertSerial, DeviceID: d.ID, RevokedAt: now, Reason: reason}); err != nil {
+					return err
+				}
+			}
+			d.State, d.UpdatedAt, d.Rev = StateRevoked, now, d.Rev+1
+			if err := putDevice(tx, &old, &d); err != nil {
+				return err
+			}
+			e := ev
+			e.Time, e.Action, e.Target = now, "device.revoke", d.Serial
+			e.Detail = map[string]string{"reason": reason, "cert_serial": d.CertSerial, "device_id": d.ID.String()}
+			if err := appendAudit(tx, e); err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func selectDevices(tx *bolt.Tx, sel Selector) ([]uuid.UUID, error) {
+	seen := map[uuid.UUID]bool{}
+	var ids []uuid.UUID
+	add := func(id uuid.UUID) {
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	for _, id := range sel.IDs {
+		if tx.Bucket(bucketDevices).Get(id[:]) == nil {
+			return nil, fmt.Errorf("device %s: %w", id, ErrNotFound)
+		}
+		add(id)
+	}
+	if sel.Site != "" {
+		if _, err := getSite(tx, sel.Site); err != nil {
+			return nil, err
+		}
+		prefix := append([]byte(sel.Site), 0)
+		c := tx.Bucket(bucketBySite).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && len(k) == len(prefix)+16 && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+			add(uuid.UUID(k[len(prefix):]))
+		}
+	}
+	if sel.Batch != "" {
+		if tx.Bucket(bucketBatches).Get([]byte(sel.Batch)) == nil {
+			return nil, fmt.Errorf("batch %q: %w", sel.Batch, ErrNotFound)
+		}
+		err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var d struct {
+				BatchID string `json:"batch_id"`
+			}
+			if err := json.Unmarshal(v, &d); err != nil {
+				return err
+			}
+			if d.BatchID == sel.Batch {
+				add(uuid.UUID(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
+}
+
+// RevokedCerts lists every revoked certificate (for the CRL).
+func (s *Store) RevokedCerts() ([]RevokedCert, error) {
+	var out []RevokedCert
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRevoked).ForEach(func(_, v []byte) error {
+			var r RevokedCert
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// CertStatus tells whether a certificate serial (hex) was issued here and
+// whether it is revoked.
+func (s *Store) CertStatus(serial string) (CertStatus, RevokedCert, error) {
+	var st CertStatus
+	var rc RevokedCert
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ok, err := getJSON(tx.Bucket(bucketRevoked), []byte(serial), &rc)
+		switch {
+		case err != nil:
+			return err
+		case ok:
+			st = CertRevoked
+		case tx.Bucket(bucketCerts).Get([]byte(serial)) != nil:
+			st = CertGood
+		}
+		return nil
+	})
+	return st, rc, err
+}
+
+// Reopen lets a revoked device enroll again with a new claim token: it
+// becomes claimed (or manufactured when it has no site) and forgets its
+// certificate; the old one stays revoked.
+func (s *Store) Reopen(id uuid.UUID, tokenHash []byte, now time.Time, ev AuditEvent) (Device, error) {
+	var out Device
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		d, err := getDevice(tx, id)
+		if err != nil {
+			return err
+		}
+		if d.State != StateRevoked {
+			return fmt.Errorf("%w: device %s is %s; only a revoked device can be re-opened", ErrInvalid, d.Serial, d.State)
+		}
+		old := d
+		d.State = StateManufactured
+		if d.Site != "" {
+			d.State = StateClaimed
+		}
+		d.TokenHash = tokenHash
+		d.CertSerial, d.CertDER, d.PublicKeyHash, d.CertNotAfter = "", nil, nil, time.Time{}
+		d.ProvisionedAt, d.AppliedConfigVersion, d.Health = time.Time{}, 0, ""
+		d.UpdatedAt, d.Rev = now, d.Rev+1
+		if err := putDevice(tx, &old, &d); err != nil {
+			return err
+		}
+		ev.Time, ev.Action, ev.Target = now, "device.reopen", d.Serial
+		if err := appendAudit(tx, ev); err != nil {
+			return err
+		}
+		out = d
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,123 @@
+package httpapi
+
+import (
+	"encoding/base64"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// Revocation is what the revocation routes need.
+type Revocation interface {
+	CRL() []byte                         // the current DER CRL
+	OCSP(request []byte) ([]byte, error) // a DER OCSP response
+}
+
+// RevokeRequest revokes devices: any of a list (serials or IDs), a site and a batch.
+type RevokeRequest struct {
+	Devices []string `json:"devices,omitempty"`
+	Site    string   `json:"site,omitempty"`
+	Batch   string   `json:"batch,omitempty"`
+	Reason  string   `json:"reason"`
+}
+
+// RevokeResponse lists what was revoked (devices already revoked are not).
+type RevokeResponse struct {
+	Revoked int          `json:"revoked"`
+	Devices []DeviceView `json:"devices"`
+}
+
+// ReopenResponse carries a re-opened device's fresh claim token, shown once.
+type ReopenResponse struct {
+	Device     DeviceView  `json:"device"`
+	ClaimToken string      `json:"claim_token"`
+	Bundle     wire.Bundle `json:"bundle"` // to flash the device with again
+}
+
+func (a *API) resolve(ref string) (devices.Device, error) {
+	if id, err := uuid.Parse(ref); err == nil {
+		return a.inv.Device(id)
+	}
+	return a.inv.DeviceBySerial(ref)
+}
+
+func (a *API) revoke(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req RevokeRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	sel := devices.Selector{Site: req.Site, Batch: req.Batch}
+	for _, ref := range req.Devices {
+		d, err := a.resolve(ref)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		sel.IDs = append(sel.IDs, d.ID)
+	}
+	revoked, err := a.fleet.Revoke(actor, sel, req.Reason)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := RevokeResponse{Revoked: len(revoked), Devices: make([]DeviceView, 0, len(revoked))}
+	for _, d := range revoked {
+		out.Devices = append(out.Devices, deviceView(d, false))
+	}
+	writeJSON(w, 200, out)
+}
+
+func (a *API) reopen(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	d, err := a.resolve(r.PathValue("ref"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	tok, d, err := a.fleet.Reopen(actor, d.ID)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	info := a.info()
+	writeJSON(w, 200, ReopenResponse{Device: deviceView(d, false), ClaimToken: tok,
+		Bundle: wire.Bundle{Serial: d.Serial, ClaimToken: tok, RootCA: info.RootCA, Endpoints: info.Endpoints, Model: d.Model}})
+}
+
+func (a *API) getCRL(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+	w.Header().Set("Content-Type", "application/pkix-crl")
+	_, _ = w.Write(a.revocation.CRL())
+}
+
+// ocsp answers POST /ocsp (DER body) and GET /ocsp/{base64 request} (RFC 6960 appendix A).
+func (a *API) ocsp(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	var der []byte
+	var err error
+	if r.Method == http.MethodGet {
+		raw := strings.TrimPrefix(r.URL.EscapedPath(), "/ocsp/")
+		if raw, err = url.PathUnescape(raw); err == nil {
+			der, err = base64.StdEncoding.DecodeString(raw)
+		}
+	} else {
+		der, err = io.ReadAll(io.LimitReader(r.Body, 64*1024))
+	}
+	if err != nil {
+		http.Error(w, "malformed OCSP request", http.StatusBadRequest)
+		return
+	}
+	resp, err := a.revocation.OCSP(der)
+	if err != nil {
+		a.log.Info("ocsp request refused", "err", err)
+		http.Error(w, "malformed OCSP request", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/ocsp-response")
+	_, _ = w.Write(resp)
+}
