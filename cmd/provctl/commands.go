@@ -430,3 +430,58 @@ func (e *env) token(sub string, args []string, stderr io.Writer) error {
 	}
 	return fmt.Errorf("unknown command: token %s", sub)
 }
+
+func (e *env) revoke(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("revoke", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	site := fs.String("site", "", "revoke every device of this site")
+	batch := fs.String("batch", "", "revoke every device of this factory batch")
+	reason := fs.String("reason", "", "why (required; recorded in the audit log)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if *reason == "" {
+		return errors.New("revoke: --reason is required")
+	}
+	var res httpapi.RevokeResponse
+	if err := e.client.Do(e.ctx, http.MethodPost, "/api/v1/revocations",
+		httpapi.RevokeRequest{Devices: pos, Site: *site, Batch: *batch, Reason: *reason}, &res); err != nil {
+		return err
+	}
+	return e.print(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%d devices revoked: certificates on the CRL, sessions cut, leases released\n", res.Revoked)
+		for _, d := range res.Devices {
+			fmt.Fprintf(w, "  %s (%s)\n", d.Serial, d.ID)
+		}
+	})
+}
+
+func (e *env) reopen(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reopen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("out", "", "write the device's new flash bundle here (0600)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("reopen: give one SERIAL or ID")
+	}
+	var res httpapi.ReopenResponse
+	if err := e.client.Do(e.ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(pos[0])+"/reopen", nil, &res); err != nil {
+		return err
+	}
+	if *out != "" {
+		raw, _ := json.MarshalIndent(res.Bundle, "", "  ")
+		if err := os.WriteFile(*out, append(raw, '\n'), 0o600); err != nil {
+			return err
+		}
+	}
+	return e.print(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%s re-opened (state %s); new claim token: %s\n", res.Device.Serial, res.Device.State, res.ClaimToken)
+		if *out != "" {
+			fmt.Fprintf(w, "flash bundle written to %s\n", *out)
+		}
+	})
+}

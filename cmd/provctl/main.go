@@ -49,6 +49,8 @@ commands:
   audit export [--out FILE]          the whole log as JSON lines, and its head hash
   audit verify [FILE] [--head HASH]  check the hash chain: on the server, or of an export
   cert server --name HOST[,HOST] [--ip IP,IP] [--lifetime 8760h] --out DIR   (for an external MQTT broker)
+  revoke [SERIAL|ID ...] [--site S] [--batch B] --reason R
+  reopen SERIAL|ID [--out FILE]      a revoked device gets a fresh claim token (and flash bundle)
   token create NAME --role admin|operator|installer|viewer [--sites S,S] | token list | token revoke ID
   info
 
@@ -109,6 +111,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.auditVerify(rest[1:], stderr)
 	case cmd == "audit":
 		return e.audit(rest, stderr)
+	case cmd == "revoke":
+		return e.revoke(rest, stderr)
+	case cmd == "reopen":
+		return e.reopen(rest, stderr)
 	case cmd == "token" && sub != "":
 		return e.token(sub, rest[1:], stderr)
 	case cmd == "info":

@@ -189,3 +189,39 @@ func TestTokens(t *testing.T) {
 		t.Errorf("revoked token still works: %v", err)
 	}
 }
+
+func TestRevokeAndReopen(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	env.Site("hq", "10.20.0.0/24")
+	bundles := env.Mint(3, "hq")
+	_, sum := simulator.Run(context.Background(), bundles, simulator.RunOptions{})
+	if sum.Enrolled != 3 {
+		t.Fatal(sum)
+	}
+	if _, err := provctl(t, data, "revoke", bundles[0].Serial); err == nil {
+		t.Error("revoke without a reason accepted")
+	}
+	out, err := provctl(t, data, "revoke", bundles[0].Serial, "--reason", "RMA")
+	if err != nil || !strings.Contains(out, "1 devices revoked") {
+		t.Fatalf("revoke: %v %s", err, out)
+	}
+	if out, err := provctl(t, data, "revoke", "--site", "hq", "--reason", "site closed"); err != nil || !strings.Contains(out, "2 devices revoked") {
+		t.Errorf("revoke a site (one already revoked): %v %s", err, out)
+	}
+	bundle := filepath.Join(t.TempDir(), "again.json")
+	if out, err := provctl(t, data, "reopen", bundles[0].Serial, "--out", bundle); err != nil || !strings.Contains(out, "state claimed") {
+		t.Fatalf("reopen: %v %s", err, out)
+	}
+	again, err := simulator.LoadBundles(filepath.Dir(bundle))
+	if err != nil || len(again) != 1 {
+		t.Fatal(err)
+	}
+	d, _ := simulator.NewDevice(again[0])
+	if _, err := d.Enroll(context.Background(), simulator.EnrollOptions{}); err != nil {
+		t.Errorf("enroll with the re-opened bundle: %v", err)
+	}
+	if out, err := provctl(t, data, "reopen", bundles[1].Serial+"-nope"); err == nil {
+		t.Errorf("reopen an unknown device: %s", out)
+	}
+}
