@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -407,5 +408,17 @@ func (s *Store) DeleteToken(id string, ev AuditEvent) error {
 			}
 		}
 		return fmt.Errorf("token %q: %w", id, ErrNotFound)
+	})
+}
+
+// Backup hands out a consistent snapshot of the whole store, taken in one
+// read transaction while writers go on: emit is called with the snapshot's
+// size and a function that writes it.
+func (s *Store) Backup(emit func(size int64, write func(io.Writer) error) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return emit(tx.Size(), func(w io.Writer) error {
+			_, err := tx.WriteTo(w)
+			return err
+		})
 	})
 }

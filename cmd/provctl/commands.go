@@ -15,6 +15,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/wire"
 )
@@ -483,5 +484,21 @@ func (e *env) reopen(args []string, stderr io.Writer) error {
 		if *out != "" {
 			fmt.Fprintf(w, "flash bundle written to %s\n", *out)
 		}
+	})
+}
+
+func (e *env) backupTo(args []string) error {
+	if len(args) != 1 {
+		return errors.New("backup: give the FILE to write")
+	}
+	var raw []byte
+	if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/backup", nil, &raw); err != nil {
+		return err
+	}
+	if err := pki.WriteFileAtomic(args[0], raw, 0o600); err != nil {
+		return err
+	}
+	return e.print(map[string]any{"file": args[0], "bytes": len(raw)}, func(w io.Writer) {
+		fmt.Fprintf(w, "backup written to %s (%d bytes; holds the encrypted CA keys: keep it safe)\n", args[0], len(raw))
 	})
 }

@@ -51,6 +51,7 @@ commands:
   cert server --name HOST[,HOST] [--ip IP,IP] [--lifetime 8760h] --out DIR   (for an external MQTT broker)
   revoke [SERIAL|ID ...] [--site S] [--batch B] --reason R
   reopen SERIAL|ID [--out FILE]      a revoked device gets a fresh claim token (and flash bundle)
+  backup FILE                        online backup (tar: inventory snapshot + CA); see docs/operations.md to restore
   token create NAME --role admin|operator|installer|viewer [--sites S,S] | token list | token revoke ID
   info
 
@@ -111,6 +112,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.auditVerify(rest[1:], stderr)
 	case cmd == "audit":
 		return e.audit(rest, stderr)
+	case cmd == "backup":
+		return e.backupTo(rest)
 	case cmd == "revoke":
 		return e.revoke(rest, stderr)
 	case cmd == "reopen":

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -14,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -31,6 +33,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/metrics"
 	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/transport/coap"
 	"github.com/provisiond/provisiond/transport/httpapi"
@@ -135,6 +138,8 @@ type Server struct {
 	debug  *http.Server
 	errs   chan error
 
+	metrics *metrics.Metrics
+
 	crlMu sync.Mutex
 	crl   atomic.Pointer[[]byte] // current DER CRL
 	stop  chan struct{}
@@ -204,6 +209,17 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		return nil, err
 	}
 	go s.crlLoop()
+	// Created before any listener starts; the gauges read the listeners at scrape time.
+	s.metrics = metrics.New(metrics.Sources{
+		LeasesInUse:  s.leasesInUse,
+		DTLSSessions: func() int { return s.coap.Sessions() },
+		MQTTSessions: func() int {
+			if s.broker == nil {
+				return 0
+			}
+			return s.broker.Sessions()
+		},
+	}, log)
 
 	clientCAs := ca.Roots().Clone()
 	clientCAs.AddCert(ca.Intermediate())
@@ -214,6 +230,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize}, svc, ca.Root(), log)
 	s.coap.SetCRL(s.CRL)
+	s.coap.SetObserver(s.observe)
 	if err := s.coap.Start(); err != nil {
 		return nil, err
 	}
@@ -222,6 +239,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	}
 	// After a revocation: a new CRL, and the devices' live sessions cut.
 	fleet.OnRevoke(func(revoked []devices.Device) {
+		s.metrics.Revoked(len(revoked))
 		if err := s.refreshCRL(); err != nil {
 			s.log.Error("regenerate CRL", "err", err)
 		}
@@ -237,6 +255,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	})
 
 	api := httpapi.New(s.store, fleet, ca, s.store, s, s.info, log)
+	api.SetOps(s.metrics.Handler(), s.Ready, s.Backup)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
@@ -271,6 +290,67 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		"data", cfg.DataDir, "root_ca", rootPath, "admin_token", filepath.Join(cfg.DataDir, AdminTokenFile),
 		"https", "https://"+s.HTTPAddr().String(), "endpoints", strings.Join(s.info().Endpoints, " "))
 	return s, nil
+}
+
+// observe records an enrollment request in the metrics.
+func (s *Server) observe(transport, result string, d time.Duration) {
+	s.metrics.ObserveEnroll(transport, result, d)
+}
+
+func (s *Server) leasesInUse() (map[string]int, error) {
+	sites, err := s.store.Sites()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int, len(sites))
+	for _, site := range sites {
+		if out[site.Name], err = s.store.LeasesInUse(site.Name, time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Ready reports why the service is not ready to serve devices, or nil.
+func (s *Server) Ready() error {
+	if err := s.store.Check(); err != nil {
+		return err
+	}
+	if s.cfg.MQTTBroker != "" && !s.MQTTConnected() {
+		return errors.New("not connected to the MQTT broker " + s.cfg.MQTTBroker)
+	}
+	return nil
+}
+
+// Backup writes a consistent online backup of the data directory as a tar
+// stream: the inventory (a snapshot taken in one read transaction) and the
+// CA directory (certificates and encrypted keys). Restore by extracting it
+// into an empty data directory and starting provisiond with the CA
+// passphrase (docs/operations.md).
+func (s *Server) Backup(w io.Writer) error {
+	tw := tar.NewWriter(w)
+	now := time.Now()
+	for _, f := range []string{pki.RootCertFile, pki.RootKeyFile, pki.IntermediateCertFile, pki.IntermediateKeyFile} {
+		raw, err := os.ReadFile(filepath.Join(s.cfg.DataDir, CADir, f))
+		if err != nil {
+			return err
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: CADir + "/" + f, Mode: 0o600, Size: int64(len(raw)), ModTime: now}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(raw); err != nil {
+			return err
+		}
+	}
+	if err := s.store.Backup(func(size int64, write func(io.Writer) error) error {
+		if err := tw.WriteHeader(&tar.Header{Name: InventoryFile, Mode: 0o600, Size: size, ModTime: now}); err != nil {
+			return err
+		}
+		return write(tw)
+	}); err != nil {
+		return err
+	}
+	return tw.Close()
 }
 
 // refreshCRL regenerates the CRL from the store's revoked certificates.
@@ -328,6 +408,7 @@ func (s *Server) OCSP(req []byte) ([]byte, error) {
 // startMQTT runs the embedded broker, or connects to the external one.
 func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificate, clientCAs *x509.CertPool) error {
 	h := mqtt.NewHandler(svc, svc, s.log)
+	h.SetObserver(s.observe)
 	if s.cfg.MQTTBroker != "" {
 		roots := s.ca.Roots()
 		if s.cfg.MQTTCAFile != "" {

@@ -97,10 +97,23 @@ type Handler struct {
 	Enroller  Enroller
 	Transport string // for audit and logs: "coaps", "coap", "mqtt"
 	Log       *slog.Logger
+	// Observe, when set, is told the result (CoAP code) and duration of
+	// every enrollment request (metrics).
+	Observe func(transport, result string, d time.Duration)
 }
 
 // Enroll handles one enrollment request body.
 func (h *Handler) Enroll(f wire.Format, body []byte, src netip.AddrPort) Answer {
+	if h.Observe == nil {
+		return h.enroll(f, body, src)
+	}
+	start := time.Now()
+	a := h.enroll(f, body, src)
+	h.Observe(h.Transport, a.Status.Code(), time.Since(start))
+	return a
+}
+
+func (h *Handler) enroll(f wire.Format, body []byte, src netip.AddrPort) Answer {
 	if f != wire.JSON && f != wire.CBOR {
 		return Answer{Status: UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)"),
 			Value: &wire.Error{Code: CodeUnsupportedFormat, Message: "use CBOR or JSON"}}

@@ -115,6 +115,22 @@ func New(cfg Config, enroller bootstrap.Enroller, root *x509.Certificate, log *s
 	}
 }
 
+// SetObserver reports every enrollment request's result and duration (metrics).
+func (s *Server) SetObserver(fn func(transport, result string, d time.Duration)) {
+	s.secure.Observe, s.insecure.Observe = fn, fn
+}
+
+// Sessions counts live mutual-DTLS device sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, m := range s.sessions {
+		n += len(m)
+	}
+	return n
+}
+
 // SetCRL makes GET /crl serve what crl returns. Call it before Start.
 func (s *Server) SetCRL(crl func() []byte) { s.crl = crl }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -67,6 +68,9 @@ type API struct {
 	certs      CertIssuer
 	tokens     TokenStore
 	revocation Revocation
+	metrics    http.Handler
+	ready      func() error
+	backup     func(w io.Writer) error
 	info       func() Info
 	log        *slog.Logger
 	mux        *http.ServeMux
@@ -145,6 +149,9 @@ func (a *API) routes() []route {
 	}
 	return []route{
 		{"GET /healthz", "", false, health},
+		{"GET /readyz", "", false, a.readyz},
+		{"GET /metrics", devices.RoleViewer, global, a.getMetrics},
+		{"GET /api/v1/backup", devices.RoleAdmin, global, a.getBackup},
 		{"GET /api/v1/ca", "", false, a.getCA},
 		{"GET /api/v1/crl", "", false, a.getCRL},
 		{"POST /ocsp", "", false, a.ocsp},

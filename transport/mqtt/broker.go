@@ -39,6 +39,7 @@ type Broker struct {
 	log     *slog.Logger
 	tls     *listeners.TCP
 	plain   *listeners.TCP
+	access  *access
 
 	mu   sync.Mutex
 	done bool
@@ -62,7 +63,8 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool) error {
 
 // Start binds the listeners and serves in the background.
 func (b *Broker) Start() error {
-	if err := b.srv.AddHook(&access{b: b}, nil); err != nil {
+	b.access = &access{b: b}
+	if err := b.srv.AddHook(b.access, nil); err != nil {
 		return err
 	}
 	if b.cfg.Addr != "" {
@@ -121,6 +123,18 @@ func (b *Broker) CutDevice(id uuid.UUID) {
 	if err := b.Publish(ConfigTopic(id.String()), nil, true); err != nil { // an empty retained message clears it
 		b.log.Warn("clear retained config", "device_id", id, "err", err)
 	}
+}
+
+// Sessions counts connected devices (clients with a certificate).
+func (b *Broker) Sessions() int {
+	n := 0
+	b.access.clients.Range(func(_, v any) bool {
+		if v.(identity).device != uuid.Nil {
+			n++
+		}
+		return true
+	})
+	return n
 }
 
 // Shutdown closes the listeners and every session. It is idempotent.

@@ -13,6 +13,7 @@ package mqtt
 import (
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -45,6 +46,11 @@ type Handler struct {
 // NewHandler returns a handler; SetPublisher must be called before use.
 func NewHandler(enroller bootstrap.Enroller, ops Operations, log *slog.Logger) *Handler {
 	return &Handler{boot: &bootstrap.Handler{Enroller: enroller, Transport: "mqtt", Log: log}, ops: ops, log: log}
+}
+
+// SetObserver reports every enrollment request's result and duration (metrics).
+func (h *Handler) SetObserver(fn func(transport, result string, d time.Duration)) {
+	h.boot.Observe = fn
 }
 
 // SetPublisher tells the handler where to publish answers.

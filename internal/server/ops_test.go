@@ -1,0 +1,119 @@
+package server_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/provisiond/provisiond/internal/server"
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/simulator"
+)
+
+func TestMetricsAndHealth(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	bundles := env.Mint(3, "hq")
+	_, sum := simulator.Run(ctxT(t), bundles[:2], simulator.RunOptions{Transport: "mix"})
+	if sum.Enrolled != 2 {
+		t.Fatal(sum)
+	}
+	bad := bundles[2]
+	bad.ClaimToken = "WRONGWRONGWRONGWRONG"
+	d, _ := simulator.NewDevice(bad)
+	d.Enroll(ctxT(t), simulator.EnrollOptions{})
+	var raw []byte
+	if err := env.Client.Do(ctxT(t), "GET", "/metrics", nil, &raw); err != nil {
+		t.Fatal(err)
+	}
+	m := string(raw)
+	for _, want := range []string{
+		`provisiond_enrollments_total{result="2.01",transport="coaps"} 1`,
+		`provisiond_enrollments_total{result="2.01",transport="mqtt"} 1`,
+		`provisiond_enrollments_total{result="4.01",transport="coaps"} 1`,
+		`provisiond_enrollment_duration_seconds_count{transport="coaps"} 2`,
+		`provisiond_leases_in_use{site="hq"} 2`,
+		`provisiond_connected_devices{transport="coaps"} 0`,
+		`provisiond_revocations_total 0`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	for path, want := range map[string]string{"/healthz": `"ok"`, "/readyz": `"ready"`} {
+		var b []byte
+		if err := env.Client.Do(ctxT(t), "GET", path, nil, &b); err != nil || !strings.Contains(string(b), want) {
+			t.Errorf("%s: %v %s", path, err, b)
+		}
+	}
+}
+
+// An online backup restores into a fresh data directory with every device
+// still there and still trusted (the same CA).
+func TestBackupAndRestore(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	bundles := env.Mint(20, "hq")
+	outs, sum := simulator.Run(ctxT(t), bundles[:10], simulator.RunOptions{})
+	if sum.Enrolled != 10 {
+		t.Fatal(sum)
+	}
+	// Take the backup while more devices enroll.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		simulator.Run(ctxT(t), bundles[10:], simulator.RunOptions{})
+	}()
+	var tarball []byte
+	if err := env.Client.Do(ctxT(t), "GET", "/api/v1/backup", nil, &tarball); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	dir := t.TempDir()
+	tr := tar.NewReader(bytes.NewReader(tarball))
+	names := map[string]bool{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(h.Name, "..") || filepath.IsAbs(h.Name) {
+			t.Fatalf("unsafe name %q in the backup", h.Name)
+		}
+		names[h.Name] = true
+		p := filepath.Join(dir, h.Name)
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		b, _ := io.ReadAll(tr)
+		os.WriteFile(p, b, 0o600)
+	}
+	if !names[server.InventoryFile] || !names["ca/intermediate.key"] || len(names) != 5 {
+		t.Fatalf("backup holds %v", names)
+	}
+	restored := servertest.Start(t, func(c *server.Config) { c.DataDir = dir })
+	if !bytes.Equal(restored.Server.CA().Root().Raw, env.Server.CA().Root().Raw) {
+		t.Fatal("restored server has another root CA")
+	}
+	if err := restored.Server.Store().Check(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := restored.Server.Store().VerifyAudit(); err != nil {
+		t.Errorf("restored audit chain: %v", err)
+	}
+	for _, o := range outs {
+		got, err := restored.Server.Store().DeviceBySerial(o.Serial)
+		if err != nil || got.State != "provisioned" || got.Lease == nil {
+			t.Fatalf("%s after restore: %+v %v", o.Serial, got, err)
+		}
+	}
+	// Still trusted: a device renews its lease over mutual DTLS with its old certificate.
+	if _, err := outs[0].Device.RenewLease(ctxT(t), simulator.EnrollOptions{Endpoint: restored.CoAPS()}); err != nil {
+		t.Errorf("device against the restored server: %v", err)
+	}
+}

@@ -1,0 +1,47 @@
+package httpapi
+
+import (
+	"io"
+	"net/http"
+
+	"github.com/provisiond/provisiond/enroll"
+)
+
+// SetOps adds the operations routes: metrics (Prometheus), readiness and
+// online backup. Call it before serving.
+func (a *API) SetOps(metrics http.Handler, ready func() error, backup func(w io.Writer) error) {
+	a.metrics, a.ready, a.backup = metrics, ready, backup
+}
+
+func (a *API) getMetrics(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	if a.metrics == nil {
+		writeError(w, http.StatusNotFound, "not_found", "metrics are not enabled")
+		return
+	}
+	a.metrics.ServeHTTP(w, r)
+}
+
+func (a *API) readyz(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+	if a.ready != nil {
+		if err := a.ready(); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, 200, map[string]string{"status": "ready"})
+}
+
+func (a *API) getBackup(w http.ResponseWriter, _ *http.Request, actor enroll.Actor) {
+	if a.backup == nil {
+		writeError(w, http.StatusNotFound, "not_found", "backup is not enabled")
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-tar")
+	w.Header().Set("Content-Disposition", `attachment; filename="provisiond-backup.tar"`)
+	if err := a.backup(w); err != nil {
+		// Headers are gone: the client sees a truncated tar and an error in the log.
+		a.log.Error("backup failed", "err", err, "actor", actor.Name)
+		return
+	}
+	a.log.Info("backup taken", "actor", actor.Name)
+}
