@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -84,10 +85,14 @@ func countPrefix(b *bolt.Bucket, prefix []byte) int {
 
 // UpdateSite applies fn to the stored site, re-validates it and bumps its
 // version. The name cannot change, and the address pool cannot change while
-// any address of it is leased.
-func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Site, error) {
+// any address of it is leased. Every enrolled (provisioned or active) device
+// of the site gets a new config version in the same transaction; their IDs
+// are returned so that the new config can be pushed to them.
+func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Site, []uuid.UUID, error) {
 	var site Site
+	var affected []uuid.UUID
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		affected = affected[:0]
 		old, err := getSite(tx, name)
 		if err != nil {
 			return err
@@ -110,9 +115,57 @@ func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Si
 		if err := putJSON(tx.Bucket(bucketSites), []byte(name), site); err != nil {
 			return err
 		}
+		prefix := append([]byte(name), 0)
+		c := tx.Bucket(bucketBySite).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			d, err := getDevice(tx, uuid.UUID(k[len(prefix):]))
+			if err != nil {
+				return err
+			}
+			if d.State != StateProvisioned && d.State != StateActive {
+				continue
+			}
+			old := d
+			d.ConfigVersion++
+			d.Rev++
+			d.UpdatedAt = site.UpdatedAt
+			if err := putDevice(tx, &old, &d); err != nil {
+				return err
+			}
+			affected = append(affected, d.ID)
+		}
+		if ev.Detail == nil {
+			ev.Detail = map[string]string{}
+		}
+		ev.Detail["version"] = fmt.Sprint(site.Version)
+		ev.Detail["devices_reconfigured"] = fmt.Sprint(len(affected))
 		return appendAudit(tx, ev)
 	})
-	return site, err
+	return site, affected, err
+}
+
+// Convergence counts a site's enrolled devices and how many of them reported
+// that they applied their current config version.
+func (s *Store) Convergence(site string) (enrolled, applied int, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		prefix := append([]byte(site), 0)
+		c := tx.Bucket(bucketBySite).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			d, err := getDevice(tx, uuid.UUID(k[len(prefix):]))
+			if err != nil {
+				return err
+			}
+			if d.State != StateProvisioned && d.State != StateActive {
+				continue
+			}
+			enrolled++
+			if d.AppliedConfigVersion == d.ConfigVersion {
+				applied++
+			}
+		}
+		return nil
+	})
+	return enrolled, applied, err
 }
 
 // DeleteSite removes a site no device is bound to.

@@ -215,14 +215,19 @@ func TestSiteInUse(t *testing.T) {
 		t.Errorf("delete with a device bound: %v, want ErrSiteInUse", err)
 	}
 	provision(s, d, time.Now())
-	_, err := s.UpdateSite("p", func(x *devices.Site) error {
+	_, _, err := s.UpdateSite("p", func(x *devices.Site) error {
 		x.CIDR, x.Gateway = netip.MustParsePrefix("10.1.0.0/24"), netip.Addr{}
 		return nil
 	}, devices.AuditEvent{})
 	if !errors.Is(err, devices.ErrSiteInUse) {
 		t.Errorf("change a pool with leases: %v, want ErrSiteInUse", err)
 	}
-	up, err := s.UpdateSite("p", func(x *devices.Site) error { x.SSID = "new"; return nil }, devices.AuditEvent{})
+	before, _ := s.Device(d.ID)
+	up, affected, err := s.UpdateSite("p", func(x *devices.Site) error { x.SSID = "new"; return nil }, devices.AuditEvent{})
+	after, _ := s.Device(d.ID)
+	if len(affected) != 1 || affected[0] != d.ID || after.ConfigVersion != before.ConfigVersion+1 {
+		t.Errorf("site change reconfigured %v; device version %d -> %d", affected, before.ConfigVersion, after.ConfigVersion)
+	}
 	if err != nil || up.Version != 2 {
 		t.Errorf("update ssid: %v version %d, want version 2", err, up.Version)
 	}

@@ -21,7 +21,7 @@ import (
 // Registry is the part of the inventory that fleet operations change.
 type Registry interface {
 	CreateSite(site devices.Site, ev devices.AuditEvent) (devices.Site, error)
-	UpdateSite(name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, error)
+	UpdateSite(name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, []uuid.UUID, error)
 	DeleteSite(name string, ev devices.AuditEvent) error
 	ImportBatch(b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent) (devices.Batch, []devices.RowResult, error)
 	Device(id uuid.UUID) (devices.Device, error)
@@ -35,6 +35,7 @@ type Fleet struct {
 	reg      Registry
 	log      *slog.Logger
 	onRevoke []func([]devices.Device)
+	onConfig []func([]uuid.UUID)
 	revokeMu sync.Mutex
 }
 
@@ -141,14 +142,24 @@ func (f *Fleet) CreateSite(a Actor, s devices.Site) (devices.Site, error) {
 	return out, err
 }
 
-// UpdateSite changes a site; fn edits a copy of the stored profile.
+// UpdateSite changes a site; fn edits a copy of the stored profile. Every
+// enrolled device of the site gets a new config version, pushed to it at once
+// (OnConfigChange listeners) or when it next connects.
 func (f *Fleet) UpdateSite(a Actor, name string, fn func(*devices.Site) error) (devices.Site, error) {
-	out, err := f.reg.UpdateSite(name, fn, a.event("site.update", name, nil))
-	if err == nil {
-		f.log.Info("site updated", "site", name, "version", out.Version, "actor", a.Name)
+	out, affected, err := f.reg.UpdateSite(name, fn, a.event("site.update", name, nil))
+	if err != nil {
+		return out, err
 	}
-	return out, err
+	f.log.Info("site updated", "site", name, "version", out.Version, "devices", len(affected), "actor", a.Name)
+	for _, fn := range f.onConfig {
+		fn(affected)
+	}
+	return out, nil
 }
+
+// OnConfigChange registers fn to run with the devices whose config changed.
+// Call it before serving.
+func (f *Fleet) OnConfigChange(fn func([]uuid.UUID)) { f.onConfig = append(f.onConfig, fn) }
 
 // DeleteSite removes a site that no device uses.
 func (f *Fleet) DeleteSite(a Actor, name string) error {

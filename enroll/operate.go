@@ -81,12 +81,25 @@ func (s *Service) Config(id uuid.UUID) (DeviceConfig, error) {
 	return Render(site, d), nil
 }
 
-// SetNotifier registers who is told about configuration changes. Call it
-// before serving.
-func (s *Service) SetNotifier(n Notifier) { s.notifier = n }
+// AddNotifier registers a transport to tell about configuration changes.
+// Call it before serving.
+func (s *Service) AddNotifier(n Notifier) { s.notifiers = append(s.notifiers, n) }
 
 func (s *Service) notify(id uuid.UUID, cfg DeviceConfig) {
-	if s.notifier != nil {
-		s.notifier.ConfigChanged(id, cfg)
+	for _, n := range s.notifiers {
+		n.ConfigChanged(id, cfg)
+	}
+}
+
+// PushConfig renders each device's current config and tells the notifiers
+// (after a site or override change).
+func (s *Service) PushConfig(ids []uuid.UUID) {
+	for _, id := range ids {
+		cfg, err := s.Config(id)
+		if err != nil {
+			s.log.Info("no config to push", "device_id", id, "err", err)
+			continue
+		}
+		s.notify(id, cfg)
 	}
 }

@@ -81,14 +81,14 @@ func (c *Config) setDefaults() {
 
 // Service runs enrollment, whatever the transport.
 type Service struct {
-	cfg      Config
-	store    Store
-	signer   Signer
-	clock    Clock
-	log      *slog.Logger
-	bySerial *throttle
-	bySource *throttle
-	notifier Notifier
+	cfg       Config
+	store     Store
+	signer    Signer
+	clock     Clock
+	log       *slog.Logger
+	bySerial  *throttle
+	bySource  *throttle
+	notifiers []Notifier
 }
 
 // New returns a Service. clock may be nil for the system clock.
@@ -307,7 +307,7 @@ func (s *Service) enrollOnce(req Request, csr *x509.CertificateRequest, keyHash 
 			}
 			x.CertSerial, x.CertDER, x.CertNotAfter = certSerial, leaf.Raw, leaf.NotAfter
 			x.PublicKeyHash = keyHash
-			x.ConfigVersion = site.Version
+			x.ConfigVersion++ // per device: grows with every change to its config
 			x.ProvisionedAt = now.UTC()
 		},
 		Audit: devices.AuditEvent{

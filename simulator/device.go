@@ -248,6 +248,9 @@ func decodeAnswer(resp *pool.Message, want codes.Code, f wire.Format, v any) err
 		}
 		return e
 	}
+	if v == nil { // an answer without a body
+		return nil
+	}
 	if cf, err := resp.ContentFormat(); err != nil || wire.Format(cf) != f {
 		return fmt.Errorf("answer content-format %v, want %v", cf, f)
 	}

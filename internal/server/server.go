@@ -237,6 +237,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err := s.startMQTT(svc, serverCert, clientCAs); err != nil {
 		return nil, err
 	}
+	s.coap.SetConfigSource(svc.Config, svc.ReportState)
+	svc.AddNotifier(s.coap)
+	fleet.OnConfigChange(svc.PushConfig)
 	// After a revocation: a new CRL, and the devices' live sessions cut.
 	fleet.OnRevoke(func(revoked []devices.Device) {
 		s.metrics.Revoked(len(revoked))
@@ -441,7 +444,7 @@ func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificat
 		if err != nil {
 			return err
 		}
-		svc.SetNotifier(h)
+		svc.AddNotifier(h)
 		return nil
 	}
 	if s.cfg.MQTTAddr == "" && s.cfg.MQTTPlainAddr == "" {
@@ -456,7 +459,7 @@ func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificat
 	if err := s.broker.Start(); err != nil {
 		return err
 	}
-	svc.SetNotifier(h)
+	svc.AddNotifier(h)
 	return nil
 }
 

@@ -41,6 +41,7 @@ import (
 	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
 	udpserver "github.com/plgd-dev/go-coap/v3/udp/server"
 
+	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/transport/bootstrap"
 	"github.com/provisiond/provisiond/transport/wire"
 )
@@ -83,7 +84,10 @@ type Server struct {
 	insecure *bootstrap.Handler
 	root     []byte // DER
 
-	crl func() []byte // current DER CRL, for GET /crl
+	crl      func() []byte // current DER CRL, for GET /crl
+	configOf func(uuid.UUID) (enroll.DeviceConfig, error)
+	report   func(id uuid.UUID, rep enroll.StateReport, source string) error
+	obs      observers
 
 	mu        sync.Mutex
 	sessions  map[uuid.UUID]map[*udpclient.Conn]struct{} // mutual-DTLS sessions per device
@@ -195,6 +199,8 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 	_ = r.Handle("/enroll", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.enroll(h, w, m) }))
 	_ = r.Handle("/ca", mux.HandlerFunc(s.ca))
 	_ = r.Handle("/crl", mux.HandlerFunc(s.getCRL))
+	_ = r.Handle("/config", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.getConfig(h, w, m) }))
+	_ = r.Handle("/state", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.postState(h, w, m) }))
 	_ = r.Handle("/lease", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.lease(h, w, m) }))
 	return r
 }

@@ -29,6 +29,7 @@ type Inventory interface {
 	Sites() ([]devices.Site, error)
 	SiteDeviceCount(name string) (int, error)
 	LeasesInUse(site string, now time.Time) (int, error)
+	Convergence(site string) (enrolled, applied int, err error)
 	Device(id uuid.UUID) (devices.Device, error)
 	DeviceBySerial(serial string) (devices.Device, error)
 	Devices(f devices.Filter) ([]devices.Device, uuid.UUID, error)

@@ -30,19 +30,22 @@ type SiteRequest struct {
 
 // SiteView is a site as the API shows it.
 type SiteView struct {
-	Name          string    `json:"name"`
-	SSID          string    `json:"ssid"`
-	Security      string    `json:"security"`
-	PassphraseSet bool      `json:"passphrase_set"`
-	CIDR          string    `json:"cidr"`
-	Gateway       string    `json:"gateway"`
-	DNS           []string  `json:"dns,omitempty"`
-	NTP           []string  `json:"ntp,omitempty"`
-	Lease         string    `json:"lease"`
-	Version       uint64    `json:"version"`
-	PoolSize      int       `json:"pool_size"`
-	LeasesInUse   int       `json:"leases_in_use"`
-	Devices       int       `json:"devices"`
+	Name          string   `json:"name"`
+	SSID          string   `json:"ssid"`
+	Security      string   `json:"security"`
+	PassphraseSet bool     `json:"passphrase_set"`
+	CIDR          string   `json:"cidr"`
+	Gateway       string   `json:"gateway"`
+	DNS           []string `json:"dns,omitempty"`
+	NTP           []string `json:"ntp,omitempty"`
+	Lease         string   `json:"lease"`
+	Version       uint64   `json:"version"`
+	PoolSize      int      `json:"pool_size"`
+	LeasesInUse   int      `json:"leases_in_use"`
+	Devices       int      `json:"devices"`
+	// Convergence: enrolled devices, and those that reported applying their current config.
+	Enrolled      int       `json:"enrolled"`
+	ConfigApplied int       `json:"config_applied"`
 	CreatedAt     time.Time `json:"created_at"`
 	UpdatedAt     time.Time `json:"updated_at"`
 }
@@ -110,9 +113,14 @@ func (a *API) view(s devices.Site) (SiteView, error) {
 	if err != nil {
 		return SiteView{}, err
 	}
+	enrolled, applied, err := a.inv.Convergence(s.Name)
+	if err != nil {
+		return SiteView{}, err
+	}
 	v := SiteView{Name: s.Name, SSID: s.SSID, Security: string(s.Security), PassphraseSet: s.Passphrase != "",
 		CIDR: s.CIDR.String(), Gateway: s.Gateway.String(), NTP: s.NTP, Lease: s.LeaseTTL.String(),
-		Version: s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
+		Version: s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, Enrolled: enrolled, ConfigApplied: applied,
+		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
 	for _, d := range s.DNS {
 		v.DNS = append(v.DNS, d.String())
 	}
@@ -281,6 +289,9 @@ type DeviceView struct {
 	Certificate     string     `json:"certificate,omitempty"` // PEM, on GET /devices/{ref} only
 	Lease           *LeaseView `json:"lease,omitempty"`
 	ConfigVersion   uint64     `json:"config_version,omitempty"`
+	AppliedVersion  uint64     `json:"applied_config_version,omitempty"`
+	Health          string     `json:"health,omitempty"`
+	LastSeen        *time.Time `json:"last_seen,omitempty"`
 	ProvisionedAt   *time.Time `json:"provisioned_at,omitempty"`
 	CreatedAt       time.Time  `json:"created_at"`
 	UpdatedAt       time.Time  `json:"updated_at"`
@@ -304,6 +315,11 @@ func deviceView(d devices.Device, withCert bool) DeviceView {
 		t := d.ProvisionedAt
 		v.ProvisionedAt = &t
 	}
+	if !d.LastSeen.IsZero() {
+		t := d.LastSeen
+		v.LastSeen = &t
+	}
+	v.AppliedVersion, v.Health = d.AppliedConfigVersion, d.Health
 	if d.Lease != nil {
 		v.Lease = &LeaseView{Address: d.Lease.Addr.String(), Expires: d.Lease.Expires}
 	}

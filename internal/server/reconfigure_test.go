@@ -1,0 +1,102 @@
+package server_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+func TestSiteReconfiguration(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	bundles := env.Mint(3, "hq")
+	var devs [3]*simulator.Device
+	for i, b := range bundles {
+		devs[i], _ = simulator.NewDevice(b)
+	}
+	coapDev, mqttDev, offline := devs[0], devs[1], devs[2]
+	if _, err := coapDev.Enroll(ctxT(t), simulator.EnrollOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []*simulator.Device{mqttDev, offline} {
+		if _, err := d.EnrollMQTT(ctxT(t), simulator.MQTTOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	obs, err := coapDev.ObserveConfig(ctxT(t), simulator.EnrollOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Stop()
+	next := func(ch <-chan wire.DeviceConfig, what string) wire.DeviceConfig {
+		t.Helper()
+		select {
+		case c := <-ch:
+			return c
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no config within 5s: %s", what)
+		}
+		return wire.DeviceConfig{}
+	}
+	if c := next(obs.Configs, "CoAP observe, first answer"); c.ConfigVersion != 1 || c.WiFi.SSID != "ssid-hq" {
+		t.Fatalf("first config %+v", c)
+	}
+	session, err := mqttDev.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	if c, _ := session.Config(ctxT(t)); c.ConfigVersion != 1 {
+		t.Fatalf("MQTT first config %+v", c)
+	}
+
+	ssid, pass := "Office-2026", "a new passphrase"
+	start := time.Now()
+	var site httpapi.SiteView
+	if err := env.Client.Do(ctxT(t), "PATCH", "/api/v1/sites/hq", httpapi.SiteRequest{SSID: &ssid, Passphrase: &pass}, &site); err != nil {
+		t.Fatal(err)
+	}
+	c1 := next(obs.Configs, "CoAP observe notification")
+	c2, err := session.Config(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("site change reached both online devices in %v", time.Since(start))
+	for name, c := range map[string]wire.DeviceConfig{"coap": c1, "mqtt": c2} {
+		if c.ConfigVersion != 2 || c.WiFi.SSID != ssid || c.WiFi.Passphrase != pass {
+			t.Errorf("%s device got %+v, want version 2 with the new Wi-Fi", name, c)
+		}
+	}
+	if site.Enrolled != 3 || site.ConfigApplied != 0 {
+		t.Errorf("convergence right after the change: %d/%d", site.ConfigApplied, site.Enrolled)
+	}
+	if err := coapDev.ReportStateCoAP(ctxT(t), simulator.EnrollOptions{}, wire.StateReport{ConfigVersion: 2, Health: "ok"}); err != nil {
+		t.Fatalf("CoAP state report: %v", err)
+	}
+	if err := session.ReportState(ctxT(t), wire.StateReport{ConfigVersion: 2, Health: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		var v httpapi.SiteView
+		env.Client.Do(ctxT(t), "GET", "/api/v1/sites/hq", nil, &v)
+		return v.ConfigApplied == 2 && v.Enrolled == 3
+	}, "2 of 3 devices converged")
+
+	// The offline device gets the new config when it connects.
+	late, err := offline.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	if c, err := late.Config(ctxT(t)); err != nil || c.ConfigVersion != 2 || c.WiFi.SSID != ssid {
+		t.Errorf("offline device on connect: %+v %v", c, err)
+	}
+	// A device cannot claim a version it was never given.
+	if err := coapDev.ReportStateCoAP(ctxT(t), simulator.EnrollOptions{}, wire.StateReport{ConfigVersion: 9}); simulator.Reason(err) != "bad_request" {
+		t.Errorf("report of a future version: %v", err)
+	}
+}
