@@ -199,3 +199,37 @@ func (s *Store) Reopen(id uuid.UUID, tokenHash []byte, now time.Time, ev AuditEv
 	})
 	return out, err
 }
+
+// ReplaceCertificate commits a renewal: the device's current certificate must
+// still be fromSerial (else ErrConflict); it is recorded as superseded (CRL,
+// OCSP) and apply installs the new one, in one transaction with its audit event.
+func (s *Store) ReplaceCertificate(id uuid.UUID, fromSerial string, apply func(d *Device), now time.Time, ev AuditEvent) (Device, error) {
+	var out Device
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		d, err := getDevice(tx, id)
+		if err != nil {
+			return err
+		}
+		if d.CertSerial != fromSerial {
+			return fmt.Errorf("renew %s: %w", d.Serial, ErrConflict)
+		}
+		old := d
+		if err := putJSON(tx.Bucket(bucketRevoked), []byte(fromSerial),
+			RevokedCert{Serial: fromSerial, DeviceID: d.ID, RevokedAt: now, Reason: "superseded"}); err != nil {
+			return err
+		}
+		apply(&d)
+		d.PrevCertSerial, d.RenewedAt = fromSerial, now
+		d.UpdatedAt, d.Rev = now, d.Rev+1
+		if err := putDevice(tx, &old, &d); err != nil {
+			return err
+		}
+		ev.Time = now
+		if err := appendAudit(tx, ev); err != nil {
+			return err
+		}
+		out = d
+		return nil
+	})
+	return out, err
+}

@@ -37,8 +37,12 @@ type Device struct {
 	CertDER       []byte    `json:"cert_der,omitempty"`
 	PublicKeyHash []byte    `json:"public_key_hash,omitempty"` // SHA-256 of SubjectPublicKeyInfo
 	CertNotAfter  time.Time `json:"cert_not_after,omitzero"`
-	Lease         *Lease    `json:"lease,omitempty"`
-	ConfigVersion uint64    `json:"config_version,omitempty"` // desired
+	// The certificate a renewal replaced, still accepted at handshakes for the
+	// retry window after RenewedAt (a device that lost the renewal answer).
+	PrevCertSerial string    `json:"prev_cert_serial,omitempty"`
+	RenewedAt      time.Time `json:"renewed_at,omitzero"`
+	Lease          *Lease    `json:"lease,omitempty"`
+	ConfigVersion  uint64    `json:"config_version,omitempty"` // desired
 	// What the device last reported about itself (operational channel).
 	AppliedConfigVersion uint64    `json:"applied_config_version,omitempty"`
 	Health               string    `json:"health,omitempty"`

@@ -81,14 +81,15 @@ func (c *Config) setDefaults() {
 
 // Service runs enrollment, whatever the transport.
 type Service struct {
-	cfg       Config
-	store     Store
-	signer    Signer
-	clock     Clock
-	log       *slog.Logger
-	bySerial  *throttle
-	bySource  *throttle
-	notifiers []Notifier
+	cfg          Config
+	store        Store
+	signer       Signer
+	clock        Clock
+	log          *slog.Logger
+	bySerial     *throttle
+	bySource     *throttle
+	notifiers    []Notifier
+	onSuperseded func()
 }
 
 // New returns a Service. clock may be nil for the system clock.
@@ -199,27 +200,13 @@ func (s *Service) validate(req Request) (*x509.CertificateRequest, error) {
 	switch {
 	case !devices.ValidSerial(req.Serial):
 		return nil, fmt.Errorf("%w: serial: must be 1-64 of [A-Za-z0-9._-]", ErrInvalid)
-	case len(req.CSR) == 0:
-		return nil, fmt.Errorf("%w: csr: required", ErrInvalid)
-	case len(req.CSR) > s.cfg.MaxCSRBytes:
-		return nil, fmt.Errorf("%w: csr: larger than %d bytes", ErrInvalid, s.cfg.MaxCSRBytes)
 	case len(req.Model) > s.cfg.MaxFieldBytes || len(req.FirmwareVersion) > s.cfg.MaxFieldBytes || len(req.MAC) > 32:
 		return nil, fmt.Errorf("%w: model, firmware_version or mac too long", ErrInvalid)
 	}
 	if err := CheckToken(req.ClaimToken); err != nil {
 		return nil, err
 	}
-	csr, err := x509.ParseCertificateRequest(req.CSR)
-	if err != nil {
-		return nil, fmt.Errorf("%w: csr: not a DER PKCS#10 request: %w", ErrInvalid, err)
-	}
-	if err := pki.CheckKey(csr.PublicKey, s.cfg.AllowP384, s.cfg.AllowEd25519); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnsupportedKey, err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: csr: signature does not verify (proof of possession): %w", ErrInvalid, err)
-	}
-	return csr, nil
+	return s.parseCSR(req.CSR)
 }
 
 // decoyHash stands in for an unknown serial's token hash so that the
@@ -424,8 +411,11 @@ func (s *Service) Authorize(id uuid.UUID, certSerial string) error {
 	if d.State == devices.StateRevoked {
 		return ErrRevoked
 	}
-	if d.CertSerial != certSerial {
-		return fmt.Errorf("%w: certificate %s is not the device's current one", ErrRevoked, certSerial)
+	if d.CertSerial == certSerial {
+		return nil
 	}
-	return nil
+	if d.PrevCertSerial == certSerial && s.clock.Now().Sub(d.RenewedAt) <= s.cfg.RetryWindow {
+		return nil // renewed moments ago: the device may not have the new one yet
+	}
+	return fmt.Errorf("%w: certificate %s is not the device's current one", ErrRevoked, certSerial)
 }

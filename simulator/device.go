@@ -258,6 +258,11 @@ func decodeAnswer(resp *pool.Message, want codes.Code, f wire.Format, v any) err
 }
 
 func (d *Device) verify(r *wire.EnrollResponse) ([]*x509.Certificate, error) {
+	return d.verifyFor(d.Key, *r)
+}
+
+// verifyFor checks that the chain leads to the flashed root and certifies key.
+func (d *Device) verifyFor(key crypto.Signer, r wire.EnrollResponse) ([]*x509.Certificate, error) {
 	if len(r.Certificate) == 0 {
 		return nil, errors.New("answer has no certificate")
 	}
@@ -273,7 +278,7 @@ func (d *Device) verify(r *wire.EnrollResponse) ([]*x509.Certificate, error) {
 		return nil, fmt.Errorf("issued chain does not verify to the flashed root: %w", err)
 	}
 	type eq interface{ Equal(crypto.PublicKey) bool }
-	if k, ok := chain[0].PublicKey.(eq); !ok || !k.Equal(d.Key.Public()) {
+	if k, ok := chain[0].PublicKey.(eq); !ok || !k.Equal(key.Public()) {
 		return nil, errors.New("issued certificate is not for this device's key")
 	}
 	return chain, nil

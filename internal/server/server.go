@@ -140,9 +140,10 @@ type Server struct {
 
 	metrics *metrics.Metrics
 
-	crlMu sync.Mutex
-	crl   atomic.Pointer[[]byte] // current DER CRL
-	stop  chan struct{}
+	crlMu    sync.Mutex
+	crl      atomic.Pointer[[]byte] // current DER CRL
+	crlDirty chan struct{}          // a renewal superseded a certificate
+	stop     chan struct{}
 
 	once sync.Once
 }
@@ -157,7 +158,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, errs: make(chan error, 4), stop: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, errs: make(chan error, 4), stop: make(chan struct{}), crlDirty: make(chan struct{}, 1)}
 	defer func() {
 		if err != nil {
 			_ = s.Shutdown(context.Background())
@@ -240,6 +241,12 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	s.coap.SetConfigSource(svc.Config, svc.ReportState)
 	svc.AddNotifier(s.coap)
 	fleet.OnConfigChange(svc.PushConfig)
+	svc.OnSuperseded(func() {
+		select {
+		case s.crlDirty <- struct{}{}:
+		default: // a refresh is already due
+		}
+	})
 	// After a revocation: a new CRL, and the devices' live sessions cut.
 	fleet.OnRevoke(func(revoked []devices.Device) {
 		s.metrics.Revoked(len(revoked))
@@ -381,7 +388,9 @@ func (s *Server) refreshCRL() error {
 	return nil
 }
 
-// crlLoop reissues the CRL before it expires, even without revocations.
+// crlLoop reissues the CRL before it expires, even without revocations, and
+// shortly after renewals superseded certificates (at most every 200 ms, so
+// that a wave of renewals does not re-sign the list for each one).
 func (s *Server) crlLoop() {
 	t := time.NewTicker(pki.CRLValidity / 2)
 	defer t.Stop()
@@ -389,6 +398,11 @@ func (s *Server) crlLoop() {
 		select {
 		case <-s.stop:
 			return
+		case <-s.crlDirty:
+			time.Sleep(200 * time.Millisecond)
+			if err := s.refreshCRL(); err != nil {
+				s.log.Error("regenerate CRL", "err", err)
+			}
 		case <-t.C:
 			if err := s.refreshCRL(); err != nil {
 				s.log.Error("regenerate CRL", "err", err)

@@ -78,6 +78,8 @@ func (a Answer) Reply() wire.Reply {
 		r.Enrollment = v
 	case *wire.LeaseResponse:
 		r.Lease = v
+	case *wire.RenewResponse:
+		r.Renewal = v
 	case *wire.Error:
 		r.Error = v
 	default:
@@ -90,6 +92,35 @@ func (a Answer) Reply() wire.Reply {
 type Enroller interface {
 	Enroll(req enroll.Request) (enroll.Result, error)
 	RenewLease(id uuid.UUID, source netip.AddrPort, transport string) (enroll.DeviceConfig, error)
+	Renew(id uuid.UUID, presented string, csr []byte, source netip.AddrPort, transport string) (enroll.Result, error)
+}
+
+// Renew handles a certificate renewal by a device authenticated with the
+// certificate whose serial is presented ("" when an external broker did the
+// authentication: then the device's current certificate is assumed).
+func (h *Handler) Renew(f wire.Format, id uuid.UUID, presented string, body []byte, src netip.AddrPort) Answer {
+	if f != wire.JSON && f != wire.CBOR {
+		return Answer{Status: UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)"),
+			Value: &wire.Error{Code: CodeUnsupportedFormat, Message: "use CBOR or JSON"}}
+	}
+	if len(body) > wire.MaxRequestBytes {
+		return h.TooLarge(f)
+	}
+	var req wire.RenewRequest
+	if err := wire.Unmarshal(f, body, &req); err != nil {
+		return h.errorAnswer(f, BadRequest, CodeBadRequest, err.Error(), 0)
+	}
+	res, err := h.Enroller.Renew(id, presented, req.CSR, src, h.Transport)
+	if err != nil {
+		return h.Error(f, err)
+	}
+	full := Response(res)
+	resp := wire.RenewResponse{Certificate: full.Certificate, CA: full.CA}
+	out, err := wire.Marshal(f, resp)
+	if err != nil {
+		return h.Error(f, err)
+	}
+	return Answer{Status: Changed, Format: f, Body: out, Value: &resp}
 }
 
 // Handler serves bootstrap requests for one transport.

@@ -196,3 +196,26 @@ func (s *Server) ConfigChanged(id uuid.UUID, cfg enroll.DeviceConfig) {
 }
 
 var _ enroll.Notifier = (*Server)(nil)
+
+func (s *Server) renew(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message) {
+	if m.Code() != codes.POST {
+		methodNotAllowed(w, "POST")
+		return
+	}
+	cf, err := m.ContentFormat()
+	f := wire.Format(cf)
+	if err != nil || (f != wire.CBOR && f != wire.JSON) {
+		reply(w, bootstrap.Answer{Status: bootstrap.UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)")})
+		return
+	}
+	p, ok := s.peerOf(w, f)
+	if !ok {
+		return
+	}
+	body, err := readBody(m, wire.MaxRequestBytes)
+	if err != nil {
+		reply(w, h.TooLarge(f))
+		return
+	}
+	reply(w, h.Renew(f, p.id, p.certSerial, body, sourceOf(w)))
+}

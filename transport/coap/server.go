@@ -201,6 +201,7 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 	_ = r.Handle("/crl", mux.HandlerFunc(s.getCRL))
 	_ = r.Handle("/config", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.getConfig(h, w, m) }))
 	_ = r.Handle("/state", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.postState(h, w, m) }))
+	_ = r.Handle("/renew", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.renew(h, w, m) }))
 	_ = r.Handle("/lease", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.lease(h, w, m) }))
 	return r
 }

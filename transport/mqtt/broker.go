@@ -150,8 +150,9 @@ func (b *Broker) Shutdown(context.Context) error {
 
 // identity is who a connected client is.
 type identity struct {
-	device uuid.UUID // set for a device with a certificate; Nil for a bootstrap client
-	source netip.AddrPort
+	device     uuid.UUID // set for a device with a certificate; Nil for a bootstrap client
+	certSerial string    // the certificate it connected with
+	source     netip.AddrPort
 }
 
 // access is the mochi hook that enforces provisiond's rules:
@@ -217,7 +218,7 @@ func (a *access) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool
 			a.b.log.Info("mqtt connect refused", "client_id", clientID, "source", src, "err", err)
 			return false
 		}
-		a.clients.Store(cl, identity{device: id, source: src})
+		a.clients.Store(cl, identity{device: id, certSerial: serial, source: src})
 		return true
 	}
 	if !ValidBootstrapID(clientID) {
@@ -263,7 +264,7 @@ func (a *access) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 		return false
 	}
 	if write {
-		return !hasWildcard(rest) && rest != "config" && rest != "lease"
+		return !hasWildcard(rest) && rest != "config" && rest != "lease" && rest != "certificate"
 	}
 	return true // any filter inside its own tree
 }
@@ -283,6 +284,6 @@ func (a *access) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet,
 	// Server-bound messages are handled here. They still go on through mochi
 	// (which acknowledges QoS 1 only then; a rejected packet is never
 	// acknowledged), but the access rules leave no one else to receive them.
-	a.b.handler.Handle(pk.TopicName, pk.Payload, who.source)
+	a.b.handler.Handle(pk.TopicName, pk.Payload, who.source, who.certSerial)
 	return pk, nil
 }

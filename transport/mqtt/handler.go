@@ -58,8 +58,10 @@ func (h *Handler) SetPublisher(p Publisher) { h.pub = p }
 
 // Handle processes a message published on a server-bound topic. src is the
 // device's address when known (embedded broker), the zero value otherwise.
-// It reports whether the topic was server-bound.
-func (h *Handler) Handle(topic string, payload []byte, src netip.AddrPort) bool {
+// certSerial is the serial of the certificate the publisher authenticated
+// with ("" behind an external broker). It reports whether the topic was
+// server-bound.
+func (h *Handler) Handle(topic string, payload []byte, src netip.AddrPort, certSerial string) bool {
 	p := ParseTopic(topic)
 	switch p.Kind {
 	case Enroll:
@@ -68,6 +70,9 @@ func (h *Handler) Handle(topic string, payload []byte, src netip.AddrPort) bool 
 	case Renew:
 		a := h.boot.RenewLease(wire.JSON, p.DeviceID, src)
 		h.reply(LeaseTopic(p.DeviceID.String()), wire.JSON, a)
+	case RenewCert:
+		a := h.boot.Renew(p.Format, p.DeviceID, certSerial, payload, src)
+		h.reply(CertificateTopic(p.DeviceID.String()), p.Format, a)
 	case State:
 		var rep wire.StateReport
 		if err := wire.Unmarshal(wire.JSON, payload, &rep); err != nil {

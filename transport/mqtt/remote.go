@@ -22,6 +22,7 @@ var serverFilters = []string{
 	BootstrapRoot + "/+/enroll/+",
 	DevicesRoot + "/+/state",
 	DevicesRoot + "/+/lease/renew",
+	DevicesRoot + "/+/renew/+",
 }
 
 // Remote connects the handler to an external broker (Mosquitto, EMQX, ...).
@@ -65,7 +66,7 @@ func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Log
 				filters["$share/"+SharedGroup+"/"+f] = 1
 			}
 			tok := c.SubscribeMultiple(filters, func(_ paho.Client, m paho.Message) {
-				h.Handle(m.Topic(), m.Payload(), netip.AddrPort{})
+				h.Handle(m.Topic(), m.Payload(), netip.AddrPort{}, "")
 			})
 			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
 				log.Info("subscribed to the external broker", "filters", len(filters))

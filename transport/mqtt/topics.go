@@ -17,6 +17,8 @@ import (
 //	devices/{id}/state                 device -> server  wire.StateReport (JSON)
 //	devices/{id}/lease/renew           device -> server  lease renewal (payload ignored)
 //	devices/{id}/lease                 server -> device  wire.Reply (JSON)
+//	devices/{id}/renew/json|cbor       device -> server  wire.RenewRequest (a new CSR)
+//	devices/{id}/certificate           server -> device  wire.Reply with the renewal, in the request's format
 const (
 	BootstrapRoot = "bootstrap"
 	DevicesRoot   = "devices"
@@ -46,6 +48,14 @@ func StateTopic(id string) string { return DevicesRoot + "/" + id + "/state" }
 // RenewTopic is where a device asks for a lease renewal.
 func RenewTopic(id string) string { return DevicesRoot + "/" + id + "/lease/renew" }
 
+// RenewCertTopic is where a device asks for a new certificate.
+func RenewCertTopic(id string, f wire.Format) string {
+	return DevicesRoot + "/" + id + "/renew/" + formatName(f)
+}
+
+// CertificateTopic is where a device receives its renewed certificate.
+func CertificateTopic(id string) string { return DevicesRoot + "/" + id + "/certificate" }
+
 // LeaseTopic is where a device receives its renewed lease.
 func LeaseTopic(id string) string { return DevicesRoot + "/" + id + "/lease" }
 
@@ -65,6 +75,7 @@ const (
 	Enroll
 	State
 	Renew
+	RenewCert
 )
 
 // Parsed is a server-bound topic, taken apart.
@@ -97,6 +108,10 @@ func ParseTopic(topic string) Parsed {
 			return Parsed{Kind: State, DeviceID: id}
 		case len(parts) == 4 && parts[2] == "lease" && parts[3] == "renew":
 			return Parsed{Kind: Renew, DeviceID: id}
+		case len(parts) == 4 && parts[2] == "renew" && parts[3] == "json":
+			return Parsed{Kind: RenewCert, DeviceID: id, Format: wire.JSON}
+		case len(parts) == 4 && parts[2] == "renew" && parts[3] == "cbor":
+			return Parsed{Kind: RenewCert, DeviceID: id, Format: wire.CBOR}
 		}
 	}
 	return Parsed{}

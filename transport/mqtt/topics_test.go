@@ -23,6 +23,8 @@ func TestParseTopic(t *testing.T) {
 		{"bootstrap/" + cid + "/result", mqtt.NotServerBound},
 		{"devices/" + id + "/state", mqtt.State},
 		{"devices/" + id + "/lease/renew", mqtt.Renew},
+		{"devices/" + id + "/renew/cbor", mqtt.RenewCert},
+		{"devices/" + id + "/renew/xml", mqtt.NotServerBound},
 		{"devices/" + id + "/config", mqtt.NotServerBound},
 		{"devices/9A9F6AE2-34FF-46B9-B084-F19CE89C655E/state", mqtt.NotServerBound}, // not canonical
 		{"devices/not-a-uuid/state", mqtt.NotServerBound},
@@ -61,6 +63,8 @@ func FuzzParseTopic(f *testing.F) {
 			back = mqtt.StateTopic(p.DeviceID.String())
 		case mqtt.Renew:
 			back = mqtt.RenewTopic(p.DeviceID.String())
+		case mqtt.RenewCert:
+			back = mqtt.RenewCertTopic(p.DeviceID.String(), p.Format)
 		}
 		if back != topic {
 			t.Fatalf("%q parsed to %+v, which renders as %q", topic, p, back)

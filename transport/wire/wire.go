@@ -253,6 +253,18 @@ func Unmarshal(f Format, data []byte, v any) error {
 	return nil
 }
 
+// RenewRequest asks for a new certificate (POST /renew, MQTT
+// devices/{id}/renew/...), on a session authenticated with the current one.
+type RenewRequest struct {
+	CSR CSR `json:"csr" cbor:"csr"`
+}
+
+// RenewResponse carries the new certificate.
+type RenewResponse struct {
+	Certificate Chain `json:"certificate" cbor:"certificate"` // leaf first
+	CA          Cert  `json:"ca" cbor:"ca"`
+}
+
 // Reply is an answer on MQTT, which has no status codes: Status is the CoAP
 // code the same answer has on CoAP ("2.01", "4.01", ...), and exactly one of
 // the other fields is set.
@@ -260,6 +272,7 @@ type Reply struct {
 	Status     string          `json:"status" cbor:"status"`
 	Enrollment *EnrollResponse `json:"enrollment,omitempty" cbor:"enrollment,omitempty"`
 	Lease      *LeaseResponse  `json:"lease,omitempty" cbor:"lease,omitempty"`
+	Renewal    *RenewResponse  `json:"renewal,omitempty" cbor:"renewal,omitempty"`
 	Error      *Error          `json:"error,omitempty" cbor:"error,omitempty"`
 }
 
