@@ -14,6 +14,7 @@ type ImportRow struct {
 	Serial    string
 	Model     string
 	TokenHash []byte // SHA-256 of the claim token
+	CodeHash  []byte // hash of the label's claim code, when it has one
 }
 
 // Row outcomes reported by ImportBatch.
@@ -72,7 +73,7 @@ func (s *Store) ImportBatch(batch Batch, rows []ImportRow, ev AuditEvent) (Batch
 				continue
 			}
 			d := Device{ID: uuid.New(), Serial: r.Serial, Model: r.Model, BatchID: batch.ID, Site: batch.Site,
-				State: state, TokenHash: r.TokenHash, CreatedAt: now, UpdatedAt: now, Rev: 1}
+				State: state, TokenHash: r.TokenHash, ClaimCodeHash: r.CodeHash, CreatedAt: now, UpdatedAt: now, Rev: 1}
 			if err := putDevice(tx, nil, &d); err != nil {
 				return err
 			}

@@ -23,15 +23,18 @@ const (
 
 // Device is one inventory record.
 type Device struct {
-	ID              uuid.UUID `json:"id"`
-	Serial          string    `json:"serial"`
-	Model           string    `json:"model"`
-	BatchID         string    `json:"batch_id,omitempty"`
-	Site            string    `json:"site,omitempty"`
-	State           State     `json:"state"`
-	TokenHash       []byte    `json:"token_hash"` // SHA-256 of the claim token; never the token
-	FirmwareVersion string    `json:"firmware_version,omitempty"`
-	MAC             string    `json:"mac,omitempty"`
+	ID        uuid.UUID `json:"id"`
+	Serial    string    `json:"serial"`
+	Model     string    `json:"model"`
+	BatchID   string    `json:"batch_id,omitempty"`
+	Site      string    `json:"site,omitempty"`
+	State     State     `json:"state"`
+	TokenHash []byte    `json:"token_hash"` // SHA-256 of the claim token; never the token
+	// ClaimCodeHash is the hash of the label's claim-code secret; cleared by
+	// the claim that uses it (single use).
+	ClaimCodeHash   []byte `json:"claim_code_hash,omitempty"`
+	FirmwareVersion string `json:"firmware_version,omitempty"`
+	MAC             string `json:"mac,omitempty"`
 	// Issued identity: the current certificate and the key it certifies.
 	CertSerial    string    `json:"cert_serial,omitempty"` // hex
 	CertDER       []byte    `json:"cert_der,omitempty"`

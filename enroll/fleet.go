@@ -3,6 +3,7 @@ package enroll
 import (
 	"bufio"
 	"bytes"
+	"crypto/subtle"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,9 @@ type Registry interface {
 	Device(id uuid.UUID) (devices.Device, error)
 	Revoke(sel devices.Selector, reason string, now time.Time, ev devices.AuditEvent) ([]devices.Device, error)
 	Reopen(id uuid.UUID, tokenHash []byte, now time.Time, ev devices.AuditEvent) (devices.Device, error)
+	DeviceBySerial(serial string) (devices.Device, error)
+	Site(name string) (devices.Site, error)
+	UpdateDevice(id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
 }
 
 // Fleet runs the operator's changes to sites, factory batches and device
@@ -36,7 +40,10 @@ type Fleet struct {
 	log      *slog.Logger
 	onRevoke []func([]devices.Device)
 	onConfig []func([]uuid.UUID)
-	revokeMu sync.Mutex
+
+	claimsBySerial *throttle
+	claimsByActor  *throttle
+	revokeMu       sync.Mutex
 }
 
 // OnRevoke registers fn to run after devices were revoked (regenerate the
@@ -106,7 +113,76 @@ func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
 }
 
 // NewFleet returns a Fleet over reg.
-func NewFleet(reg Registry, log *slog.Logger) *Fleet { return &Fleet{reg: reg, log: log} }
+func NewFleet(reg Registry, log *slog.Logger) *Fleet {
+	return &Fleet{reg: reg, log: log,
+		claimsBySerial: newThrottle(5, 10*time.Minute, 30*time.Second, time.Hour),
+		claimsByActor:  newThrottle(20, 10*time.Minute, 30*time.Second, time.Hour)}
+}
+
+// ErrClaimRejected is returned when a claim code does not match a device that
+// can be claimed (unknown serial, wrong secret, already claimed): one answer
+// for all, so that codes cannot be probed.
+var ErrClaimRejected = errors.New("claim code does not match a claimable device")
+
+// Claim binds the device a label's claim code names to a site: an
+// installer's scan. The code is single-use, attempts are throttled per serial
+// and per actor, and a successful claim is audited (who, when, from where).
+func (f *Fleet) Claim(a Actor, code, site string) (devices.Device, error) {
+	c, err := ParseClaimCode(code)
+	if err != nil {
+		return devices.Device{}, err
+	}
+	if !devices.ValidName(site) {
+		return devices.Device{}, fmt.Errorf("%w: site: invalid name", ErrInvalid)
+	}
+	if !a.CanSite(site) {
+		return devices.Device{}, fmt.Errorf("%w: site %s", ErrForbidden, site)
+	}
+	now := time.Now()
+	for _, t := range []struct {
+		th  *throttle
+		key string
+	}{{f.claimsBySerial, c.Serial}, {f.claimsByActor, a.Name}} {
+		if ok, wait := t.th.allow(t.key, now); !ok {
+			return devices.Device{}, &RetryError{Err: ErrThrottled, After: wait}
+		}
+	}
+	if _, err := f.reg.Site(site); err != nil {
+		return devices.Device{}, err
+	}
+	fail := func() (devices.Device, error) {
+		f.claimsBySerial.fail(c.Serial, now)
+		f.claimsByActor.fail(a.Name, now)
+		f.log.Info("claim refused", "serial", c.Serial, "actor", a.Name, "source", a.Source)
+		return devices.Device{}, ErrClaimRejected
+	}
+	d, err := f.reg.DeviceBySerial(c.Serial)
+	want := decoyHash[:]
+	if err == nil && len(d.ClaimCodeHash) == len(want) {
+		want = d.ClaimCodeHash
+	}
+	if subtle.ConstantTimeCompare(c.Hash(), want) != 1 || err != nil {
+		return fail()
+	}
+	d, err = f.reg.UpdateDevice(d.ID, func(x *devices.Device) (*devices.AuditEvent, error) {
+		if x.State != devices.StateManufactured || subtle.ConstantTimeCompare(x.ClaimCodeHash, c.Hash()) != 1 {
+			return nil, ErrClaimRejected // claimed meanwhile: single use
+		}
+		x.State, x.Site, x.ClaimCodeHash, x.UpdatedAt = devices.StateClaimed, site, nil, now.UTC()
+		ev := a.event("device.claim", x.Serial, map[string]string{"site": site, "device_id": x.ID.String()})
+		ev.Time = now.UTC()
+		return &ev, nil
+	})
+	if errors.Is(err, ErrClaimRejected) {
+		return fail()
+	}
+	if err != nil {
+		return devices.Device{}, err
+	}
+	f.claimsBySerial.succeed(c.Serial)
+	f.log.Info("device claimed", "serial", d.Serial, "site", site, "actor", a.Name, "source", a.Source)
+	return d, nil
+}
 
 // Actor is who asks for a change and from where (audit), and what it may touch.
 type Actor struct {
@@ -177,6 +253,9 @@ type ManifestRow struct {
 	Model          string `json:"model,omitempty"`
 	ClaimToken     string `json:"claim_token,omitempty"`
 	ClaimTokenHash string `json:"claim_token_hash,omitempty"`
+	// ClaimCodeHash is the hash of the label's claim code (ClaimCode.Hash,
+	// as sha256:<hex>), when devices of the batch are claimed by installers.
+	ClaimCodeHash string `json:"claim_code_hash,omitempty"`
 }
 
 // BatchSpec describes a batch as a whole.
@@ -257,7 +336,15 @@ func checkRow(r ManifestRow, defModel string) (devices.ImportRow, error) {
 		}
 		hash = h
 	}
-	return devices.ImportRow{Serial: r.Serial, Model: model, TokenHash: hash}, nil
+	row := devices.ImportRow{Serial: r.Serial, Model: model, TokenHash: hash}
+	if r.ClaimCodeHash != "" {
+		h, err := ParseTokenHash(r.ClaimCodeHash)
+		if err != nil {
+			return devices.ImportRow{}, errors.New("claim_code_hash: want sha256:<64 hex digits>")
+		}
+		row.CodeHash = h
+	}
+	return row, nil
 }
 
 // ParseManifest reads a factory manifest: JSON lines (one ManifestRow object

@@ -161,11 +161,16 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 	// Tokens are made here and only their hashes go to the server.
 	bundles := make([]wire.Bundle, *count)
 	rows := make([]enroll.ManifestRow, *count)
+	codes := make([]enroll.ClaimCode, *count)
 	for i := range bundles {
 		serial := enroll.NewSerial(*model)
 		tok := enroll.NewClaimToken()
 		bundles[i] = wire.Bundle{Serial: serial, ClaimToken: tok, RootCA: info.RootCA, Endpoints: info.Endpoints, Model: *model}
 		rows[i] = enroll.ManifestRow{Serial: serial, ClaimTokenHash: enroll.FormatTokenHash(enroll.HashToken(tok))}
+		if *site == "" { // devices an installer will claim get a label code
+			codes[i] = enroll.NewClaimCode(serial)
+			rows[i].ClaimCodeHash = enroll.FormatTokenHash(codes[i].Hash())
+		}
 	}
 	res, err := e.client.ImportBatch(e.ctx, httpapi.BatchRequest{Model: *model, Site: *site, Source: "mint", Rows: rows})
 	if err != nil {
@@ -190,12 +195,27 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 	if err := os.WriteFile(filepath.Join(*out, "manifest.json"), append(raw, '\n'), 0o644); err != nil {
 		return err
 	}
+	if *site == "" {
+		// The label codes: what goes on each device's label as a QR code.
+		var b strings.Builder
+		b.WriteString("serial,claim_code,claim_url\n")
+		base := strings.TrimSuffix(e.client.BaseURL(), "/")
+		for i, c := range codes {
+			fmt.Fprintf(&b, "%s,%s,%s\n", bundles[i].Serial, c, c.URL(base))
+		}
+		if err := os.WriteFile(filepath.Join(*out, "labels.csv"), []byte(b.String()), 0o600); err != nil {
+			return err
+		}
+	}
 	return e.print(res, func(w io.Writer) {
 		fmt.Fprintf(w, "batch %s: %d devices of model %s", res.Batch.ID, res.Created, *model)
 		if *site != "" {
 			fmt.Fprintf(w, " pre-assigned to site %s", *site)
 		}
 		fmt.Fprintf(w, "\nflash bundles and manifest.json in %s (bundles hold claim tokens: keep them secret)\n", *out)
+		if *site == "" {
+			fmt.Fprintf(w, "label claim codes in %s (installers claim devices with them)\n", filepath.Join(*out, "labels.csv"))
+		}
 	})
 }
 
@@ -500,5 +520,25 @@ func (e *env) backupTo(args []string) error {
 	}
 	return e.print(map[string]any{"file": args[0], "bytes": len(raw)}, func(w io.Writer) {
 		fmt.Fprintf(w, "backup written to %s (%d bytes; holds the encrypted CA keys: keep it safe)\n", args[0], len(raw))
+	})
+}
+
+func (e *env) claim(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("claim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	site := fs.String("site", "", "the site to bind the device to (required)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *site == "" {
+		return errors.New("claim: give the label's CODE (or its URL) and --site")
+	}
+	var d httpapi.DeviceView
+	if err := e.client.Do(e.ctx, http.MethodPost, "/api/v1/claims", httpapi.ClaimRequest{Code: pos[0], Site: *site}, &d); err != nil {
+		return err
+	}
+	return e.print(d, func(w io.Writer) {
+		fmt.Fprintf(w, "%s claimed for site %s: it enrolls at its next attempt\n", d.Serial, d.Site)
 	})
 }

@@ -44,6 +44,7 @@ commands:
   site list | site show NAME | site update NAME [same flags as create] | site delete NAME
   factory mint --model M --count N [--site S] --out DIR
   factory import FILE [--model M] [--site S]
+  claim CODE --site S                an installer binds a device (label code or its URL) to a site
   devices list [--site S] [--state STATE] [--limit N] [--after ID] | devices show SERIAL|ID
   audit [--after SEQ] [--limit N]
   audit export [--out FILE]          the whole log as JSON lines, and its head hash
@@ -112,6 +113,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.auditVerify(rest[1:], stderr)
 	case cmd == "audit":
 		return e.audit(rest, stderr)
+	case cmd == "claim":
+		return e.claim(rest, stderr)
 	case cmd == "backup":
 		return e.backupTo(rest)
 	case cmd == "revoke":

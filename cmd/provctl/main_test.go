@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -224,4 +225,85 @@ func TestRevokeAndReopen(t *testing.T) {
 	if out, err := provctl(t, data, "reopen", bundles[1].Serial+"-nope"); err == nil {
 		t.Errorf("reopen an unknown device: %s", out)
 	}
+}
+
+func TestClaimFlow(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	env.Site("hq", "10.20.0.0/24")
+	env.Site("other", "10.30.0.0/24")
+	dir := filepath.Join(t.TempDir(), "b")
+	if out, err := provctl(t, data, "factory", "mint", "--model", "TH1", "--count", "2", "--out", dir); err != nil || !strings.Contains(out, "labels.csv") {
+		t.Fatalf("mint: %v %s", err, out)
+	}
+	st, _ := os.Stat(filepath.Join(dir, "labels.csv"))
+	raw, _ := os.ReadFile(filepath.Join(dir, "labels.csv"))
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	if st.Mode().Perm() != 0o600 || len(lines) != 3 {
+		t.Fatalf("labels.csv (%v): %s", st.Mode().Perm(), raw)
+	}
+	bundles, _ := simulator.LoadBundles(dir)
+	label := map[string][]string{}
+	for _, l := range lines[1:] {
+		f := strings.Split(l, ",")
+		label[f[0]] = f
+		if strings.Contains(l, bundlesToken(bundles, f[0])) {
+			t.Fatal("a label carries the device's claim token")
+		}
+	}
+	d0, _ := simulator.NewDevice(bundles[0])
+	if _, err := d0.Enroll(context.Background(), simulator.EnrollOptions{}); simulator.Reason(err) != "not_claimed" {
+		t.Fatalf("unclaimed device enrolls: %v", err)
+	}
+
+	out, _ := provctl(t, data, "-o", "json", "token", "create", "lobby", "--role", "installer", "--sites", "hq")
+	var tok struct{ Token string }
+	json.Unmarshal([]byte(out), &tok)
+	tokFile := filepath.Join(t.TempDir(), "tok")
+	os.WriteFile(tokFile, []byte(tok.Token), 0o600)
+	installer := func(args ...string) (string, error) {
+		var o, e bytes.Buffer
+		err := run(context.Background(), append([]string{"--data", data, "--token-file", tokFile}, args...), &o, &e)
+		return o.String() + e.String(), err
+	}
+	code0, url0 := label[bundles[0].Serial][1], label[bundles[0].Serial][2]
+	if _, err := installer("claim", code0, "--site", "other"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("claim for a site the token does not cover: %v", err)
+	}
+	wrong := enroll.NewClaimCode(bundles[0].Serial).String() // well formed, another secret
+	if _, err := installer("claim", wrong, "--site", "hq"); err == nil || !strings.Contains(err.Error(), "claim_rejected") {
+		t.Errorf("claim with a wrong secret: %v", err)
+	}
+	if out, err := installer("claim", url0, "--site", "hq"); err != nil || !strings.Contains(out, "claimed for site hq") {
+		t.Fatalf("claim by URL: %v %s", err, out)
+	}
+	if res, err := d0.Enroll(context.Background(), simulator.EnrollOptions{}); err != nil || !strings.HasPrefix(res.Network.Address, "10.20.0.") {
+		t.Errorf("enroll after the claim: %v", err)
+	}
+	if _, err := installer("claim", code0, "--site", "hq"); err == nil || !strings.Contains(err.Error(), "claim_rejected") {
+		t.Errorf("second use of a claim code: %v", err)
+	}
+	// Guessing: a well-formed code with a wrong secret, repeatedly.
+	serial1 := bundles[1].Serial
+	for i := range 5 {
+		guess := enroll.NewClaimCode(serial1).String()
+		if _, err := installer("claim", guess, "--site", "hq"); err == nil || !strings.Contains(err.Error(), "claim_rejected") {
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+	if _, err := installer("claim", label[serial1][1], "--site", "hq"); err == nil || !strings.Contains(err.Error(), "429") {
+		t.Errorf("right code after 5 wrong guesses: %v, want throttled", err)
+	}
+	if out, err := provctl(t, data, "audit", "--limit", "1000"); err != nil || !strings.Contains(out, "device.claim") {
+		t.Errorf("audit lacks the claim: %v", err)
+	}
+}
+
+func bundlesToken(bs []wire.Bundle, serial string) string {
+	for _, b := range bs {
+		if b.Serial == serial {
+			return b.ClaimToken
+		}
+	}
+	return "\x00"
 }

@@ -45,6 +45,7 @@ type Fleet interface {
 	UpdateSite(a enroll.Actor, name string, fn func(*devices.Site) error) (devices.Site, error)
 	DeleteSite(a enroll.Actor, name string) error
 	Revoke(a enroll.Actor, sel devices.Selector, reason string) ([]devices.Device, error)
+	Claim(a enroll.Actor, code, site string) (devices.Device, error)
 	Reopen(a enroll.Actor, id uuid.UUID) (string, devices.Device, error)
 	ImportBatch(a enroll.Actor, spec enroll.BatchSpec, rows []enroll.ManifestRow) (devices.Batch, []devices.RowResult, error)
 }
@@ -166,6 +167,7 @@ func (a *API) routes() []route {
 		{"POST /api/v1/batches", devices.RoleOperator, false, a.importBatch},
 		{"GET /api/v1/devices", devices.RoleViewer, false, a.listDevices},
 		{"GET /api/v1/devices/{ref}", devices.RoleViewer, false, a.getDevice},
+		{"POST /api/v1/claims", devices.RoleInstaller, false, a.claim},
 		{"POST /api/v1/revocations", devices.RoleOperator, false, a.revoke},
 		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},
 		{"GET /api/v1/audit", devices.RoleViewer, global, a.listAudit},
@@ -259,6 +261,13 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.As(err, &mbe):
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body larger than %d bytes", mbe.Limit))
+	case errors.Is(err, enroll.ErrClaimRejected):
+		writeError(w, http.StatusForbidden, "claim_rejected", err.Error())
+	case errors.Is(err, enroll.ErrThrottled):
+		if d, ok := enroll.RetryAfter(err); ok {
+			w.Header().Set("Retry-After", fmt.Sprint(int(d.Seconds())+1))
+		}
+		writeError(w, http.StatusTooManyRequests, "throttled", err.Error())
 	case errors.Is(err, enroll.ErrForbidden):
 		writeError(w, http.StatusForbidden, "forbidden", err.Error())
 	case errors.Is(err, devices.ErrInvalid), errors.Is(err, enroll.ErrInvalid), errors.Is(err, errBadRequest):

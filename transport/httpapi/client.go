@@ -40,6 +40,9 @@ func NewClient(server, token string, rootPEM []byte) (*Client, error) {
 	}}, nil
 }
 
+// BaseURL is the server's URL.
+func (c *Client) BaseURL() string { return c.base.String() }
+
 // APIError is an error answer from the server.
 type APIError struct {
 	Status  int

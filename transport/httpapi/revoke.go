@@ -121,3 +121,24 @@ func (a *API) ocsp(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
 	w.Header().Set("Content-Type", "application/ocsp-response")
 	_, _ = w.Write(resp)
 }
+
+// ClaimRequest is an installer's scan: the label's claim code (or its URL)
+// and the site to bind the device to.
+type ClaimRequest struct {
+	Code string `json:"code"`
+	Site string `json:"site"`
+}
+
+func (a *API) claim(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req ClaimRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	d, err := a.fleet.Claim(actor, req.Code, req.Site)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, deviceView(d, false))
+}
