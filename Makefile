@@ -4,7 +4,8 @@
 GO       ?= go
 PKGS     := ./...
 # Debian packages the tests use: libcoap's client and Mosquitto's clients
-# (interop tests), the Mosquitto broker (external-broker test), openssl.
+# (interop tests), the Mosquitto broker (external-broker test), openssl, and
+# zbarimg (zbar-tools) to scan the QR labels we render.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps vet fmt-check build bench fuzz clean
@@ -21,6 +22,7 @@ deps:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_rr >/dev/null || missing="$$missing mosquitto-clients"; \
+	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \

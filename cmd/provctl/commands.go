@@ -15,6 +15,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/labels"
 	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -540,5 +541,27 @@ func (e *env) claim(args []string, stderr io.Writer) error {
 	}
 	return e.print(d, func(w io.Writer) {
 		fmt.Fprintf(w, "%s claimed for site %s: it enrolls at its next attempt\n", d.Serial, d.Site)
+	})
+}
+
+func (e *env) renderLabels(args []string) error {
+	if len(args) != 1 {
+		return errors.New("factory labels: give the mint DIR (it holds labels.csv)")
+	}
+	f, err := os.Open(filepath.Join(args[0], "labels.csv"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ls, err := labels.Read(f)
+	if err != nil {
+		return err
+	}
+	out := filepath.Join(args[0], "labels")
+	if err := labels.WriteAll(out, ls); err != nil {
+		return err
+	}
+	return e.print(map[string]any{"dir": out, "labels": len(ls)}, func(w io.Writer) {
+		fmt.Fprintf(w, "%d labels (PNG and SVG, and A4 sheets) in %s\n", len(ls), out)
 	})
 }

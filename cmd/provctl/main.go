@@ -44,6 +44,7 @@ commands:
   site list | site show NAME | site update NAME [same flags as create] | site delete NAME
   factory mint --model M --count N [--site S] --out DIR
   factory import FILE [--model M] [--site S]
+  factory labels DIR                 QR labels (PNG, SVG, A4 sheets) from DIR/labels.csv into DIR/labels/
   claim CODE --site S                an installer binds a device (label code or its URL) to a site
   devices list [--site S] [--state STATE] [--limit N] [--after ID] | devices show SERIAL|ID
   audit [--after SEQ] [--limit N]
@@ -101,6 +102,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.site(sub, rest[1:], stderr)
 	case cmd == "factory" && sub == "mint":
 		return e.mint(rest[1:], stderr)
+	case cmd == "factory" && sub == "labels":
+		return e.renderLabels(rest[1:])
 	case cmd == "factory" && sub == "import":
 		return e.importFile(rest[1:], stderr)
 	case cmd == "devices" && sub != "":

@@ -251,6 +251,12 @@ func TestClaimFlow(t *testing.T) {
 			t.Fatal("a label carries the device's claim token")
 		}
 	}
+	if out, err := provctl(t, data, "factory", "labels", dir); err != nil || !strings.Contains(out, "2 labels") {
+		t.Errorf("labels: %v %s", err, out)
+	}
+	if pngs, _ := filepath.Glob(filepath.Join(dir, "labels", "*.png")); len(pngs) != 2 {
+		t.Errorf("label PNGs: %v", pngs)
+	}
 	d0, _ := simulator.NewDevice(bundles[0])
 	if _, err := d0.Enroll(context.Background(), simulator.EnrollOptions{}); simulator.Reason(err) != "not_claimed" {
 		t.Fatalf("unclaimed device enrolls: %v", err)
