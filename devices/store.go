@@ -30,8 +30,9 @@ var (
 	bucketMeta    = []byte("meta")
 	bucketCerts   = []byte("certs")   // certificate serial (hex) -> device UUID, every certificate issued
 	bucketRevoked = []byte("revoked") // certificate serial (hex) -> RevokedCert
+	bucketHistory = []byte("history") // audit target \x00 seq (8B) -> "" (a device's history)
 	allBuckets    = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
-		bucketPools, bucketBatches, bucketTokens, bucketAudit, bucketMeta, bucketCerts, bucketRevoked}
+		bucketPools, bucketBatches, bucketTokens, bucketAudit, bucketMeta, bucketCerts, bucketRevoked, bucketHistory}
 
 	keyAuditHead = []byte("audit_head") // 8-byte seq + hex hash of the newest audit event
 )
@@ -139,6 +140,11 @@ func appendAudit(tx *bolt.Tx, ev AuditEvent) error {
 	if err := putJSON(b, u64(seq), ev); err != nil {
 		return err
 	}
+	if ev.Target != "" {
+		if err := tx.Bucket(bucketHistory).Put(append(append([]byte(ev.Target), 0), u64(seq)...), nil); err != nil {
+			return err
+		}
+	}
 	return meta.Put(keyAuditHead, append(u64(seq), ev.Hash...))
 }
 
@@ -224,12 +230,32 @@ func (s *Store) DeviceBySerial(serial string) (Device, error) {
 	return d, err
 }
 
-// Filter selects devices in Devices.
+// Filter selects devices in Devices; empty fields match everything.
 type Filter struct {
-	Site  string
-	State State
-	After uuid.UUID // cursor: list devices whose ID sorts after this one
-	Limit int       // default 100, at most 1000
+	Site         string
+	State        State
+	Model        string
+	Firmware     string
+	Batch        string
+	SeenAfter    time.Time // last state report after this
+	NotSeenSince time.Time // no state report since this (or never)
+	After        uuid.UUID // cursor: list devices whose ID sorts after this one
+	Limit        int       // default 100, at most 1000
+}
+
+// Match reports whether d passes the filter (the cursor and limit aside).
+func (f Filter) Match(d *Device) bool {
+	switch {
+	case f.Site != "" && d.Site != f.Site,
+		f.State != "" && d.State != f.State,
+		f.Model != "" && d.Model != f.Model,
+		f.Firmware != "" && d.FirmwareVersion != f.Firmware,
+		f.Batch != "" && d.BatchID != f.Batch,
+		!f.SeenAfter.IsZero() && !d.LastSeen.After(f.SeenAfter),
+		!f.NotSeenSince.IsZero() && d.LastSeen.After(f.NotSeenSince):
+		return false
+	}
+	return true
 }
 
 // Devices lists devices in ID order. next is the cursor for the following page,
@@ -253,7 +279,7 @@ func (s *Store) Devices(f Filter) (list []Device, next uuid.UUID, err error) {
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("decode device %x: %w", k, err)
 			}
-			if (f.Site != "" && d.Site != f.Site) || (f.State != "" && d.State != f.State) {
+			if !f.Match(&d) {
 				continue
 			}
 			if len(list) == f.Limit {
@@ -421,4 +447,27 @@ func (s *Store) Backup(emit func(size int64, write func(io.Writer) error) error)
 			return err
 		})
 	})
+}
+
+// History returns the audit events about a target (a device serial, a site
+// name), oldest first, at most limit.
+func (s *Store) History(target string, limit int) ([]AuditEvent, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	var out []AuditEvent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := append([]byte(target), 0)
+		c := tx.Bucket(bucketHistory).Cursor()
+		audit := tx.Bucket(bucketAudit)
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 && len(out) < limit; k, _ = c.Next() {
+			var ev AuditEvent
+			if _, err := getJSON(audit, k[len(prefix):], &ev); err != nil {
+				return err
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	return out, err
 }

@@ -268,17 +268,46 @@ func (e *env) devices(sub string, args []string, stderr io.Writer) error {
 	state := fs.String("state", "", "only this state")
 	limit := fs.Int("limit", 100, "page size (1-1000)")
 	after := fs.String("after", "", "cursor: the 'next' of the previous page")
+	model := fs.String("model", "", "only this model")
+	firmware := fs.String("firmware", "", "only this firmware version")
+	batch := fs.String("batch", "", "only this factory batch")
+	seen := fs.String("seen-within", "", "only devices that reported within this duration, e.g. 1h")
+	notSeen := fs.String("not-seen-within", "", "only devices that have not reported within this duration")
+	format := fs.String("format", "csv", "export format: csv or json (JSON lines)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
+	q := url.Values{}
+	for k, v := range map[string]string{"site": *site, "state": *state, "model": *model, "firmware": *firmware,
+		"batch": *batch, "seen_within": *seen, "not_seen_within": *notSeen} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
 	switch sub {
+	case "export":
+		q.Set("format", *format)
+		var raw []byte
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/devices/export?"+q.Encode(), nil, &raw); err != nil {
+			return err
+		}
+		_, err := e.out.Write(raw)
+		return err
+	case "history":
+		if len(pos) != 1 {
+			return errors.New("devices history: give one SERIAL or ID")
+		}
+		var r struct {
+			Events []devices.AuditEvent `json:"events"`
+		}
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(pos[0])+"/history", nil, &r); err != nil {
+			return err
+		}
+		return e.print(r, func(w io.Writer) { printEvents(w, r.Events) })
 	case "list":
-		q := url.Values{}
-		for k, v := range map[string]string{"site": *site, "state": *state, "after": *after} {
-			if v != "" {
-				q.Set(k, v)
-			}
+		if *after != "" {
+			q.Set("after", *after)
 		}
 		q.Set("limit", fmt.Sprint(*limit))
 		var r struct {
@@ -336,15 +365,17 @@ func (e *env) audit(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return e.print(map[string]any{"events": evs}, func(w io.Writer) {
-		for _, ev := range evs {
-			fmt.Fprintf(w, "%6d %s %-14s %-22s %s", ev.Seq, ev.Time.Format("2006-01-02T15:04:05Z"), ev.Action, ev.Target, ev.Actor)
-			if ev.Source != "" {
-				fmt.Fprintf(w, " from %s", ev.Source)
-			}
-			fmt.Fprintln(w)
+	return e.print(map[string]any{"events": evs}, func(w io.Writer) { printEvents(w, evs) })
+}
+
+func printEvents(w io.Writer, evs []devices.AuditEvent) {
+	for _, ev := range evs {
+		fmt.Fprintf(w, "%6d %s %-14s %-22s %s", ev.Seq, ev.Time.Format("2006-01-02T15:04:05Z"), ev.Action, ev.Target, ev.Actor)
+		if ev.Source != "" {
+			fmt.Fprintf(w, " from %s", ev.Source)
 		}
-	})
+		fmt.Fprintln(w)
+	}
 }
 
 func (e *env) serverCert(args []string, stderr io.Writer) error {

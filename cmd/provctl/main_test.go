@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/servertest"
@@ -312,4 +313,74 @@ func bundlesToken(bs []wire.Bundle, serial string) string {
 		}
 	}
 	return "\x00"
+}
+
+func TestInventory(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	env.Site("hq", "10.20.0.0/24")
+	bundles := env.Mint(4, "hq")
+	_, sum := simulator.Run(context.Background(), bundles[:3], simulator.RunOptions{Transport: "mqtt"})
+	if sum.Enrolled != 3 {
+		t.Fatal(sum)
+	}
+	outs, _ := simulator.Run(context.Background(), bundles[3:], simulator.RunOptions{Transport: "mqtt"})
+	s, err := outs[0].Device.ConnectMQTT(context.Background(), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := s.Config(context.Background())
+	s.ReportState(context.Background(), wire.StateReport{ConfigVersion: cfg.ConfigVersion, FirmwareVersion: "9.9.9", Health: "ok"})
+	s.Close()
+	seenSerial := bundles[3].Serial
+	waitList := func(args ...string) []string {
+		t.Helper()
+		out, err := provctl(t, data, append([]string{"-o", "json", "devices", "list"}, args...)...)
+		if err != nil {
+			t.Fatalf("list %v: %v", args, err)
+		}
+		var r struct{ Devices []struct{ Serial string } }
+		json.Unmarshal([]byte(out), &r)
+		var serials []string
+		for _, d := range r.Devices {
+			serials = append(serials, d.Serial)
+		}
+		return serials
+	}
+	for i := 0; ; i++ {
+		if got := waitList("--firmware", "9.9.9"); len(got) == 1 && got[0] == seenSerial {
+			break
+		}
+		if i == 100 {
+			t.Fatal("state report never arrived")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for name, c := range map[string]struct {
+		args []string
+		n    int
+	}{
+		"model":          {[]string{"--model", "TEST"}, 4},
+		"other model":    {[]string{"--model", "NOPE"}, 0},
+		"active":         {[]string{"--state", "active"}, 1},
+		"seen within 1h": {[]string{"--seen-within", "1h"}, 1},
+		"not seen in 1h": {[]string{"--not-seen-within", "1h"}, 3},
+		"paged by 2":     {[]string{"--limit", "2"}, 2},
+	} {
+		if got := waitList(c.args...); len(got) != c.n {
+			t.Errorf("%s: %d devices %v, want %d", name, len(got), got, c.n)
+		}
+	}
+	csvOut, err := provctl(t, data, "devices", "export")
+	if lines := strings.Split(strings.TrimSpace(csvOut), "\n"); err != nil || len(lines) != 5 || !strings.HasPrefix(lines[0], "serial,id,model") {
+		t.Errorf("csv export: %v\n%s", err, csvOut)
+	}
+	jsonOut, err := provctl(t, data, "devices", "export", "--format", "json", "--state", "active")
+	if lines := strings.Split(strings.TrimSpace(jsonOut), "\n"); err != nil || len(lines) != 1 || !strings.Contains(lines[0], seenSerial) {
+		t.Errorf("json export: %v\n%s", err, jsonOut)
+	}
+	hist, err := provctl(t, data, "devices", "history", seenSerial)
+	if err != nil || !strings.Contains(hist, "device.enroll") || !strings.Contains(hist, "device.active") {
+		t.Errorf("history: %v\n%s", err, hist)
+	}
 }

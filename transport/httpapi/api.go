@@ -34,6 +34,7 @@ type Inventory interface {
 	DeviceBySerial(serial string) (devices.Device, error)
 	Devices(f devices.Filter) ([]devices.Device, uuid.UUID, error)
 	Audit(after uint64, limit int) ([]devices.AuditEvent, error)
+	History(target string, limit int) ([]devices.AuditEvent, error)
 	TokenByHash(hash []byte) (devices.Token, error)
 	AppendAudit(ev devices.AuditEvent) error
 	VerifyAudit() (n int, seq uint64, hash string, err error)
@@ -167,6 +168,8 @@ func (a *API) routes() []route {
 		{"POST /api/v1/batches", devices.RoleOperator, false, a.importBatch},
 		{"GET /api/v1/devices", devices.RoleViewer, false, a.listDevices},
 		{"GET /api/v1/devices/{ref}", devices.RoleViewer, false, a.getDevice},
+		{"GET /api/v1/devices/{ref}/history", devices.RoleViewer, false, a.deviceHistory},
+		{"GET /api/v1/devices/export", devices.RoleViewer, false, a.exportDevices},
 		{"POST /api/v1/claims", devices.RoleInstaller, false, a.claim},
 		{"POST /api/v1/revocations", devices.RoleOperator, false, a.revoke},
 		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},

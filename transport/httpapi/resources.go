@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"encoding/csv"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -276,25 +278,26 @@ func (a *API) importBatch(w http.ResponseWriter, r *http.Request, actor enroll.A
 
 // DeviceView is a device as the API shows it (never its token hash).
 type DeviceView struct {
-	ID              uuid.UUID  `json:"id"`
-	Serial          string     `json:"serial"`
-	Model           string     `json:"model"`
-	BatchID         string     `json:"batch_id,omitempty"`
-	Site            string     `json:"site,omitempty"`
-	State           string     `json:"state"`
-	FirmwareVersion string     `json:"firmware_version,omitempty"`
-	MAC             string     `json:"mac,omitempty"`
-	CertSerial      string     `json:"cert_serial,omitempty"`
-	CertNotAfter    *time.Time `json:"cert_not_after,omitempty"`
-	Certificate     string     `json:"certificate,omitempty"` // PEM, on GET /devices/{ref} only
-	Lease           *LeaseView `json:"lease,omitempty"`
-	ConfigVersion   uint64     `json:"config_version,omitempty"`
-	AppliedVersion  uint64     `json:"applied_config_version,omitempty"`
-	Health          string     `json:"health,omitempty"`
-	LastSeen        *time.Time `json:"last_seen,omitempty"`
-	ProvisionedAt   *time.Time `json:"provisioned_at,omitempty"`
-	CreatedAt       time.Time  `json:"created_at"`
-	UpdatedAt       time.Time  `json:"updated_at"`
+	ID              uuid.UUID            `json:"id"`
+	Serial          string               `json:"serial"`
+	Model           string               `json:"model"`
+	BatchID         string               `json:"batch_id,omitempty"`
+	Site            string               `json:"site,omitempty"`
+	State           string               `json:"state"`
+	FirmwareVersion string               `json:"firmware_version,omitempty"`
+	MAC             string               `json:"mac,omitempty"`
+	CertSerial      string               `json:"cert_serial,omitempty"`
+	CertNotAfter    *time.Time           `json:"cert_not_after,omitempty"`
+	Certificate     string               `json:"certificate,omitempty"` // PEM, on GET /devices/{ref} only
+	History         []devices.AuditEvent `json:"history,omitempty"`     // on GET /devices/{ref} only: the last 50 events
+	Lease           *LeaseView           `json:"lease,omitempty"`
+	ConfigVersion   uint64               `json:"config_version,omitempty"`
+	AppliedVersion  uint64               `json:"applied_config_version,omitempty"`
+	Health          string               `json:"health,omitempty"`
+	LastSeen        *time.Time           `json:"last_seen,omitempty"`
+	ProvisionedAt   *time.Time           `json:"provisioned_at,omitempty"`
+	CreatedAt       time.Time            `json:"created_at"`
+	UpdatedAt       time.Time            `json:"updated_at"`
 }
 
 // LeaseView is a lease as the API shows it.
@@ -329,24 +332,26 @@ func deviceView(d devices.Device, withCert bool) DeviceView {
 	return v
 }
 
-func (a *API) listDevices(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+// deviceFilter reads the list filters and applies the token's site limits.
+func (a *API) deviceFilter(w http.ResponseWriter, r *http.Request, actor enroll.Actor) (devices.Filter, bool) {
 	q := r.URL.Query()
-	f := devices.Filter{Site: q.Get("site"), State: devices.State(q.Get("state"))}
-	if f.Site == "" && len(actor.Sites) == 1 {
-		f.Site = actor.Sites[0] // a token for one site sees that site
-	}
-	if len(actor.Sites) > 0 && f.Site == "" {
-		writeError(w, http.StatusForbidden, "forbidden", "a token limited to several sites must name one: ?site=")
-		return
-	}
-	if forbidSite(w, actor, f.Site) {
-		return
+	f := devices.Filter{Site: q.Get("site"), State: devices.State(q.Get("state")), Model: q.Get("model"),
+		Firmware: q.Get("firmware"), Batch: q.Get("batch")}
+	for name, dst := range map[string]*time.Time{"seen_within": &f.SeenAfter, "not_seen_within": &f.NotSeenSince} {
+		if v := q.Get(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				a.fail(w, fmt.Errorf("%w: %s: a duration such as 24h", errBadRequest, name))
+				return f, false
+			}
+			*dst = time.Now().Add(-d)
+		}
 	}
 	if s := q.Get("after"); s != "" {
 		id, err := uuid.Parse(s)
 		if err != nil {
 			a.fail(w, fmt.Errorf("%w: after: not a device ID", errBadRequest))
-			return
+			return f, false
 		}
 		f.After = id
 	}
@@ -354,9 +359,27 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request, actor enroll.A
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 1000 {
 			a.fail(w, fmt.Errorf("%w: limit: 1-1000", errBadRequest))
-			return
+			return f, false
 		}
 		f.Limit = n
+	}
+	if f.Site == "" && len(actor.Sites) == 1 {
+		f.Site = actor.Sites[0] // a token for one site sees that site
+	}
+	if len(actor.Sites) > 0 && f.Site == "" {
+		writeError(w, http.StatusForbidden, "forbidden", "a token limited to several sites must name one: ?site=")
+		return f, false
+	}
+	if forbidSite(w, actor, f.Site) {
+		return f, false
+	}
+	return f, true
+}
+
+func (a *API) listDevices(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	f, ok := a.deviceFilter(w, r, actor)
+	if !ok {
+		return
 	}
 	list, next, err := a.inv.Devices(f)
 	if err != nil {
@@ -376,6 +399,87 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request, actor enroll.A
 	writeJSON(w, 200, out)
 }
 
+// exportDevices streams every matching device as CSV or JSON lines.
+func (a *API) exportDevices(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	f, ok := a.deviceFilter(w, r, actor)
+	if !ok {
+		return
+	}
+	format := r.URL.Query().Get("format")
+	if format == "" {
+		format = "csv"
+	}
+	if format != "csv" && format != "json" {
+		a.fail(w, fmt.Errorf("%w: format: csv or json", errBadRequest))
+		return
+	}
+	var cw *csv.Writer
+	var enc *json.Encoder
+	if format == "csv" {
+		w.Header().Set("Content-Type", "text/csv")
+		cw = csv.NewWriter(w)
+		_ = cw.Write([]string{"serial", "id", "model", "site", "state", "batch", "firmware_version", "address",
+			"cert_serial", "cert_not_after", "config_version", "applied_config_version", "health", "last_seen"})
+	} else {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		enc = json.NewEncoder(w)
+	}
+	f.Limit = 1000
+	for {
+		list, next, err := a.inv.Devices(f)
+		if err != nil {
+			a.log.Error("export devices", "err", err) // headers are gone: the export ends short
+			return
+		}
+		for _, d := range list {
+			v := deviceView(d, false)
+			if enc != nil {
+				_ = enc.Encode(v)
+				continue
+			}
+			addr, notAfter, seen := "", "", ""
+			if v.Lease != nil {
+				addr = v.Lease.Address
+			}
+			if v.CertNotAfter != nil {
+				notAfter = v.CertNotAfter.Format(time.RFC3339)
+			}
+			if v.LastSeen != nil {
+				seen = v.LastSeen.Format(time.RFC3339)
+			}
+			_ = cw.Write([]string{v.Serial, v.ID.String(), v.Model, v.Site, v.State, v.BatchID, v.FirmwareVersion, addr,
+				v.CertSerial, notAfter, strconv.FormatUint(v.ConfigVersion, 10), strconv.FormatUint(v.AppliedVersion, 10), v.Health, seen})
+		}
+		if next == uuid.Nil {
+			break
+		}
+		f.After = next
+	}
+	if cw != nil {
+		cw.Flush()
+	}
+}
+
+func (a *API) deviceHistory(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	d, err := a.resolve(r.PathValue("ref"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if forbidSite(w, actor, d.Site) {
+		return
+	}
+	evs, err := a.inv.History(d.Serial, 1000)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if evs == nil {
+		evs = []devices.AuditEvent{}
+	}
+	writeJSON(w, 200, map[string]any{"events": evs})
+}
+
 func (a *API) getDevice(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	ref := r.PathValue("ref")
 	var d devices.Device
@@ -392,5 +496,13 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request, actor enroll.Act
 	if forbidSite(w, actor, d.Site) {
 		return
 	}
-	writeJSON(w, 200, deviceView(d, true))
+	v := deviceView(d, true)
+	if v.History, err = a.inv.History(d.Serial, 1000); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if len(v.History) > 50 {
+		v.History = v.History[len(v.History)-50:]
+	}
+	writeJSON(w, 200, v)
 }
