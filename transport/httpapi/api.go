@@ -160,6 +160,7 @@ func (a *API) routes() []route {
 		{"POST /ocsp", "", false, a.ocsp},
 		{"GET /ocsp/", "", false, a.ocsp},
 		{"GET /api/v1/info", devices.RoleViewer, false, a.getInfo},
+		{"GET /api/v1/openapi.json", "", false, a.getOpenAPI},
 		{"GET /api/v1/sites", devices.RoleViewer, false, a.listSites},
 		{"POST /api/v1/sites", devices.RoleAdmin, false, a.createSite},
 		{"GET /api/v1/sites/{name}", devices.RoleViewer, false, a.getSite},
