@@ -233,3 +233,48 @@ func (s *Store) ReplaceCertificate(id uuid.UUID, fromSerial string, apply func(d
 	})
 	return out, err
 }
+
+// SetOverride sets (or, with nil, clears) the config override of the
+// selected devices in one transaction, however many. Enrolled devices get a
+// new config version, and their IDs are returned so that the new config can
+// be pushed; each changed device gets an audit event. Revoked devices are
+// skipped.
+func (s *Store) SetOverride(sel Selector, o *ConfigOverride, now time.Time, ev AuditEvent) ([]uuid.UUID, int, error) {
+	var affected []uuid.UUID
+	changed := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		affected, changed = affected[:0], 0
+		ids, err := selectDevices(tx, sel)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			d, err := getDevice(tx, id)
+			if err != nil {
+				return err
+			}
+			if d.State == StateRevoked {
+				continue
+			}
+			old := d
+			d.Override = o
+			if d.State == StateProvisioned || d.State == StateActive {
+				d.ConfigVersion++
+				affected = append(affected, d.ID)
+			}
+			d.UpdatedAt, d.Rev = now, d.Rev+1
+			if err := putDevice(tx, &old, &d); err != nil {
+				return err
+			}
+			e := ev
+			e.Time, e.Target = now, d.Serial
+			e.Detail = map[string]string{"config_version": fmt.Sprint(d.ConfigVersion), "cleared": fmt.Sprint(o == nil)}
+			if err := appendAudit(tx, e); err != nil {
+				return err
+			}
+			changed++
+		}
+		return nil
+	})
+	return affected, changed, err
+}

@@ -42,10 +42,11 @@ type Device struct {
 	CertNotAfter  time.Time `json:"cert_not_after,omitzero"`
 	// The certificate a renewal replaced, still accepted at handshakes for the
 	// retry window after RenewedAt (a device that lost the renewal answer).
-	PrevCertSerial string    `json:"prev_cert_serial,omitempty"`
-	RenewedAt      time.Time `json:"renewed_at,omitzero"`
-	Lease          *Lease    `json:"lease,omitempty"`
-	ConfigVersion  uint64    `json:"config_version,omitempty"` // desired
+	PrevCertSerial string          `json:"prev_cert_serial,omitempty"`
+	RenewedAt      time.Time       `json:"renewed_at,omitzero"`
+	Lease          *Lease          `json:"lease,omitempty"`
+	ConfigVersion  uint64          `json:"config_version,omitempty"` // desired
+	Override       *ConfigOverride `json:"override,omitempty"`       // per-device changes to the site profile
 	// What the device last reported about itself (operational channel).
 	AppliedConfigVersion uint64    `json:"applied_config_version,omitempty"`
 	Health               string    `json:"health,omitempty"`
@@ -89,6 +90,39 @@ type Site struct {
 	Version    uint64        `json:"version"`
 	CreatedAt  time.Time     `json:"created_at"`
 	UpdatedAt  time.Time     `json:"updated_at"`
+}
+
+// ConfigOverride changes a device's config away from its site profile; set
+// fields replace the site's.
+type ConfigOverride struct {
+	SSID       string       `json:"ssid,omitempty"`
+	Security   Security     `json:"security,omitempty"`
+	Passphrase string       `json:"passphrase,omitempty"`
+	DNS        []netip.Addr `json:"dns,omitempty"`
+	NTP        []string     `json:"ntp,omitempty"`
+}
+
+// Validate checks the override's fields (those that are set).
+func (o *ConfigOverride) Validate() error {
+	switch {
+	case len(o.SSID) > 32:
+		return fmt.Errorf("%w: override.ssid: at most 32 bytes", ErrInvalid)
+	case o.Security != "" && o.Security != SecurityWPA2PSK && o.Security != SecurityWPA3SAE:
+		return fmt.Errorf("%w: override.security: %q or %q", ErrInvalid, SecurityWPA2PSK, SecurityWPA3SAE)
+	case o.Passphrase != "" && (len(o.Passphrase) < 8 || len(o.Passphrase) > 63):
+		return fmt.Errorf("%w: override.passphrase: 8-63 characters", ErrInvalid)
+	}
+	for _, d := range o.DNS {
+		if !d.IsValid() {
+			return fmt.Errorf("%w: override.dns: invalid address", ErrInvalid)
+		}
+	}
+	for _, n := range o.NTP {
+		if n == "" || len(n) > 253 {
+			return fmt.Errorf("%w: override.ntp: 1-253 characters", ErrInvalid)
+		}
+	}
+	return nil
 }
 
 // Batch is a set of devices registered together from a factory run.

@@ -31,6 +31,47 @@ type Registry interface {
 	DeviceBySerial(serial string) (devices.Device, error)
 	Site(name string) (devices.Site, error)
 	UpdateDevice(id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
+	SetOverride(sel devices.Selector, o *devices.ConfigOverride, now time.Time, ev devices.AuditEvent) ([]uuid.UUID, int, error)
+}
+
+// SetOverride changes (or, with nil, clears) the config override of the
+// selected devices (a list, a site, a batch: thousands in one request and
+// one transaction) and pushes the new config to the enrolled ones. It
+// returns how many devices changed and how many got a new config version.
+func (f *Fleet) SetOverride(a Actor, sel devices.Selector, o *devices.ConfigOverride) (changed, pushed int, err error) {
+	if o != nil {
+		if err := o.Validate(); err != nil {
+			return 0, 0, err
+		}
+	}
+	switch {
+	case len(sel.IDs) == 0 && sel.Site == "" && sel.Batch == "":
+		return 0, 0, fmt.Errorf("%w: name devices, a site or a batch", ErrInvalid)
+	case len(a.Sites) > 0 && sel.Batch != "":
+		return 0, 0, fmt.Errorf("%w: a token limited to sites cannot change a batch", ErrForbidden)
+	case sel.Site != "" && !a.CanSite(sel.Site):
+		return 0, 0, fmt.Errorf("%w: site %s", ErrForbidden, sel.Site)
+	}
+	if len(a.Sites) > 0 {
+		for _, id := range sel.IDs {
+			d, err := f.reg.Device(id)
+			if err != nil {
+				return 0, 0, err
+			}
+			if !a.CanSite(d.Site) {
+				return 0, 0, fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
+			}
+		}
+	}
+	affected, changed, err := f.reg.SetOverride(sel, o, time.Now().UTC(), a.event("device.reconfigure", "", nil))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, fn := range f.onConfig {
+		fn(affected)
+	}
+	f.log.Info("device config override set", "devices", changed, "pushed", len(affected), "cleared", o == nil, "actor", a.Name)
+	return changed, len(affected), nil
 }
 
 // Fleet runs the operator's changes to sites, factory batches and device

@@ -347,7 +347,8 @@ func (s *Service) result(d devices.Device, site devices.Site, leaf *x509.Certifi
 	}, nil
 }
 
-// Render turns a site profile and a device's lease into the device's config.
+// Render turns a site profile, a device's override and its lease into the
+// device's config.
 func Render(site devices.Site, d devices.Device) DeviceConfig {
 	c := DeviceConfig{
 		Version: d.ConfigVersion,
@@ -357,6 +358,23 @@ func Render(site devices.Site, d devices.Device) DeviceConfig {
 	if d.Lease != nil {
 		c.Network.Address = d.Lease.Addr
 		c.Lease = Lease{Address: d.Lease.Addr, ExpiresAt: d.Lease.Expires}
+	}
+	if o := d.Override; o != nil {
+		if o.SSID != "" {
+			c.WiFi.SSID = o.SSID
+		}
+		if o.Security != "" {
+			c.WiFi.Security = string(o.Security)
+		}
+		if o.Passphrase != "" {
+			c.WiFi.Passphrase = o.Passphrase
+		}
+		if o.DNS != nil {
+			c.Network.DNS = o.DNS
+		}
+		if o.NTP != nil {
+			c.Network.NTP = o.NTP
+		}
 	}
 	return c
 }

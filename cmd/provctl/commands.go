@@ -286,6 +286,8 @@ func (e *env) devices(sub string, args []string, stderr io.Writer) error {
 		}
 	}
 	switch sub {
+	case "configure":
+		return e.configure(pos, *site, *batch, args, stderr)
 	case "export":
 		q.Set("format", *format)
 		var raw []byte
@@ -594,5 +596,47 @@ func (e *env) renderLabels(args []string) error {
 	}
 	return e.print(map[string]any{"dir": out, "labels": len(ls)}, func(w io.Writer) {
 		fmt.Fprintf(w, "%d labels (PNG and SVG, and A4 sheets) in %s\n", len(ls), out)
+	})
+}
+
+// configure sets or clears the config override of devices (devices configure
+// [SERIAL...] [--site S] [--batch B] [--ssid ..] [--clear]).
+func (e *env) configure(pos []string, site, batch string, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("devices configure", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	for _, n := range []string{"site", "batch", "state", "model", "firmware", "seen-within", "not-seen-within", "after", "format"} {
+		fs.String(n, "", "")
+	}
+	fs.Int("limit", 0, "")
+	ssid := fs.String("ssid", "", "Wi-Fi SSID")
+	security := fs.String("security", "", "wpa2-psk or wpa3-sae")
+	pass := fs.String("passphrase", "", "Wi-Fi passphrase")
+	dns := fs.String("dns", "", "comma-separated DNS servers")
+	ntp := fs.String("ntp", "", "comma-separated NTP servers")
+	clear := fs.Bool("clear", false, "remove the override: back to the site profile")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	req := httpapi.OverrideRequest{Devices: pos, Site: site, Batch: batch, Clear: *clear}
+	if !*clear {
+		o := &httpapi.OverrideFields{SSID: *ssid, Security: *security, Passphrase: *pass}
+		for _, s := range strings.Split(*dns, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				o.DNS = append(o.DNS, s)
+			}
+		}
+		for _, s := range strings.Split(*ntp, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				o.NTP = append(o.NTP, s)
+			}
+		}
+		req.Override = o
+	}
+	var res httpapi.OverrideResponse
+	if err := e.client.Do(e.ctx, http.MethodPatch, "/api/v1/devices/config", req, &res); err != nil {
+		return err
+	}
+	return e.print(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%d devices changed; new config pushed to %d enrolled devices\n", res.Changed, res.Pushed)
 	})
 }

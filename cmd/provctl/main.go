@@ -47,6 +47,7 @@ commands:
   factory labels DIR                 QR labels (PNG, SVG, A4 sheets) from DIR/labels.csv into DIR/labels/
   claim CODE --site S                an installer binds a device (label code or its URL) to a site
   devices list [--site S] [--state STATE] [--model M] [--firmware V] [--batch B] [--seen-within D] [--not-seen-within D] [--limit N] [--after ID]
+  devices configure [SERIAL|ID ...] [--site S] [--batch B] [--ssid S --security X --passphrase P --dns IP,IP --ntp H,H | --clear]
   devices show SERIAL|ID | devices history SERIAL|ID | devices export [--format csv|json] [same filters as list]
   audit [--after SEQ] [--limit N]
   audit export [--out FILE]          the whole log as JSON lines, and its head hash

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -98,5 +99,69 @@ func TestSiteReconfiguration(t *testing.T) {
 	// A device cannot claim a version it was never given.
 	if err := coapDev.ReportStateCoAP(ctxT(t), simulator.EnrollOptions{}, wire.StateReport{ConfigVersion: 9}); simulator.Reason(err) != "bad_request" {
 		t.Errorf("report of a future version: %v", err)
+	}
+}
+
+func TestBulkOverride(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/23")
+	bundles := env.Mint(200, "hq")
+	outs, sum := simulator.Run(ctxT(t), bundles, simulator.RunOptions{Transport: "mix", Concurrency: 32})
+	if sum.Enrolled != 200 {
+		t.Fatal(sum)
+	}
+	var online *simulator.Device
+	for _, o := range outs {
+		if o.Device.Enrollment != nil && strings.HasPrefix(o.Device.Bundle.Serial, "TEST") {
+			online = o.Device
+			break
+		}
+	}
+	s, err := online.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if c, _ := s.Config(ctxT(t)); c.ConfigVersion != 1 {
+		t.Fatalf("first config %+v", c)
+	}
+	start := time.Now()
+	var res httpapi.OverrideResponse
+	err = env.Client.Do(ctxT(t), "PATCH", "/api/v1/devices/config", httpapi.OverrideRequest{Site: "hq",
+		Override: &httpapi.OverrideFields{SSID: "Lab-VLAN", NTP: []string{"ntp.lab.example"}}}, &res)
+	if err != nil || res.Changed != 200 || res.Pushed != 200 {
+		t.Fatalf("bulk override: %+v %v", res, err)
+	}
+	t.Logf("override of 200 devices committed and pushed in %v", time.Since(start))
+	c, err := s.Config(ctxT(t))
+	if err != nil || c.ConfigVersion != 2 || c.WiFi.SSID != "Lab-VLAN" || strings.Join(c.Network.NTP, ",") != "ntp.lab.example" ||
+		c.WiFi.Passphrase != "passphrase-hq" {
+		t.Fatalf("pushed config %+v %v", c, err)
+	}
+	var dv httpapi.DeviceView
+	env.Client.Do(ctxT(t), "GET", "/api/v1/devices/"+online.Bundle.Serial, nil, &dv)
+	if dv.Override == nil || dv.Override.SSID != "Lab-VLAN" || dv.ConfigVersion != 2 {
+		t.Errorf("device view %+v", dv)
+	}
+	// Clearing the override: back to the site profile, as version 3.
+	if err := env.Client.Do(ctxT(t), "PATCH", "/api/v1/devices/config", httpapi.OverrideRequest{Devices: []string{online.Bundle.Serial}, Clear: true}, &res); err != nil || res.Changed != 1 {
+		t.Fatalf("clear: %+v %v", res, err)
+	}
+	if c, err := s.Config(ctxT(t)); err != nil || c.ConfigVersion != 3 || c.WiFi.SSID != "ssid-hq" {
+		t.Errorf("after clearing: %+v %v", c, err)
+	}
+	for name, req := range map[string]httpapi.OverrideRequest{
+		"nothing selected":   {Override: &httpapi.OverrideFields{SSID: "x"}},
+		"both set and clear": {Site: "hq", Override: &httpapi.OverrideFields{SSID: "x"}, Clear: true},
+		"short passphrase":   {Site: "hq", Override: &httpapi.OverrideFields{Passphrase: "short"}},
+		"bad dns":            {Site: "hq", Override: &httpapi.OverrideFields{DNS: []string{"not-an-ip"}}},
+	} {
+		before, _ := env.Server.Store().Digest()
+		if err := env.Client.Do(ctxT(t), "PATCH", "/api/v1/devices/config", req, nil); err == nil || !strings.Contains(err.Error(), "400") {
+			t.Errorf("%s: %v, want 400", name, err)
+		}
+		if after, _ := env.Server.Store().Digest(); after != before {
+			t.Errorf("%s changed the store", name)
+		}
 	}
 }

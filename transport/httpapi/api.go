@@ -47,6 +47,7 @@ type Fleet interface {
 	DeleteSite(a enroll.Actor, name string) error
 	Revoke(a enroll.Actor, sel devices.Selector, reason string) ([]devices.Device, error)
 	Claim(a enroll.Actor, code, site string) (devices.Device, error)
+	SetOverride(a enroll.Actor, sel devices.Selector, o *devices.ConfigOverride) (changed, pushed int, err error)
 	Reopen(a enroll.Actor, id uuid.UUID) (string, devices.Device, error)
 	ImportBatch(a enroll.Actor, spec enroll.BatchSpec, rows []enroll.ManifestRow) (devices.Batch, []devices.RowResult, error)
 }
@@ -172,6 +173,7 @@ func (a *API) routes() []route {
 		{"GET /api/v1/devices/{ref}/history", devices.RoleViewer, false, a.deviceHistory},
 		{"GET /api/v1/devices/export", devices.RoleViewer, false, a.exportDevices},
 		{"POST /api/v1/claims", devices.RoleInstaller, false, a.claim},
+		{"PATCH /api/v1/devices/config", devices.RoleOperator, false, a.setOverride},
 		{"POST /api/v1/revocations", devices.RoleOperator, false, a.revoke},
 		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},
 		{"GET /api/v1/audit", devices.RoleViewer, global, a.listAudit},

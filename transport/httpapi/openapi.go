@@ -65,6 +65,7 @@ var docs = map[string]routeDoc{
 	"GET /api/v1/devices/{ref}":         {"Show a device (by serial or ID) with its certificate and recent history", nil, DeviceView{}, 200},
 	"GET /api/v1/devices/{ref}/history": {"A device's audit events", nil, eventsList{}, 200},
 	"GET /api/v1/devices/export":        {"Export devices matching the list filters (format=csv or json lines)", nil, nil, 200},
+	"PATCH /api/v1/devices/config":      {"Set or clear the config override of devices, a site or a batch (bulk, one transaction); pushed at once", OverrideRequest{}, OverrideResponse{}, 200},
 	"POST /api/v1/claims":               {"Claim a device for a site with its label's claim code", ClaimRequest{}, DeviceView{}, 200},
 	"POST /api/v1/revocations":          {"Revoke devices, a site or a batch, with a reason", RevokeRequest{}, RevokeResponse{}, 200},
 	"POST /api/v1/devices/{ref}/reopen": {"Re-open a revoked device with a fresh claim token", nil, ReopenResponse{}, 200},

@@ -293,6 +293,7 @@ type DeviceView struct {
 	Lease           *LeaseView           `json:"lease,omitempty"`
 	ConfigVersion   uint64               `json:"config_version,omitempty"`
 	AppliedVersion  uint64               `json:"applied_config_version,omitempty"`
+	Override        *OverrideFields      `json:"override,omitempty"` // passphrase never shown
 	Health          string               `json:"health,omitempty"`
 	LastSeen        *time.Time           `json:"last_seen,omitempty"`
 	ProvisionedAt   *time.Time           `json:"provisioned_at,omitempty"`
@@ -323,6 +324,15 @@ func deviceView(d devices.Device, withCert bool) DeviceView {
 		v.LastSeen = &t
 	}
 	v.AppliedVersion, v.Health = d.AppliedConfigVersion, d.Health
+	if o := d.Override; o != nil {
+		v.Override = &OverrideFields{SSID: o.SSID, Security: string(o.Security), NTP: o.NTP}
+		for _, ip := range o.DNS {
+			v.Override.DNS = append(v.Override.DNS, ip.String())
+		}
+		if o.Passphrase != "" {
+			v.Override.Passphrase = "(set)"
+		}
+	}
 	if d.Lease != nil {
 		v.Lease = &LeaseView{Address: d.Lease.Addr.String(), Expires: d.Lease.Expires}
 	}

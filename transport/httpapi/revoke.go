@@ -2,8 +2,10 @@ package httpapi
 
 import (
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 
@@ -141,4 +143,70 @@ func (a *API) claim(w http.ResponseWriter, r *http.Request, actor enroll.Actor) 
 		return
 	}
 	writeJSON(w, 200, deviceView(d, false))
+}
+
+// OverrideRequest changes the config override of devices in bulk: any of a
+// list (serials or IDs), a site and a batch. Clear removes the override.
+type OverrideRequest struct {
+	Devices  []string        `json:"devices,omitempty"`
+	Site     string          `json:"site,omitempty"`
+	Batch    string          `json:"batch,omitempty"`
+	Override *OverrideFields `json:"override,omitempty"`
+	Clear    bool            `json:"clear,omitempty"`
+}
+
+// OverrideFields are the per-device changes to a site profile.
+type OverrideFields struct {
+	SSID       string   `json:"ssid,omitempty"`
+	Security   string   `json:"security,omitempty"`
+	Passphrase string   `json:"passphrase,omitempty"` // write-only
+	DNS        []string `json:"dns,omitempty"`
+	NTP        []string `json:"ntp,omitempty"`
+}
+
+// OverrideResponse says how many devices changed and how many enrolled ones
+// got a new config version pushed.
+type OverrideResponse struct {
+	Changed int `json:"changed"`
+	Pushed  int `json:"pushed"`
+}
+
+func (a *API) setOverride(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req OverrideRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if (req.Override == nil) == !req.Clear {
+		a.fail(w, fmt.Errorf("%w: give either override or clear", errBadRequest))
+		return
+	}
+	sel := devices.Selector{Site: req.Site, Batch: req.Batch}
+	for _, ref := range req.Devices {
+		d, err := a.resolve(ref)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		sel.IDs = append(sel.IDs, d.ID)
+	}
+	var o *devices.ConfigOverride
+	if req.Override != nil {
+		o = &devices.ConfigOverride{SSID: req.Override.SSID, Security: devices.Security(req.Override.Security),
+			Passphrase: req.Override.Passphrase, NTP: req.Override.NTP}
+		for _, s := range req.Override.DNS {
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				a.fail(w, fmt.Errorf("%w: override.dns: %q is not an IP address", errBadRequest, s))
+				return
+			}
+			o.DNS = append(o.DNS, ip)
+		}
+	}
+	changed, pushed, err := a.fleet.SetOverride(actor, sel, o)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, OverrideResponse{Changed: changed, Pushed: pushed})
 }
