@@ -379,8 +379,14 @@ func TestInventory(t *testing.T) {
 	if lines := strings.Split(strings.TrimSpace(jsonOut), "\n"); err != nil || len(lines) != 1 || !strings.Contains(lines[0], seenSerial) {
 		t.Errorf("json export: %v\n%s", err, jsonOut)
 	}
+	if out, err := provctl(t, data, "devices", "configure", "--site", "hq", "--ntp", "ntp.lab.example"); err != nil || !strings.Contains(out, "4 devices changed; new config pushed to 4") {
+		t.Errorf("configure: %v %s", err, out)
+	}
+	if out, err := provctl(t, data, "devices", "configure", seenSerial, "--clear"); err != nil || !strings.Contains(out, "1 devices changed") {
+		t.Errorf("configure --clear: %v %s", err, out)
+	}
 	hist, err := provctl(t, data, "devices", "history", seenSerial)
-	if err != nil || !strings.Contains(hist, "device.enroll") || !strings.Contains(hist, "device.active") {
+	if err != nil || !strings.Contains(hist, "device.enroll") || !strings.Contains(hist, "device.active") || strings.Count(hist, "device.reconfigure") != 2 {
 		t.Errorf("history: %v\n%s", err, hist)
 	}
 }
