@@ -262,6 +262,9 @@ func (e *env) importFile(args []string, stderr io.Writer) error {
 }
 
 func (e *env) devices(sub string, args []string, stderr io.Writer) error {
+	if sub == "configure" {
+		return e.configure(args, stderr)
+	}
 	fs := flag.NewFlagSet("devices "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	site := fs.String("site", "", "only this site")
@@ -286,8 +289,6 @@ func (e *env) devices(sub string, args []string, stderr io.Writer) error {
 		}
 	}
 	switch sub {
-	case "configure":
-		return e.configure(pos, *site, *batch, args, stderr)
 	case "export":
 		q.Set("format", *format)
 		var raw []byte
@@ -601,23 +602,22 @@ func (e *env) renderLabels(args []string) error {
 
 // configure sets or clears the config override of devices (devices configure
 // [SERIAL...] [--site S] [--batch B] [--ssid ..] [--clear]).
-func (e *env) configure(pos []string, site, batch string, args []string, stderr io.Writer) error {
+func (e *env) configure(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("devices configure", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	for _, n := range []string{"site", "batch", "state", "model", "firmware", "seen-within", "not-seen-within", "after", "format"} {
-		fs.String(n, "", "")
-	}
-	fs.Int("limit", 0, "")
+	site := fs.String("site", "", "every device of this site")
+	batch := fs.String("batch", "", "every device of this factory batch")
 	ssid := fs.String("ssid", "", "Wi-Fi SSID")
 	security := fs.String("security", "", "wpa2-psk or wpa3-sae")
 	pass := fs.String("passphrase", "", "Wi-Fi passphrase")
 	dns := fs.String("dns", "", "comma-separated DNS servers")
 	ntp := fs.String("ntp", "", "comma-separated NTP servers")
 	clear := fs.Bool("clear", false, "remove the override: back to the site profile")
-	if _, err := parse(fs, args); err != nil {
+	pos, err := parse(fs, args)
+	if err != nil {
 		return err
 	}
-	req := httpapi.OverrideRequest{Devices: pos, Site: site, Batch: batch, Clear: *clear}
+	req := httpapi.OverrideRequest{Devices: pos, Site: *site, Batch: *batch, Clear: *clear}
 	if !*clear {
 		o := &httpapi.OverrideFields{SSID: *ssid, Security: *security, Passphrase: *pass}
 		for _, s := range strings.Split(*dns, ",") {
