@@ -167,8 +167,9 @@ func (s *Store) CertStatus(serial string) (CertStatus, RevokedCert, error) {
 
 // Reopen lets a revoked device enroll again with a new claim token: it
 // becomes claimed (or manufactured when it has no site) and forgets its
-// certificate; the old one stays revoked.
-func (s *Store) Reopen(id uuid.UUID, tokenHash []byte, now time.Time, ev AuditEvent) (Device, error) {
+// certificate; the old one stays revoked. A non-nil newID gives the device a
+// new identity (the site's new-identity policy): its record moves to newID.
+func (s *Store) Reopen(id uuid.UUID, tokenHash []byte, newID uuid.UUID, now time.Time, ev AuditEvent) (Device, error) {
 	var out Device
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		d, err := getDevice(tx, id)
@@ -187,7 +188,29 @@ func (s *Store) Reopen(id uuid.UUID, tokenHash []byte, now time.Time, ev AuditEv
 		d.CertSerial, d.CertDER, d.PublicKeyHash, d.CertNotAfter = "", nil, nil, time.Time{}
 		d.ProvisionedAt, d.AppliedConfigVersion, d.Health = time.Time{}, 0, ""
 		d.UpdatedAt, d.Rev = now, d.Rev+1
-		if err := putDevice(tx, &old, &d); err != nil {
+		if newID != uuid.Nil {
+			// Re-key: the old record and its site index entry go, the new ID
+			// takes the serial.
+			if err := tx.Bucket(bucketDevices).Delete(id[:]); err != nil {
+				return err
+			}
+			if d.Site != "" {
+				if err := tx.Bucket(bucketBySite).Delete(siteDeviceKey(d.Site, id)); err != nil {
+					return err
+				}
+			}
+			if err := tx.Bucket(bucketSerials).Put([]byte(d.Serial), newID[:]); err != nil {
+				return err
+			}
+			d.ID = newID
+			if ev.Detail == nil {
+				ev.Detail = map[string]string{}
+			}
+			ev.Detail["previous_device_id"], ev.Detail["device_id"] = id.String(), newID.String()
+			if err := putDevice(tx, nil, &d); err != nil {
+				return err
+			}
+		} else if err := putDevice(tx, &old, &d); err != nil {
 			return err
 		}
 		ev.Time, ev.Action, ev.Target = now, "device.reopen", d.Serial

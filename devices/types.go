@@ -87,6 +87,7 @@ type Site struct {
 	DNS        []netip.Addr  `json:"dns,omitempty"`
 	NTP        []string      `json:"ntp,omitempty"`
 	LeaseTTL   time.Duration `json:"lease_ttl"`
+	Reenroll   Reenroll      `json:"reenroll,omitempty"` // default keep-identity
 	Version    uint64        `json:"version"`
 	CreatedAt  time.Time     `json:"created_at"`
 	UpdatedAt  time.Time     `json:"updated_at"`
@@ -124,6 +125,15 @@ func (o *ConfigOverride) Validate() error {
 	}
 	return nil
 }
+
+// Reenroll is a site's policy for a device re-opened after revocation.
+type Reenroll string
+
+// Re-enrollment policies.
+const (
+	KeepIdentity Reenroll = "keep-identity" // the device keeps its UUID
+	NewIdentity  Reenroll = "new-identity"  // the device gets a new UUID (its certificates and history stay with the serial)
+)
 
 // Batch is a set of devices registered together from a factory run.
 type Batch struct {
@@ -233,6 +243,12 @@ func (s *Site) Validate() error {
 	}
 	if s.LeaseTTL == 0 {
 		s.LeaseTTL = 24 * time.Hour
+	}
+	if s.Reenroll == "" {
+		s.Reenroll = KeepIdentity
+	}
+	if s.Reenroll != KeepIdentity && s.Reenroll != NewIdentity {
+		return fmt.Errorf("%w: reenroll: %q or %q", ErrInvalid, KeepIdentity, NewIdentity)
 	}
 	if s.LeaseTTL < time.Minute || s.LeaseTTL > 365*24*time.Hour {
 		return fmt.Errorf("%w: lease: must be between 1m and 8760h", ErrInvalid)

@@ -27,7 +27,7 @@ type Registry interface {
 	ImportBatch(b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent) (devices.Batch, []devices.RowResult, error)
 	Device(id uuid.UUID) (devices.Device, error)
 	Revoke(sel devices.Selector, reason string, now time.Time, ev devices.AuditEvent) ([]devices.Device, error)
-	Reopen(id uuid.UUID, tokenHash []byte, now time.Time, ev devices.AuditEvent) (devices.Device, error)
+	Reopen(id uuid.UUID, tokenHash []byte, newID uuid.UUID, now time.Time, ev devices.AuditEvent) (devices.Device, error)
 	DeviceBySerial(serial string) (devices.Device, error)
 	Site(name string) (devices.Site, error)
 	UpdateDevice(id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
@@ -135,7 +135,8 @@ func (f *Fleet) Revoke(a Actor, sel devices.Selector, reason string) ([]devices.
 }
 
 // Reopen lets a revoked device enroll again: it gets a fresh claim token
-// (returned, never stored) and forgets its revoked certificate.
+// (returned, never stored) and forgets its revoked certificate. Under its
+// site's new-identity policy it also gets a new UUID.
 func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
 	d, err := f.reg.Device(id)
 	if err != nil {
@@ -144,8 +145,18 @@ func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
 	if !a.CanSite(d.Site) {
 		return "", d, fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
 	}
+	newID := uuid.Nil
+	if d.Site != "" {
+		site, err := f.reg.Site(d.Site)
+		if err != nil {
+			return "", d, err
+		}
+		if site.Reenroll == devices.NewIdentity {
+			newID = uuid.New()
+		}
+	}
 	tok := NewClaimToken()
-	d, err = f.reg.Reopen(id, HashToken(tok), time.Now().UTC(), a.event("device.reopen", d.Serial, nil))
+	d, err = f.reg.Reopen(id, HashToken(tok), newID, time.Now().UTC(), a.event("device.reopen", d.Serial, nil))
 	if err != nil {
 		return "", d, err
 	}

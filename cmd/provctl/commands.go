@@ -29,6 +29,7 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 		{"ssid", "Wi-Fi SSID"}, {"security", "wpa2-psk or wpa3-sae"}, {"passphrase", "Wi-Fi passphrase (8-63 characters)"},
 		{"cidr", "IPv4 address pool, e.g. 10.20.0.0/24"}, {"gateway", "default gateway (default: first host)"},
 		{"dns", "comma-separated DNS servers"}, {"ntp", "comma-separated NTP servers"}, {"lease", "lease time, e.g. 24h"},
+		{"reenroll", "keep-identity (default) or new-identity: a re-opened device keeps or changes its UUID"},
 	} {
 		set[f.name] = fs.String(f.name, "", f.usage)
 	}
@@ -58,7 +59,7 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 		return &out
 	}
 	req.SSID, req.Security, req.Passphrase, req.CIDR = str("ssid"), str("security"), str("passphrase"), str("cidr")
-	req.Gateway, req.Lease, req.DNS, req.NTP = str("gateway"), str("lease"), list("dns"), list("ntp")
+	req.Gateway, req.Lease, req.DNS, req.NTP, req.Reenroll = str("gateway"), str("lease"), list("dns"), list("ntp"), str("reenroll")
 
 	one := func() (string, error) {
 		if len(pos) != 1 {

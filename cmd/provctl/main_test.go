@@ -390,3 +390,55 @@ func TestInventory(t *testing.T) {
 		t.Errorf("history: %v\n%s", err, hist)
 	}
 }
+
+// Re-enrollment policies: keep-identity keeps the device UUID, new-identity
+// gives a re-opened device a new one (its history stays with its serial).
+func TestReenrollPolicies(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	env.Site("keep", "10.20.0.0/24")
+	env.Site("fresh", "10.30.0.0/24")
+	if out, err := provctl(t, data, "site", "update", "fresh", "--reenroll", "new-identity"); err != nil {
+		t.Fatalf("update: %v %s", err, out)
+	}
+	if _, err := provctl(t, data, "site", "update", "keep", "--reenroll", "sometimes"); err == nil {
+		t.Error("unknown policy accepted")
+	}
+	for _, c := range []struct {
+		site   string
+		sameID bool
+	}{{"keep", true}, {"fresh", false}} {
+		b := env.Mint(1, c.site)[0]
+		d, _ := simulator.NewDevice(b)
+		first, err := d.Enroll(context.Background(), simulator.EnrollOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := provctl(t, data, "revoke", b.Serial, "--reason", "test"); err != nil {
+			t.Fatal(err)
+		}
+		bundle := filepath.Join(t.TempDir(), "b.json")
+		if _, err := provctl(t, data, "reopen", b.Serial, "--out", bundle); err != nil {
+			t.Fatal(err)
+		}
+		again, _ := simulator.LoadBundles(filepath.Dir(bundle))
+		d2, _ := simulator.NewDevice(again[0])
+		second, err := d2.Enroll(context.Background(), simulator.EnrollOptions{})
+		if err != nil {
+			t.Fatalf("%s: enroll after reopen: %v", c.site, err)
+		}
+		if (second.DeviceID == first.DeviceID) != c.sameID {
+			t.Errorf("%s: device ID %s -> %s, want same=%v", c.site, first.DeviceID, second.DeviceID, c.sameID)
+		}
+		if d2.Chain[0].Subject.CommonName != second.DeviceID {
+			t.Errorf("%s: certificate names %s", c.site, d2.Chain[0].Subject.CommonName)
+		}
+		hist, err := provctl(t, data, "devices", "history", b.Serial)
+		if err != nil || strings.Count(hist, "device.enroll") != 2 || !strings.Contains(hist, "device.revoke") {
+			t.Errorf("%s: history across the reopen: %v\n%s", c.site, err, hist)
+		}
+		if out, err := provctl(t, data, "-o", "json", "devices", "list", "--site", c.site); err != nil || strings.Count(out, `"serial"`) != 1 {
+			t.Errorf("%s: the site lists %d devices, want 1: %v", c.site, strings.Count(out, `"serial"`), err)
+		}
+	}
+}

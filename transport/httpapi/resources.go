@@ -27,7 +27,8 @@ type SiteRequest struct {
 	Gateway    *string   `json:"gateway,omitempty"`
 	DNS        *[]string `json:"dns,omitempty"`
 	NTP        *[]string `json:"ntp,omitempty"`
-	Lease      *string   `json:"lease,omitempty"` // Go duration, e.g. "24h"
+	Lease      *string   `json:"lease,omitempty"`    // Go duration, e.g. "24h"
+	Reenroll   *string   `json:"reenroll,omitempty"` // keep-identity (default) or new-identity
 }
 
 // SiteView is a site as the API shows it.
@@ -41,6 +42,7 @@ type SiteView struct {
 	DNS           []string `json:"dns,omitempty"`
 	NTP           []string `json:"ntp,omitempty"`
 	Lease         string   `json:"lease"`
+	Reenroll      string   `json:"reenroll"`
 	Version       uint64   `json:"version"`
 	PoolSize      int      `json:"pool_size"`
 	LeasesInUse   int      `json:"leases_in_use"`
@@ -96,6 +98,9 @@ func (req SiteRequest) apply(s *devices.Site) error {
 	if req.NTP != nil {
 		s.NTP = *req.NTP
 	}
+	if req.Reenroll != nil {
+		s.Reenroll = devices.Reenroll(*req.Reenroll)
+	}
 	if req.Lease != nil {
 		d, err := time.ParseDuration(*req.Lease)
 		if err != nil {
@@ -120,7 +125,7 @@ func (a *API) view(s devices.Site) (SiteView, error) {
 		return SiteView{}, err
 	}
 	v := SiteView{Name: s.Name, SSID: s.SSID, Security: string(s.Security), PassphraseSet: s.Passphrase != "",
-		CIDR: s.CIDR.String(), Gateway: s.Gateway.String(), NTP: s.NTP, Lease: s.LeaseTTL.String(),
+		CIDR: s.CIDR.String(), Gateway: s.Gateway.String(), NTP: s.NTP, Lease: s.LeaseTTL.String(), Reenroll: string(s.Reenroll),
 		Version: s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, Enrolled: enrolled, ConfigApplied: applied,
 		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
 	for _, d := range s.DNS {
