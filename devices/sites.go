@@ -115,15 +115,9 @@ func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Si
 		if err := putJSON(tx.Bucket(bucketSites), []byte(name), site); err != nil {
 			return err
 		}
-		prefix := append([]byte(name), 0)
-		c := tx.Bucket(bucketBySite).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			d, err := getDevice(tx, uuid.UUID(k[len(prefix):]))
-			if err != nil {
-				return err
-			}
+		err = forEachSiteDevice(tx, name, func(d Device) error {
 			if d.State != StateProvisioned && d.State != StateActive {
-				continue
+				return nil
 			}
 			old := d
 			d.ConfigVersion++
@@ -133,6 +127,10 @@ func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Si
 				return err
 			}
 			affected = append(affected, d.ID)
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		if ev.Detail == nil {
 			ev.Detail = map[string]string{}
@@ -148,22 +146,15 @@ func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Si
 // that they applied their current config version.
 func (s *Store) Convergence(site string) (enrolled, applied int, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
-		prefix := append([]byte(site), 0)
-		c := tx.Bucket(bucketBySite).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			d, err := getDevice(tx, uuid.UUID(k[len(prefix):]))
-			if err != nil {
-				return err
+		return forEachSiteDevice(tx, site, func(d Device) error {
+			if d.State == StateProvisioned || d.State == StateActive {
+				enrolled++
+				if d.AppliedConfigVersion == d.ConfigVersion {
+					applied++
+				}
 			}
-			if d.State != StateProvisioned && d.State != StateActive {
-				continue
-			}
-			enrolled++
-			if d.AppliedConfigVersion == d.ConfigVersion {
-				applied++
-			}
-		}
-		return nil
+			return nil
+		})
 	})
 	return enrolled, applied, err
 }
@@ -185,4 +176,21 @@ func (s *Store) DeleteSite(name string, ev AuditEvent) error {
 		}
 		return appendAudit(tx, ev)
 	})
+}
+
+// forEachSiteDevice calls fn with every device bound to a site (through the
+// bysite index).
+func forEachSiteDevice(tx *bolt.Tx, site string, fn func(Device) error) error {
+	prefix := append([]byte(site), 0)
+	c := tx.Bucket(bucketBySite).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		d, err := getDevice(tx, uuid.UUID(k[len(prefix):]))
+		if err != nil {
+			return err
+		}
+		if err := fn(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }

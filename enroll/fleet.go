@@ -44,24 +44,8 @@ func (f *Fleet) SetOverride(a Actor, sel devices.Selector, o *devices.ConfigOver
 			return 0, 0, err
 		}
 	}
-	switch {
-	case len(sel.IDs) == 0 && sel.Site == "" && sel.Batch == "":
-		return 0, 0, fmt.Errorf("%w: name devices, a site or a batch", ErrInvalid)
-	case len(a.Sites) > 0 && sel.Batch != "":
-		return 0, 0, fmt.Errorf("%w: a token limited to sites cannot change a batch", ErrForbidden)
-	case sel.Site != "" && !a.CanSite(sel.Site):
-		return 0, 0, fmt.Errorf("%w: site %s", ErrForbidden, sel.Site)
-	}
-	if len(a.Sites) > 0 {
-		for _, id := range sel.IDs {
-			d, err := f.reg.Device(id)
-			if err != nil {
-				return 0, 0, err
-			}
-			if !a.CanSite(d.Site) {
-				return 0, 0, fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
-			}
-		}
+	if err := f.checkSelection(a, sel); err != nil {
+		return 0, 0, err
 	}
 	affected, changed, err := f.reg.SetOverride(sel, o, time.Now().UTC(), a.event("device.reconfigure", "", nil))
 	if err != nil {
@@ -91,6 +75,31 @@ type Fleet struct {
 // CRL, cut live sessions). Call it before serving.
 func (f *Fleet) OnRevoke(fn func([]devices.Device)) { f.onRevoke = append(f.onRevoke, fn) }
 
+// checkSelection refuses an empty selection, and anything outside the sites
+// of an actor limited to sites (which may never select a batch).
+func (f *Fleet) checkSelection(a Actor, sel devices.Selector) error {
+	switch {
+	case len(sel.IDs) == 0 && sel.Site == "" && sel.Batch == "":
+		return fmt.Errorf("%w: name devices, a site or a batch", ErrInvalid)
+	case len(a.Sites) > 0 && sel.Batch != "":
+		return fmt.Errorf("%w: a token limited to sites cannot select a batch", ErrForbidden)
+	case sel.Site != "" && !a.CanSite(sel.Site):
+		return fmt.Errorf("%w: site %s", ErrForbidden, sel.Site)
+	}
+	if len(a.Sites) > 0 {
+		for _, id := range sel.IDs {
+			d, err := f.reg.Device(id)
+			if err != nil {
+				return err
+			}
+			if !a.CanSite(d.Site) {
+				return fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
+			}
+		}
+	}
+	return nil
+}
+
 // MaxReasonBytes bounds a revocation reason.
 const MaxReasonBytes = 200
 
@@ -99,26 +108,11 @@ const MaxReasonBytes = 200
 // the OnRevoke listeners run. An actor limited to sites may only revoke
 // devices of its sites (and no batches).
 func (f *Fleet) Revoke(a Actor, sel devices.Selector, reason string) ([]devices.Device, error) {
-	switch {
-	case reason == "" || len(reason) > MaxReasonBytes:
+	if reason == "" || len(reason) > MaxReasonBytes {
 		return nil, fmt.Errorf("%w: reason: 1-%d bytes", ErrInvalid, MaxReasonBytes)
-	case len(sel.IDs) == 0 && sel.Site == "" && sel.Batch == "":
-		return nil, fmt.Errorf("%w: name devices, a site or a batch", ErrInvalid)
-	case len(a.Sites) > 0 && sel.Batch != "":
-		return nil, fmt.Errorf("%w: a token limited to sites cannot revoke a batch", ErrForbidden)
-	case sel.Site != "" && !a.CanSite(sel.Site):
-		return nil, fmt.Errorf("%w: site %s", ErrForbidden, sel.Site)
 	}
-	if len(a.Sites) > 0 {
-		for _, id := range sel.IDs {
-			d, err := f.reg.Device(id)
-			if err != nil {
-				return nil, err
-			}
-			if !a.CanSite(d.Site) {
-				return nil, fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
-			}
-		}
+	if err := f.checkSelection(a, sel); err != nil {
+		return nil, err
 	}
 	// One revocation at a time, so listeners see revocations in order.
 	f.revokeMu.Lock()

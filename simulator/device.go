@@ -204,18 +204,24 @@ func (d *Device) CSR() ([]byte, error) {
 	}, d.Key)
 }
 
+// enrollRequest is the device's enrollment request (a fresh CSR for its
+// key) encoded in f.
+func (d *Device) enrollRequest(f wire.Format) ([]byte, error) {
+	csr, err := d.CSR()
+	if err != nil {
+		return nil, err
+	}
+	return wire.Marshal(f, wire.EnrollRequest{Serial: d.Bundle.Serial, ClaimToken: d.Bundle.ClaimToken,
+		CSR: csr, Model: d.Bundle.Model, FirmwareVersion: "sim-1.0.0"})
+}
+
 // Enroll runs the bootstrap: POST /enroll over DTLS, then checks the answer
 // (the chain verifies to the flashed root and certifies this device's key).
 func (d *Device) Enroll(ctx context.Context, o EnrollOptions) (*wire.EnrollResponse, error) {
 	if o.Format == 0 {
 		o.Format = wire.CBOR
 	}
-	csr, err := d.CSR()
-	if err != nil {
-		return nil, err
-	}
-	body, err := wire.Marshal(o.Format, wire.EnrollRequest{Serial: d.Bundle.Serial, ClaimToken: d.Bundle.ClaimToken,
-		CSR: csr, Model: d.Bundle.Model, FirmwareVersion: "sim-1.0.0"})
+	body, err := d.enrollRequest(o.Format)
 	if err != nil {
 		return nil, err
 	}

@@ -103,12 +103,7 @@ func (d *Device) EnrollMQTT(ctx context.Context, o MQTTOptions) (*wire.EnrollRes
 	if o.Format == 0 {
 		o.Format = wire.JSON
 	}
-	csr, err := d.CSR()
-	if err != nil {
-		return nil, err
-	}
-	body, err := wire.Marshal(o.Format, wire.EnrollRequest{Serial: d.Bundle.Serial, ClaimToken: d.Bundle.ClaimToken,
-		CSR: csr, Model: d.Bundle.Model, FirmwareVersion: "sim-1.0.0"})
+	body, err := d.enrollRequest(o.Format)
 	if err != nil {
 		return nil, err
 	}

@@ -50,20 +50,30 @@ func (a *API) resolve(ref string) (devices.Device, error) {
 	return a.inv.DeviceBySerial(ref)
 }
 
+// selector turns device references (serials or IDs), a site and a batch
+// into a selection.
+func (a *API) selector(refs []string, site, batch string) (devices.Selector, error) {
+	sel := devices.Selector{Site: site, Batch: batch}
+	for _, ref := range refs {
+		d, err := a.resolve(ref)
+		if err != nil {
+			return sel, err
+		}
+		sel.IDs = append(sel.IDs, d.ID)
+	}
+	return sel, nil
+}
+
 func (a *API) revoke(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	var req RevokeRequest
 	if err := decode(r, &req); err != nil {
 		a.fail(w, err)
 		return
 	}
-	sel := devices.Selector{Site: req.Site, Batch: req.Batch}
-	for _, ref := range req.Devices {
-		d, err := a.resolve(ref)
-		if err != nil {
-			a.fail(w, err)
-			return
-		}
-		sel.IDs = append(sel.IDs, d.ID)
+	sel, err := a.selector(req.Devices, req.Site, req.Batch)
+	if err != nil {
+		a.fail(w, err)
+		return
 	}
 	revoked, err := a.fleet.Revoke(actor, sel, req.Reason)
 	if err != nil {
@@ -181,14 +191,10 @@ func (a *API) setOverride(w http.ResponseWriter, r *http.Request, actor enroll.A
 		a.fail(w, fmt.Errorf("%w: give either override or clear", errBadRequest))
 		return
 	}
-	sel := devices.Selector{Site: req.Site, Batch: req.Batch}
-	for _, ref := range req.Devices {
-		d, err := a.resolve(ref)
-		if err != nil {
-			a.fail(w, err)
-			return
-		}
-		sel.IDs = append(sel.IDs, d.ID)
+	sel, err := a.selector(req.Devices, req.Site, req.Batch)
+	if err != nil {
+		a.fail(w, err)
+		return
 	}
 	var o *devices.ConfigOverride
 	if req.Override != nil {
