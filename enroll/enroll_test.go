@@ -269,3 +269,54 @@ func FuzzParseManifest(f *testing.F) {
 		}
 	})
 }
+
+// blockingSigner is the real CA, holding every issuance until released: it
+// keeps admission slots busy for as long as the test needs.
+type blockingSigner struct {
+	*pki.CA
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *blockingSigner) IssueDevice(csr *x509.CertificateRequest, id pki.DeviceIdentity) (*x509.Certificate, error) {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.CA.IssueDevice(csr, id)
+}
+
+func TestAdmissionControl(t *testing.T) {
+	f := newFixture(t, enroll.Config{})
+	f.site(t, "hq", "10.0.0.0/24")
+	bs := &blockingSigner{CA: f.ca, entered: make(chan struct{}, 3), release: make(chan struct{})}
+	svc := enroll.New(enroll.Config{MaxInFlight: 2, OverloadRetry: time.Second}, f.store, bs, f.clock, quiet)
+	reqs := make([]enroll.Request, 3)
+	for i := range reqs {
+		serial, tok := f.device(t, "hq")
+		reqs[i] = enroll.Request{Serial: serial, ClaimToken: tok, CSR: csr(t), Source: src}
+	}
+	errs := make(chan error, 2)
+	for _, r := range reqs[:2] {
+		go func() { _, err := svc.Enroll(r); errs <- err }()
+	}
+	<-bs.entered
+	<-bs.entered // both slots taken, both inside issuance
+	before, _ := f.store.Digest()
+	_, err := svc.Enroll(reqs[2])
+	wait, ok := enroll.RetryAfter(err)
+	if !errors.Is(err, enroll.ErrOverloaded) || !ok || wait < time.Second || wait >= 2*time.Second {
+		t.Fatalf("third enrollment: %v (retry %v), want ErrOverloaded with a 1-2s hint", err, wait)
+	}
+	if after, _ := f.store.Digest(); after != before {
+		t.Error("a refused enrollment wrote to the store")
+	}
+	close(bs.release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() { <-bs.entered }()
+	if _, err := svc.Enroll(reqs[2]); err != nil {
+		t.Errorf("after the slots freed: %v", err)
+	}
+}

@@ -30,6 +30,9 @@ var (
 	ErrPoolExhausted = errors.New("site address pool exhausted")
 	// ErrForbidden is returned when an operator's token may not act on what it names.
 	ErrForbidden = errors.New("forbidden")
+	// ErrOverloaded is returned when the service is handling as many
+	// enrollments as it may; the caller retries after the hint.
+	ErrOverloaded = errors.New("too many enrollments in progress")
 	// ErrUnknownDevice is returned when an authenticated device is not in the inventory.
 	ErrUnknownDevice = errors.New("unknown device")
 )

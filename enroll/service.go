@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"time"
 
@@ -54,6 +55,11 @@ type Config struct {
 	MaxCSRBytes      int           // default 2048
 	MaxFieldBytes    int           // model, firmware_version; default 64
 	ThrottleBySource bool          // count failures per source address as well as per serial
+	// MaxInFlight bounds enrollments being processed at once; past it requests
+	// are refused at once with ErrOverloaded and a retry hint instead of
+	// queueing until devices time out. Default 256; negative: no bound.
+	MaxInFlight   int
+	OverloadRetry time.Duration // base retry hint when overloaded (jittered up to 2x); default 2s
 }
 
 func (c *Config) setDefaults() {
@@ -77,6 +83,10 @@ func (c *Config) setDefaults() {
 	if c.MaxFieldBytes == 0 {
 		c.MaxFieldBytes = 64
 	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 256
+	}
+	def(&c.OverloadRetry, 2*time.Second)
 }
 
 // Service runs enrollment, whatever the transport.
@@ -90,6 +100,7 @@ type Service struct {
 	bySource     *throttle
 	notifiers    []Notifier
 	onSuperseded func()
+	admit        chan struct{} // one slot per enrollment in progress; nil: unbounded
 }
 
 // New returns a Service. clock may be nil for the system clock.
@@ -103,7 +114,22 @@ func New(cfg Config, store Store, signer Signer, clock Clock, log *slog.Logger) 
 		bySerial: newThrottle(cfg.MaxFailures, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax),
 		// A source (a NAT, a factory line) may front many devices: allow it more.
 		bySource: newThrottle(cfg.MaxFailures*4, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax),
+		admit:    admission(cfg.MaxInFlight),
 	}
+}
+
+func admission(n int) chan struct{} {
+	if n < 0 {
+		return nil
+	}
+	return make(chan struct{}, n)
+}
+
+// overloaded is the refusal when every slot is taken: a retry hint with
+// jitter, so that a refused boot storm does not come back all at once.
+func (s *Service) overloaded() error {
+	jitter := time.Duration(rand.Int64N(int64(s.cfg.OverloadRetry)))
+	return &RetryError{Err: ErrOverloaded, After: s.cfg.OverloadRetry + jitter}
 }
 
 // Request is an enrollment request, decoded from any transport.
@@ -160,6 +186,14 @@ type Lease struct {
 // certificate, config and lease, recording all of it in one transaction.
 // Errors wrap this package's sentinels; RetryAfter tells when to retry.
 func (s *Service) Enroll(req Request) (Result, error) {
+	if s.admit != nil {
+		select {
+		case s.admit <- struct{}{}:
+			defer func() { <-s.admit }()
+		default:
+			return Result{}, s.overloaded()
+		}
+	}
 	now := s.clock.Now()
 	// Behind an external MQTT broker the device's address is unknown: then
 	// only the per-serial throttle applies.

@@ -63,7 +63,7 @@ func retryable(err error) (bool, time.Duration) {
 	var e *Error
 	if errors.As(err, &e) {
 		switch e.Body.Code {
-		case "throttled", "pool_exhausted", "not_claimed", "internal":
+		case "throttled", "pool_exhausted", "not_claimed", "internal", "overloaded":
 			return true, e.MaxAge
 		}
 		return e.Code >= 160, e.MaxAge // 5.xx

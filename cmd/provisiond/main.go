@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -72,6 +73,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&lifetime, "cert-lifetime", lifetime, "device certificate lifetime (env PROVISIOND_CERT_LIFETIME)")
 	retry := env("retry-window", "10m")
 	fs.StringVar(&retry, "retry-window", retry, "a device re-sending the same key within this gets the same answer (env PROVISIOND_RETRY_WINDOW)")
+	maxInFlight := env("max-inflight", "256")
+	fs.StringVar(&maxInFlight, "max-inflight", maxInFlight, "enrollments processed at once; more are answered 5.03 with a retry hint (env PROVISIOND_MAX_INFLIGHT)")
 	logLevel := env("log-level", "info")
 	fs.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error (env PROVISIOND_LOG_LEVEL)")
 	logFormat := env("log-format", "text")
@@ -88,6 +91,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if cfg.Enroll.RetryWindow, err = time.ParseDuration(retry); err != nil {
 		return fmt.Errorf("retry-window: %w", err)
+	}
+	if cfg.Enroll.MaxInFlight, err = strconv.Atoi(maxInFlight); err != nil || cfg.Enroll.MaxInFlight < 1 {
+		return fmt.Errorf("max-inflight: %q is not a positive number", maxInFlight)
 	}
 	cfg.InsecureCoAP = insecure
 	if insecure && cfg.CoAPAddr == "" {

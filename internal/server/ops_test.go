@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
@@ -116,4 +118,48 @@ func TestBackupAndRestore(t *testing.T) {
 	if _, err := outs[0].Device.RenewLease(ctxT(t), simulator.EnrollOptions{Endpoint: restored.CoAPS()}); err != nil {
 		t.Errorf("device against the restored server: %v", err)
 	}
+}
+
+// Under overload the server refuses early with a retry hint; devices retry
+// and every one ends enrolled exactly once.
+func TestOverloadAdmission(t *testing.T) {
+	env := servertest.Start(t, func(c *server.Config) {
+		c.Enroll.MaxInFlight, c.Enroll.OverloadRetry = 2, 50*time.Millisecond
+	})
+	env.Site("hq", "10.20.0.0/23")
+	bundles := env.Mint(80, "hq")
+	outs, sum := simulator.Run(ctxT(t), bundles, simulator.RunOptions{Concurrency: 40, Attempts: 50, Transport: "mix", MaxWait: 200 * time.Millisecond})
+	if sum.Enrolled != 80 {
+		t.Fatalf("%v", sum)
+	}
+	retried := 0
+	for _, o := range outs {
+		if o.Attempts > 1 {
+			retried++
+		}
+	}
+	var raw []byte
+	env.Client.Do(ctxT(t), "GET", "/metrics", nil, &raw)
+	if !strings.Contains(string(raw), `result="5.03"`) || retried == 0 {
+		t.Fatalf("no overload happened (%d devices retried); the test proves nothing", retried)
+	}
+	list, _, _ := env.Server.Store().Devices(devices.Filter{Limit: 1000})
+	addrs := map[string]bool{}
+	for _, d := range list {
+		if d.State != devices.StateProvisioned || d.Lease == nil || addrs[d.Lease.Addr.String()] {
+			t.Fatalf("%s: state %s lease %v (duplicate address?)", d.Serial, d.State, d.Lease)
+		}
+		addrs[d.Lease.Addr.String()] = true
+	}
+	evs, _ := env.Server.Store().Audit(0, 1000)
+	n := 0
+	for _, ev := range evs {
+		if ev.Action == "device.enroll" {
+			n++
+		}
+	}
+	if n != 80 {
+		t.Errorf("%d enroll events for 80 devices", n)
+	}
+	t.Logf("%d of 80 devices were told to retry at least once", retried)
 }

@@ -52,6 +52,7 @@ const (
 	CodeTooLarge           = "too_large"
 	CodeUnsupportedFormat  = "unsupported_format"
 	CodeUnknownDevice      = "unknown_device"
+	CodeOverloaded         = "overloaded"
 	CodeInternal           = "internal"
 )
 
@@ -262,6 +263,8 @@ func (h *Handler) Error(f wire.Format, err error) Answer {
 		return h.errorAnswer(f, TooManyRequests, CodeThrottled, enroll.ErrThrottled.Error(), retry)
 	case errors.Is(err, enroll.ErrPoolExhausted):
 		return h.errorAnswer(f, Unavailable, CodePoolExhausted, "no free address in the site's pool", retry)
+	case errors.Is(err, enroll.ErrOverloaded):
+		return h.errorAnswer(f, Unavailable, CodeOverloaded, "too many enrollments in progress; retry after the hint", retry)
 	case errors.Is(err, enroll.ErrUnknownDevice):
 		return h.errorAnswer(f, NotFound, CodeUnknownDevice, "unknown device", 0)
 	}
