@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,8 +24,54 @@ type RunOptions struct {
 	Format      wire.Format   // CBOR (default) or JSON
 	Timeout     time.Duration // per attempt; default 15s
 	Attempts    int           // per device, including the first; default 3
-	MaxWait     time.Duration // cap on a server's Max-Age between attempts; default 5s
+	MaxWait     time.Duration // caps every wait between attempts (tests, impatient runs); 0: honour the server's hints fully
 	Progress    io.Writer     // one line per second when set
+
+	// Arrival: "storm" (default: every device at once, Concurrency at a time),
+	// "rate" (Rate devices per second) or "ramp" (a rate growing linearly
+	// from 0 to Rate over Ramp, then steady).
+	Arrival string
+	Rate    float64
+	Ramp    time.Duration
+}
+
+// arrivalAt is when device i (0-based) boots, counted from the start.
+func arrivalAt(o RunOptions, i int) time.Duration {
+	switch o.Arrival {
+	case "rate":
+		return time.Duration(float64(i) / o.Rate * float64(time.Second))
+	case "ramp":
+		ramp := o.Ramp.Seconds()
+		rampDevices := o.Rate * ramp / 2 // devices that arrive during the ramp
+		if float64(i) < rampDevices {
+			return time.Duration(math.Sqrt(2*float64(i)*ramp/o.Rate) * float64(time.Second))
+		}
+		return time.Duration((ramp + (float64(i)-rampDevices)/o.Rate) * float64(time.Second))
+	}
+	return 0
+}
+
+// Backoff is the wait before attempt n+1 after n failed ones: exponential
+// with full jitter (200 ms, 400 ms, ... up to 30 s), but never less than the
+// server's hint, itself jittered by up to half so that a refused storm does
+// not come back in step. max > 0 caps the result.
+func Backoff(n int, hint, max time.Duration) time.Duration {
+	ceiling := min(200*time.Millisecond<<min(n-1, 10), 30*time.Second)
+	d := time.Duration(rand.Int64N(int64(ceiling)) + 1)
+	if hint > 0 {
+		d = max2(d, hint+time.Duration(rand.Int64N(int64(hint)/2+1)))
+	}
+	if max > 0 && d > max {
+		d = max
+	}
+	return d
+}
+
+func max2(a, b time.Duration) time.Duration {
+	if a > b {
+		return a
+	}
+	return b
 }
 
 // Outcome is one device's result.
@@ -82,8 +130,8 @@ func Run(ctx context.Context, bundles []wire.Bundle, o RunOptions) ([]Outcome, S
 	if o.Attempts <= 0 {
 		o.Attempts = 3
 	}
-	if o.MaxWait == 0 {
-		o.MaxWait = 5 * time.Second
+	if (o.Arrival == "rate" || o.Arrival == "ramp") && o.Rate <= 0 {
+		o.Rate = 100
 	}
 	outs := make([]Outcome, len(bundles))
 	var done, failed atomic.Int64
@@ -103,6 +151,12 @@ func Run(ctx context.Context, bundles []wire.Bundle, o RunOptions) ([]Outcome, S
 		})
 	}
 	for i := range bundles {
+		if at := arrivalAt(o, i); at > 0 {
+			select {
+			case <-time.After(time.Until(start.Add(at))):
+			case <-ctx.Done():
+			}
+		}
 		if ctx.Err() != nil {
 			outs[i] = Outcome{Serial: bundles[i].Serial, Err: ctx.Err()}
 			continue
@@ -142,12 +196,12 @@ func enrollOne(ctx context.Context, b wire.Bundle, overMQTT bool, o RunOptions) 
 		if err == nil || ctx.Err() != nil {
 			return out
 		}
-		again, wait := retryable(err)
+		again, hint := retryable(err)
 		if !again {
 			return out
 		}
 		select {
-		case <-time.After(min(max(wait, 100*time.Millisecond), o.MaxWait)):
+		case <-time.After(Backoff(out.Attempts, hint, o.MaxWait)):
 		case <-ctx.Done():
 			return out
 		}

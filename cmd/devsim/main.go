@@ -4,6 +4,7 @@
 //	go run ./cmd/devsim --bundles ./batch1
 //	go run ./cmd/devsim --bundles ./batch1 --concurrency 256 --json
 //	go run ./cmd/devsim --bundles ./batch1 --transport mqtt
+//	go run ./cmd/devsim --mint 5000 --site hq --arrival ramp --rate 500 --ramp 20s
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -42,6 +44,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("devsim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	bundles := fs.String("bundles", "", "directory of flash bundles (<serial>.json) from provctl factory mint")
+	mint := fs.Int("mint", 0, "instead of --bundles: mint this many devices through the ops API first")
+	site := fs.String("site", "", "with --mint: pre-assign the devices to this site")
+	model := fs.String("model", "SIM", "with --mint: the devices' model")
+	data := fs.String("data", "", "with --mint: provisiond data directory (finds the API, token and CA; default ./data)")
+	api := fs.String("api", os.Getenv("PROVCTL_SERVER"), "with --mint: API URL (env PROVCTL_SERVER)")
+	tokenFile := fs.String("token-file", os.Getenv("PROVCTL_TOKEN_FILE"), "with --mint: API token file (an operator's)")
+	caFile := fs.String("ca-file", os.Getenv("PROVCTL_CA_FILE"), "with --mint: root CA file")
+	arrival := fs.String("arrival", "storm", "storm (all at once), rate (--rate per second) or ramp (0 to --rate over --ramp)")
+	rate := fs.Float64("rate", 100, "devices per second for --arrival rate or ramp")
+	ramp := fs.Duration("ramp", 10*time.Second, "ramp duration for --arrival ramp")
+	maxWait := fs.Duration("max-wait", 0, "cap on waits between attempts (0: honour the server's hints)")
 	server := fs.String("server", "", "override the bundles' CoAP endpoint: host:port or coaps://host:port")
 	broker := fs.String("broker", "", "override the bundles' MQTT endpoint: host:port or mqtts://host:port")
 	transport := fs.String("transport", "coap", "coap (DTLS), mqtt (TLS) or mix (alternating)")
@@ -54,8 +67,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *bundles == "" {
-		return errors.New("--bundles DIR is required")
+	if (*bundles == "") == (*mint == 0) {
+		return errors.New("give --bundles DIR or --mint N")
+	}
+	switch *arrival {
+	case "storm", "rate", "ramp":
+	default:
+		return fmt.Errorf("--arrival: %q is not storm, rate or ramp", *arrival)
+	}
+	switch *transport {
+	case "coap", "mqtt", "mix":
+	default:
+		return fmt.Errorf("--transport: %q is not coap, mqtt or mix", *transport)
 	}
 	f := wire.CBOR
 	switch *format {
@@ -65,17 +88,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("--format: %q is neither cbor nor json", *format)
 	}
-	list, err := simulator.LoadBundles(*bundles)
-	if err != nil {
-		return err
-	}
-	switch *transport {
-	case "coap", "mqtt", "mix":
-	default:
-		return fmt.Errorf("--transport: %q is not coap, mqtt or mix", *transport)
+	var list []wire.Bundle
+	if *mint > 0 {
+		c, err := httpapi.Connect(*api, *tokenFile, *caFile, *data)
+		if err != nil {
+			return err
+		}
+		m, err := c.Mint(ctx, *model, *mint, *site)
+		if err != nil {
+			return err
+		}
+		list = m.Bundles
+		fmt.Fprintf(stderr, "minted %d devices (batch %s)\n", len(list), m.Batch.Batch.ID)
+	} else {
+		var err error
+		if list, err = simulator.LoadBundles(*bundles); err != nil {
+			return err
+		}
 	}
 	opts := simulator.RunOptions{Concurrency: *conc, Transport: *transport, Endpoint: *server, Broker: *broker,
-		Format: f, Attempts: *attempts, Timeout: *timeout}
+		Format: f, Attempts: *attempts, Timeout: *timeout, Arrival: *arrival, Rate: *rate, Ramp: *ramp, MaxWait: *maxWait}
 	if !*quiet && !*asJSON {
 		opts.Progress = stderr
 	}

@@ -156,31 +156,12 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 	if entries, err := os.ReadDir(*out); err == nil && len(entries) > 0 {
 		return fmt.Errorf("factory mint: %s is not empty; bundles hold secrets, so provctl will not mix batches", *out)
 	}
-	info, err := e.client.Info(e.ctx)
-	if err != nil {
-		return err
-	}
 	// Tokens are made here and only their hashes go to the server.
-	bundles := make([]wire.Bundle, *count)
-	rows := make([]enroll.ManifestRow, *count)
-	codes := make([]enroll.ClaimCode, *count)
-	for i := range bundles {
-		serial := enroll.NewSerial(*model)
-		tok := enroll.NewClaimToken()
-		bundles[i] = wire.Bundle{Serial: serial, ClaimToken: tok, RootCA: info.RootCA, Endpoints: info.Endpoints, Model: *model}
-		rows[i] = enroll.ManifestRow{Serial: serial, ClaimTokenHash: enroll.FormatTokenHash(enroll.HashToken(tok))}
-		if *site == "" { // devices an installer will claim get a label code
-			codes[i] = enroll.NewClaimCode(serial)
-			rows[i].ClaimCodeHash = enroll.FormatTokenHash(codes[i].Hash())
-		}
-	}
-	res, err := e.client.ImportBatch(e.ctx, httpapi.BatchRequest{Model: *model, Site: *site, Source: "mint", Rows: rows})
+	m, err := e.client.Mint(e.ctx, *model, *count, *site)
 	if err != nil {
 		return err
 	}
-	if res.Created != *count {
-		return fmt.Errorf("factory mint: server registered %d of %d devices (serial collision?); nothing written", res.Created, *count)
-	}
+	res, bundles, codes := m.Batch, m.Bundles, m.Codes
 	if err := os.MkdirAll(*out, 0o700); err != nil {
 		return err
 	}
@@ -191,7 +172,7 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 			return err
 		}
 		man.Devices = append(man.Devices, wire.ManifestRow{Serial: b.Serial, DeviceID: res.Results[i].DeviceID.String(),
-			ClaimTokenHash: rows[i].ClaimTokenHash})
+			ClaimTokenHash: enroll.FormatTokenHash(enroll.HashToken(b.ClaimToken))})
 	}
 	raw, _ := json.MarshalIndent(man, "", "  ")
 	if err := os.WriteFile(filepath.Join(*out, "manifest.json"), append(raw, '\n'), 0o644); err != nil {

@@ -19,11 +19,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 
-	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/transport/httpapi"
 )
 
@@ -141,40 +139,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("unknown command %q", strings.Join(fs.Args()[:min(2, fs.NArg())], " "))
 }
 
-// connect resolves the server, token and CA from flags, environment and the data directory.
 func connect(srv, tokenFile, caFile, data string) (*httpapi.Client, error) {
-	if data == "" && (srv == "" || tokenFile == "" || caFile == "") {
-		data = "./data"
-	}
-	if data != "" {
-		if srv == "" {
-			raw, err := os.ReadFile(filepath.Join(data, server.ServerInfoFile))
-			if err != nil {
-				return nil, fmt.Errorf("no --server given and %s is unreadable (is provisiond running with --data %s?): %w",
-					filepath.Join(data, server.ServerInfoFile), data, err)
-			}
-			var si server.ServerInfo
-			if err := json.Unmarshal(raw, &si); err != nil {
-				return nil, fmt.Errorf("%s: %w", server.ServerInfoFile, err)
-			}
-			srv = si.API
-		}
-		if tokenFile == "" {
-			tokenFile = filepath.Join(data, server.AdminTokenFile)
-		}
-		if caFile == "" {
-			caFile = filepath.Join(data, server.RootFile)
-		}
-	}
-	token, err := os.ReadFile(tokenFile)
-	if err != nil {
-		return nil, fmt.Errorf("token file: %w", err)
-	}
-	root, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("CA file: %w", err)
-	}
-	return httpapi.NewClient(srv, string(token), root)
+	return httpapi.Connect(srv, tokenFile, caFile, data)
 }
 
 func (e *env) print(v any, text func(w io.Writer)) error {

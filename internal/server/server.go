@@ -48,9 +48,9 @@ const (
 	InventoryFile  = "inventory.db"
 	CADir          = "ca"
 	PassphraseFile = "ca.passphrase"
-	AdminTokenFile = "admin.token"
-	RootFile       = "root.pem"
-	ServerInfoFile = "server.json" // where the running server's API listens, for provctl --data
+	AdminTokenFile = httpapi.AdminTokenFile
+	RootFile       = httpapi.RootFile
+	ServerInfoFile = httpapi.ServerInfoFile // where the running server's API listens, for provctl --data
 )
 
 // PassphraseEnv names the environment variable holding the CA key passphrase.

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -98,22 +97,11 @@ func (e *Env) Site(name, cidr string) httpapi.SiteView {
 // empty) and returns their flash bundles, as `provctl factory mint` does.
 func (e *Env) Mint(n int, site string) []wire.Bundle {
 	e.T.Helper()
-	bundles := make([]wire.Bundle, n)
-	rows := make([]enroll.ManifestRow, n)
-	for i := range bundles {
-		tok := enroll.NewClaimToken()
-		bundles[i] = wire.Bundle{Serial: enroll.NewSerial("TEST"), ClaimToken: tok, RootCA: e.Info.RootCA,
-			Endpoints: e.Info.Endpoints, Model: "TEST"}
-		rows[i] = enroll.ManifestRow{Serial: bundles[i].Serial, ClaimTokenHash: enroll.FormatTokenHash(enroll.HashToken(tok))}
-	}
-	res, err := e.Client.ImportBatch(context.Background(), httpapi.BatchRequest{Model: "TEST", Site: site, Source: "mint", Rows: rows})
+	m, err := e.Client.Mint(context.Background(), "TEST", n, site)
 	if err != nil {
 		e.T.Fatalf("mint: %v", err)
 	}
-	if res.Created != n {
-		e.T.Fatalf("mint: created %d of %d", res.Created, n)
-	}
-	return bundles
+	return m.Bundles
 }
 
 // MQTTS is the embedded broker's TLS endpoint as a URL.

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/transport/wire"
 )
 
 // Client calls the ops API; provctl is built on it.
@@ -119,4 +121,44 @@ func (c *Client) Audit(ctx context.Context, after uint64, limit int) ([]devices.
 		Events []devices.AuditEvent `json:"events"`
 	}
 	return r.Events, c.Do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/audit?after=%d&limit=%d", after, limit), nil, &r)
+}
+
+// Minted is a freshly minted batch: the flash bundles (with their claim
+// tokens, which never went to the server) and, for devices without a site,
+// their label claim codes.
+type Minted struct {
+	Batch   BatchResponse
+	Bundles []wire.Bundle
+	Codes   []enroll.ClaimCode // nil when the batch is pre-assigned to a site
+}
+
+// Mint makes n serials and claim tokens of a model here, registers them with
+// the server by their hashes (pre-assigned to site when given, else with label
+// claim codes), and returns the bundles to flash.
+func (c *Client) Mint(ctx context.Context, model string, n int, site string) (Minted, error) {
+	info, err := c.Info(ctx)
+	if err != nil {
+		return Minted{}, err
+	}
+	m := Minted{Bundles: make([]wire.Bundle, n)}
+	rows := make([]enroll.ManifestRow, n)
+	if site == "" {
+		m.Codes = make([]enroll.ClaimCode, n)
+	}
+	for i := range n {
+		serial, tok := enroll.NewSerial(model), enroll.NewClaimToken()
+		m.Bundles[i] = wire.Bundle{Serial: serial, ClaimToken: tok, RootCA: info.RootCA, Endpoints: info.Endpoints, Model: model}
+		rows[i] = enroll.ManifestRow{Serial: serial, ClaimTokenHash: enroll.FormatTokenHash(enroll.HashToken(tok))}
+		if m.Codes != nil {
+			m.Codes[i] = enroll.NewClaimCode(serial)
+			rows[i].ClaimCodeHash = enroll.FormatTokenHash(m.Codes[i].Hash())
+		}
+	}
+	if m.Batch, err = c.ImportBatch(ctx, BatchRequest{Model: model, Site: site, Source: "mint", Rows: rows}); err != nil {
+		return Minted{}, err
+	}
+	if m.Batch.Created != n {
+		return Minted{}, fmt.Errorf("mint: the server registered %d of %d devices (serial collision?)", m.Batch.Created, n)
+	}
+	return m, nil
 }
