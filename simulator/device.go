@@ -194,7 +194,7 @@ func (d *Device) dial(ctx context.Context, override string, cert *tls.Certificat
 	if deadline, ok := ctx.Deadline(); ok {
 		dl.Deadline = deadline
 	}
-	return coapdtls.Dial(addr, cfg, options.WithDialer(&dl), options.WithContext(ctx))
+	return coapdtls.Dial(addr, cfg, options.WithDialer(&dl), options.WithContext(ctx), options.WithErrors(func(error) {}))
 }
 
 // CSR returns a DER PKCS#10 request for the device key, naming the serial.
