@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -112,7 +113,7 @@ func (s *Store) LeasesInUse(site string, now time.Time) (n int, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		prefix := append([]byte(site), 0)
 		c := tx.Bucket(bucketLeases).Cursor()
-		for k, v := c.Seek(prefix); k != nil && len(k) == len(prefix)+4 && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+4; k, v = c.Next() {
 			var l Lease
 			if err := jsonUnmarshal(v, &l); err != nil {
 				return err

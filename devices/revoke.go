@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -41,19 +42,8 @@ type Selector struct {
 func (s *Store) Revoke(sel Selector, reason string, now time.Time, ev AuditEvent) ([]Device, error) {
 	var out []Device
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		ids, err := selectDevices(tx, sel)
-		if err != nil {
-			return err
-		}
 		out = out[:0]
-		for _, id := range ids {
-			d, err := getDevice(tx, id)
-			if err != nil {
-				return err
-			}
-			if d.State == StateRevoked {
-				continue
-			}
+		return forEachSelected(tx, sel, func(d Device) error {
 			old := d
 			if err := releaseLease(tx, &d); err != nil {
 				return err
@@ -75,10 +65,31 @@ func (s *Store) Revoke(sel Selector, reason string, now time.Time, ev AuditEvent
 				return err
 			}
 			out = append(out, d)
-		}
-		return nil
+			return nil
+		})
 	})
 	return out, err
+}
+
+// forEachSelected calls fn with every selected device that is not revoked.
+func forEachSelected(tx *bolt.Tx, sel Selector, fn func(Device) error) error {
+	ids, err := selectDevices(tx, sel)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		d, err := getDevice(tx, id)
+		if err != nil {
+			return err
+		}
+		if d.State == StateRevoked {
+			continue
+		}
+		if err := fn(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func selectDevices(tx *bolt.Tx, sel Selector) ([]uuid.UUID, error) {
@@ -102,7 +113,7 @@ func selectDevices(tx *bolt.Tx, sel Selector) ([]uuid.UUID, error) {
 		}
 		prefix := append([]byte(sel.Site), 0)
 		c := tx.Bucket(bucketBySite).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && len(k) == len(prefix)+16 && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+16; k, _ = c.Next() {
 			add(uuid.UUID(k[len(prefix):]))
 		}
 	}
@@ -267,18 +278,7 @@ func (s *Store) SetOverride(sel Selector, o *ConfigOverride, now time.Time, ev A
 	changed := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		affected, changed = affected[:0], 0
-		ids, err := selectDevices(tx, sel)
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			d, err := getDevice(tx, id)
-			if err != nil {
-				return err
-			}
-			if d.State == StateRevoked {
-				continue
-			}
+		return forEachSelected(tx, sel, func(d Device) error {
 			old := d
 			d.Override = o
 			if d.State == StateProvisioned || d.State == StateActive {
@@ -296,8 +296,8 @@ func (s *Store) SetOverride(sel Selector, o *ConfigOverride, now time.Time, ev A
 				return err
 			}
 			changed++
-		}
-		return nil
+			return nil
+		})
 	})
 	return affected, changed, err
 }

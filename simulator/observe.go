@@ -1,7 +1,6 @@
 package simulator
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 
@@ -69,15 +68,6 @@ func (d *Device) ReportStateCoAP(ctx context.Context, o EnrollOptions, rep wire.
 	if err != nil {
 		return err
 	}
-	conn, err := d.dial(ctx, o.Endpoint, cert)
-	if err != nil {
-		return fmt.Errorf("dtls dial: %w", err)
-	}
-	defer conn.Close()
-	resp, err := conn.Post(ctx, "/state", message.AppCBOR, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	defer conn.ReleaseMessage(resp)
-	return decodeAnswer(resp, codes.Changed, wire.CBOR, nil)
+	o.Format = wire.CBOR
+	return d.post(ctx, o, cert, "/state", body, codes.Changed, nil)
 }

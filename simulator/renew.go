@@ -1,7 +1,6 @@
 package simulator
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -13,7 +12,6 @@ import (
 	"fmt"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/provisiond/provisiond/transport/mqtt"
@@ -56,18 +54,9 @@ func (d *Device) Renew(ctx context.Context, o EnrollOptions) error {
 	if err != nil {
 		return err
 	}
-	conn, err := d.dial(ctx, o.Endpoint, cert)
-	if err != nil {
-		return fmt.Errorf("dtls dial: %w", err)
-	}
-	defer conn.Close()
-	resp, err := conn.Post(ctx, "/renew", message.AppCBOR, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	defer conn.ReleaseMessage(resp)
+	o.Format = wire.CBOR
 	var out wire.RenewResponse
-	if err := decodeAnswer(resp, codes.Changed, wire.CBOR, &out); err != nil {
+	if err := d.post(ctx, o, cert, "/renew", body, codes.Changed, &out); err != nil {
 		return err
 	}
 	return d.install(key, &out)

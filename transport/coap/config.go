@@ -94,24 +94,40 @@ func (s *Server) getConfig(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Me
 	_ = w.SetResponse(codes.Content, message.MediaType(f), bytes.NewReader(body))
 }
 
-func (s *Server) postState(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message) {
+// devicePost is what every POST from an enrolled device starts with: the
+// method, a CBOR or JSON content-format, the certificate identity on the
+// session and a body of at most limit bytes. It answers and returns false
+// when one of them is wrong.
+func (s *Server) devicePost(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message, limit int) (wire.Format, peer, []byte, bool) {
 	if m.Code() != codes.POST {
 		methodNotAllowed(w, "POST")
-		return
+		return 0, peer{}, nil, false
 	}
 	cf, err := m.ContentFormat()
 	f := wire.Format(cf)
 	if err != nil || (f != wire.CBOR && f != wire.JSON) {
 		reply(w, bootstrap.Answer{Status: bootstrap.UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)")})
-		return
+		return 0, peer{}, nil, false
 	}
 	p, ok := s.peerOf(w, f)
-	if !ok || s.report == nil {
-		return
+	if !ok {
+		return 0, peer{}, nil, false
 	}
-	body, err := readBody(m, 1024)
+	body, err := readBody(m, limit)
 	if err != nil {
 		reply(w, h.TooLarge(f))
+		return 0, peer{}, nil, false
+	}
+	return f, p, body, true
+}
+
+func (s *Server) postState(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message) {
+	f, p, body, ok := s.devicePost(h, w, m, 1024)
+	if !ok {
+		return
+	}
+	if s.report == nil {
+		reply(w, bootstrap.Answer{Status: bootstrap.NotFound, Body: []byte("state reports are not enabled")})
 		return
 	}
 	var rep wire.StateReport
@@ -198,23 +214,8 @@ func (s *Server) ConfigChanged(id uuid.UUID, cfg enroll.DeviceConfig) {
 var _ enroll.Notifier = (*Server)(nil)
 
 func (s *Server) renew(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message) {
-	if m.Code() != codes.POST {
-		methodNotAllowed(w, "POST")
-		return
-	}
-	cf, err := m.ContentFormat()
-	f := wire.Format(cf)
-	if err != nil || (f != wire.CBOR && f != wire.JSON) {
-		reply(w, bootstrap.Answer{Status: bootstrap.UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)")})
-		return
-	}
-	p, ok := s.peerOf(w, f)
+	f, p, body, ok := s.devicePost(h, w, m, wire.MaxRequestBytes)
 	if !ok {
-		return
-	}
-	body, err := readBody(m, wire.MaxRequestBytes)
-	if err != nil {
-		reply(w, h.TooLarge(f))
 		return
 	}
 	reply(w, h.Renew(f, p.id, p.certSerial, body, sourceOf(w)))
