@@ -141,20 +141,7 @@ func selectDevices(tx *bolt.Tx, sel Selector) ([]uuid.UUID, error) {
 }
 
 // RevokedCerts lists every revoked certificate (for the CRL).
-func (s *Store) RevokedCerts() ([]RevokedCert, error) {
-	var out []RevokedCert
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRevoked).ForEach(func(_, v []byte) error {
-			var r RevokedCert
-			if err := json.Unmarshal(v, &r); err != nil {
-				return err
-			}
-			out = append(out, r)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Store) RevokedCerts() ([]RevokedCert, error) { return listJSON[RevokedCert](s, bucketRevoked) }
 
 // CertStatus tells whether a certificate serial (hex) was issued here and
 // whether it is revoked.

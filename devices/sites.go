@@ -2,7 +2,6 @@ package devices
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -50,20 +49,7 @@ func (s *Store) Site(name string) (Site, error) {
 }
 
 // Sites lists all sites by name.
-func (s *Store) Sites() ([]Site, error) {
-	var out []Site
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSites).ForEach(func(k, v []byte) error {
-			var site Site
-			if err := json.Unmarshal(v, &site); err != nil {
-				return fmt.Errorf("decode site %q: %w", k, err)
-			}
-			out = append(out, site)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Store) Sites() ([]Site, error) { return listJSON[Site](s, bucketSites) }
 
 // SiteDeviceCount counts the devices bound to a site.
 func (s *Store) SiteDeviceCount(name string) (n int, err error) {

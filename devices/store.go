@@ -401,20 +401,7 @@ func (s *Store) AppendAudit(ev AuditEvent) error {
 }
 
 // Tokens lists the API tokens (never their secrets, which are not stored).
-func (s *Store) Tokens() ([]Token, error) {
-	var out []Token
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTokens).ForEach(func(_, v []byte) error {
-			var t Token
-			if err := json.Unmarshal(v, &t); err != nil {
-				return fmt.Errorf("decode token: %w", err)
-			}
-			out = append(out, t)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Store) Tokens() ([]Token, error) { return listJSON[Token](s, bucketTokens) }
 
 // DeleteToken revokes the token with the given ID.
 func (s *Store) DeleteToken(id string, ev AuditEvent) error {
@@ -468,6 +455,22 @@ func (s *Store) History(target string, limit int) ([]AuditEvent, error) {
 			out = append(out, ev)
 		}
 		return nil
+	})
+	return out, err
+}
+
+// listJSON decodes every record of a bucket, in key order.
+func listJSON[T any](s *Store, bucket []byte) ([]T, error) {
+	var out []T
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+			var x T
+			if err := json.Unmarshal(v, &x); err != nil {
+				return fmt.Errorf("decode %s record %q: %w", bucket, k, err)
+			}
+			out = append(out, x)
+			return nil
+		})
 	})
 	return out, err
 }
