@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -81,6 +82,7 @@ type Outcome struct {
 	Err      error
 	Latency  time.Duration // of the successful (or last) attempt
 	Attempts int
+	Retried  []string // the reason of each failed attempt before the last
 }
 
 // Summary aggregates a run.
@@ -89,6 +91,8 @@ type Summary struct {
 	Enrolled  int            `json:"enrolled"`
 	Failed    int            `json:"failed"`
 	Reasons   map[string]int `json:"failed_by_reason,omitempty"`
+	Attempts  int            `json:"attempts"`
+	Retries   map[string]int `json:"retried_by_reason,omitempty"` // failed attempts that were retried
 	Duration  time.Duration  `json:"duration_ns"`
 	PerSecond float64        `json:"enrollments_per_second"`
 	P50       time.Duration  `json:"p50_ns"`
@@ -101,8 +105,14 @@ func (s Summary) String() string {
 	out := fmt.Sprintf("devices %d: enrolled %d, failed %d in %v (%.0f enrollments/s); latency p50 %v p90 %v p99 %v max %v",
 		s.Devices, s.Enrolled, s.Failed, s.Duration.Round(time.Millisecond), s.PerSecond,
 		s.P50.Round(100*time.Microsecond), s.P90.Round(100*time.Microsecond), s.P99.Round(100*time.Microsecond), s.Max.Round(100*time.Microsecond))
-	for r, n := range s.Reasons {
-		out += fmt.Sprintf("\n  failed %s: %d", r, n)
+	if s.Attempts > s.Devices {
+		out += fmt.Sprintf("\n  %d attempts for %d devices", s.Attempts, s.Devices)
+	}
+	for _, r := range slices.Sorted(maps.Keys(s.Reasons)) {
+		out += fmt.Sprintf("\n  failed %s: %d", r, s.Reasons[r])
+	}
+	for _, r := range slices.Sorted(maps.Keys(s.Retries)) {
+		out += fmt.Sprintf("\n  retried after %s: %d", r, s.Retries[r])
 	}
 	return out
 }
@@ -197,9 +207,10 @@ func enrollOne(ctx context.Context, b wire.Bundle, overMQTT bool, o RunOptions) 
 			return out
 		}
 		again, hint := retryable(err)
-		if !again {
+		if !again || out.Attempts == o.Attempts {
 			return out
 		}
+		out.Retried = append(out.Retried, Reason(err))
 		select {
 		case <-time.After(Backoff(out.Attempts, hint, o.MaxWait)):
 		case <-ctx.Done():
@@ -211,9 +222,13 @@ func enrollOne(ctx context.Context, b wire.Bundle, overMQTT bool, o RunOptions) 
 
 // Summarize computes counts, rate and latency percentiles of successful enrollments.
 func Summarize(outs []Outcome, elapsed time.Duration) Summary {
-	s := Summary{Devices: len(outs), Duration: elapsed, Reasons: map[string]int{}}
+	s := Summary{Devices: len(outs), Duration: elapsed, Reasons: map[string]int{}, Retries: map[string]int{}}
 	var lat []time.Duration
 	for _, o := range outs {
+		s.Attempts += o.Attempts
+		for _, r := range o.Retried {
+			s.Retries[r]++
+		}
 		if o.Err != nil {
 			s.Failed++
 			s.Reasons[Reason(o.Err)]++
@@ -232,6 +247,9 @@ func Summarize(outs []Outcome, elapsed time.Duration) Summary {
 	}
 	if len(s.Reasons) == 0 {
 		s.Reasons = nil
+	}
+	if len(s.Retries) == 0 {
+		s.Retries = nil
 	}
 	return s
 }

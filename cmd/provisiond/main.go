@@ -75,6 +75,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&retry, "retry-window", retry, "a device re-sending the same key within this gets the same answer (env PROVISIOND_RETRY_WINDOW)")
 	maxInFlight := env("max-inflight", "256")
 	fs.StringVar(&maxInFlight, "max-inflight", maxInFlight, "enrollments processed at once; more are answered 5.03 with a retry hint (env PROVISIOND_MAX_INFLIGHT)")
+	maxHandshakes := env("max-handshakes", "64")
+	fs.StringVar(&maxHandshakes, "max-handshakes", maxHandshakes, "DTLS handshakes worked on at once; more wait up to 5s for a slot, then are dropped (env PROVISIOND_MAX_HANDSHAKES)")
 	logLevel := env("log-level", "info")
 	fs.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error (env PROVISIOND_LOG_LEVEL)")
 	logFormat := env("log-format", "text")
@@ -94,6 +96,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if cfg.Enroll.MaxInFlight, err = strconv.Atoi(maxInFlight); err != nil || cfg.Enroll.MaxInFlight < 1 {
 		return fmt.Errorf("max-inflight: %q is not a positive number", maxInFlight)
+	}
+	if cfg.MaxHandshakes, err = strconv.Atoi(maxHandshakes); err != nil || cfg.MaxHandshakes < 1 {
+		return fmt.Errorf("max-handshakes: %q is not a positive number", maxHandshakes)
 	}
 	cfg.InsecureCoAP = insecure
 	if insecure && cfg.CoAPAddr == "" {

@@ -19,6 +19,9 @@ type Sources struct {
 	DTLSSessions   func() int                     // mutual-DTLS device sessions
 	MQTTSessions   func() int                     // MQTT device sessions (embedded broker)
 	RevokedDevices func() (int, error)
+	// DTLSHandshakes reports the handshake gate: slots in use, sessions
+	// waiting for one, and sessions dropped since start.
+	DTLSHandshakes func() (inProgress int, waiting, dropped int64)
 }
 
 // Metrics holds the registry and the instruments the service updates.
@@ -59,6 +62,17 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			ch <- prometheus.MustNewConstMetric(sessions, prometheus.GaugeValue, float64(src.MQTTSessions()), "mqtt")
 		}
 	}, sessions))
+	if src.DTLSHandshakes != nil {
+		inProgress := prometheus.NewDesc("provisiond_dtls_handshakes_in_progress", "DTLS handshake slots in use (handshakes, and bootstrap sessions not yet answered).", nil, nil)
+		waiting := prometheus.NewDesc("provisiond_dtls_handshakes_waiting", "DTLS sessions waiting for a handshake slot.", nil, nil)
+		dropped := prometheus.NewDesc("provisiond_dtls_handshakes_dropped_total", "DTLS sessions dropped after waiting too long for a handshake slot.", nil, nil)
+		m.reg.MustRegister(collectorFunc(func(ch chan<- prometheus.Metric) {
+			n, w, d := src.DTLSHandshakes()
+			ch <- prometheus.MustNewConstMetric(inProgress, prometheus.GaugeValue, float64(n))
+			ch <- prometheus.MustNewConstMetric(waiting, prometheus.GaugeValue, float64(w))
+			ch <- prometheus.MustNewConstMetric(dropped, prometheus.CounterValue, float64(d))
+		}, inProgress, waiting, dropped))
+	}
 	return m
 }
 

@@ -381,3 +381,48 @@ func mustKey(t *testing.T) *ecdsa.PrivateKey {
 	}
 	return k
 }
+
+// A bootstrap session holds one of the --max-handshakes slots from its
+// ClientHello until its enrollment is answered, not until the device closes
+// the session: a device that lingers must not block the next one.
+func TestBootstrapSessionGivesBackItsHandshakeSlot(t *testing.T) {
+	env := servertest.Start(t, func(c *server.Config) { c.MaxHandshakes = 1 })
+	env.Site("hq", "10.20.0.0/24")
+	bundles := env.Mint(3, "hq")
+	roots := x509.NewCertPool()
+	roots.AddCert(env.Server.CA().Root())
+	conn, err := coapdtls.Dial(env.CoAPS(), &piondtls.Config{RootCAs: roots, ServerName: "127.0.0.1", ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	// go-coap's client handshakes on first use: a GET /ca completes it.
+	if resp, err := conn.Get(ctxT(t), "/ca"); err != nil || resp.Code() != codes.Content {
+		t.Fatalf("GET /ca: %v", err)
+	}
+	if n := env.Server.Handshakes().InProgress; n != 1 {
+		t.Fatalf("slots in use on an open bootstrap session = %d, want 1", n)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	body, _ := wire.Marshal(wire.CBOR, wire.EnrollRequest{Serial: bundles[0].Serial, ClaimToken: bundles[0].ClaimToken, CSR: csr})
+	resp, err := conn.Post(ctxT(t), "/enroll", message.AppCBOR, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Code() != codes.Created {
+		t.Fatalf("enroll: %v", resp.Code())
+	}
+	if n := env.Server.Handshakes().InProgress; n != 0 {
+		t.Fatalf("slots in use after the answer, session still open = %d, want 0", n)
+	}
+	// With the one slot free, the next devices get in at once (well inside
+	// the 5 s a held slot would make them wait).
+	outs, sum := simulator.Run(ctxT(t), bundles[1:], simulator.RunOptions{Concurrency: 2, Attempts: 1, Timeout: 4 * time.Second})
+	if sum.Enrolled != 2 {
+		t.Fatalf("%v: %v", sum, outs[0].Err)
+	}
+	if h := env.Server.Handshakes(); h.Dropped != 0 {
+		t.Fatalf("handshakes %+v, want none dropped", h)
+	}
+}

@@ -76,6 +76,7 @@ type Config struct {
 	CertLifetime   time.Duration
 	CertTemplate   string // file with an x509util template; empty = built-in
 	Enroll         enroll.Config
+	MaxHandshakes  int // DTLS handshakes in progress at once (default 64)
 	StoreBatchWait time.Duration
 	DebugAddr      string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
@@ -214,6 +215,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	s.metrics = metrics.New(metrics.Sources{
 		LeasesInUse:  s.leasesInUse,
 		DTLSSessions: func() int { return s.coap.Sessions() },
+		DTLSHandshakes: func() (int, int64, int64) {
+			h := s.coap.Handshakes()
+			return h.InProgress, h.Waiting, h.Dropped
+		},
 		MQTTSessions: func() int {
 			if s.broker == nil {
 				return 0
@@ -229,7 +234,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		coapAddr = cfg.CoAPAddr
 	}
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
-		ClientCAs: clientCAs, Authorize: svc.Authorize}, svc, ca.Root(), log)
+		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes}, svc, ca.Root(), log)
 	s.coap.SetCRL(s.CRL)
 	s.coap.SetObserver(s.observe)
 	if err := s.coap.Start(); err != nil {
@@ -660,6 +665,9 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
 
 // CoAPSAddr is the bound DTLS address (nil when disabled).
 func (s *Server) CoAPSAddr() net.Addr { return s.coap.SecureAddr() }
+
+// Handshakes reports the DTLS handshake gate.
+func (s *Server) Handshakes() coap.HandshakeStats { return s.coap.Handshakes() }
 
 // CoAPAddr is the bound plain CoAP address (nil when disabled).
 func (s *Server) CoAPAddr() net.Addr { return s.coap.InsecureAddr() }

@@ -74,6 +74,13 @@ type Config struct {
 	Authorize        Authorizer                       // checks a device certificate against the inventory
 	HandshakeTimeout time.Duration                    // default 10s
 	IdleTimeout      time.Duration                    // close DTLS sessions idle this long; default 60s
+
+	// MaxHandshakes bounds DTLS handshakes in progress (default 64); a new
+	// session waits up to HandshakeQueueWait (default 5s) for a slot and is
+	// then dropped silently, so that a boot storm cannot starve every
+	// handshake of CPU.
+	MaxHandshakes      int
+	HandshakeQueueWait time.Duration
 }
 
 // Server is the CoAP front end.
@@ -91,6 +98,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	sessions  map[uuid.UUID]map[*udpclient.Conn]struct{} // mutual-DTLS sessions per device
+	gate      *handshakeGate
 	dtls      *dtlsserver.Server
 	udp       *udpserver.Server
 	dtlsAddr  net.Addr
@@ -108,6 +116,12 @@ func New(cfg Config, enroller bootstrap.Enroller, root *x509.Certificate, log *s
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 60 * time.Second
 	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = 64
+	}
+	if cfg.HandshakeQueueWait <= 0 {
+		cfg.HandshakeQueueWait = 5 * time.Second
+	}
 	return &Server{
 		cfg:       cfg,
 		log:       log,
@@ -115,6 +129,7 @@ func New(cfg Config, enroller bootstrap.Enroller, root *x509.Certificate, log *s
 		insecure:  &bootstrap.Handler{Enroller: enroller, Transport: "coap", Log: log},
 		root:      root.Raw,
 		sessions:  map[uuid.UUID]map[*udpclient.Conn]struct{}{},
+		gate:      newHandshakeGate(cfg.MaxHandshakes, cfg.HandshakeQueueWait, cfg.HandshakeQueueWait),
 		serveErrs: make(chan error, 2),
 	}
 }
@@ -133,6 +148,18 @@ func (s *Server) Sessions() int {
 		n += len(m)
 	}
 	return n
+}
+
+// HandshakeStats describes the DTLS handshake gate.
+type HandshakeStats struct {
+	InProgress int   // slots taken: handshakes, and bootstrap sessions not yet answered
+	Waiting    int64 // sessions waiting for a slot now
+	Dropped    int64 // sessions dropped after waiting too long, since start
+}
+
+// Handshakes reports the DTLS handshake gate.
+func (s *Server) Handshakes() HandshakeStats {
+	return HandshakeStats{InProgress: len(s.gate.slots), Waiting: s.gate.waiting.Load(), Dropped: s.gate.dropped.Load()}
 }
 
 // SetCRL makes GET /crl serve what crl returns. Call it before Start.
@@ -245,7 +272,7 @@ func (s *Server) startDTLS() error {
 		options.WithDTLSHandshakeTimeout(s.cfg.HandshakeTimeout),
 		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpclient.Conn) { _ = cc.Close() }),
 		options.WithOnNewConn(func(cc *udpclient.Conn) {
-			dc, ok := cc.NetConn().(*piondtls.Conn)
+			dc, ok := cc.NetConn().(dtlsState)
 			if !ok {
 				return
 			}
@@ -268,7 +295,7 @@ func (s *Server) startDTLS() error {
 	s.dtls, s.dtlsAddr = srv, l.Addr()
 	s.mu.Unlock()
 	s.wg.Go(func() {
-		if err := srv.Serve(l); err != nil {
+		if err := srv.Serve(&gatedListener{inner: l, gate: s.gate}); err != nil {
 			s.serveErrs <- fmt.Errorf("serve coaps: %w", err)
 		}
 	})
@@ -428,7 +455,10 @@ func readBody(m *mux.Message, limit int) ([]byte, error) {
 	return b, nil
 }
 
-var errTooLarge = errors.New("too large")
+var (
+	errTooLarge      = errors.New("too large")
+	errHandshakeBusy = errors.New("dtls handshake dropped: every handshake slot stayed busy")
+)
 
 func (s *Server) enroll(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message) {
 	if m.Code() != codes.POST {
@@ -453,6 +483,8 @@ func (s *Server) enroll(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Messa
 		return
 	}
 	reply(w, h.Enroll(f, body, sourceOf(w)))
+	enrolled(w.Conn().NetConn())
+
 }
 
 func (s *Server) ca(w mux.ResponseWriter, m *mux.Message) {
