@@ -8,7 +8,7 @@ PKGS     := ./...
 # zbarimg (zbar-tools) to scan the QR labels we render.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps vet fmt-check build bench fuzz clean
+.PHONY: run test deps vet fmt-check build bench storm fuzz clean
 
 run:
 	$(GO) run ./cmd/provisiond
@@ -44,6 +44,25 @@ bench: build
 	$(GO) test -run XXX -bench . -benchtime 2s ./pki/ ./enroll/
 	$(GO) test -run XXX -bench 'EnrollDTLS|EnrollMQTT' -benchtime 5000x ./internal/server/
 	$(GO) test -run XXX -bench Provision -benchtime 5000x ./devices/
+
+# The boot-storm table in docs/performance.md: a provisiond process, a peak
+# run at 64 devices at a time, then STORM_X times as many at once; prints
+# both summaries and the inventory's device, enrolled and lease counts.
+PEAK_N    ?= 4000
+STORM_N   ?= 6000
+STORM_X   ?= 10
+STORM_DIR ?= /tmp/provisiond-storm
+storm: build
+	@rm -rf $(STORM_DIR); mkdir -p $(STORM_DIR)
+	@bin/provisiond --data $(STORM_DIR)/data --log-level warn --http-addr 127.0.0.1:18443 \
+		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
+	trap "kill $$pid" EXIT; sleep 2; \
+	bin/provctl --data $(STORM_DIR)/data site create big --ssid Big --security wpa3-sae \
+		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null && \
+	bin/devsim --mint $(PEAK_N) --site big --data $(STORM_DIR)/data --concurrency 64 && \
+	bin/devsim --mint $(STORM_N) --site big --data $(STORM_DIR)/data --concurrency $$((64 * $(STORM_X))) --attempts 20 && \
+	bin/provctl --data $(STORM_DIR)/data -o json site show big | grep -E '"(devices|enrolled|leases_in_use)"' && \
+	echo "server RSS (kB), CPU time: $$(ps -o rss=,times= -p $$pid)"
 
 # Short fuzzing of every decoder of outside input.
 FUZZTIME ?= 30s
