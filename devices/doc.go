@@ -22,6 +22,7 @@
 //	batches   batch ID         -> Batch
 //	tokens    sha256(token)    -> Token
 //	audit     sequence (8B BE) -> AuditEvent
+//	index     field, value, UUID -> ""         (state, model, firmware, batch; see Store.Devices)
 //
 // # Caveats
 //

@@ -99,3 +99,55 @@ func (s *Store) ImportBatch(batch Batch, rows []ImportRow, ev AuditEvent) (Batch
 	}
 	return batch, results, nil
 }
+
+// Load adds complete device records in one transaction, as a migration from
+// another inventory or a capacity test does: each device keeps its fields
+// (ID, state, identity, reported state), and one that is provisioned or
+// active gets a lease from its site's pool (d.Lease is replaced). It changes
+// nothing and fails when a device's ID or serial exists already, its site
+// does not exist, or a pool runs out. One audit event records the load.
+func (s *Store) Load(ds []Device, now time.Time, ev AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		sites := map[string]*Site{}
+		for i := range ds {
+			d := ds[i]
+			if d.ID == uuid.Nil || d.Serial == "" {
+				return fmt.Errorf("%w: device %d: id and serial are required", ErrInvalid, i)
+			}
+			if tx.Bucket(bucketDevices).Get(d.ID[:]) != nil || tx.Bucket(bucketSerials).Get([]byte(d.Serial)) != nil {
+				return fmt.Errorf("device %s (%s): %w", d.ID, d.Serial, ErrExists)
+			}
+			d.Lease = nil
+			if d.Site != "" {
+				site, ok := sites[d.Site]
+				if !ok {
+					st, err := getSite(tx, d.Site)
+					if err != nil {
+						return err
+					}
+					site = &st
+					sites[d.Site] = site
+				}
+				if d.State == StateProvisioned || d.State == StateActive {
+					l, err := acquireLease(tx, site, &d, now)
+					if err != nil {
+						return fmt.Errorf("lease for %s in site %q: %w", d.Serial, d.Site, err)
+					}
+					d.Lease = &l
+				}
+			}
+			if d.Rev == 0 {
+				d.Rev = 1
+			}
+			if err := putDevice(tx, nil, &d); err != nil {
+				return err
+			}
+		}
+		if ev.Detail == nil {
+			ev.Detail = map[string]string{}
+		}
+		ev.Detail["devices"] = fmt.Sprint(len(ds))
+		ev.Time = now
+		return appendAudit(tx, ev)
+	})
+}

@@ -2,7 +2,6 @@ package devices
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -121,17 +120,9 @@ func selectDevices(tx *bolt.Tx, sel Selector) ([]uuid.UUID, error) {
 		if tx.Bucket(bucketBatches).Get([]byte(sel.Batch)) == nil {
 			return nil, fmt.Errorf("batch %q: %w", sel.Batch, ErrNotFound)
 		}
-		err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
-			var d struct {
-				BatchID string `json:"batch_id"`
-			}
-			if err := json.Unmarshal(v, &d); err != nil {
-				return err
-			}
-			if d.BatchID == sel.Batch {
-				add(uuid.UUID(k))
-			}
-			return nil
+		err := joinRanges(filterRanges(tx, Filter{Batch: sel.Batch}), uuid.Nil, func(id uuid.UUID) (bool, error) {
+			add(id)
+			return true, nil
 		})
 		if err != nil {
 			return nil, err
@@ -192,10 +183,8 @@ func (s *Store) Reopen(id uuid.UUID, tokenHash []byte, newID uuid.UUID, now time
 			if err := tx.Bucket(bucketDevices).Delete(id[:]); err != nil {
 				return err
 			}
-			if d.Site != "" {
-				if err := tx.Bucket(bucketBySite).Delete(siteDeviceKey(d.Site, id)); err != nil {
-					return err
-				}
+			if err := deleteIndexes(tx, &old); err != nil {
+				return err
 			}
 			if err := tx.Bucket(bucketSerials).Put([]byte(d.Serial), newID[:]); err != nil {
 				return err

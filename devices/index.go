@@ -1,0 +1,208 @@
+package devices
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Secondary indexes for listing a large inventory by attribute.
+//
+// The index bucket holds one empty-valued key per device and indexed field:
+//
+//	field (1 byte) | len(value) (2 bytes, big endian) | value | device UUID (16 bytes)
+//
+// The length prefix keeps one value's keys from running into another's. Keys
+// of one field and value sort by device UUID, the order Devices pages in, so
+// a filter on several fields is a merge of sorted key ranges (a leapfrog
+// join over bbolt cursors) and a page costs about as many seeks as it has
+// devices, however large the inventory. The site is indexed by the older
+// bysite bucket (site\x00UUID), which joins the same way.
+const (
+	fieldState    byte = 't'
+	fieldModel    byte = 'm'
+	fieldFirmware byte = 'f'
+	fieldBatch    byte = 'b'
+)
+
+// indexVersion marks a store whose index bucket covers every device; Open
+// builds the index once for stores written before it existed.
+var keyIndexVersion = []byte("index_version")
+
+const indexVersion = "1"
+
+func indexPrefix(field byte, value string) []byte {
+	k := make([]byte, 0, 3+len(value)+16)
+	k = append(k, field)
+	k = binary.BigEndian.AppendUint16(k, uint16(len(value)))
+	return append(k, value...)
+}
+
+func indexKey(field byte, value string, id uuid.UUID) []byte {
+	return append(indexPrefix(field, value), id[:]...)
+}
+
+// indexed lists the (field, value) pairs of d that have an index entry.
+func indexed(d *Device) [][2]string {
+	var out [][2]string
+	for _, fv := range [...]struct {
+		f byte
+		v string
+	}{{fieldState, string(d.State)}, {fieldModel, d.Model}, {fieldFirmware, d.FirmwareVersion}, {fieldBatch, d.BatchID}} {
+		if fv.v != "" && len(fv.v) <= 0xFFFF {
+			out = append(out, [2]string{string(fv.f), fv.v})
+		}
+	}
+	return out
+}
+
+// putIndexes moves d's index entries from what old had to what d has.
+func putIndexes(tx *bolt.Tx, old, d *Device) error {
+	b := tx.Bucket(bucketIndex)
+	now := indexed(d)
+	if old != nil {
+		for _, fv := range indexed(old) {
+			if fv[1] == valueOf(now, fv[0]) && old.ID == d.ID {
+				continue
+			}
+			if err := b.Delete(indexKey(fv[0][0], fv[1], old.ID)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, fv := range now {
+		if old != nil && old.ID == d.ID && valueOf(indexed(old), fv[0]) == fv[1] {
+			continue
+		}
+		if err := b.Put(indexKey(fv[0][0], fv[1], d.ID), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func valueOf(fvs [][2]string, field string) string {
+	for _, fv := range fvs {
+		if fv[0] == field {
+			return fv[1]
+		}
+	}
+	return ""
+}
+
+// deleteIndexes removes every index entry of d (its record is going away).
+func deleteIndexes(tx *bolt.Tx, d *Device) error {
+	if d.Site != "" {
+		if err := tx.Bucket(bucketBySite).Delete(siteDeviceKey(d.Site, d.ID)); err != nil {
+			return err
+		}
+	}
+	b := tx.Bucket(bucketIndex)
+	for _, fv := range indexed(d) {
+		if err := b.Delete(indexKey(fv[0][0], fv[1], d.ID)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildIndex indexes every device of a store written before the index
+// existed. It runs once, inside Open's transaction.
+func buildIndex(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if string(meta.Get(keyIndexVersion)) == indexVersion {
+		return nil
+	}
+	err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+		var d Device
+		if err := json.Unmarshal(v, &d); err != nil {
+			return fmt.Errorf("decode device %x: %w", k, err)
+		}
+		return putIndexes(tx, nil, &d)
+	})
+	if err != nil {
+		return fmt.Errorf("build device index: %w", err)
+	}
+	return meta.Put(keyIndexVersion, []byte(indexVersion))
+}
+
+// keyRange is the sorted run of index keys sharing prefix, each ending in a
+// device UUID.
+type keyRange struct {
+	c      *bolt.Cursor
+	prefix []byte
+}
+
+// seek returns the first device ID >= from in the range, or false when the
+// range has none.
+func (r keyRange) seek(from uuid.UUID) (uuid.UUID, bool) {
+	k, _ := r.c.Seek(append(r.prefix[:len(r.prefix):len(r.prefix)], from[:]...))
+	if k == nil || !bytes.HasPrefix(k, r.prefix) || len(k) != len(r.prefix)+16 {
+		return uuid.Nil, false
+	}
+	return uuid.UUID(k[len(r.prefix):]), true
+}
+
+// filterRanges returns the index ranges that a filter's indexed fields
+// select, none when it has no indexed field.
+func filterRanges(tx *bolt.Tx, f Filter) []keyRange {
+	var rs []keyRange
+	if f.Site != "" {
+		rs = append(rs, keyRange{c: tx.Bucket(bucketBySite).Cursor(), prefix: append([]byte(f.Site), 0)})
+	}
+	idx := tx.Bucket(bucketIndex)
+	for _, fv := range [...]struct {
+		f byte
+		v string
+	}{{fieldState, string(f.State)}, {fieldModel, f.Model}, {fieldFirmware, f.Firmware}, {fieldBatch, f.Batch}} {
+		if fv.v != "" {
+			rs = append(rs, keyRange{c: idx.Cursor(), prefix: indexPrefix(fv.f, fv.v)})
+		}
+	}
+	return rs
+}
+
+// joinRanges calls fn, in UUID order from the first ID >= from, with every
+// device ID present in all ranges, until fn returns false or an error.
+func joinRanges(rs []keyRange, from uuid.UUID, fn func(uuid.UUID) (bool, error)) error {
+	cand := from
+	for {
+		agreed := 0
+		for agreed < len(rs) {
+			for _, r := range rs {
+				id, ok := r.seek(cand)
+				if !ok {
+					return nil
+				}
+				if id != cand {
+					cand, agreed = id, 0
+					break
+				}
+				agreed++
+			}
+		}
+		more, err := fn(cand)
+		if err != nil || !more {
+			return err
+		}
+		var ok bool
+		if cand, ok = nextID(cand); !ok {
+			return nil
+		}
+	}
+}
+
+// nextID is id + 1 as a 128-bit big-endian number; false past the last ID.
+func nextID(id uuid.UUID) (uuid.UUID, bool) {
+	for i := len(id) - 1; i >= 0; i-- {
+		id[i]++
+		if id[i] != 0 {
+			return id, true
+		}
+	}
+	return id, false
+}

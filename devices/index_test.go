@@ -1,0 +1,233 @@
+package devices_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/provisiond/provisiond/devices"
+)
+
+// indexFleet loads n devices with attributes drawn from small sets, so that
+// filters on one or several of them match many, few or no devices.
+func indexFleet(t *testing.T, s *devices.Store, n int, rng *rand.Rand) {
+	t.Helper()
+	for _, name := range []string{"north", "south", "east"} {
+		if _, err := s.CreateSite(site(name, "10.0.0.0/16"), devices.AuditEvent{Action: "site.create"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pick := func(vals ...string) string { return vals[rng.IntN(len(vals))] }
+	now := time.Now()
+	ds := make([]devices.Device, n)
+	for i := range ds {
+		d := devices.Device{ID: uuid.New(), Serial: fmt.Sprintf("IDX-%05d", i), TokenHash: hash("t"),
+			Model: pick("A", "B", "C"), BatchID: pick("b1", "b2", "b3", "b4"), CreatedAt: now, UpdatedAt: now}
+		d.Site = pick("", "north", "south", "east")
+		d.State = devices.StateManufactured
+		if d.Site != "" {
+			d.State = devices.State(pick(string(devices.StateClaimed), string(devices.StateProvisioned), string(devices.StateActive), string(devices.StateRevoked)))
+		}
+		if d.State == devices.StateActive || d.State == devices.StateProvisioned {
+			d.FirmwareVersion = pick("1.0", "1.1", "2.0")
+			if rng.IntN(2) == 0 {
+				d.LastSeen = now.Add(-time.Duration(rng.IntN(48)) * time.Hour)
+			}
+		}
+		ds[i] = d
+	}
+	if err := s.Load(ds, now, devices.AuditEvent{Action: "inventory.load"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// every device in ID order: the reference the indexed listing must equal.
+func allDevices(t *testing.T, s *devices.Store) []devices.Device {
+	t.Helper()
+	var all []devices.Device
+	var after uuid.UUID
+	for {
+		page, next, err := s.Devices(devices.Filter{After: after, Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, page...)
+		if next == uuid.Nil {
+			return all
+		}
+		after = next
+	}
+}
+
+func randomFilter(rng *rand.Rand, now time.Time) devices.Filter {
+	var f devices.Filter
+	maybe := func(vals ...string) string {
+		if rng.IntN(3) == 0 {
+			return vals[rng.IntN(len(vals))]
+		}
+		return ""
+	}
+	f.Site = maybe("north", "south", "east", "west")
+	f.State = devices.State(maybe("manufactured", "claimed", "provisioned", "active", "revoked"))
+	f.Model = maybe("A", "B", "C", "Z")
+	f.Firmware = maybe("1.0", "1.1", "2.0")
+	f.Batch = maybe("b1", "b2", "b3", "b4", "b9")
+	if rng.IntN(6) == 0 {
+		f.SeenAfter = now.Add(-24 * time.Hour)
+	}
+	if rng.IntN(6) == 0 {
+		f.NotSeenSince = now.Add(-12 * time.Hour)
+	}
+	f.Limit = 1 + rng.IntN(40)
+	return f
+}
+
+// checkListings pages through random filters and compares each listing with
+// the reference: every matching device, in ID order, each exactly once.
+func checkListings(t *testing.T, s *devices.Store, rng *rand.Rand, rounds int) {
+	t.Helper()
+	all := allDevices(t, s)
+	now := time.Now()
+	for r := range rounds {
+		f := randomFilter(rng, now)
+		var want, got []uuid.UUID
+		for i := range all {
+			if f.Match(&all[i]) {
+				want = append(want, all[i].ID)
+			}
+		}
+		for page := 0; ; page++ {
+			list, next, err := s.Devices(f)
+			if err != nil {
+				t.Fatalf("round %d filter %+v: %v", r, f, err)
+			}
+			for _, d := range list {
+				got = append(got, d.ID)
+			}
+			if next == uuid.Nil {
+				break
+			}
+			if len(list) != f.Limit {
+				t.Fatalf("round %d: short page (%d of %d) with a next cursor", r, len(list), f.Limit)
+			}
+			f.After = next
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("round %d filter %+v: listed %d devices, want %d", r, f, len(got), len(want))
+		}
+	}
+}
+
+func TestIndexedListingEqualsFullScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	s := open(t)
+	indexFleet(t, s, 1500, rng)
+	checkListings(t, s, rng, 300)
+
+	// Changes move index entries: state, firmware and site changes, a
+	// revocation, and a re-open under a new identity (the record is re-keyed).
+	all := allDevices(t, s)
+	for i := 0; i < len(all); i += 7 {
+		d := all[i]
+		_, err := s.UpdateDevice(d.ID, func(x *devices.Device) (*devices.AuditEvent, error) {
+			x.FirmwareVersion = "3.0"
+			if x.State == devices.StateProvisioned {
+				x.State = devices.StateActive
+			}
+			return nil, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var revoked []uuid.UUID
+	for _, d := range all[:60] {
+		if d.State == devices.StateProvisioned || d.State == devices.StateActive {
+			revoked = append(revoked, d.ID)
+		}
+	}
+	if _, err := s.Revoke(devices.Selector{IDs: revoked}, "test", time.Now(), devices.AuditEvent{Action: "device.revoke"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range revoked[:len(revoked)/2] {
+		if _, err := s.Reopen(id, hash("new"), uuid.New(), time.Now(), devices.AuditEvent{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkListings(t, s, rng, 300)
+	if err := s.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A store written before the index existed gets it built when opened.
+func TestIndexBuiltForOlderStore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "inv.db")
+	s, err := devices.Open(path, devices.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	indexFleet(t, s, 400, rng)
+	s.Close()
+
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket([]byte("index")); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte("meta")).Delete([]byte("index_version"))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = devices.Open(path, devices.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	list, _, err := s.Devices(devices.Filter{Model: "A", Limit: 1000})
+	if err != nil || len(list) == 0 {
+		t.Fatalf("model A after reopening: %d devices, %v", len(list), err)
+	}
+	checkListings(t, s, rng, 200)
+}
+
+func TestLoadRefusesWithoutChange(t *testing.T) {
+	s := open(t)
+	if _, err := s.CreateSite(site("hq", "10.1.0.0/30"), devices.AuditEvent{}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	dev := func(serial string, st devices.State) devices.Device {
+		return devices.Device{ID: uuid.New(), Serial: serial, Site: "hq", State: st, Model: "M", TokenHash: hash(serial)}
+	}
+	if err := s.Load([]devices.Device{dev("L1", devices.StateActive)}, now, devices.AuditEvent{}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.Digest()
+	for name, ds := range map[string][]devices.Device{
+		"existing serial": {dev("L2", devices.StateClaimed), dev("L1", devices.StateClaimed)},
+		"unknown site":    {{ID: uuid.New(), Serial: "L3", Site: "nowhere", State: devices.StateClaimed}},
+		"pool exhausted":  {dev("L4", devices.StateActive), dev("L5", devices.StateActive)}, // a /30 has one free address left
+		"no id":           {{Serial: "L6"}},
+	} {
+		if err := s.Load(ds, now, devices.AuditEvent{}); err == nil {
+			t.Errorf("%s: loaded", name)
+		}
+		if after, _ := s.Digest(); after != before {
+			t.Errorf("%s: the store changed", name)
+		}
+	}
+}
