@@ -122,6 +122,34 @@ func checkListings(t *testing.T, s *devices.Store, rng *rand.Rand, rounds int) {
 			t.Fatalf("round %d filter %+v: listed %d devices, want %d", r, f, len(got), len(want))
 		}
 	}
+	// Convergence and leases per site, from the index and the lease
+	// records, against the device records themselves.
+	bySite, err := s.LeasesInUseBySite(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"north", "south", "east"} {
+		var enrolled, applied, leased int
+		for _, d := range all {
+			if d.Site == name && (d.State == devices.StateProvisioned || d.State == devices.StateActive) {
+				enrolled++
+				if d.AppliedConfigVersion == d.ConfigVersion {
+					applied++
+				}
+			}
+			if d.Lease != nil && d.Lease.Site == name && d.Lease.Expires.After(now) {
+				leased++
+			}
+		}
+		e, a, err := s.Convergence(name)
+		if err != nil || e != enrolled || a != applied {
+			t.Fatalf("convergence %s = %d/%d (%v), want %d/%d", name, e, a, err, enrolled, applied)
+		}
+		n, err := s.LeasesInUse(name, now)
+		if err != nil || n != leased || bySite[name] != leased {
+			t.Fatalf("leases in use %s = %d, by site %d (%v), want %d", name, n, bySite[name], err, leased)
+		}
+	}
 }
 
 func TestIndexedListingEqualsFullScan(t *testing.T) {
@@ -140,6 +168,7 @@ func TestIndexedListingEqualsFullScan(t *testing.T) {
 			if x.State == devices.StateProvisioned {
 				x.State = devices.StateActive
 			}
+			x.ConfigVersion += uint64(i % 2) // half of them now have a config to apply
 			return nil, nil
 		})
 		if err != nil {
@@ -192,6 +221,7 @@ func TestIndexBuiltForOlderStore(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	defer devices.SetIndexChunk(7)() // many chunks, the last one short
 	s, err = devices.Open(path, devices.Options{})
 	if err != nil {
 		t.Fatal(err)

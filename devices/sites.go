@@ -129,18 +129,13 @@ func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Si
 }
 
 // Convergence counts a site's enrolled devices and how many of them reported
-// that they applied their current config version.
+// that they applied their current config version (from the index: no
+// device record is read).
 func (s *Store) Convergence(site string) (enrolled, applied int, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
-		return forEachSiteDevice(tx, site, func(d Device) error {
-			if d.State == StateProvisioned || d.State == StateActive {
-				enrolled++
-				if d.AppliedConfigVersion == d.ConfigVersion {
-					applied++
-				}
-			}
-			return nil
-		})
+		applied = countIndex(tx, fieldConvergence, convergenceValue(site, convApplied))
+		enrolled = applied + countIndex(tx, fieldConvergence, convergenceValue(site, convPending))
+		return nil
 	})
 	return enrolled, applied, err
 }

@@ -77,8 +77,11 @@ func Open(path string, opts Options) (*Store, error) {
 				return err
 			}
 		}
-		return buildIndex(tx)
+		return nil
 	})
+	if err == nil {
+		err = buildIndex(db)
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("initialise store: %w", err)
@@ -89,6 +92,16 @@ func Open(path string, opts Options) (*Store, error) {
 // Close closes the file. It is safe to call more than once.
 func (s *Store) Close() error {
 	return s.db.Close()
+}
+
+// Ping reads from the store: it answers, and its file is open.
+func (s *Store) Ping() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketMeta) == nil {
+			return errors.New("store has no meta bucket")
+		}
+		return nil
+	})
 }
 
 // Check runs bbolt's consistency check and returns the first problem found.

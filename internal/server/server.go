@@ -313,22 +313,12 @@ func (s *Server) observe(transport, result string, d time.Duration) {
 }
 
 func (s *Server) leasesInUse() (map[string]int, error) {
-	sites, err := s.store.Sites()
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]int, len(sites))
-	for _, site := range sites {
-		if out[site.Name], err = s.store.LeasesInUse(site.Name, time.Now()); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return s.store.LeasesInUseBySite(time.Now())
 }
 
 // Ready reports why the service is not ready to serve devices, or nil.
 func (s *Server) Ready() error {
-	if err := s.store.Check(); err != nil {
+	if err := s.store.Ping(); err != nil { // not Check: that reads the whole file
 		return err
 	}
 	if s.cfg.MQTTBroker != "" && !s.MQTTConnected() {

@@ -1,0 +1,9 @@
+package devices
+
+// SetIndexChunk makes index building use chunks of n devices until the
+// returned function restores the default.
+func SetIndexChunk(n int) (restore func()) {
+	old := indexChunk
+	indexChunk = n
+	return func() { indexChunk = old }
+}
