@@ -22,6 +22,9 @@ import (
 type MQTTOptions struct {
 	Broker string      // overrides the bundle's first mqtts:// endpoint (URL or host:port)
 	Format wire.Format // CBOR or JSON (default) for enrollment
+	// OnConnectionLost is called when the session ends other than by Close
+	// (the server cut it, or the network failed).
+	OnConnectionLost func(error)
 }
 
 // broker returns paho's address for the MQTT endpoint and the host name to verify.
@@ -55,6 +58,9 @@ func (d *Device) mqttClient(ctx context.Context, o MQTTOptions, clientID string,
 	opts := paho.NewClientOptions().AddBroker(addr).SetClientID(clientID).SetTLSConfig(tc).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(10 * time.Second).SetOrderMatters(false)
+	if o.OnConnectionLost != nil {
+		opts.SetConnectionLostHandler(func(_ paho.Client, err error) { o.OnConnectionLost(err) })
+	}
 	c := paho.NewClient(opts)
 	if err := wait(ctx, c.Connect()); err != nil {
 		return nil, fmt.Errorf("mqtt connect: %w", err)

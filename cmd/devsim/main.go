@@ -5,6 +5,12 @@
 //	go run ./cmd/devsim --bundles ./batch1 --concurrency 256 --json
 //	go run ./cmd/devsim --bundles ./batch1 --transport mqtt
 //	go run ./cmd/devsim --mint 5000 --site hq --arrival ramp --rate 500 --ramp 20s
+//	go run ./cmd/devsim --mint 10000 --site hq --transport mqtt --soak 2m --pushes 3 --revoke 100
+//
+// With --soak, the enrolled devices then stay online over MQTT (mutual
+// TLS): they apply and acknowledge every config pushed to them, renew leases
+// and certificates on schedule, and devsim pushes site configs and revokes
+// devices through the ops API, reporting how fast each reached the devices.
 package main
 
 import (
@@ -62,6 +68,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	format := fs.String("format", "cbor", "payload encoding: cbor or json")
 	attempts := fs.Int("attempts", 3, "attempts per device (retries honour the server's Max-Age)")
 	timeout := fs.Duration("timeout", 15*time.Second, "per attempt")
+	soakFor := fs.Duration("soak", 0, "after enrolling, keep the devices online over MQTT this long (needs the ops API: --data or --api/--token-file)")
+	pushes := fs.Int("pushes", 3, "with --soak: site-wide config pushes (PATCH of --site), spread over the soak")
+	revoke := fs.Int("revoke", 10, "with --soak: devices revoked one by one at the end")
+	leaseEvery := fs.Duration("renew-lease-every", time.Minute, "with --soak: each device renews its lease this often (0: never)")
+	certEvery := fs.Duration("renew-cert-every", 0, "with --soak: each device renews its certificate this often (0: never)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
 	if err := fs.Parse(args); err != nil {
@@ -88,12 +99,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("--format: %q is neither cbor nor json", *format)
 	}
+	if *soakFor > 0 && *pushes > 0 && *site == "" {
+		return errors.New("--soak with --pushes needs --site (the site whose config is pushed)")
+	}
 	var list []wire.Bundle
-	if *mint > 0 {
-		c, err := httpapi.Connect(*api, *tokenFile, *caFile, *data)
-		if err != nil {
+	var c *httpapi.Client
+	if *mint > 0 || *soakFor > 0 {
+		var err error
+		if c, err = httpapi.Connect(*api, *tokenFile, *caFile, *data); err != nil {
 			return err
 		}
+	}
+	if *mint > 0 {
 		m, err := c.Mint(ctx, *model, *mint, *site)
 		if err != nil {
 			return err
@@ -111,18 +128,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if !*quiet && !*asJSON {
 		opts.Progress = stderr
 	}
-	_, sum := simulator.Run(ctx, list, opts)
+	outs, sum := simulator.Run(ctx, list, opts)
+	var soaked *soakReport
+	if *soakFor > 0 {
+		r := soak(ctx, outs, soakPlan{duration: *soakFor, site: *site, pushes: *pushes, revocations: *revoke, api: c,
+			opts: simulator.SoakOptions{Broker: *broker, Concurrency: *conc, LeaseEvery: *leaseEvery, CertEvery: *certEvery}}, opts.Progress)
+		soaked = &r
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(sum); err != nil {
+		out := struct {
+			simulator.Summary
+			Soak *soakReport `json:"soak,omitempty"`
+		}{sum, soaked}
+		if err := enc.Encode(out); err != nil {
 			return err
 		}
 	} else {
 		fmt.Fprintln(stdout, sum)
+		if soaked != nil {
+			fmt.Fprintln(stdout, soaked)
+		}
 	}
 	if sum.Failed > 0 {
 		return fmt.Errorf("%d of %d devices failed to enroll", sum.Failed, sum.Devices)
+	}
+	if soaked != nil && len(soaked.Problems) > 0 {
+		return fmt.Errorf("soak: %d problems, first: %s", len(soaked.Problems), soaked.Problems[0])
 	}
 	return nil
 }

@@ -74,3 +74,42 @@ func TestDevsimJSONStaysClean(t *testing.T) {
 		t.Fatalf("stdout is not the JSON summary (%v):\n%s", err, out.String())
 	}
 }
+
+func TestDevsimSoak(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.21.0.0/24")
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"--mint", "12", "--site", "hq", "--data", env.DataDir, "--json", "--transport", "mix",
+		"--soak", "1500ms", "--pushes", "2", "--revoke", "3", "--renew-lease-every", "300ms", "--renew-cert-every", "600ms"}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("devsim: %v\n%s\n%s", err, out.String(), errOut.String())
+	}
+	var got struct {
+		simulator.Summary
+		Soak soakReport `json:"soak"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	s := got.Soak
+	switch {
+	case got.Enrolled != 12:
+		t.Errorf("enrolled %d", got.Enrolled)
+	case s.Stats.Devices != 12 || s.Stats.Online != 9:
+		t.Errorf("devices %d, online after 3 revocations %d", s.Stats.Devices, s.Stats.Online)
+	case len(s.Pushes) != 2 || s.Push.N != 24 || s.Push.Max <= 0:
+		t.Errorf("pushes %+v, overall %+v: want 2 reaching 12 devices each", s.Pushes, s.Push)
+	case s.Revocation.N != 3 || s.Revocation.Max <= 0:
+		t.Errorf("revocations %+v", s.Revocation)
+	case s.Stats.Acks < 36 || s.Stats.LeaseRenewals == 0 || s.Stats.CertRenewals == 0:
+		t.Errorf("too little happened: %+v", s.Stats)
+	case s.ServerRSSBytes < 1<<20:
+		t.Errorf("server RSS %d", s.ServerRSSBytes)
+	case len(s.Problems) > 0:
+		t.Errorf("problems: %v", s.Problems)
+	}
+	var bad bytes.Buffer
+	if err := run(context.Background(), []string{"--mint", "1", "--data", env.DataDir, "--soak", "1s"}, &bad, &bad); err == nil {
+		t.Error("--soak with pushes but no --site: accepted")
+	}
+}

@@ -147,6 +147,7 @@ type Server struct {
 	stop     chan struct{}
 
 	once sync.Once
+	bg   sync.WaitGroup // background loops, waited for before the store closes
 }
 
 // Start opens the data directory (creating the CA and admin token on first
@@ -210,7 +211,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err := s.refreshCRL(); err != nil {
 		return nil, err
 	}
-	go s.crlLoop()
+	s.bg.Go(s.crlLoop)
 	// Created before any listener starts; the gauges read the listeners at scrape time.
 	s.metrics = metrics.New(metrics.Sources{
 		LeasesInUse:  s.leasesInUse,
@@ -394,7 +395,11 @@ func (s *Server) crlLoop() {
 		case <-s.stop:
 			return
 		case <-s.crlDirty:
-			time.Sleep(200 * time.Millisecond)
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-s.stop:
+				return
+			}
 			if err := s.refreshCRL(); err != nil {
 				s.log.Error("regenerate CRL", "err", err)
 			}
@@ -705,6 +710,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.debug != nil {
 			errs = append(errs, s.debug.Close())
 		}
+		s.bg.Wait() // the CRL loop may be writing; it ends on s.stop
 		if s.store != nil {
 			errs = append(errs, s.store.Close())
 		}

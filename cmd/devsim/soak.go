@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
+)
+
+// soakPlan is what a soak run does besides keeping devices online.
+type soakPlan struct {
+	duration    time.Duration
+	opts        simulator.SoakOptions
+	site        string // the site whose config is pushed
+	pushes      int    // site-wide config pushes, spread over the duration
+	revocations int    // devices revoked one by one at the end
+	api         *httpapi.Client
+}
+
+// soakReport is the soak part of devsim's summary.
+type soakReport struct {
+	Duration       time.Duration         `json:"duration_ns"`
+	Stats          simulator.SoakStats   `json:"devices"`
+	ConnectTime    time.Duration         `json:"connect_ns"`
+	Pushes         []simulator.Latencies `json:"pushes,omitempty"`
+	Push           simulator.Latencies   `json:"push"`
+	Revocation     simulator.Latencies   `json:"revocation"`
+	ServerRSSBytes int64                 `json:"server_rss_bytes,omitempty"`
+	Problems       []string              `json:"problems,omitempty"`
+}
+
+func (r soakReport) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "soak %v: %d of %d devices online (connected in %v); %d config acks, %d lease and %d certificate renewals",
+		r.Duration.Round(time.Second), r.Stats.Online, r.Stats.Devices, r.ConnectTime.Round(time.Millisecond),
+		r.Stats.Acks, r.Stats.LeaseRenewals, r.Stats.CertRenewals)
+	if e := r.Stats.AckErrors + r.Stats.LeaseErrors + r.Stats.CertRenewalError; e > 0 {
+		fmt.Fprintf(&b, " (%d failed)", e)
+	}
+	if r.Push.N > 0 {
+		fmt.Fprintf(&b, "\n  config push reached %s", r.Push)
+	}
+	if r.Revocation.N > 0 {
+		fmt.Fprintf(&b, "\n  revocation cut off %s", r.Revocation)
+	}
+	if r.ServerRSSBytes > 0 {
+		fmt.Fprintf(&b, "\n  server RSS %d MB", r.ServerRSSBytes>>20)
+	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(&b, "\n  problem: %s", p)
+	}
+	return b.String()
+}
+
+// soak brings the enrolled devices online, pushes site configs and revokes
+// devices through the ops API, and measures how fast each reached them.
+func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io.Writer) soakReport {
+	var devs []*simulator.Device
+	for _, o := range outs {
+		if o.Err == nil && o.Device != nil {
+			devs = append(devs, o.Device)
+		}
+	}
+	var r soakReport
+	problem := func(format string, args ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, args...)) }
+	p.opts.Progress = progress
+	t0 := time.Now()
+	fleet, err := simulator.GoOnline(ctx, devs, p.opts)
+	r.ConnectTime = time.Since(t0)
+	if err != nil {
+		problem("%v", err)
+	}
+	defer fleet.Close()
+	start := time.Now()
+	var all []time.Duration
+	for i := range p.pushes {
+		if !sleep(ctx, time.Until(start.Add(p.duration*time.Duration(i+1)/time.Duration(p.pushes+1)))) {
+			break
+		}
+		before := fleet.Versions()
+		ntp := []string{fmt.Sprintf("ntp%d.devsim.example", i+1)}
+		t := time.Now()
+		if err := p.api.Do(ctx, "PATCH", "/api/v1/sites/"+p.site, httpapi.SiteRequest{NTP: &ntp}, nil); err != nil {
+			problem("push %d: %v", i+1, err)
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		lat, err := fleet.WaitConfig(wctx, before, t)
+		cancel()
+		if err != nil {
+			problem("push %d: %v", i+1, err)
+		}
+		all = append(all, lat...)
+		r.Pushes = append(r.Pushes, simulator.Summarise(lat))
+	}
+	r.Push = simulator.Summarise(all)
+	if rss, err := serverRSS(ctx, p.api); err == nil {
+		r.ServerRSSBytes = rss
+	} else {
+		problem("server RSS: %v", err)
+	}
+	sleep(ctx, time.Until(start.Add(p.duration)))
+	var cuts []time.Duration
+	ids := fleet.DeviceIDs()
+	for _, id := range ids[:min(p.revocations, len(ids))] {
+		t := time.Now()
+		if err := p.api.Do(ctx, "POST", "/api/v1/revocations", httpapi.RevokeRequest{Devices: []string{id}, Reason: "devsim soak"}, nil); err != nil {
+			problem("revoke %s: %v", id, err)
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		lat, err := fleet.WaitCut(wctx, []string{id}, t)
+		cancel()
+		if err != nil {
+			problem("revoke %s: the device was not cut off: %v", id, err)
+		}
+		cuts = append(cuts, lat...)
+	}
+	r.Revocation = simulator.Summarise(cuts)
+	r.Duration = time.Since(start)
+	r.Stats = fleet.Stats()
+	return r
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	select {
+	case <-time.After(d):
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// serverRSS reads process_resident_memory_bytes from the server's /metrics.
+func serverRSS(ctx context.Context, api *httpapi.Client) (int64, error) {
+	var raw []byte
+	if err := api.Do(ctx, "GET", "/metrics", nil, &raw); err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "process_resident_memory_bytes "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return int64(f), err
+		}
+	}
+	return 0, errors.New("no process_resident_memory_bytes in /metrics")
+}
