@@ -49,6 +49,12 @@ type Broker struct {
 func NewBroker(cfg BrokerConfig, h *Handler, log *slog.Logger) *Broker {
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = 64 * 1024 // requests are 4 KiB at most; configs are small
+	// mochi gives every client a queue of this many pending writes, allocated
+	// at connect: its default of 8,192 pointers is 64 KiB per device, 640 MB
+	// for 10,000 devices online. A device is sent a config, a lease or a
+	// renewal reply at a time; 64 is plenty (a client whose queue is full is
+	// too slow to read and gets the next message on reconnect, retained).
+	caps.MaximumClientWritesPending = 64
 	srv := mochi.New(&mochi.Options{InlineClient: true, Capabilities: caps, Logger: log.With("component", "mqtt")})
 	b := &Broker{cfg: cfg, srv: srv, handler: h, log: log}
 	h.SetPublisher(b)
