@@ -8,7 +8,7 @@ PKGS     := ./...
 # zbarimg (zbar-tools) to scan the QR labels we render.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps vet fmt-check build bench storm fuzz clean
+.PHONY: run test deps vet fmt-check build bench storm rates soak fuzz clean
 
 run:
 	$(GO) run ./cmd/provisiond
@@ -39,11 +39,49 @@ vet:
 test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
-# Benchmarks behind docs/performance.md.
+# Benchmarks behind docs/performance.md: the floors (ECDSA, issuance, bbolt
+# commits), enrollment over DTLS and MQTT, the million-device inventory
+# (INVENTORY_DEVICES, INVENTORY_DIR keeps the generated store), then the
+# boot storm, the offered-rate runs and the 10,000-device soak as processes.
+INVENTORY_DEVICES ?= 1000000
 bench: build
 	$(GO) test -run XXX -bench . -benchtime 2s ./pki/ ./enroll/
+	$(GO) test -run XXX -bench 'Provision|LeaseExpires' -benchtime 5000x ./devices/
 	$(GO) test -run XXX -bench 'EnrollDTLS|EnrollMQTT' -benchtime 5000x ./internal/server/
-	$(GO) test -run XXX -bench Provision -benchtime 5000x ./devices/
+	INVENTORY_DEVICES=$(INVENTORY_DEVICES) $(GO) test -run XXX -bench LargeInventory -benchtime 1000x -timeout 60m ./internal/server/
+	$(MAKE) storm
+	$(MAKE) rates
+	$(MAKE) soak
+
+# Latency at offered rates (devices booting per second, RATES) over DTLS.
+RATES ?= 200 300 400 1000
+RATE_DIR ?= /tmp/provisiond-rates
+rates: build
+	@rm -rf $(RATE_DIR); mkdir -p $(RATE_DIR)
+	@bin/provisiond --data $(RATE_DIR)/data --log-level warn --http-addr 127.0.0.1:18443 \
+		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
+	trap "kill $$pid" EXIT; sleep 2; \
+	bin/provctl --data $(RATE_DIR)/data site create big --ssid Big --security wpa3-sae \
+		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null && \
+	for r in $(RATES); do echo "offered $$r/s for 10 s:"; \
+		bin/devsim --mint $$((r * 10)) --site big --data $(RATE_DIR)/data --arrival rate --rate $$r \
+			--concurrency 2000 --attempts 20 --quiet || exit 1; done
+
+# SOAK_N devices enrolled over MQTT stay online SOAK_FOR: three site-wide
+# pushes, lease renewals, then 100 revocations one by one; prints push and
+# revocation latency and the server's RSS.
+SOAK_N   ?= 10000
+SOAK_FOR ?= 60s
+SOAK_DIR ?= /tmp/provisiond-soak
+soak: build
+	@rm -rf $(SOAK_DIR); mkdir -p $(SOAK_DIR)
+	@bin/provisiond --data $(SOAK_DIR)/data --log-level warn --http-addr 127.0.0.1:18443 \
+		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
+	trap "kill $$pid" EXIT; sleep 2; \
+	bin/provctl --data $(SOAK_DIR)/data site create big --ssid Big --security wpa3-sae \
+		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null && \
+	bin/devsim --mint $(SOAK_N) --site big --data $(SOAK_DIR)/data --transport mqtt --soak $(SOAK_FOR) \
+		--pushes 3 --revoke 100 --renew-lease-every 60s --quiet
 
 # The boot-storm table in docs/performance.md: a provisiond process, a peak
 # run at 64 devices at a time, then STORM_X times as many at once; prints
