@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/provisiond/provisiond/internal/handshake"
 )
 
 // Sources are the functions the gauges read at scrape time.
@@ -20,9 +22,10 @@ type Sources struct {
 	DTLSSessions   func() int                     // mutual-DTLS device sessions
 	MQTTSessions   func() int                     // MQTT device sessions (embedded broker)
 	RevokedDevices func() (int, error)
-	// DTLSHandshakes reports the handshake gate: slots in use, sessions
-	// waiting for one, and sessions dropped since start.
-	DTLSHandshakes func() (inProgress int, waiting, dropped int64)
+	// Handshakes reports each listener's handshake gate by transport
+	// ("coaps", "mqtts"): slots in use, sessions waiting for one, and
+	// sessions dropped since start.
+	Handshakes func() map[string]handshake.Stats
 }
 
 // Metrics holds the registry and the instruments the service updates.
@@ -63,15 +66,17 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			ch <- prometheus.MustNewConstMetric(sessions, prometheus.GaugeValue, float64(src.MQTTSessions()), "mqtt")
 		}
 	}, sessions))
-	if src.DTLSHandshakes != nil {
-		inProgress := prometheus.NewDesc("provisiond_dtls_handshakes_in_progress", "DTLS handshake slots in use (handshakes, and bootstrap sessions not yet answered).", nil, nil)
-		waiting := prometheus.NewDesc("provisiond_dtls_handshakes_waiting", "DTLS sessions waiting for a handshake slot.", nil, nil)
-		dropped := prometheus.NewDesc("provisiond_dtls_handshakes_dropped_total", "DTLS sessions dropped after waiting too long for a handshake slot.", nil, nil)
+	if src.Handshakes != nil {
+		labels := []string{"transport"}
+		inProgress := prometheus.NewDesc("provisiond_handshakes_in_progress", "Handshake slots in use (handshakes, and bootstrap sessions not yet answered), by transport.", labels, nil)
+		waiting := prometheus.NewDesc("provisiond_handshakes_waiting", "Sessions waiting for a handshake slot, by transport.", labels, nil)
+		dropped := prometheus.NewDesc("provisiond_handshakes_dropped_total", "Sessions dropped after waiting too long for a handshake slot, by transport.", labels, nil)
 		m.reg.MustRegister(collectorFunc(func(ch chan<- prometheus.Metric) {
-			n, w, d := src.DTLSHandshakes()
-			ch <- prometheus.MustNewConstMetric(inProgress, prometheus.GaugeValue, float64(n))
-			ch <- prometheus.MustNewConstMetric(waiting, prometheus.GaugeValue, float64(w))
-			ch <- prometheus.MustNewConstMetric(dropped, prometheus.CounterValue, float64(d))
+			for tr, st := range src.Handshakes() {
+				ch <- prometheus.MustNewConstMetric(inProgress, prometheus.GaugeValue, float64(st.InProgress), tr)
+				ch <- prometheus.MustNewConstMetric(waiting, prometheus.GaugeValue, float64(st.Waiting), tr)
+				ch <- prometheus.MustNewConstMetric(dropped, prometheus.CounterValue, float64(st.Dropped), tr)
+			}
 		}, inProgress, waiting, dropped))
 	}
 	return m

@@ -2,17 +2,23 @@ package server_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -194,5 +200,54 @@ func TestInsecureMQTT(t *testing.T) {
 	d, _ := simulator.NewDevice(env.Mint(1, "hq")[0])
 	if _, err := d.EnrollMQTT(ctxT(t), simulator.MQTTOptions{Broker: "mqtt://" + env.Server.MQTTPlainAddr()}); err != nil {
 		t.Fatalf("enroll over plain MQTT: %v", err)
+	}
+}
+
+// Over MQTT too, a bootstrap session holds a handshake slot only until its
+// enrollment is answered, not until the device disconnects.
+func TestMQTTBootstrapSessionGivesBackItsHandshakeSlot(t *testing.T) {
+	env := servertest.Start(t, func(c *server.Config) { c.MaxHandshakes = 1 })
+	env.Site("hq", "10.20.0.0/24")
+	bundles := env.Mint(3, "hq")
+	id := simulator.Nonce()
+	c, err := mqttDial(t, env, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(0)
+	if n := env.Server.MQTTHandshakes().InProgress; n != 1 {
+		t.Fatalf("slots in use on an open bootstrap session = %d, want 1", n)
+	}
+	results := make(chan []byte, 1)
+	if tok := c.Subscribe(mqtt.ResultTopic(id), 1, func(_ paho.Client, m paho.Message) { results <- m.Payload() }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	body, _ := wire.Marshal(wire.JSON, wire.EnrollRequest{Serial: bundles[0].Serial, ClaimToken: bundles[0].ClaimToken, CSR: csr})
+	if tok := c.Publish(mqtt.EnrollTopic(id, wire.JSON), 1, false, body); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	select {
+	case raw := <-results:
+		var r wire.Reply
+		if err := wire.Unmarshal(wire.JSON, raw, &r); err != nil || r.Status != "2.01" {
+			t.Fatalf("enroll reply %s: %v", raw, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no enrollment reply")
+	}
+	// Well inside the 5 s after which an unanswered session's slot expires.
+	for deadline := time.Now().Add(2 * time.Second); env.Server.MQTTHandshakes().InProgress != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the slot was not given back after the answer (session still open)")
+		}
+	}
+	outs, sum := simulator.Run(ctxT(t), bundles[1:], simulator.RunOptions{Concurrency: 2, Attempts: 1, Transport: "mqtt", Timeout: 4 * time.Second})
+	if sum.Enrolled != 2 {
+		t.Fatalf("%v: %v", sum, outs[0].Err)
+	}
+	if h := env.Server.MQTTHandshakes(); h.Dropped != 0 {
+		t.Fatalf("handshakes %+v, want none dropped", h)
 	}
 }

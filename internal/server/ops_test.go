@@ -41,9 +41,11 @@ func TestMetricsAndHealth(t *testing.T) {
 		`provisiond_leases_in_use{site="hq"} 2`,
 		`provisiond_connected_devices{transport="coaps"} 0`,
 		`provisiond_revocations_total 0`,
-		`provisiond_dtls_handshakes_in_progress 0`,
-		`provisiond_dtls_handshakes_waiting 0`,
-		`provisiond_dtls_handshakes_dropped_total 0`,
+		`provisiond_handshakes_in_progress{transport="coaps"} 0`,
+		`provisiond_handshakes_waiting{transport="coaps"} 0`,
+		`provisiond_handshakes_dropped_total{transport="coaps"} 0`,
+		`provisiond_handshakes_in_progress{transport="mqtts"} 0`,
+		`provisiond_handshakes_dropped_total{transport="mqtts"} 0`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q", want)

@@ -33,6 +33,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/handshake"
 	"github.com/provisiond/provisiond/internal/metrics"
 	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/transport/coap"
@@ -76,7 +77,7 @@ type Config struct {
 	CertLifetime   time.Duration
 	CertTemplate   string // file with an x509util template; empty = built-in
 	Enroll         enroll.Config
-	MaxHandshakes  int // DTLS handshakes in progress at once (default 64)
+	MaxHandshakes  int // DTLS and MQTT TLS handshakes in progress at once, per listener (default 64)
 	StoreBatchWait time.Duration
 	DebugAddr      string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
@@ -216,9 +217,12 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	s.metrics = metrics.New(metrics.Sources{
 		LeasesInUse:  s.leasesInUse,
 		DTLSSessions: func() int { return s.coap.Sessions() },
-		DTLSHandshakes: func() (int, int64, int64) {
-			h := s.coap.Handshakes()
-			return h.InProgress, h.Waiting, h.Dropped
+		Handshakes: func() map[string]handshake.Stats {
+			out := map[string]handshake.Stats{"coaps": s.coap.Handshakes()}
+			if s.broker != nil {
+				out["mqtts"] = s.broker.Handshakes()
+			}
+			return out
 		},
 		MQTTSessions: func() int {
 			if s.broker == nil {
@@ -469,7 +473,7 @@ func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificat
 		plain = s.cfg.MQTTPlainAddr
 	}
 	s.broker = mqtt.NewBroker(mqtt.BrokerConfig{Addr: s.cfg.MQTTAddr, InsecureAddr: plain, Certificate: serverCert.Get,
-		ClientCAs: clientCAs, Authorize: mqtt.Authorizer(svc.Authorize)}, h, s.log)
+		ClientCAs: clientCAs, Authorize: mqtt.Authorizer(svc.Authorize), MaxHandshakes: s.cfg.MaxHandshakes}, h, s.log)
 	if err := s.broker.Start(); err != nil {
 		return err
 	}
@@ -662,7 +666,15 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
 func (s *Server) CoAPSAddr() net.Addr { return s.coap.SecureAddr() }
 
 // Handshakes reports the DTLS handshake gate.
-func (s *Server) Handshakes() coap.HandshakeStats { return s.coap.Handshakes() }
+func (s *Server) Handshakes() handshake.Stats { return s.coap.Handshakes() }
+
+// MQTTHandshakes reports the embedded broker's TLS handshake gate.
+func (s *Server) MQTTHandshakes() handshake.Stats {
+	if s.broker == nil {
+		return handshake.Stats{}
+	}
+	return s.broker.Handshakes()
+}
 
 // CoAPAddr is the bound plain CoAP address (nil when disabled).
 func (s *Server) CoAPAddr() net.Addr { return s.coap.InsecureAddr() }

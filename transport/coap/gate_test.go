@@ -16,13 +16,15 @@ import (
 
 	piondtls "github.com/pion/dtls/v3"
 	coapnet "github.com/plgd-dev/go-coap/v3/net"
+
+	"github.com/provisiond/provisiond/internal/handshake"
 )
 
 // gateRig is a real DTLS listener on loopback behind a gate, with a
 // self-signed server certificate made for the test.
 type gateRig struct {
 	l    *gatedListener
-	gate *handshakeGate
+	gate *handshake.Gate
 	pool *x509.CertPool
 	addr *net.UDPAddr
 }
@@ -54,7 +56,7 @@ func newGateRig(t *testing.T, slots int, maxWait, hold time.Duration) *gateRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gate := newHandshakeGate(slots, maxWait, hold)
+	gate := handshake.NewGate(slots, maxWait, hold)
 	rig := &gateRig{l: &gatedListener{inner: inner, gate: gate}, gate: gate, pool: pool, addr: inner.Addr().(*net.UDPAddr)}
 	t.Cleanup(func() { _ = inner.Close() })
 	return rig
@@ -126,7 +128,7 @@ func TestHandshakeGate(t *testing.T) {
 		if err := wait(t, "server 1 again", serverHandshake(s1)); err != nil {
 			t.Fatalf("repeated handshake call: %v", err)
 		}
-		if n := len(r.gate.slots); n != 1 {
+		if n := r.gate.Stats().InProgress; n != 1 {
 			t.Fatalf("slots in use after the bootstrap handshake = %d, want 1 (held until enrolled)", n)
 		}
 
@@ -138,7 +140,7 @@ func TestHandshakeGate(t *testing.T) {
 			t.Fatalf("second handshake ran while the only slot was held: %v", err)
 		case <-time.After(300 * time.Millisecond):
 		}
-		if w := r.gate.waiting.Load(); w != 1 {
+		if w := r.gate.Stats().Waiting; w != 1 {
 			t.Fatalf("waiting = %d, want 1", w)
 		}
 		enrolled(s1)
@@ -150,14 +152,14 @@ func TestHandshakeGate(t *testing.T) {
 			t.Fatalf("second client: %v", err)
 		}
 		_ = s1.Close()
-		if n := len(r.gate.slots); n != 1 {
+		if n := r.gate.Stats().InProgress; n != 1 {
 			t.Fatalf("slots in use = %d, want 1 (the second session's)", n)
 		}
 		_ = s2.Close()
-		if n := len(r.gate.slots); n != 0 {
+		if n := r.gate.Stats().InProgress; n != 0 {
 			t.Fatalf("slots in use after both closed = %d, want 0", n)
 		}
-		if d := r.gate.dropped.Load(); d != 0 {
+		if d := r.gate.Stats().Dropped; d != 0 {
 			t.Fatalf("dropped = %d, want 0", d)
 		}
 	})
@@ -177,18 +179,18 @@ func TestHandshakeGate(t *testing.T) {
 		r.dial(t, 2*time.Second)
 		s2 := r.accept(t)
 		err := wait(t, "server 2", serverHandshake(s2))
-		if !errors.Is(err, errHandshakeBusy) {
-			t.Fatalf("second handshake: %v, want errHandshakeBusy", err)
+		if !errors.Is(err, handshake.ErrBusy) {
+			t.Fatalf("second handshake: %v, want handshake.ErrBusy", err)
 		}
-		if d := r.gate.dropped.Load(); d != 1 {
+		if d := r.gate.Stats().Dropped; d != 1 {
 			t.Fatalf("dropped = %d, want 1", d)
 		}
 		_ = s2.Close() // a dropped session never held a slot
-		if n := len(r.gate.slots); n != 1 {
+		if n := r.gate.Stats().InProgress; n != 1 {
 			t.Fatalf("slots in use = %d, want 1 (s1's)", n)
 		}
 		_ = s1.Close()
-		if n := len(r.gate.slots); n != 0 {
+		if n := r.gate.Stats().InProgress; n != 0 {
 			t.Fatalf("slots in use after close = %d, want 0", n)
 		}
 	})
@@ -204,7 +206,7 @@ func TestHandshakeGate(t *testing.T) {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(10 * time.Second)
-		for len(r.gate.slots) != 0 {
+		for r.gate.Stats().InProgress != 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("a bootstrap session that never enrolled kept its slot")
 			}

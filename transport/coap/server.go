@@ -42,6 +42,7 @@ import (
 	udpserver "github.com/plgd-dev/go-coap/v3/udp/server"
 
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/handshake"
 	"github.com/provisiond/provisiond/transport/bootstrap"
 	"github.com/provisiond/provisiond/transport/wire"
 )
@@ -98,7 +99,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	sessions  map[uuid.UUID]map[*udpclient.Conn]struct{} // mutual-DTLS sessions per device
-	gate      *handshakeGate
+	gate      *handshake.Gate
 	dtls      *dtlsserver.Server
 	udp       *udpserver.Server
 	dtlsAddr  net.Addr
@@ -129,7 +130,7 @@ func New(cfg Config, enroller bootstrap.Enroller, root *x509.Certificate, log *s
 		insecure:  &bootstrap.Handler{Enroller: enroller, Transport: "coap", Log: log},
 		root:      root.Raw,
 		sessions:  map[uuid.UUID]map[*udpclient.Conn]struct{}{},
-		gate:      newHandshakeGate(cfg.MaxHandshakes, cfg.HandshakeQueueWait, cfg.HandshakeQueueWait),
+		gate:      handshake.NewGate(cfg.MaxHandshakes, cfg.HandshakeQueueWait, cfg.HandshakeQueueWait),
 		serveErrs: make(chan error, 2),
 	}
 }
@@ -150,17 +151,8 @@ func (s *Server) Sessions() int {
 	return n
 }
 
-// HandshakeStats describes the DTLS handshake gate.
-type HandshakeStats struct {
-	InProgress int   // slots taken: handshakes, and bootstrap sessions not yet answered
-	Waiting    int64 // sessions waiting for a slot now
-	Dropped    int64 // sessions dropped after waiting too long, since start
-}
-
 // Handshakes reports the DTLS handshake gate.
-func (s *Server) Handshakes() HandshakeStats {
-	return HandshakeStats{InProgress: len(s.gate.slots), Waiting: s.gate.waiting.Load(), Dropped: s.gate.dropped.Load()}
-}
+func (s *Server) Handshakes() handshake.Stats { return s.gate.Stats() }
 
 // SetCRL makes GET /crl serve what crl returns. Call it before Start.
 func (s *Server) SetCRL(crl func() []byte) { s.crl = crl }
@@ -456,8 +448,7 @@ func readBody(m *mux.Message, limit int) ([]byte, error) {
 }
 
 var (
-	errTooLarge      = errors.New("too large")
-	errHandshakeBusy = errors.New("dtls handshake dropped: every handshake slot stayed busy")
+	errTooLarge = errors.New("too large")
 )
 
 func (s *Server) enroll(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Message) {

@@ -10,12 +10,14 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/provisiond/provisiond/internal/handshake"
 	"github.com/provisiond/provisiond/transport/coap"
 )
 
@@ -29,6 +31,10 @@ type BrokerConfig struct {
 	Certificate  func() (*tls.Certificate, error) // server certificate, asked at every handshake
 	ClientCAs    *x509.CertPool                   // verifies device certificates
 	Authorize    Authorizer                       // checks a device certificate against the inventory
+	// MaxHandshakes bounds TLS handshakes (and bootstrap sessions not yet
+	// answered) in progress; more wait up to 5 s for a slot (package
+	// handshake). Default 64.
+	MaxHandshakes int
 }
 
 // Broker is the embedded MQTT broker with provisiond's access rules.
@@ -37,8 +43,9 @@ type Broker struct {
 	srv     *mochi.Server
 	handler *Handler
 	log     *slog.Logger
-	tls     *listeners.TCP
+	tls     *tlsListener
 	plain   *listeners.TCP
+	gate    *handshake.Gate
 	access  *access
 
 	mu   sync.Mutex
@@ -74,7 +81,12 @@ func (b *Broker) Start() error {
 		return err
 	}
 	if b.cfg.Addr != "" {
-		b.tls = listeners.NewTCP(listeners.Config{ID: "mqtts", Address: b.cfg.Addr, TLSConfig: &tls.Config{
+		n := b.cfg.MaxHandshakes
+		if n <= 0 {
+			n = 64
+		}
+		b.gate = handshake.NewGate(n, 5*time.Second, 5*time.Second)
+		b.tls = &tlsListener{id: "mqtts", addr: b.cfg.Addr, gate: b.gate, timeout: 10 * time.Second, cfg: &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			ClientAuth: tls.VerifyClientCertIfGiven,
 			ClientCAs:  b.cfg.ClientCAs,
@@ -85,7 +97,7 @@ func (b *Broker) Start() error {
 				}
 				return c, nil
 			},
-		}})
+		}}
 		if err := b.srv.AddListener(b.tls); err != nil {
 			return fmt.Errorf("listen mqtts %s: %w", b.cfg.Addr, err)
 		}
@@ -107,7 +119,20 @@ func (b *Broker) Start() error {
 }
 
 // Addr is the bound TLS address ("" when disabled).
-func (b *Broker) Addr() string { return address(b.tls) }
+func (b *Broker) Addr() string {
+	if b.tls == nil {
+		return ""
+	}
+	return b.tls.Address()
+}
+
+// Handshakes reports the TLS handshake gate (zero without a TLS listener).
+func (b *Broker) Handshakes() handshake.Stats {
+	if b.gate == nil {
+		return handshake.Stats{}
+	}
+	return b.gate.Stats()
+}
 
 // InsecureAddr is the bound plain address ("" when disabled).
 func (b *Broker) InsecureAddr() string { return address(b.plain) }
@@ -190,7 +215,7 @@ func (a *access) Provides(x byte) bool {
 }
 
 func peerCertificate(cl *mochi.Client) *x509.Certificate {
-	tc, ok := cl.Net.Conn.(*tls.Conn)
+	tc, ok := tlsConn(cl.Net.Conn)
 	if !ok {
 		return nil
 	}
@@ -291,5 +316,8 @@ func (a *access) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet,
 	// (which acknowledges QoS 1 only then; a rejected packet is never
 	// acknowledged), but the access rules leave no one else to receive them.
 	a.b.handler.Handle(pk.TopicName, pk.Payload, who.source, who.certSerial)
+	if who.device == uuid.Nil {
+		answered(cl.Net.Conn) // a bootstrap session's enrollment: its handshake slot is free
+	}
 	return pk, nil
 }
