@@ -190,8 +190,68 @@ func TestIndexedListingEqualsFullScan(t *testing.T) {
 		}
 	}
 	checkListings(t, s, rng, 300)
-	if err := s.Check(); err != nil {
-		t.Fatal(err)
+	if problems, err := s.Verify(); err != nil || len(problems) > 0 {
+		t.Fatalf("verify: %v %v", err, problems)
+	}
+}
+
+// Verify finds each kind of damage a crash or a bug could leave.
+func TestVerifyFindsDamage(t *testing.T) {
+	for name, damage := range map[string]func(tx *bolt.Tx) error{
+		"lease without a device": func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("leases")).Put(append([]byte("north\x00"), 10, 0, 9, 9),
+				[]byte(`{"site":"north","addr":"10.0.9.9","device_id":"`+uuid.NewString()+`","expires":"2099-01-01T00:00:00Z"}`))
+		},
+		"device's lease missing": func(tx *bolt.Tx) error {
+			c := tx.Bucket([]byte("leases")).Cursor()
+			k, _ := c.First()
+			return tx.Bucket([]byte("leases")).Delete(k)
+		},
+		"certificate without a device": func(tx *bolt.Tx) error {
+			id := uuid.New()
+			return tx.Bucket([]byte("certs")).Put([]byte("abcdef"), id[:])
+		},
+		"index entry of a missing device": func(tx *bolt.Tx) error {
+			id := uuid.New()
+			return tx.Bucket([]byte("index")).Put(append([]byte{'m', 0, 1, 'A'}, id[:]...), nil)
+		},
+		"device missing from its serial": func(tx *bolt.Tx) error {
+			c := tx.Bucket([]byte("serials")).Cursor()
+			k, _ := c.First()
+			return tx.Bucket([]byte("serials")).Delete(k)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "inv.db")
+			s, err := devices.Open(path, devices.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			indexFleet(t, s, 200, rand.New(rand.NewPCG(5, 6)))
+			if problems, err := s.Verify(); err != nil || len(problems) > 0 {
+				t.Fatalf("before: %v %v", err, problems)
+			}
+			s.Close()
+			db, err := bolt.Open(path, 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = db.Update(damage)
+			db.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err = devices.Open(path, devices.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if problems, err := s.Verify(); err != nil || len(problems) == 0 {
+				t.Fatalf("after damage: %v, found nothing", err)
+			} else {
+				t.Log(problems)
+			}
+		})
 	}
 }
 
