@@ -38,6 +38,7 @@ vet:
 
 test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(MAKE) fuzz FUZZTIME=$(CI_FUZZTIME)
 
 # Benchmarks behind docs/performance.md: the floors (ECDSA, issuance, bbolt
 # commits), enrollment over DTLS and MQTT, the million-device inventory
@@ -102,11 +103,16 @@ storm: build
 	bin/provctl --data $(STORM_DIR)/data -o json site show big | grep -E '"(devices|enrolled|leases_in_use)"' && \
 	echo "server RSS (kB), CPU time: $$(ps -o rss=,times= -p $$pid)"
 
-# Short fuzzing of every decoder of outside input.
-FUZZTIME ?= 30s
+# Fuzzing of every decoder of outside input: FUZZTIME each (make test runs
+# them for CI_FUZZTIME; seeds and past findings are in each testdata/fuzz).
+FUZZTIME    ?= 30s
+CI_FUZZTIME ?= 5s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzDecodeEnrollRequest -fuzztime $(FUZZTIME) ./transport/wire/
+	$(GO) test -run XXX -fuzz FuzzDecodeDeviceMessages -fuzztime $(FUZZTIME) ./transport/wire/
+	$(GO) test -run XXX -fuzz FuzzParseCSR -fuzztime $(FUZZTIME) ./enroll/
 	$(GO) test -run XXX -fuzz FuzzParseManifest -fuzztime $(FUZZTIME) ./enroll/
+	$(GO) test -run XXX -fuzz FuzzParseClaimCode -fuzztime $(FUZZTIME) ./enroll/
 	$(GO) test -run XXX -fuzz FuzzParseTopic -fuzztime $(FUZZTIME) ./transport/mqtt/
 
 clean:
