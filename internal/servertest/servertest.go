@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,27 @@ type Env struct {
 	DataDir string
 	Info    httpapi.Info
 	Config  server.Config
+	logs    *lockedBuffer
+}
+
+// Logs returns everything the server logged so far (at debug level).
+func (e *Env) Logs() string { return e.logs.String() }
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // Start runs provisiond until the test ends. mod may adjust the configuration.
@@ -39,7 +61,8 @@ func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 	for _, m := range mod {
 		m(&cfg)
 	}
-	srv, err := server.Start(cfg, Logger(t))
+	logs := &lockedBuffer{}
+	srv, err := server.Start(cfg, slog.New(slog.NewTextHandler(tWriter{t, logs}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatalf("start provisiond: %v", err)
 	}
@@ -62,19 +85,26 @@ func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Env{T: t, Server: srv, Client: c, DataDir: cfg.DataDir, Info: info, Config: cfg}
+	return &Env{T: t, Server: srv, Client: c, DataDir: cfg.DataDir, Info: info, Config: cfg, logs: logs}
 }
 
 // Logger writes the server's logs through t.Log at debug level, visible with -v or on failure.
 func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(tWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type tWriter struct{ t testing.TB }
+// tWriter writes log lines through t.Log and, when copy is set, keeps them.
+type tWriter struct {
+	t    testing.TB
+	copy *lockedBuffer
+}
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
 	w.t.Log(strings.TrimRight(string(p), "\n"))
+	if w.copy != nil {
+		_, _ = w.copy.Write(p)
+	}
 	return len(p), nil
 }
 
