@@ -8,7 +8,7 @@ PKGS     := ./...
 # zbarimg (zbar-tools) to scan the QR labels we render.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps vet fmt-check build bench storm rates soak fuzz clean
+.PHONY: run test deps vet lint fmt-check build bench storm rates soak fuzz clean
 
 run:
 	$(GO) run ./cmd/provisiond
@@ -36,7 +36,14 @@ fmt-check:
 vet:
 	$(GO) vet $(PKGS)
 
-test: deps fmt-check vet
+# staticcheck, pinned, built into bin/ through the Go module proxy.
+STATICCHECK_VERSION := v0.8.2
+lint:
+	@[ -x bin/staticcheck ] && bin/staticcheck -version | grep -q "($(STATICCHECK_VERSION:v%=%))" || \
+		GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	bin/staticcheck $(PKGS)
+
+test: deps fmt-check vet lint
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 	$(MAKE) fuzz FUZZTIME=$(CI_FUZZTIME)
 

@@ -2,6 +2,7 @@ package pki
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -143,7 +144,7 @@ func create(cfg Config) error {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return fmt.Errorf("create CA directory: %w", err)
 	}
-	creator, err := softcas.New(nil, apiv1.Options{IsCreator: true}) //nolint:staticcheck // SoftCAS ignores the context
+	creator, err := softcas.New(context.Background(), apiv1.Options{IsCreator: true})
 	if err != nil {
 		return fmt.Errorf("create CA: %w", err)
 	}
@@ -229,7 +230,7 @@ func load(cfg Config, tmpl *template.Template) (*CA, error) {
 	if !publicKeysEqual(inter.PublicKey, signer.Public()) {
 		return nil, errors.New("intermediate key does not match intermediate certificate")
 	}
-	cas, err := softcas.New(nil, apiv1.Options{ //nolint:staticcheck // SoftCAS ignores the context
+	cas, err := softcas.New(context.Background(), apiv1.Options{
 		CertificateChain: []*x509.Certificate{inter},
 		Signer:           signer,
 	})

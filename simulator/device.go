@@ -8,6 +8,8 @@
 // (see Run and cmd/devsim).
 package simulator
 
+//lint:file-ignore SA1019 go-coap v3.8 takes pion's *dtls.Config, which pion has deprecated in favour of options
+
 import (
 	"bytes"
 	"context"

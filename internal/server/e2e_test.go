@@ -1,5 +1,7 @@
 package server_test
 
+//lint:file-ignore SA1019 go-coap v3.8 takes pion's *dtls.Config, which pion has deprecated in favour of options
+
 import (
 	"bytes"
 	"context"

@@ -14,6 +14,8 @@
 // certificate fails the handshake.
 package coap
 
+//lint:file-ignore SA1019 go-coap v3.8 takes pion's *dtls.Config, which pion has deprecated in favour of options
+
 import (
 	"bytes"
 	"context"
