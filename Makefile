@@ -121,6 +121,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseManifest -fuzztime $(FUZZTIME) ./enroll/
 	$(GO) test -run XXX -fuzz FuzzParseClaimCode -fuzztime $(FUZZTIME) ./enroll/
 	$(GO) test -run XXX -fuzz FuzzParseTopic -fuzztime $(FUZZTIME) ./transport/mqtt/
+	$(GO) test -run XXX -fuzz FuzzAPIRequestBodies -fuzztime $(FUZZTIME) ./internal/server/
 
 clean:
 	rm -rf bin
