@@ -61,16 +61,20 @@ bench: build
 	$(MAKE) rates
 	$(MAKE) soak
 
+# $(call bench_server,DIR): in a recipe line, start provisiond on a fresh
+# DIR/data with a site "big" (a /14 pool); it stops when the line ends.
+bench_server = rm -rf $(1); mkdir -p $(1); \
+	bin/provisiond --data $(1)/data --log-level warn --http-addr 127.0.0.1:18443 \
+		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
+	trap "kill $$pid" EXIT; sleep 2; \
+	bin/provctl --data $(1)/data site create big --ssid Big --security wpa3-sae \
+		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null
+
 # Latency at offered rates (devices booting per second, RATES) over DTLS.
 RATES ?= 200 300 400 1000
 RATE_DIR ?= /tmp/provisiond-rates
 rates: build
-	@rm -rf $(RATE_DIR); mkdir -p $(RATE_DIR)
-	@bin/provisiond --data $(RATE_DIR)/data --log-level warn --http-addr 127.0.0.1:18443 \
-		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
-	trap "kill $$pid" EXIT; sleep 2; \
-	bin/provctl --data $(RATE_DIR)/data site create big --ssid Big --security wpa3-sae \
-		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null && \
+	@$(call bench_server,$(RATE_DIR)) && \
 	for r in $(RATES); do echo "offered $$r/s for 10 s:"; \
 		bin/devsim --mint $$((r * 10)) --site big --data $(RATE_DIR)/data --arrival rate --rate $$r \
 			--concurrency 2000 --attempts 20 --quiet || exit 1; done
@@ -82,12 +86,7 @@ SOAK_N   ?= 10000
 SOAK_FOR ?= 60s
 SOAK_DIR ?= /tmp/provisiond-soak
 soak: build
-	@rm -rf $(SOAK_DIR); mkdir -p $(SOAK_DIR)
-	@bin/provisiond --data $(SOAK_DIR)/data --log-level warn --http-addr 127.0.0.1:18443 \
-		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
-	trap "kill $$pid" EXIT; sleep 2; \
-	bin/provctl --data $(SOAK_DIR)/data site create big --ssid Big --security wpa3-sae \
-		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null && \
+	@$(call bench_server,$(SOAK_DIR)) && \
 	bin/devsim --mint $(SOAK_N) --site big --data $(SOAK_DIR)/data --transport mqtt --soak $(SOAK_FOR) \
 		--pushes 3 --revoke 100 --renew-lease-every 60s --quiet
 
@@ -99,12 +98,7 @@ STORM_N   ?= 6000
 STORM_X   ?= 10
 STORM_DIR ?= /tmp/provisiond-storm
 storm: build
-	@rm -rf $(STORM_DIR); mkdir -p $(STORM_DIR)
-	@bin/provisiond --data $(STORM_DIR)/data --log-level warn --http-addr 127.0.0.1:18443 \
-		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
-	trap "kill $$pid" EXIT; sleep 2; \
-	bin/provctl --data $(STORM_DIR)/data site create big --ssid Big --security wpa3-sae \
-		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null && \
+	@$(call bench_server,$(STORM_DIR)) && \
 	bin/devsim --mint $(PEAK_N) --site big --data $(STORM_DIR)/data --concurrency 64 && \
 	bin/devsim --mint $(STORM_N) --site big --data $(STORM_DIR)/data --concurrency $$((64 * $(STORM_X))) --attempts 20 && \
 	bin/provctl --data $(STORM_DIR)/data -o json site show big | grep -E '"(devices|enrolled|leases_in_use)"' && \
