@@ -202,9 +202,18 @@ func (d *Device) ConnectMQTT(ctx context.Context, o MQTTOptions) (*Session, erro
 	if err := subscribe(ctx, c, mqtt.ConfigTopic(id), func(_ paho.Client, m paho.Message) {
 		var cfg wire.DeviceConfig
 		if wire.Unmarshal(wire.JSON, m.Payload(), &cfg) == nil {
-			select {
-			case s.configs <- cfg:
-			default:
+			// A device that is busy keeps the newest configs: when the
+			// queue is full the oldest goes.
+			for {
+				select {
+				case s.configs <- cfg:
+					return
+				default:
+				}
+				select {
+				case <-s.configs:
+				default:
+				}
 			}
 		}
 	}); err != nil {

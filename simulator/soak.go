@@ -45,6 +45,7 @@ type soakDevice struct {
 	s        *Session
 	versions map[uint64]time.Time // config versions received, and when
 	cut      time.Time            // when the server closed the session
+	cutWhy   string               // and what the device saw
 	changed  chan struct{}        // closed and replaced on every change above
 }
 
@@ -113,13 +114,20 @@ func GoOnline(ctx context.Context, devs []*Device, o SoakOptions) (*Fleet, error
 func (f *Fleet) connect(ctx context.Context, sd *soakDevice) error {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	s, err := sd.d.ConnectMQTT(cctx, MQTTOptions{Broker: f.o.Broker, OnConnectionLost: func(error) {
-		sd.note(func() { sd.cut = time.Now() })
+	// Only the loss of the session this call opens counts: a session the
+	// device itself replaced (after a certificate renewal) does not.
+	var mine *Session
+	s, err := sd.d.ConnectMQTT(cctx, MQTTOptions{Broker: f.o.Broker, OnConnectionLost: func(err error) {
+		sd.note(func() {
+			if mine == nil || sd.s == mine {
+				sd.cut, sd.cutWhy = time.Now(), "connection lost: "+err.Error()
+			}
+		})
 	}})
 	if err != nil {
 		return err
 	}
-	sd.note(func() { sd.s, sd.cut = s, time.Time{} })
+	sd.note(func() { mine, sd.s = s, s }) // a loss reported before this stays recorded
 	return nil
 }
 
@@ -161,7 +169,7 @@ func (f *Fleet) live(ctx context.Context, sd *soakDevice) {
 				s.Close()
 				if err = f.connect(actx, sd); err != nil {
 					// Refused (revoked meanwhile) or unreachable: offline.
-					sd.note(func() { sd.cut = time.Now() })
+					sd.note(func() { sd.cut, sd.cutWhy = time.Now(), "reconnect after renewal: "+err.Error() })
 				}
 			}
 			cancel()
@@ -305,11 +313,25 @@ type SoakStats struct {
 	LeaseErrors      int64 `json:"lease_renewal_errors,omitempty"`
 	CertRenewals     int64 `json:"cert_renewals"`
 	CertRenewalError int64 `json:"cert_renewal_errors,omitempty"`
+	// Offline counts the devices that went offline, by what they saw (a
+	// revoked device's session is cut: "connection lost: EOF").
+	Offline map[string]int `json:"offline,omitempty"`
 }
 
 // Stats reports the fleet's counters.
 func (f *Fleet) Stats() SoakStats {
-	return SoakStats{Devices: len(f.devs), Online: f.Online(),
+	offline := map[string]int{}
+	for _, sd := range f.devs {
+		sd.mu.Lock()
+		if !sd.cut.IsZero() {
+			offline[sd.cutWhy]++
+		}
+		sd.mu.Unlock()
+	}
+	if len(offline) == 0 {
+		offline = nil
+	}
+	return SoakStats{Devices: len(f.devs), Online: f.Online(), Offline: offline,
 		Acks: f.stats.acks.Load(), AckErrors: f.stats.ackErrors.Load(),
 		LeaseRenewals: f.stats.leases.Load(), LeaseErrors: f.stats.leaseErrors.Load(),
 		CertRenewals: f.stats.certs.Load(), CertRenewalError: f.stats.certErrors.Load()}

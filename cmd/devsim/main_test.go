@@ -80,7 +80,7 @@ func TestDevsimSoak(t *testing.T) {
 	env.Site("hq", "10.21.0.0/24")
 	var out, errOut bytes.Buffer
 	err := run(context.Background(), []string{"--mint", "12", "--site", "hq", "--data", env.DataDir, "--json", "--transport", "mix",
-		"--soak", "1500ms", "--pushes", "2", "--revoke", "3", "--renew-lease-every", "300ms", "--renew-cert-every", "600ms"}, &out, &errOut)
+		"--soak", "1500ms", "--pushes", "2", "--revoke", "3", "--renew-lease-every", "400ms", "--renew-cert-every", "1s"}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("devsim: %v\n%s\n%s", err, out.String(), errOut.String())
 	}
@@ -98,7 +98,7 @@ func TestDevsimSoak(t *testing.T) {
 	case s.Stats.Devices != 12 || s.Stats.Online != 9:
 		t.Errorf("devices %d, online after 3 revocations %d", s.Stats.Devices, s.Stats.Online)
 	case len(s.Pushes) != 2 || s.Push.N != 24 || s.Push.Max <= 0:
-		t.Errorf("pushes %+v, overall %+v: want 2 reaching 12 devices each", s.Pushes, s.Push)
+		t.Errorf("pushes %+v, overall %+v: want 2 reaching 12 devices each (offline: %v)", s.Pushes, s.Push, s.Stats.Offline)
 	case s.Revocation.N != 3 || s.Revocation.Max <= 0:
 		t.Errorf("revocations %+v", s.Revocation)
 	case s.Stats.Acks < 36 || s.Stats.LeaseRenewals == 0 || s.Stats.CertRenewals == 0:
