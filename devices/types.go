@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/pki"
 )
 
 // State is a device's lifecycle state.
@@ -216,7 +219,8 @@ func (s *Site) Validate() error {
 		return fmt.Errorf("%w: ssid: must be 1-32 bytes", ErrInvalid)
 	case s.Security != SecurityWPA2PSK && s.Security != SecurityWPA3SAE:
 		return fmt.Errorf("%w: security: must be %q or %q", ErrInvalid, SecurityWPA2PSK, SecurityWPA3SAE)
-	case len(s.Passphrase) < 8 || len(s.Passphrase) > 63:
+	case !strings.HasPrefix(s.Passphrase, pki.SealedPrefix) && (len(s.Passphrase) < 8 || len(s.Passphrase) > 63):
+		// A sealed passphrase was checked in clear before it was sealed.
 		return fmt.Errorf("%w: passphrase: must be 8-63 characters", ErrInvalid)
 	case !s.CIDR.IsValid() || !s.CIDR.Addr().Is4():
 		return fmt.Errorf("%w: cidr: must be an IPv4 prefix such as 10.20.0.0/24", ErrInvalid)

@@ -62,8 +62,13 @@ func newFixture(t testing.TB, cfg enroll.Config) *fixture {
 	}
 	f := &fixture{store: store, ca: ca, signer: &countingSigner{CA: ca}, clock: &fakeClock{}}
 	f.clock.now.Store(time.Now().UnixNano())
+	sealer, err := pki.NewSealer([]byte("fixture-master-secret-0123"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Secrets = sealer
 	f.svc = enroll.New(cfg, store, f.signer, f.clock, quiet)
-	f.fleet = enroll.NewFleet(store, quiet)
+	f.fleet = enroll.NewFleet(store, sealer, quiet)
 	return f
 }
 

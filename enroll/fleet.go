@@ -43,6 +43,12 @@ func (f *Fleet) SetOverride(a Actor, sel devices.Selector, o *devices.ConfigOver
 		if err := o.Validate(); err != nil {
 			return 0, 0, err
 		}
+		sealed := *o
+		var err error
+		if sealed.Passphrase, err = seal(f.secrets, o.Passphrase); err != nil {
+			return 0, 0, err
+		}
+		o = &sealed
 	}
 	if err := f.checkSelection(a, sel); err != nil {
 		return 0, 0, err
@@ -63,6 +69,7 @@ func (f *Fleet) SetOverride(a Actor, sel devices.Selector, o *devices.ConfigOver
 type Fleet struct {
 	reg      Registry
 	log      *slog.Logger
+	secrets  Secrets
 	onRevoke []func([]devices.Device)
 	onConfig []func([]uuid.UUID)
 
@@ -159,8 +166,8 @@ func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
 }
 
 // NewFleet returns a Fleet over reg.
-func NewFleet(reg Registry, log *slog.Logger) *Fleet {
-	return &Fleet{reg: reg, log: log,
+func NewFleet(reg Registry, secrets Secrets, log *slog.Logger) *Fleet {
+	return &Fleet{reg: reg, secrets: secrets, log: log,
 		claimsBySerial: newThrottle(5, 10*time.Minute, 30*time.Second, time.Hour),
 		claimsByActor:  newThrottle(20, 10*time.Minute, 30*time.Second, time.Hour)}
 }
@@ -257,6 +264,13 @@ func (a Actor) event(action, target string, detail map[string]string) devices.Au
 
 // CreateSite validates and stores a new site.
 func (f *Fleet) CreateSite(a Actor, s devices.Site) (devices.Site, error) {
+	if err := s.Validate(); err != nil { // the passphrase is checked in clear
+		return devices.Site{}, err
+	}
+	var err error
+	if s.Passphrase, err = seal(f.secrets, s.Passphrase); err != nil {
+		return devices.Site{}, err
+	}
 	out, err := f.reg.CreateSite(s, a.event("site.create", s.Name, map[string]string{"cidr": s.CIDR.String(), "ssid": s.SSID}))
 	if err == nil {
 		f.log.Info("site created", "site", s.Name, "actor", a.Name)
@@ -268,7 +282,24 @@ func (f *Fleet) CreateSite(a Actor, s devices.Site) (devices.Site, error) {
 // enrolled device of the site gets a new config version, pushed to it at once
 // (OnConfigChange listeners) or when it next connects.
 func (f *Fleet) UpdateSite(a Actor, name string, fn func(*devices.Site) error) (devices.Site, error) {
-	out, affected, err := f.reg.UpdateSite(name, fn, a.event("site.update", name, nil))
+	// fn sees the stored (sealed) passphrase; a new one it sets is checked
+	// in clear and sealed.
+	sealing := func(s *devices.Site) error {
+		before := s.Passphrase
+		if err := fn(s); err != nil {
+			return err
+		}
+		if s.Passphrase == before {
+			return nil
+		}
+		if err := s.Validate(); err != nil {
+			return err
+		}
+		var err error
+		s.Passphrase, err = seal(f.secrets, s.Passphrase)
+		return err
+	}
+	out, affected, err := f.reg.UpdateSite(name, sealing, a.event("site.update", name, nil))
 	if err != nil {
 		return out, err
 	}

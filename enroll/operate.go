@@ -78,7 +78,7 @@ func (s *Service) Config(id uuid.UUID) (DeviceConfig, error) {
 	if err != nil {
 		return DeviceConfig{}, err
 	}
-	return Render(site, d), nil
+	return s.render(site, d)
 }
 
 // AddNotifier registers a transport to tell about configuration changes.

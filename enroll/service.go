@@ -60,6 +60,9 @@ type Config struct {
 	// queueing until devices time out. Default 256; negative: no bound.
 	MaxInFlight   int
 	OverloadRetry time.Duration // base retry hint when overloaded (jittered up to 2x); default 2s
+	// Secrets seals Wi-Fi passphrases before they are stored and opens them
+	// to render a device's config; nil keeps them in clear.
+	Secrets Secrets
 }
 
 func (c *Config) setDefaults() {
@@ -373,12 +376,33 @@ func (s *Service) result(d devices.Device, site devices.Site, leaf *x509.Certifi
 	if d.Lease == nil {
 		return Result{}, fmt.Errorf("device %s: %w", d.Serial, devices.ErrNoLease)
 	}
+	cfg, err := s.render(site, d)
+	if err != nil {
+		return Result{}, err
+	}
 	return Result{
 		DeviceID: d.ID,
 		Chain:    []*x509.Certificate{leaf, s.signer.Intermediate()},
 		Root:     s.signer.Root(),
-		Config:   Render(site, d),
+		Config:   cfg,
 	}, nil
+}
+
+// render opens the sealed passphrases of a site and a device's override and
+// renders the device's config.
+func (s *Service) render(site devices.Site, d devices.Device) (DeviceConfig, error) {
+	var err error
+	if site.Passphrase, err = open(s.cfg.Secrets, site.Passphrase); err != nil {
+		return DeviceConfig{}, fmt.Errorf("site %s passphrase: %w", site.Name, err)
+	}
+	if d.Override != nil && d.Override.Passphrase != "" {
+		o := *d.Override
+		if o.Passphrase, err = open(s.cfg.Secrets, o.Passphrase); err != nil {
+			return DeviceConfig{}, fmt.Errorf("device %s override passphrase: %w", d.Serial, err)
+		}
+		d.Override = &o
+	}
+	return Render(site, d), nil
 }
 
 // Render turns a site profile, a device's override and its lease into the
@@ -444,7 +468,10 @@ func (s *Service) RenewLease(id uuid.UUID, source netip.AddrPort, transport stri
 	if err != nil {
 		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
 	}
-	cfg := Render(site, d)
+	cfg, err := s.render(site, d)
+	if err != nil {
+		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
+	}
 	s.notify(d.ID, cfg)
 	return cfg, nil
 }

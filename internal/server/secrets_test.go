@@ -1,14 +1,18 @@
 package server_test
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
 )
@@ -78,5 +82,76 @@ func TestSecretsNeverLogged(t *testing.T) {
 		if strings.Contains(logs, secret) {
 			t.Errorf("the logs contain the %s", what)
 		}
+	}
+}
+
+// Wi-Fi passphrases (site and per-device override) are sealed in the
+// inventory file, and devices still get them in clear in their config.
+func TestPassphrasesSealedAtRest(t *testing.T) {
+	env := servertest.Start(t)
+	p1, p2, p3 := "FirstSitePass-81d2", "SecondSitePass-c4a9", "OverridePass-7e55"
+	name, ssid, sec, cidr := "hq", "hq-wifi", "wpa2-psk", "10.41.0.0/24"
+	if err := env.Client.Do(ctxT(t), "POST", "/api/v1/sites", httpapi.SiteRequest{Name: &name, SSID: &ssid, Security: &sec, Passphrase: &p1, CIDR: &cidr}, nil); err != nil {
+		t.Fatal(err)
+	}
+	bundles := env.Mint(3, "hq")
+	d1, _ := simulator.NewDevice(bundles[0])
+	if r, err := d1.Enroll(ctxT(t), simulator.EnrollOptions{}); err != nil || r.WiFi.Passphrase != p1 {
+		t.Fatalf("first device: %v, passphrase %q", err, r.WiFi.Passphrase)
+	}
+	// A change of SSID alone keeps the sealed passphrase as it is.
+	ssid2 := "hq-wifi-2"
+	if err := env.Client.Do(ctxT(t), "PATCH", "/api/v1/sites/hq", httpapi.SiteRequest{SSID: &ssid2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	d2, _ := simulator.NewDevice(bundles[1])
+	if r, err := d2.Enroll(ctxT(t), simulator.EnrollOptions{}); err != nil || r.WiFi.Passphrase != p1 || r.WiFi.SSID != ssid2 {
+		t.Fatalf("after an SSID change: %v, %+v", err, r.WiFi)
+	}
+	if err := env.Client.Do(ctxT(t), "PATCH", "/api/v1/sites/hq", httpapi.SiteRequest{Passphrase: &p2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	short := "short"
+	if err := env.Client.Do(ctxT(t), "PATCH", "/api/v1/sites/hq", httpapi.SiteRequest{Passphrase: &short}, nil); err == nil {
+		t.Error("a 5-character passphrase was accepted")
+	}
+	d3, _ := simulator.NewDevice(bundles[2])
+	if r, err := d3.Enroll(ctxT(t), simulator.EnrollOptions{}); err != nil || r.WiFi.Passphrase != p2 {
+		t.Fatalf("after a passphrase change: %v, %+v", err, r.WiFi)
+	}
+	if err := env.Client.Do(ctxT(t), "PATCH", "/api/v1/devices/config", httpapi.OverrideRequest{Devices: []string{d1.Enrollment.DeviceID},
+		Override: &httpapi.OverrideFields{Passphrase: p3}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, err := d1.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := s.Config(ctxT(t))
+	s.Close()
+	if err != nil || cfg.WiFi.Passphrase != p3 {
+		t.Fatalf("override: %v, %+v", err, cfg.WiFi)
+	}
+	var view httpapi.SiteView
+	if err := env.Client.Do(ctxT(t), "GET", "/api/v1/sites/hq", nil, &view); err != nil || !view.PassphraseSet {
+		t.Fatalf("site view: %v %+v", err, view)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := env.Server.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(env.DataDir, server.InventoryFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{p1, p2, p3} {
+		if bytes.Contains(raw, []byte(p)) {
+			t.Errorf("the inventory file holds %q in clear", p)
+		}
+	}
+	if !bytes.Contains(raw, []byte(pki.SealedPrefix)) {
+		t.Error("no sealed value in the inventory file")
 	}
 }

@@ -207,8 +207,15 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		return nil, err
 	}
 
+	// Wi-Fi passphrases are sealed in the inventory under a key derived
+	// from the same master secret as the CA keys.
+	sealer, err := pki.NewSealer([]byte(pass))
+	if err != nil {
+		return nil, err
+	}
+	cfg.Enroll.Secrets = sealer
 	svc := enroll.New(cfg.Enroll, s.store, ca, nil, log)
-	fleet := enroll.NewFleet(s.store, log)
+	fleet := enroll.NewFleet(s.store, sealer, log)
 	if err := s.refreshCRL(); err != nil {
 		return nil, err
 	}
