@@ -240,11 +240,8 @@ func Summarize(outs []Outcome, elapsed time.Duration) Summary {
 	if elapsed > 0 {
 		s.PerSecond = float64(s.Enrolled) / elapsed.Seconds()
 	}
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-		s.P50, s.P90, s.P99, s.Max = q(0.50), q(0.90), q(0.99), lat[len(lat)-1]
-	}
+	l := Percentiles(lat)
+	s.P50, s.P90, s.P99, s.Max = l.P50, l.P90, l.P99, l.Max
 	if len(s.Reasons) == 0 {
 		s.Reasons = nil
 	}

@@ -355,8 +355,8 @@ type Latencies struct {
 	Max time.Duration `json:"max_ns"`
 }
 
-// Summarise computes the percentiles of lat (which it sorts).
-func Summarise(lat []time.Duration) Latencies {
+// Percentiles computes the percentiles of lat (which it sorts).
+func Percentiles(lat []time.Duration) Latencies {
 	if len(lat) == 0 {
 		return Latencies{}
 	}

@@ -96,7 +96,7 @@ func TestDevsimSoak(t *testing.T) {
 	case got.Enrolled != 12:
 		t.Errorf("enrolled %d", got.Enrolled)
 	case s.Stats.Devices != 12 || s.Stats.Online != 9:
-		t.Errorf("devices %d, online after 3 revocations %d", s.Stats.Devices, s.Stats.Online)
+		t.Errorf("devices %d, online after 3 revocations %d (offline: %v)", s.Stats.Devices, s.Stats.Online, s.Stats.Offline)
 	case len(s.Pushes) != 2 || s.Push.N != 24 || s.Push.Max <= 0:
 		t.Errorf("pushes %+v, overall %+v: want 2 reaching 12 devices each (offline: %v)", s.Pushes, s.Push, s.Stats.Offline)
 	case s.Revocation.N != 3 || s.Revocation.Max <= 0:

@@ -99,9 +99,9 @@ func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io
 			problem("push %d: %v", i+1, err)
 		}
 		all = append(all, lat...)
-		r.Pushes = append(r.Pushes, simulator.Summarise(lat))
+		r.Pushes = append(r.Pushes, simulator.Percentiles(lat))
 	}
-	r.Push = simulator.Summarise(all)
+	r.Push = simulator.Percentiles(all)
 	if rss, err := serverRSS(ctx, p.api); err == nil {
 		r.ServerRSSBytes = rss
 	} else {
@@ -124,7 +124,7 @@ func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io
 		}
 		cuts = append(cuts, lat...)
 	}
-	r.Revocation = simulator.Summarise(cuts)
+	r.Revocation = simulator.Percentiles(cuts)
 	r.Duration = time.Since(start)
 	r.Stats = fleet.Stats()
 	return r

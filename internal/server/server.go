@@ -222,7 +222,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	s.bg.Go(s.crlLoop)
 	// Created before any listener starts; the gauges read the listeners at scrape time.
 	s.metrics = metrics.New(metrics.Sources{
-		LeasesInUse:  s.leasesInUse,
+		LeasesInUse:  func() (map[string]int, error) { return s.store.LeasesInUseBySite(time.Now()) },
 		DTLSSessions: func() int { return s.coap.Sessions() },
 		Handshakes: func() map[string]handshake.Stats {
 			out := map[string]handshake.Stats{"coaps": s.coap.Handshakes()}
@@ -322,10 +322,6 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 // observe records an enrollment request in the metrics.
 func (s *Server) observe(transport, result string, d time.Duration) {
 	s.metrics.ObserveEnroll(transport, result, d)
-}
-
-func (s *Server) leasesInUse() (map[string]int, error) {
-	return s.store.LeasesInUseBySite(time.Now())
 }
 
 // Ready reports why the service is not ready to serve devices, or nil.
