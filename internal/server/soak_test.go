@@ -45,7 +45,7 @@ func TestSoakFleet(t *testing.T) {
 	defer cancel()
 	lat, err := fleet.WaitConfig(ctx, before, t0)
 	if err != nil || len(lat) != 20 {
-		t.Fatalf("push reached %d of 20: %v", len(lat), err)
+		t.Fatalf("push reached %d of 20: %v; offline: %v", len(lat), err, fleet.Stats().Offline)
 	}
 	t.Logf("push: slowest device after %v", slices.Max(lat))
 	deadline := time.Now().Add(10 * time.Second)

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -70,13 +72,25 @@ func NewBroker(cfg BrokerConfig, h *Handler, log *slog.Logger) *Broker {
 
 // Publish sends a message from the server (the broker's inline client, which
 // is not subject to the access rules).
+//
+// It publishes at QoS 0. mochi v2.7.9 keeps the packet identifiers of both
+// directions in one map (mochi-mqtt/server#545): a server delivery at QoS 1
+// still waiting for its PUBACK makes the broker refuse a SUBSCRIBE that the
+// device numbered the same, and a device PUBLISH with that number deletes
+// the delivery without giving back its send quota, after which the device
+// is sent nothing more. Both sides count identifiers up from 1, so this
+// happens within a device's first few packets. QoS 1 would add nothing to
+// what a device gets anyway: sessions are clean (a QoS 1 message is not
+// kept across a reconnect), the config is retained and sent again at every
+// connect and acknowledged by a state report, and replies answer requests
+// that the device repeats when no answer comes.
 func (b *Broker) Publish(topic string, payload []byte, retain bool) error {
-	return b.srv.Publish(topic, payload, retain, 1)
+	return b.srv.Publish(topic, payload, retain, 0)
 }
 
 // Start binds the listeners and serves in the background.
 func (b *Broker) Start() error {
-	b.access = &access{b: b}
+	b.access = &access{b: b, live: map[uuid.UUID][]*mochi.Client{}}
 	if err := b.srv.AddHook(b.access, nil); err != nil {
 		return err
 	}
@@ -86,7 +100,7 @@ func (b *Broker) Start() error {
 			n = 64
 		}
 		b.gate = handshake.NewGate(n, 5*time.Second, 5*time.Second)
-		b.tls = &tlsListener{id: "mqtts", addr: b.cfg.Addr, gate: b.gate, timeout: 10 * time.Second, cfg: &tls.Config{
+		b.tls = &tlsListener{id: "mqtts", addr: b.cfg.Addr, gate: b.gate, timeout: 10 * time.Second, ended: b.access.ended, cfg: &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			ClientAuth: tls.VerifyClientCertIfGiven,
 			ClientCAs:  b.cfg.ClientCAs,
@@ -144,11 +158,20 @@ func address(l *listeners.TCP) string {
 	return l.Address()
 }
 
-// CutDevice cuts a device's live session, if it has one, and clears its
+// CutDevice cuts a device's live sessions, if it has any, and clears its
 // retained config (which holds the site's Wi-Fi passphrase). Reconnects are
 // refused at CONNECT by Authorize.
+//
+// The sessions come from the access hook's own index, not from mochi's
+// client list: a session enters the index before Authorize reads the
+// inventory, so a revocation that commits after that read finds it here
+// even if mochi has not listed the client yet.
 func (b *Broker) CutDevice(id uuid.UUID) {
-	if cl, ok := b.srv.Clients.Get(id.String()); ok {
+	cut := b.access.sessions(id)
+	if cl, ok := b.srv.Clients.Get(id.String()); ok && !slices.Contains(cut, cl) {
+		cut = append(cut, cl)
+	}
+	for _, cl := range cut {
 		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 	}
 	if err := b.Publish(ConfigTopic(id.String()), nil, true); err != nil { // an empty retained message clears it
@@ -184,6 +207,9 @@ type identity struct {
 	device     uuid.UUID // set for a device with a certificate; Nil for a bootstrap client
 	certSerial string    // the certificate it connected with
 	source     netip.AddrPort
+	// established: mochi has listed the session (OnSessionEstablished sets
+	// it, storing a new identity value for the client).
+	established bool
 }
 
 // access is the mochi hook that enforces provisiond's rules:
@@ -202,6 +228,73 @@ type access struct {
 	mochi.HookBase
 	b       *Broker
 	clients sync.Map // *mochi.Client -> identity
+
+	mu     sync.Mutex
+	live   map[uuid.UUID][]*mochi.Client // device sessions from CONNECT to disconnect, oldest first
+	ending sync.Map                      // net.Conn -> uuid.UUID: device sessions mochi is closing
+}
+
+// sessions lists a device's sessions.
+func (a *access) sessions(id uuid.UUID) []*mochi.Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.live[id])
+}
+
+func (a *access) addSession(id uuid.UUID, cl *mochi.Client) {
+	a.mu.Lock()
+	a.live[id] = append(a.live[id], cl)
+	a.mu.Unlock()
+}
+
+func (a *access) dropSession(id uuid.UUID, cl *mochi.Client) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rest := slices.DeleteFunc(a.live[id], func(c *mochi.Client) bool { return c == cl })
+	if len(rest) == 0 {
+		delete(a.live, id)
+		return
+	}
+	a.live[id] = rest
+}
+
+// ended runs when mochi is completely done with a connection (the listener
+// calls it).
+//
+// mochi v2.7.9 ends a clean session by removing its client ID from the
+// client list and its filters from the topic index, by ID. When the device
+// has already reconnected (it closed the old session and opened a new one at
+// once, as after a certificate renewal) and mochi did not see the new
+// session take the old one over, that removes the new session's entries: it
+// would receive nothing more and could not be found to be cut. relist puts
+// them back, here for a session established before the old one ended, and
+// in OnSessionEstablished for one established after.
+func (a *access) ended(conn net.Conn) {
+	if v, ok := a.ending.LoadAndDelete(conn); ok {
+		if live := a.sessions(v.(uuid.UUID)); len(live) > 0 {
+			a.relist(live[len(live)-1])
+		}
+	}
+}
+
+// relist makes sure that a device's current session is in mochi's client
+// list and topic index (see ended).
+func (a *access) relist(cl *mochi.Client) {
+	v, ok := a.clients.Load(cl)
+	if !ok || !v.(identity).established || cl.Closed() {
+		return // not listed by mochi yet (it will be), or gone
+	}
+	if live := a.sessions(v.(identity).device); len(live) == 0 || live[len(live)-1] != cl {
+		return // a newer session of the device is the current one
+	}
+	srv := a.b.srv
+	if cur, ok := srv.Clients.Get(cl.ID); !ok || cur != cl {
+		srv.Clients.Add(cl)
+		a.b.log.Debug("mqtt session listed again after its predecessor ended", "client_id", cl.ID)
+	}
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		srv.Topics.Subscribe(cl.ID, sub) // a no-op for a filter still indexed
+	}
 }
 
 func (a *access) ID() string { return "provisiond-access" }
@@ -242,8 +335,15 @@ func (a *access) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool
 		if err == nil && clientID != id.String() {
 			err = fmt.Errorf("client ID %q is not the certificate's device %s", clientID, id)
 		}
-		if err == nil && a.b.cfg.Authorize != nil {
-			err = a.b.cfg.Authorize(id, serial)
+		if err == nil {
+			// Indexed before the inventory is read: see CutDevice.
+			a.addSession(id, cl)
+			if a.b.cfg.Authorize != nil {
+				err = a.b.cfg.Authorize(id, serial)
+			}
+			if err != nil {
+				a.dropSession(id, cl)
+			}
 		}
 		if err != nil {
 			a.b.log.Info("mqtt connect refused", "client_id", clientID, "source", src, "err", err)
@@ -263,6 +363,10 @@ func (a *access) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool
 
 func (a *access) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
 	if v, ok := a.clients.Load(cl); ok && v.(identity).device != uuid.Nil {
+		who := v.(identity)
+		who.established = true // mochi has listed the client
+		a.clients.Store(cl, who)
+		a.relist(cl)
 		// Retained messages live in memory: make sure a (re)connecting device
 		// finds its current config even after a server restart.
 		a.b.handler.PushConfig(v.(identity).device)
@@ -270,7 +374,10 @@ func (a *access) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
 }
 
 func (a *access) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
-	a.clients.Delete(cl)
+	if v, ok := a.clients.LoadAndDelete(cl); ok && v.(identity).device != uuid.Nil {
+		a.dropSession(v.(identity).device, cl)
+		a.ending.Store(cl.Net.Conn, v.(identity).device)
+	}
 }
 
 func (a *access) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {

@@ -22,7 +22,8 @@ type tlsListener struct {
 	id, addr string
 	cfg      *tls.Config
 	gate     *handshake.Gate
-	timeout  time.Duration // for one handshake
+	timeout  time.Duration  // for one handshake
+	ended    func(net.Conn) // called when mochi is done with a session
 
 	mu  sync.Mutex
 	ln  net.Listener
@@ -70,6 +71,9 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 			}
 			if err := establish(l.id, c); err != nil {
 				l.log.Debug("mqtts session", "remote", conn.RemoteAddr().String(), "err", err)
+			}
+			if l.ended != nil {
+				l.ended(c)
 			}
 		}()
 	}
