@@ -64,17 +64,22 @@ func TestMetricsAndHealth(t *testing.T) {
 func TestBackupAndRestore(t *testing.T) {
 	env := servertest.Start(t)
 	env.Site("hq", "10.20.0.0/24")
-	bundles := env.Mint(20, "hq")
+	bundles := env.Mint(70, "hq")
 	outs, sum := simulator.Run(ctxT(t), bundles[:10], simulator.RunOptions{})
 	if sum.Enrolled != 10 {
 		t.Fatal(sum)
 	}
 	// Take the backup while more devices enroll.
 	done := make(chan struct{})
+	var lateOuts []simulator.Outcome
 	go func() {
 		defer close(done)
-		simulator.Run(ctxT(t), bundles[10:], simulator.RunOptions{})
+		lateOuts, _ = simulator.Run(ctxT(t), bundles[10:], simulator.RunOptions{Concurrency: 4})
 	}()
+	waitFor(t, func() bool {
+		list, _, _ := env.Server.Store().Devices(devices.Filter{State: devices.StateProvisioned, Limit: 100})
+		return len(list) >= 15
+	}, "the second wave under way")
 	var tarball []byte
 	if err := env.Client.Do(ctxT(t), "GET", "/api/v1/backup", nil, &tarball); err != nil {
 		t.Fatal(err)
@@ -107,23 +112,49 @@ func TestBackupAndRestore(t *testing.T) {
 	if !bytes.Equal(restored.Server.CA().Root().Raw, env.Server.CA().Root().Raw) {
 		t.Fatal("restored server has another root CA")
 	}
-	if err := restored.Server.Store().Check(); err != nil {
-		t.Fatal(err)
+	if problems, err := restored.Server.Store().Verify(); err != nil || len(problems) > 0 {
+		t.Fatalf("restored store: %v %v", problems, err)
 	}
 	if _, _, _, err := restored.Server.Store().VerifyAudit(); err != nil {
 		t.Errorf("restored audit chain: %v", err)
 	}
-	for _, o := range outs {
+	// Every device the backup holds (the first ten, and those of the
+	// second wave that committed before the snapshot) is still there and
+	// still trusted: it renews its lease over mutual DTLS and connects over
+	// MQTT with the certificate it got before the backup, and its config
+	// still carries the site's Wi-Fi passphrase (sealed at rest with a key
+	// from the CA passphrase, which the restored server must open).
+	held := 0
+	for i, o := range outs2(outs, lateOuts) {
 		got, err := restored.Server.Store().DeviceBySerial(o.Serial)
+		if i >= 10 && err == nil && got.State == devices.StateClaimed {
+			continue // enrolled after the snapshot
+		}
+		held++
 		if err != nil || got.State != "provisioned" || got.Lease == nil {
 			t.Fatalf("%s after restore: %+v %v", o.Serial, got, err)
 		}
+		if _, err := o.Device.RenewLease(ctxT(t), simulator.EnrollOptions{Endpoint: restored.CoAPS()}); err != nil {
+			t.Errorf("%s renewing its lease against the restored server: %v", o.Serial, err)
+		}
+		s, err := o.Device.ConnectMQTT(ctxT(t), simulator.MQTTOptions{Broker: restored.MQTTS()})
+		if err != nil {
+			t.Errorf("%s connecting to the restored broker: %v", o.Serial, err)
+			continue
+		}
+		cfg, err := s.Config(ctxT(t))
+		s.Close()
+		if err != nil || cfg.WiFi.Passphrase != "passphrase-hq" {
+			t.Errorf("%s config from the restored server: %+v %v", o.Serial, cfg.WiFi, err)
+		}
 	}
-	// Still trusted: a device renews its lease over mutual DTLS with its old certificate.
-	if _, err := outs[0].Device.RenewLease(ctxT(t), simulator.EnrollOptions{Endpoint: restored.CoAPS()}); err != nil {
-		t.Errorf("device against the restored server: %v", err)
+	if held <= 15 {
+		t.Errorf("the backup holds %d devices; it was taken after 15 had enrolled", held)
 	}
+	t.Logf("the backup, taken during the second wave, holds %d of the 70 devices", held)
 }
+
+func outs2(a, b []simulator.Outcome) []simulator.Outcome { return append(append([]simulator.Outcome{}, a...), b...) }
 
 // Under overload the server refuses early with a retry hint; devices retry
 // and every one ends enrolled exactly once.
