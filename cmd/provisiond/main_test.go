@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,5 +70,67 @@ func TestRunRejectsBadFlags(t *testing.T) {
 				t.Errorf("run(%v) succeeded", args)
 			}
 		})
+	}
+}
+
+// Every directory of the data dir is 0700 and every file 0600, except the
+// public certificates and server.json (addresses and pid), which may be
+// read by others but written by no one else. Unknown files must be 0600.
+func TestDataDirModes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	t.Setenv("PROVISIOND_CA_PASSPHRASE", "") // generated into ca.passphrase
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, io.Discard)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "server.json")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	public := map[string]bool{"root.pem": true, "server.json": true, "ca/root.pem": true, "ca/intermediate.pem": true}
+	secrets := 0
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		mode := st.Mode().Perm()
+		switch {
+		case d.IsDir():
+			if mode != 0o700 {
+				t.Errorf("directory %s: mode %v, want 0700", rel, mode)
+			}
+		case public[rel]:
+			if mode&0o022 != 0 {
+				t.Errorf("%s: mode %v, writable by others", rel, mode)
+			}
+		default:
+			secrets++
+			if mode != 0o600 {
+				t.Errorf("%s: mode %v, want 0600", rel, mode)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if secrets < 5 { // ca.passphrase, admin.token, inventory.db, two CA keys
+		t.Errorf("only %d private files checked", secrets)
 	}
 }
