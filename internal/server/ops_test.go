@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,7 +126,7 @@ func TestBackupAndRestore(t *testing.T) {
 	// still carries the site's Wi-Fi passphrase (sealed at rest with a key
 	// from the CA passphrase, which the restored server must open).
 	held := 0
-	for i, o := range outs2(outs, lateOuts) {
+	for i, o := range slices.Concat(outs, lateOuts) {
 		got, err := restored.Server.Store().DeviceBySerial(o.Serial)
 		if i >= 10 && err == nil && got.State == devices.StateClaimed {
 			continue // enrolled after the snapshot
@@ -153,8 +154,6 @@ func TestBackupAndRestore(t *testing.T) {
 	}
 	t.Logf("the backup, taken during the second wave, holds %d of the 70 devices", held)
 }
-
-func outs2(a, b []simulator.Outcome) []simulator.Outcome { return append(append([]simulator.Outcome{}, a...), b...) }
 
 // Under overload the server refuses early with a retry hint; devices retry
 // and every one ends enrolled exactly once.
