@@ -15,8 +15,6 @@ import (
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
-type wireBundle = wire.Bundle
-
 func pemOf(typ string, der []byte) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
 }
