@@ -5,7 +5,8 @@ GO       ?= go
 PKGS     := ./...
 # Debian packages the tests use: libcoap's client and Mosquitto's clients
 # (interop tests), the Mosquitto broker (external-broker test), openssl, and
-# zbarimg (zbar-tools) to scan the QR labels we render.
+# zbarimg (zbar-tools) to scan the QR labels we render, and headless
+# Chromium for the browser tests of the installer page and the console.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps vet lint vuln fmt-check build bench storm rates soak fuzz clean
@@ -23,6 +24,7 @@ deps:
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_rr >/dev/null || missing="$$missing mosquitto-clients"; \
 	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \

@@ -39,6 +39,7 @@ import (
 	"github.com/provisiond/provisiond/transport/coap"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/mqtt"
+	"github.com/provisiond/provisiond/transport/web"
 )
 
 // Version is the service version reported by the API.
@@ -283,6 +284,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 
 	api := httpapi.New(s.store, fleet, ca, s.store, s, s.info, log)
 	api.SetOps(s.metrics.Handler(), s.Ready, s.Backup)
+	api.SetWeb(web.Handler())
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)

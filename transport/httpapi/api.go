@@ -78,6 +78,7 @@ type API struct {
 	info       func() Info
 	log        *slog.Logger
 	mux        *http.ServeMux
+	web        http.Handler
 }
 
 // MaxBodyBytes bounds a request body (a batch of 100,000 rows fits).
@@ -95,6 +96,10 @@ func New(inv Inventory, fleet Fleet, certs CertIssuer, tokens TokenStore, rev Re
 // ServeHTTP routes a request. When no route matches, the mux decides the
 // status (404, or 405 with an Allow header) and the answer is our JSON error.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.web != nil && isPage(r) {
+		a.web.ServeHTTP(w, r)
+		return
+	}
 	h, pattern := a.mux.Handler(r)
 	if pattern != "" {
 		a.mux.ServeHTTP(w, r) // sets the path values that Handler does not
@@ -110,6 +115,22 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeError(w, http.StatusNotFound, "not_found", "no such route")
+}
+
+// SetWeb serves the browser pages (package web) beside the API: GET of /,
+// /claim, /console and /ui/... The pages are public; what they show comes
+// from the API with the user's token.
+func (a *API) SetWeb(h http.Handler) { a.web = h }
+
+func isPage(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	switch p := r.URL.Path; {
+	case p == "/", p == "/claim", p == "/console", strings.HasPrefix(p, "/ui/"):
+		return true
+	}
+	return false
 }
 
 // statusOnly records what the mux's fallback handler would answer.
@@ -173,6 +194,7 @@ func (a *API) routes() []route {
 		{"GET /api/v1/devices/{ref}/history", devices.RoleViewer, false, a.deviceHistory},
 		{"GET /api/v1/devices/export", devices.RoleViewer, false, a.exportDevices},
 		{"POST /api/v1/claims", devices.RoleInstaller, false, a.claim},
+		{"POST /api/v1/qr-decode", devices.RoleInstaller, false, a.decodeQR},
 		{"PATCH /api/v1/devices/config", devices.RoleOperator, false, a.setOverride},
 		{"POST /api/v1/revocations", devices.RoleOperator, false, a.revoke},
 		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},

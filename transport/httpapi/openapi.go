@@ -67,6 +67,7 @@ var docs = map[string]routeDoc{
 	"GET /api/v1/devices/export":        {"Export devices matching the list filters (format=csv or json lines)", nil, nil, 200},
 	"PATCH /api/v1/devices/config":      {"Set or clear the config override of devices, a site or a batch (bulk, one transaction); pushed at once", OverrideRequest{}, OverrideResponse{}, 200},
 	"POST /api/v1/claims":               {"Claim a device for a site with its label's claim code", ClaimRequest{}, DeviceView{}, 200},
+	"POST /api/v1/qr-decode":            {"Read the QR code in a camera frame (image/png or image/jpeg body, up to 4 MiB); 422 when there is none", nil, QRText{}, 200},
 	"POST /api/v1/revocations":          {"Revoke devices, a site or a batch, with a reason", RevokeRequest{}, RevokeResponse{}, 200},
 	"POST /api/v1/devices/{ref}/reopen": {"Re-open a revoked device with a fresh claim token", nil, ReopenResponse{}, 200},
 	"GET /api/v1/audit":                 {"Audit events after a sequence number", nil, eventsList{}, 200},

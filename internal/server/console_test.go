@@ -1,0 +1,345 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/internal/labels"
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// artifacts is where the browser tests leave their screenshots (git-ignored).
+var artifacts = filepath.Join("..", "..", "testdata", "artifacts", "console")
+
+// chromium finds Debian's chromium: make test installs it; without it the
+// browser tests are skipped outside CI and fail in CI.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("chromium is not installed (make test installs it)")
+	}
+	t.Skip("chromium is not installed; run make test")
+	return ""
+}
+
+// browser starts headless Chromium whose camera shows the frames of y4m.
+func browser(t *testing.T, y4m string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)),
+		chromedp.NoSandbox,                               // CI runs as root
+		chromedp.Flag("ignore-certificate-errors", true), // the server's certificate chains to the test's own root
+		chromedp.Flag("use-fake-ui-for-media-stream", true),
+		chromedp.Flag("use-fake-device-for-media-stream", true),
+		chromedp.Flag("use-file-for-fake-video-capture", y4m),
+		chromedp.WindowSize(1100, 900),
+	)
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelC := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
+	ctx, cancelT := context.WithTimeout(ctx, 3*time.Minute)
+	t.Cleanup(func() { cancelT(); cancelC(); cancelA() })
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
+}
+
+// screenshot saves the page as artifacts/name.png.
+func screenshot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100) /* 100: PNG */)
+	if err != nil {
+		t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.MkdirAll(artifacts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(artifacts, name+".png"), buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// labelVideo renders the device's printed label (the PNG `provctl factory
+// labels` writes) into a 640x480 Y4M clip, which Chromium's fake camera
+// plays in a loop.
+func labelVideo(t *testing.T, l labels.Label) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := labels.WriteAll(dir, []labels.Label{l}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, l.Serial+".png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	label, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const w, h = 640, 480
+	frame := image.NewGray(image.Rect(0, 0, w, h))
+	for i := range frame.Pix {
+		frame.Pix[i] = 0xff
+	}
+	b := label.Bounds()
+	scale := max(1, min(440/b.Dy(), 600/b.Dx()))
+	ox, oy := (w-b.Dx()*scale)/2, (h-b.Dy()*scale)/2
+	for y := range b.Dy() * scale {
+		for x := range b.Dx() * scale {
+			frame.SetGray(ox+x, oy+y, color.GrayModel.Convert(label.At(b.Min.X+x/scale, b.Min.Y+y/scale)).(color.Gray))
+		}
+	}
+	path := filepath.Join(dir, "label.y4m")
+	out, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bw := bufio.NewWriter(out)
+	fmt.Fprintf(bw, "YUV4MPEG2 W%d H%d F10:1 Ip A1:1 C420jpeg\n", w, h)
+	chroma := strings.Repeat("\x80", w*h/4) // no colour
+	for range 10 {
+		bw.WriteString("FRAME\n")
+		bw.Write(frame.Pix) // luma: the grey levels
+		bw.WriteString(chroma)
+		bw.WriteString(chroma)
+	}
+	if err := bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	return path
+}
+
+// TestWebConsole drives the installer page and the operator console in
+// headless Chromium: an installer claims one device by typing its code,
+// one by scanning its printed label with the camera and one by opening the
+// label's URL; the device enrolls and the page shows it come up; an
+// operator revokes it in the console and the device is cut off.
+func TestWebConsole(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	env.Site("lab", "10.30.0.0/24")
+	minted, err := env.Client.Mint(ctxT(t), "TH1", 3, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "https://" + env.Server.HTTPAddr().String()
+	var inst httpapi.TokenCreated
+	if err := env.Client.Do(ctxT(t), "POST", "/api/v1/tokens", httpapi.TokenRequest{Name: "installer", Role: devices.RoleInstaller, Sites: []string{"hq"}}, &inst); err != nil {
+		t.Fatal(err)
+	}
+	typed, scanned, linked := 0, 1, 2
+	video := labelVideo(t, labels.Label{Serial: minted.Codes[scanned].Serial, URL: minted.Codes[scanned].URL(base)})
+	ctx := browser(t, video)
+
+	step := func(id string) string {
+		state, err := chromedp.Run(ctx, chromedp.AttributeValue(chromedp.ID(id), "data-state"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return state.Value
+	}
+	waitDone := func(id string) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#`+id+`[data-state="done"]`))); err != nil {
+			t.Fatalf("%s never done: %v", id, err)
+		}
+	}
+
+	// Sign in as the installer; only the token's site is offered.
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/claim"),
+		chromedp.SendKeys(chromedp.ID("token"), inst.Secret),
+		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.ID("claim")),
+		chromedp.Poll[chromedp.Void](`document.querySelectorAll("#site option").length > 0`),
+	); err != nil {
+		t.Fatal(err)
+	}
+	options, err := chromedp.Run(ctx, chromedp.Evaluate[string](`[...document.querySelectorAll("#site option")].map(o => o.value).join(",")`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if options != "hq" {
+		t.Errorf("sites offered to an installer limited to hq: %q", options)
+	}
+	screenshot(t, ctx, "installer-signed-in")
+
+	// 1. Typing the code.
+	if err := chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.ID("code"), minted.Codes[typed].String()),
+		chromedp.Click(chromedp.ID("claim-button")),
+		chromedp.WaitVisible(chromedp.ID("progress")),
+	); err != nil {
+		t.Fatal(err)
+	}
+	if step("step-claimed") != "done" || step("step-enrolled") != "waiting" {
+		t.Errorf("after the claim: claimed %s, enrolled %s", step("step-claimed"), step("step-enrolled"))
+	}
+	if d, _ := env.Server.Store().DeviceBySerial(minted.Bundles[typed].Serial); d.Site != "hq" || d.State != devices.StateClaimed {
+		t.Fatalf("device after the claim: site %q state %s", d.Site, d.State)
+	}
+	screenshot(t, ctx, "installer-waiting")
+	// The device powers on: it enrolls, then applies and acknowledges its config.
+	dev, _ := simulator.NewDevice(minted.Bundles[typed])
+	res, err := dev.Enroll(ctxT(t), simulator.EnrollOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone("step-enrolled")
+	s, err := dev.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := make(chan struct{})
+	s.Close()
+	s, err = dev.ConnectMQTT(ctxT(t), simulator.MQTTOptions{OnConnectionLost: func(error) { close(lost) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cfg, err := s.Config(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReportState(ctxT(t), wire.StateReport{ConfigVersion: cfg.ConfigVersion, FirmwareVersion: "1.0.0", Health: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	waitDone("step-applied")
+	text, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("step-enrolled")))
+	if !strings.Contains(text, res.Lease.Address) {
+		t.Errorf("enrolled step says %q, want the address %s", text, res.Lease.Address)
+	}
+	screenshot(t, ctx, "installer-device-up")
+
+	// 2. Scanning the printed label with the camera.
+	if err := chromedp.Do(ctx,
+		chromedp.Click(chromedp.ID("another")),
+		chromedp.WaitVisible(chromedp.ID("claim")),
+		chromedp.Click(chromedp.ID("scan")),
+		chromedp.WaitVisible(chromedp.ID("camera")),
+		chromedp.Poll[chromedp.Void](`document.getElementById("code").value.startsWith("PD1:")`, chromedp.WithPollingTimeout(60*time.Second)),
+	); err != nil {
+		status, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("claim-status")))
+		t.Fatalf("scanning the label: %v (page says %q)", err, status)
+	}
+	code, err := chromedp.Run(ctx, chromedp.Value(chromedp.ID("code")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != minted.Codes[scanned].String() {
+		t.Fatalf("scanned %q, want %q", code, minted.Codes[scanned].String())
+	}
+	screenshot(t, ctx, "installer-scanned")
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("claim-button")), chromedp.WaitVisible(chromedp.ID("progress"))); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := env.Server.Store().DeviceBySerial(minted.Bundles[scanned].Serial); d.Site != "hq" {
+		t.Errorf("scanned device not claimed: site %q", d.Site)
+	}
+
+	// 3. Opening the label's URL (what the phone's camera app does): the
+	// code is filled in and the secret leaves the address bar.
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate("about:blank"), // a phone opens the URL afresh
+		chromedp.Navigate(minted.Codes[linked].URL(base)),
+		chromedp.WaitVisible(chromedp.ID("claim")),
+		chromedp.Poll[chromedp.Void](`document.getElementById("code").value !== ""`),
+	); err != nil {
+		t.Fatal(err)
+	}
+	code, _ = chromedp.Run(ctx, chromedp.Value(chromedp.ID("code")))
+	url, _ := chromedp.Run(ctx, chromedp.Location())
+	if code != minted.Codes[linked].String() || strings.Contains(url, "#") {
+		t.Errorf("from the label URL: code %q, address bar %q", code, url)
+	}
+
+	// The operator console: the device is in the inventory; revoking it
+	// asks for a confirmation that names it, then cuts its session.
+	admin, err := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := minted.Bundles[typed].Serial
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/signout"),
+		chromedp.WaitVisible(chromedp.ID("signin")),
+		chromedp.SendKeys(chromedp.ID("token"), strings.TrimSpace(string(admin))),
+		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`a[href="#/device/`+serial+`"]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, "console-devices")
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/sites"), chromedp.WaitVisible(chromedp.CSS(`a[href="#/site/hq"]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, "console-sites")
+	revokeButton := chromedp.Search(`//button[text()="Revoke device"]`)
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/device/"+serial),
+		chromedp.WaitVisible(revokeButton),
+	); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, "console-device")
+	if err := chromedp.Do(ctx,
+		chromedp.Click(revokeButton),
+		chromedp.WaitVisible(chromedp.ID("confirm")),
+		chromedp.SendKeys(chromedp.ID("confirm-reason"), "stolen from the lobby"),
+	); err != nil {
+		t.Fatal(err)
+	}
+	named, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("confirm-list")))
+	if !strings.Contains(named, serial) {
+		t.Errorf("the confirmation names %q, not the device %s", named, serial)
+	}
+	screenshot(t, ctx, "console-revoke-confirm")
+	if err := chromedp.Do(ctx,
+		chromedp.Click(chromedp.ID("confirm-ok")),
+		chromedp.Poll[chromedp.Void](`document.getElementById("status").textContent.startsWith("Revoked 1 device")`),
+	); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the revoked device's MQTT session was not cut")
+	}
+	d, _ := env.Server.Store().DeviceBySerial(serial)
+	if d.State != devices.StateRevoked {
+		t.Errorf("state after revoking in the console: %s", d.State)
+	}
+	evs, _ := env.Server.Store().History(serial, 100)
+	if e := lastAction(evs, "device.revoke"); e == nil || e.Detail["reason"] != "stolen from the lobby" {
+		t.Errorf("revocation audit event: %+v", e)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/console#/audit"), chromedp.WaitVisible(chromedp.Search(`//td[text()="device.revoke"]`))); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, "console-audit")
+}
