@@ -343,3 +343,174 @@ func TestWebConsole(t *testing.T) {
 	}
 	screenshot(t, ctx, "console-audit")
 }
+
+// TestConsoleFleetActions drives the console's fleet operations in
+// headless Chromium: a site's profile changed and pushed, one device
+// reconfigured, two selected devices and a whole batch revoked (each after
+// a confirmation that names them), a token created; and a viewer refused.
+func TestConsoleFleetActions(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	first, err := env.Client.Mint(ctxT(t), "TH1", 4, "hq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := env.Client.Mint(ctxT(t), "TH2", 2, "hq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs, sum := simulator.Run(ctxT(t), append(first.Bundles, second.Bundles...), simulator.RunOptions{})
+	if sum.Enrolled != 6 {
+		t.Fatal(sum)
+	}
+	online, err := outs[0].Device.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer online.Close()
+	if _, err := online.Config(ctxT(t)); err != nil { // the config at connect
+		t.Fatal(err)
+	}
+	base := "https://" + env.Server.HTTPAddr().String()
+	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
+	ctx := browser(t, labelVideo(t, labels.Label{Serial: "TH1-NOTHING", URL: "none"}))
+	status := func(prefix string) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.Poll[chromedp.Void](`document.getElementById("status").textContent.startsWith(`+quoted(prefix)+`)`)); err != nil {
+			got, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("status")))
+			t.Fatalf("status %q, want %q...: %v", got, prefix, err)
+		}
+	}
+	confirm := func(reason string) string {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.ID("confirm")), chromedp.SendKeys(chromedp.ID("confirm-reason"), reason)); err != nil {
+			t.Fatal(err)
+		}
+		named, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("confirm-list")))
+		if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("confirm-ok"))); err != nil {
+			t.Fatal(err)
+		}
+		return named
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console"),
+		chromedp.WaitVisible(chromedp.ID("signin")),
+		chromedp.SendKeys(chromedp.ID("token"), strings.TrimSpace(string(admin))),
+		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`input[name=pick]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+
+	// The site's profile: a new SSID, pushed to every enrolled device.
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/site/hq"),
+		chromedp.WaitVisible(chromedp.ID("s-ssid")),
+		chromedp.Clear(chromedp.ID("s-ssid")),
+		chromedp.SendKeys(chromedp.ID("s-ssid"), "hq-second-floor"),
+		chromedp.Click(chromedp.Search(`//button[text()="Save and push to the site's devices"]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	status("Saved: profile version 2, pushed to 6 enrolled devices.")
+	screenshot(t, ctx, "console-site")
+	if cfg, err := online.Config(ctxT(t)); err != nil || cfg.WiFi.SSID != "hq-second-floor" {
+		t.Errorf("pushed config: %+v %v", cfg.WiFi, err)
+	}
+
+	// One device's own Wi-Fi.
+	one := outs[3].Serial
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/device/"+one),
+		chromedp.WaitVisible(chromedp.ID("o-ssid")),
+		chromedp.SendKeys(chromedp.ID("o-ssid"), "lab-bench"),
+		chromedp.Click(chromedp.Search(`//button[text()="Apply override"]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	status("Reconfigured: 1 config pushed.")
+	if d, _ := env.Server.Store().DeviceBySerial(one); d.Override == nil || d.Override.SSID != "lab-bench" {
+		t.Errorf("override after the console: %+v", d.Override)
+	}
+
+	// Two devices picked in the list.
+	picked := []string{outs[1].Serial, outs[2].Serial}
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/devices"),
+		chromedp.WaitVisible(chromedp.CSS(`input[value="`+picked[0]+`"]`)),
+		chromedp.Click(chromedp.CSS(`input[value="`+picked[0]+`"]`)),
+		chromedp.Click(chromedp.CSS(`input[value="`+picked[1]+`"]`)),
+		chromedp.Click(chromedp.Search(`//button[text()="Revoke selected"]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	if named := confirm("returned to the vendor"); !strings.Contains(named, picked[0]) || !strings.Contains(named, picked[1]) || strings.Count(named, "TH") != 2 {
+		t.Errorf("the confirmation names %q, want exactly %v", named, picked)
+	}
+	status("Revoked 2 devices.")
+
+	// A whole batch, through the filter.
+	batch := second.Batch.Batch.ID
+	if err := chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.ID("f-batch"), batch),
+		chromedp.Click(chromedp.Search(`//button[text()="Filter"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`input[value="`+second.Bundles[1].Serial+`"]`)),
+		chromedp.Click(chromedp.Search(`//button[text()="Revoke whole batch or site…"]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, "console-revoke-batch")
+	if named := confirm("bad flash"); !strings.Contains(named, second.Bundles[0].Serial) || !strings.Contains(named, second.Bundles[1].Serial) || strings.Count(named, "TH") != 2 {
+		t.Errorf("the batch confirmation names %q", named)
+	}
+	status("Revoked 2 devices.")
+	for _, s := range append(picked, second.Bundles[0].Serial, second.Bundles[1].Serial) {
+		if d, _ := env.Server.Store().DeviceBySerial(s); d.State != devices.StateRevoked {
+			t.Errorf("%s: %s after revoking in the console", s, d.State)
+		}
+	}
+	for _, s := range []string{outs[0].Serial, one} {
+		if d, _ := env.Server.Store().DeviceBySerial(s); d.State == devices.StateRevoked {
+			t.Errorf("%s was revoked but not named", s)
+		}
+	}
+
+	// A token for the night shift: its secret is shown once, and it works.
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/tokens"),
+		chromedp.WaitVisible(chromedp.ID("t-name")),
+		chromedp.SendKeys(chromedp.ID("t-name"), "night-shift"),
+		chromedp.Click(chromedp.Search(`//button[text()="Create token"]`)),
+		chromedp.Poll[chromedp.Void](`document.querySelector("#view .status").textContent.includes("shown once")`),
+	); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, "console-tokens")
+	shown, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#view .status")))
+	secret := shown[strings.LastIndex(shown, " ")+1:]
+	viewer, err := httpapi.NewClient(base, secret, env.Server.CA().RootPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := viewer.Info(ctxT(t)); err != nil {
+		t.Errorf("the token the console created does not work: %v", err)
+	}
+
+	// That viewer may look but not revoke: the console shows the refusal.
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/signout"),
+		chromedp.WaitVisible(chromedp.ID("signin")),
+		chromedp.SendKeys(chromedp.ID("token"), secret),
+		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`input[name=pick]`)),
+		chromedp.Navigate(base+"/console#/device/"+one),
+		chromedp.Click(chromedp.Search(`//button[text()="Revoke device"]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	confirm("should not happen")
+	status("Not allowed for this token")
+	if d, _ := env.Server.Store().DeviceBySerial(one); d.State == devices.StateRevoked {
+		t.Error("a viewer revoked a device through the console")
+	}
+}

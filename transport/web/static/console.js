@@ -63,6 +63,7 @@ function confirmRevoke(what, serials, total) {
 
 // revoke confirms, revokes, and shows the view again with the outcome.
 async function revoke(req, what, serials, total) {
+  say("");
   const reason = await confirmRevoke(what, serials, total);
   if (reason === null) { say("Revocation cancelled."); return; }
   const res = await api("POST", "/api/v1/revocations", { ...req, reason });
@@ -99,6 +100,7 @@ async function devicesView() {
     ev.preventDefault();
     for (const k of Object.keys(filter)) filter[k] = form.elements[k].value.trim();
     pages = [""];
+    say("");
     devicesView();
   });
   const after = pages[pages.length - 1];
