@@ -27,10 +27,12 @@ type Manifest struct {
 }
 
 // Signed is a manifest as devices get it: the exact bytes that were signed
-// and their Ed25519 signature.
+// (the manifest's JSON) and their Ed25519 signature. Both travel as bytes
+// (base64 in JSON), never as nested JSON: an encoder that re-indents or
+// reorders nested JSON would break the signature.
 type Signed struct {
-	Manifest  json.RawMessage `json:"manifest" cbor:"manifest"`
-	Signature []byte          `json:"signature" cbor:"signature"`
+	Manifest  []byte `json:"manifest" cbor:"manifest"`
+	Signature []byte `json:"signature" cbor:"signature"`
 }
 
 var (

@@ -33,6 +33,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/firmware"
 	"github.com/provisiond/provisiond/internal/handshake"
 	"github.com/provisiond/provisiond/internal/metrics"
 	"github.com/provisiond/provisiond/pki"
@@ -49,6 +50,7 @@ var Version = "0.1.0-dev"
 const (
 	InventoryFile  = "inventory.db"
 	CADir          = "ca"
+	FirmwareDir    = "firmware" // the firmware catalogue (package firmware)
 	PassphraseFile = "ca.passphrase"
 	AdminTokenFile = httpapi.AdminTokenFile
 	RootFile       = httpapi.RootFile
@@ -285,19 +287,34 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	api := httpapi.New(s.store, fleet, ca, s.store, s, s.info, log)
 	api.SetOps(s.metrics.Handler(), s.Ready, s.Backup)
 	api.SetWeb(web.Handler())
+	fwCat, err := firmware.Open(filepath.Join(cfg.DataDir, FirmwareDir), []byte(pass))
+	if err != nil {
+		return nil, err
+	}
+	fwTargets, err := fwCat.OpenTargets()
+	if err != nil {
+		return nil, err
+	}
+	api.SetFirmware(fwCat, fwTargets, svc.Authorize, func(model, site string) {
+		log.Info("firmware target changed", "model", model, "site", site)
+	})
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
 	}
 	s.http = &http.Server{
 		Handler: api,
-		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			c, err := serverCert.Get()
-			if err != nil {
-				log.Error("server certificate renewal failed; presenting the current one", "err", err)
-			}
-			return c, nil
-		}},
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
+			// Devices download firmware with their certificate (GET /fw/...);
+			// everyone else uses a token and presents none.
+			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: clientCAs,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				c, err := serverCert.Get()
+				if err != nil {
+					log.Error("server certificate renewal failed; presenting the current one", "err", err)
+				}
+				return c, nil
+			}},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),

@@ -21,6 +21,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/firmware"
 )
 
 // Inventory is what the API reads.
@@ -79,6 +80,7 @@ type API struct {
 	log        *slog.Logger
 	mux        *http.ServeMux
 	web        http.Handler
+	fw         *firmwareDeps
 }
 
 // MaxBodyBytes bounds a request body (a batch of 100,000 rows fits).
@@ -195,6 +197,12 @@ func (a *API) routes() []route {
 		{"GET /api/v1/devices/export", devices.RoleViewer, false, a.exportDevices},
 		{"POST /api/v1/claims", devices.RoleInstaller, false, a.claim},
 		{"POST /api/v1/qr-decode", devices.RoleInstaller, false, a.decodeQR},
+		{"GET /api/v1/firmware", devices.RoleViewer, false, a.listFirmware},
+		{"POST /api/v1/firmware", devices.RoleOperator, global, a.addFirmware},
+		{"PUT /api/v1/firmware/rollouts", devices.RoleOperator, global, a.setRollout},
+		{"POST /api/v1/firmware/rollouts/state", devices.RoleOperator, global, a.setRolloutState},
+		{"PUT /api/v1/devices/{ref}/firmware", devices.RoleOperator, false, a.pinFirmware},
+		{"GET /fw/{digest}", "", false, a.downloadFirmware},
 		{"PATCH /api/v1/devices/config", devices.RoleOperator, false, a.setOverride},
 		{"POST /api/v1/revocations", devices.RoleOperator, false, a.revoke},
 		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},
@@ -249,7 +257,11 @@ func (a *API) guard(rt route) http.Handler {
 			}
 			actor.Name, actor.Sites = "token:"+tok.ID, tok.Sites
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		limit := int64(MaxBodyBytes)
+		if rt.pattern == "POST /api/v1/firmware" {
+			limit = firmware.MaxImageBytes
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
 		rt.handle(w, r, actor)
 	})
 }
@@ -298,11 +310,11 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusTooManyRequests, "throttled", err.Error())
 	case errors.Is(err, enroll.ErrForbidden):
 		writeError(w, http.StatusForbidden, "forbidden", err.Error())
-	case errors.Is(err, devices.ErrInvalid), errors.Is(err, enroll.ErrInvalid), errors.Is(err, errBadRequest):
+	case errors.Is(err, devices.ErrInvalid), errors.Is(err, enroll.ErrInvalid), errors.Is(err, errBadRequest), errors.Is(err, firmware.ErrInvalid):
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
-	case errors.Is(err, devices.ErrNotFound):
+	case errors.Is(err, devices.ErrNotFound), errors.Is(err, firmware.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
-	case errors.Is(err, devices.ErrExists):
+	case errors.Is(err, devices.ErrExists), errors.Is(err, firmware.ErrExists), errors.Is(err, firmware.ErrNotAllowed):
 		writeError(w, http.StatusConflict, "exists", err.Error())
 	case errors.Is(err, devices.ErrAuditTampered):
 		writeError(w, http.StatusConflict, "audit_tampered", err.Error())

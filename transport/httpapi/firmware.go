@@ -1,0 +1,295 @@
+package httpapi
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/firmware"
+	"github.com/provisiond/provisiond/transport/coap"
+)
+
+// FirmwareCatalogue is the image store the API uses (firmware.Catalogue).
+type FirmwareCatalogue interface {
+	Add(r io.Reader, meta firmware.Meta) (firmware.Signed, firmware.Manifest, error)
+	List() ([]firmware.Manifest, error)
+	Image(digest string) (*os.File, error)
+	PublicKeyPEM() []byte
+}
+
+// FirmwareTargets are the rollouts and pins (firmware.Targets).
+type FirmwareTargets interface {
+	Set(model, site, version string, percent int) (firmware.Rollout, error)
+	SetState(model, site, state string) (firmware.Rollout, error)
+	Pin(id uuid.UUID, model, version string) error
+	Rollouts() []firmware.Rollout
+}
+
+// DeviceAuthorizer checks that a verified device certificate is the
+// device's current one and that the device is not revoked.
+type DeviceAuthorizer func(id uuid.UUID, certSerial string) error
+
+type firmwareDeps struct {
+	cat       FirmwareCatalogue
+	targets   FirmwareTargets
+	authorize DeviceAuthorizer
+	changed   func(model, site string) // a target changed: push configs
+}
+
+// SetFirmware enables the firmware routes. changed is called after a
+// rollout or pin changes, with the model and site ("" for every site)
+// whose devices' target may have moved.
+func (a *API) SetFirmware(cat FirmwareCatalogue, targets FirmwareTargets, authorize DeviceAuthorizer, changed func(model, site string)) {
+	a.fw = &firmwareDeps{cat: cat, targets: targets, authorize: authorize, changed: changed}
+}
+
+// FirmwareView is the catalogue, the rollouts and the signing key.
+type FirmwareView struct {
+	PublicKey string              `json:"public_key"` // PEM
+	Images    []firmware.Manifest `json:"images"`
+	Rollouts  []RolloutView       `json:"rollouts"`
+}
+
+// RolloutView is a rollout with its progress: the devices of the model (at
+// the site) by the version they report.
+type RolloutView struct {
+	firmware.Rollout
+	Devices   int            `json:"devices"`
+	OnVersion int            `json:"on_version"`
+	Reported  map[string]int `json:"reported"` // version -> devices ("" for none reported)
+	Unhealthy int            `json:"unhealthy"`
+}
+
+// FirmwareAdded is the answer to an upload.
+type FirmwareAdded struct {
+	Manifest firmware.Manifest `json:"manifest"`
+	Signed   firmware.Signed   `json:"signed"`
+}
+
+// RolloutRequest targets a version.
+type RolloutRequest struct {
+	Model   string `json:"model"`
+	Site    string `json:"site,omitempty"`
+	Version string `json:"version"`
+	Percent int    `json:"percent"`
+}
+
+// RolloutStateRequest pauses, resumes or aborts a rollout.
+type RolloutStateRequest struct {
+	Model string `json:"model"`
+	Site  string `json:"site,omitempty"`
+	State string `json:"state"` // active, paused, aborted
+}
+
+// PinRequest pins a device to a version ("" removes the pin).
+type PinRequest struct {
+	Version string `json:"version"`
+}
+
+var errNoFirmware = fmt.Errorf("%w: firmware is not enabled on this server", devices.ErrNotFound)
+
+func (a *API) listFirmware(w http.ResponseWriter, _ *http.Request, actor enroll.Actor) {
+	if a.fw == nil {
+		a.fail(w, errNoFirmware)
+		return
+	}
+	imgs, err := a.fw.cat.List()
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := FirmwareView{PublicKey: string(a.fw.cat.PublicKeyPEM()), Images: imgs, Rollouts: []RolloutView{}}
+	for _, r := range a.fw.targets.Rollouts() {
+		if r.Site != "" && !actor.CanSite(r.Site) {
+			continue
+		}
+		v := RolloutView{Rollout: r, Reported: map[string]int{}}
+		f := devices.Filter{Model: r.Model, Site: r.Site, Limit: 1000}
+		for {
+			list, next, err := a.inv.Devices(f)
+			if err != nil {
+				a.fail(w, err)
+				return
+			}
+			for _, d := range list {
+				if d.State != devices.StateProvisioned && d.State != devices.StateActive {
+					continue
+				}
+				v.Devices++
+				v.Reported[d.FirmwareVersion]++
+				if d.FirmwareVersion == r.Version {
+					v.OnVersion++
+				}
+				if d.Health != "" && d.Health != "ok" {
+					v.Unhealthy++
+				}
+			}
+			if next == uuid.Nil {
+				break
+			}
+			f.After = next
+		}
+		out.Rollouts = append(out.Rollouts, v)
+	}
+	writeJSON(w, 200, out)
+}
+
+func (a *API) addFirmware(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	if a.fw == nil {
+		a.fail(w, errNoFirmware)
+		return
+	}
+	q := r.URL.Query()
+	s, m, err := a.fw.cat.Add(r.Body, firmware.Meta{Model: q.Get("model"), Version: q.Get("version"),
+		MinBootloader: q.Get("min_bootloader"), MinHardware: q.Get("min_hardware"), Notes: q.Get("notes")})
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.audit(actor, "firmware.add", m.Model+"/"+m.Version, map[string]string{"sha256": m.SHA256, "size": strconv.FormatInt(m.Size, 10)})
+	writeJSON(w, http.StatusCreated, FirmwareAdded{Manifest: m, Signed: s})
+}
+
+func (a *API) setRollout(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req RolloutRequest
+	if a.fw == nil {
+		a.fail(w, errNoFirmware)
+		return
+	}
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if req.Site != "" {
+		if _, err := a.inv.Site(req.Site); err != nil {
+			a.fail(w, err)
+			return
+		}
+	}
+	ro, err := a.fw.targets.Set(req.Model, req.Site, req.Version, req.Percent)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.audit(actor, "firmware.rollout", req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version, "percent": strconv.Itoa(ro.Percent), "previous": ro.Previous})
+	a.fw.changed(req.Model, req.Site)
+	writeJSON(w, 200, ro)
+}
+
+func (a *API) setRolloutState(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req RolloutStateRequest
+	if a.fw == nil {
+		a.fail(w, errNoFirmware)
+		return
+	}
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	ro, err := a.fw.targets.SetState(req.Model, req.Site, req.State)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.audit(actor, "firmware.rollout."+req.State, req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version})
+	a.fw.changed(req.Model, req.Site)
+	writeJSON(w, 200, ro)
+}
+
+func (a *API) pinFirmware(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	var req PinRequest
+	if a.fw == nil {
+		a.fail(w, errNoFirmware)
+		return
+	}
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	d, err := a.resolve(r.PathValue("ref"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if forbidSite(w, actor, d.Site) {
+		return
+	}
+	if err := a.fw.targets.Pin(d.ID, d.Model, req.Version); err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.audit(actor, "firmware.pin", d.Serial, map[string]string{"version": req.Version})
+	a.fw.changed(d.Model, d.Site)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func siteOrAll(s string) string {
+	if s == "" {
+		return "*"
+	}
+	return s
+}
+
+// downloadFirmware serves an image to a device over mutual TLS: the
+// device's certificate must be its current one, the device not revoked,
+// and the image one of its model's. Range requests resume a download.
+func (a *API) downloadFirmware(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	if a.fw == nil {
+		a.fail(w, errNoFirmware)
+		return
+	}
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || len(r.TLS.VerifiedChains) == 0 {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "present the device certificate (mutual TLS)")
+		return
+	}
+	id, serial, err := coap.DeviceIdentity(r.TLS.PeerCertificates[0])
+	if err == nil {
+		err = a.fw.authorize(id, serial)
+	}
+	if err != nil {
+		writeError(w, http.StatusForbidden, "forbidden", err.Error())
+		return
+	}
+	d, err := a.inv.Device(id)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	digest := r.PathValue("digest")
+	list, err := a.fw.cat.List()
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	var m *firmware.Manifest
+	for i := range list {
+		if list[i].SHA256 == digest && list[i].Model == d.Model {
+			m = &list[i]
+		}
+	}
+	if m == nil {
+		writeError(w, http.StatusNotFound, "not_found", "no image of the device's model has that digest")
+		return
+	}
+	f, err := a.fw.cat.Image(digest)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("ETag", `"`+digest+`"`)
+	http.ServeContent(w, r, "", m.Created, f)
+}
+
+func (a *API) audit(actor enroll.Actor, action, target string, detail map[string]string) {
+	if err := a.inv.AppendAudit(devices.AuditEvent{Actor: actor.Name, Action: action, Target: target, Source: actor.Source, Detail: detail}); err != nil {
+		a.log.Error("audit", "action", action, "err", err)
+	}
+}
