@@ -54,6 +54,9 @@ commands:
   revoke [SERIAL|ID ...] [--site S] [--batch B] --reason R
   reopen SERIAL|ID [--out FILE]      a revoked device gets a fresh claim token (and flash bundle)
   backup FILE                        online backup (tar: inventory snapshot + CA); see docs/operations.md to restore
+  firmware add FILE --model M --version V [--min-bootloader V] [--min-hardware V] [--notes TEXT]
+  firmware list | firmware rollout --model M --version V [--site S] [--percent P]
+  firmware pause|resume|abort --model M [--site S] | firmware pin SERIAL|ID --version V
   token create NAME --role admin|operator|installer|viewer [--sites S,S] | token list | token revoke ID
   info
 
@@ -126,6 +129,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.reopen(rest, stderr)
 	case cmd == "token" && sub != "":
 		return e.token(sub, rest[1:], stderr)
+	case cmd == "firmware" && sub != "":
+		return e.firmware(sub, rest[1:], stderr)
 	case cmd == "info":
 		info, err := client.Info(ctx)
 		if err != nil {

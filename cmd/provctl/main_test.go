@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -440,5 +441,39 @@ func TestReenrollPolicies(t *testing.T) {
 		if out, err := provctl(t, data, "-o", "json", "devices", "list", "--site", c.site); err != nil || strings.Count(out, `"serial"`) != 1 {
 			t.Errorf("%s: the site lists %d devices, want 1: %v", c.site, strings.Count(out, `"serial"`), err)
 		}
+	}
+}
+
+func TestFirmwareCLI(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	env.Site("hq", "10.20.0.0/24")
+	dev := env.Mint(1, "hq")[0]
+	img := filepath.Join(t.TempDir(), "th1-1.0.0.bin")
+	os.WriteFile(img, bytes.Repeat([]byte("firmware"), 10_000), 0o600)
+	steps := []struct {
+		args []string
+		want string
+		fail bool
+	}{
+		{[]string{"firmware", "add", img, "--model", "TEST", "--version", "1.0.0", "--notes", "first"}, "added TEST 1.0.0: 80000 bytes", false},
+		{[]string{"firmware", "add", img, "--model", "TEST", "--version", "1.0.0"}, "added TEST 1.0.0", false}, // the same bytes: idempotent
+		{[]string{"firmware", "add", "main.go", "--model", "TEST", "--version", "1.0.0"}, "exists (HTTP 409)", true},
+		{[]string{"firmware", "add", img, "--model", "../x", "--version", "1"}, "HTTP 400", true},
+		{[]string{"firmware", "rollout", "--model", "TEST", "--version", "1.0.0", "--site", "hq", "--percent", "25"}, "rollout of TEST 1.0.0: 25%, active", false},
+		{[]string{"firmware", "pause", "--model", "TEST", "--site", "hq"}, "paused", false},
+		{[]string{"firmware", "rollout", "--model", "TEST", "--version", "1.0.0", "--site", "hq", "--percent", "50"}, "resume it first", true},
+		{[]string{"firmware", "pin", dev.Serial, "--version", "1.0.0"}, "pinned to \"1.0.0\"", false},
+		{[]string{"firmware", "list"}, "rollout TEST 1.0.0 at hq: 25% (paused), 0 of 0 devices on it", false},
+	}
+	for _, s := range steps {
+		out, err := provctl(t, data, s.args...)
+		if (err != nil) != s.fail || !strings.Contains(out+fmt.Sprint(err), s.want) {
+			t.Errorf("provctl %s: %q %v, want %q (fail=%v)", strings.Join(s.args, " "), out, err, s.want, s.fail)
+		}
+	}
+	out, _ := provctl(t, data, "-o", "json", "firmware", "list")
+	if !strings.Contains(out, `"public_key": "-----BEGIN PUBLIC KEY-----`) {
+		t.Errorf("firmware list -o json: %s", out)
 	}
 }

@@ -58,14 +58,19 @@ func (e *APIError) Error() string {
 
 // Do sends a request with an optional JSON body and decodes a JSON answer into out.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
+	if in == nil {
+		return c.DoRaw(ctx, method, path, "", nil, out)
 	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return c.DoRaw(ctx, method, path, "application/json", bytes.NewReader(b), out)
+}
+
+// DoRaw sends a body of any content type (none when contentType is "")
+// and decodes a JSON answer into out.
+func (c *Client) DoRaw(ctx context.Context, method, path, contentType string, body io.Reader, out any) error {
 	path, query, _ := strings.Cut(path, "?")
 	u := c.base.JoinPath(path)
 	u.RawQuery = query
@@ -73,8 +78,8 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.http.Do(req)
