@@ -277,3 +277,55 @@ func (s *Store) SetOverride(sel Selector, o *ConfigOverride, now time.Time, ev A
 	})
 	return affected, changed, err
 }
+
+// BumpConfig gives the enrolled devices of a model, at a site or at every
+// site when site is "", a new config version in one transaction, and
+// returns their IDs so that the new config can be pushed. It is for a
+// change that lives outside the device record (a firmware target). ev is
+// recorded once, for the whole change, with the number of devices.
+func (s *Store) BumpConfig(model, site string, now time.Time, ev AuditEvent) ([]uuid.UUID, error) {
+	var affected []uuid.UUID
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		affected = affected[:0]
+		var ids []uuid.UUID
+		if site != "" {
+			var err error
+			if ids, err = selectDevices(tx, Selector{Site: site}); err != nil {
+				return err
+			}
+		} else {
+			c := tx.Bucket(bucketDevices).Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				id, err := uuid.FromBytes(k)
+				if err != nil {
+					return fmt.Errorf("device key %x: %w", k, err)
+				}
+				ids = append(ids, id)
+			}
+		}
+		for _, id := range ids {
+			d, err := getDevice(tx, id)
+			if err != nil {
+				return err
+			}
+			if d.Model != model || (d.State != StateProvisioned && d.State != StateActive) {
+				continue
+			}
+			old := d
+			d.ConfigVersion++
+			d.UpdatedAt, d.Rev = now, d.Rev+1
+			if err := putDevice(tx, &old, &d); err != nil {
+				return err
+			}
+			affected = append(affected, d.ID)
+		}
+		e := ev
+		e.Time = now
+		if e.Detail == nil {
+			e.Detail = map[string]string{}
+		}
+		e.Detail["devices"] = fmt.Sprint(len(affected))
+		return appendAudit(tx, e)
+	})
+	return affected, err
+}

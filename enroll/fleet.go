@@ -32,6 +32,7 @@ type Registry interface {
 	Site(name string) (devices.Site, error)
 	UpdateDevice(id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
 	SetOverride(sel devices.Selector, o *devices.ConfigOverride, now time.Time, ev devices.AuditEvent) ([]uuid.UUID, int, error)
+	BumpConfig(model, site string, now time.Time, ev devices.AuditEvent) ([]uuid.UUID, error)
 }
 
 // SetOverride changes (or, with nil, clears) the config override of the
@@ -62,6 +63,28 @@ func (f *Fleet) SetOverride(a Actor, sel devices.Selector, o *devices.ConfigOver
 	}
 	f.log.Info("device config override set", "devices", changed, "pushed", len(affected), "cleared", o == nil, "actor", a.Name)
 	return changed, len(affected), nil
+}
+
+// Retarget gives the enrolled devices of a model (at a site, or every site
+// when site is "") a new config version and pushes it: their firmware
+// target may have changed. It returns how many devices it pushed to.
+func (f *Fleet) Retarget(a Actor, model, site string) (int, error) {
+	if site != "" && !a.CanSite(site) {
+		return 0, fmt.Errorf("%w: site %s", ErrForbidden, site)
+	}
+	target := model + "@" + site
+	if site == "" {
+		target = model + "@*"
+	}
+	affected, err := f.reg.BumpConfig(model, site, time.Now().UTC(), a.event("firmware.retarget", target, nil))
+	if err != nil {
+		return 0, err
+	}
+	for _, fn := range f.onConfig {
+		fn(affected)
+	}
+	f.log.Info("firmware target changed", "model", model, "site", site, "pushed", len(affected), "actor", a.Name)
+	return len(affected), nil
 }
 
 // Fleet runs the operator's changes to sites, factory batches and device

@@ -104,6 +104,7 @@ type Service struct {
 	notifiers    []Notifier
 	onSuperseded func()
 	admit        chan struct{} // one slot per enrollment in progress; nil: unbounded
+	firmware     FirmwareSource
 }
 
 // New returns a Service. clock may be nil for the system clock.
@@ -149,18 +150,42 @@ type Request struct {
 
 // Result is what an enrolled device receives.
 type Result struct {
-	DeviceID uuid.UUID
-	Chain    []*x509.Certificate // leaf first
-	Root     *x509.Certificate
-	Config   DeviceConfig
+	DeviceID    uuid.UUID
+	Chain       []*x509.Certificate // leaf first
+	Root        *x509.Certificate
+	Config      DeviceConfig
+	FirmwareKey []byte // PEM of the key that signs firmware manifests; nil without firmware
 }
+
+// FirmwareTarget is the image a device should run, as its config carries it.
+type FirmwareTarget struct {
+	Version   string
+	Size      int64
+	SHA256    string
+	URIs      []string // where to download it
+	Manifest  []byte   // the signed manifest bytes
+	Signature []byte
+}
+
+// FirmwareSource says which image a device should run.
+type FirmwareSource interface {
+	// Target is the device's target, nil when nothing targets it.
+	Target(d devices.Device) (*FirmwareTarget, error)
+	// PublicKeyPEM is the key devices verify manifests with.
+	PublicKeyPEM() []byte
+}
+
+// SetFirmware makes every config carry the device's firmware target and
+// every enrollment answer the firmware key. Call it before serving.
+func (s *Service) SetFirmware(f FirmwareSource) { s.firmware = f }
 
 // DeviceConfig is a site profile rendered for one device.
 type DeviceConfig struct {
-	Version uint64
-	WiFi    WiFi
-	Network Network
-	Lease   Lease
+	Version  uint64
+	WiFi     WiFi
+	Network  Network
+	Lease    Lease
+	Firmware *FirmwareTarget // nil: no target
 }
 
 // WiFi is the network a device joins.
@@ -380,12 +405,16 @@ func (s *Service) result(d devices.Device, site devices.Site, leaf *x509.Certifi
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{
+	res := Result{
 		DeviceID: d.ID,
 		Chain:    []*x509.Certificate{leaf, s.signer.Intermediate()},
 		Root:     s.signer.Root(),
 		Config:   cfg,
-	}, nil
+	}
+	if s.firmware != nil {
+		res.FirmwareKey = s.firmware.PublicKeyPEM()
+	}
+	return res, nil
 }
 
 // render opens the sealed passphrases of a site and a device's override and
@@ -402,7 +431,13 @@ func (s *Service) render(site devices.Site, d devices.Device) (DeviceConfig, err
 		}
 		d.Override = &o
 	}
-	return Render(site, d), nil
+	cfg := Render(site, d)
+	if s.firmware != nil {
+		if cfg.Firmware, err = s.firmware.Target(d); err != nil {
+			return DeviceConfig{}, fmt.Errorf("firmware target of %s: %w", d.Serial, err)
+		}
+	}
+	return cfg, nil
 }
 
 // Render turns a site profile, a device's override and its lease into the

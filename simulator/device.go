@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
@@ -53,6 +54,9 @@ type Device struct {
 	// Set by a successful Enroll.
 	Enrollment *wire.EnrollResponse
 	Chain      []*x509.Certificate
+
+	mu       sync.Mutex
+	firmware string // installed by UpdateFirmware
 }
 
 // NewDevice prepares a device from its flash bundle, generating its key.

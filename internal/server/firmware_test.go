@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/firmware"
 	"github.com/provisiond/provisiond/internal/servertest"
@@ -170,4 +173,128 @@ func mintModel(t *testing.T, env *servertest.Env, model string, n int) []wire.Bu
 		t.Fatal(fmt.Errorf("mint %s: %w", model, err))
 	}
 	return m.Bundles
+}
+
+// A staged rollout end to end: an image targeted to half of a site reaches
+// exactly the devices in the rollout's share, as a config push over MQTT;
+// they download it with their certificates (some in Range chunks), verify
+// and install it, and report the new version, which the rollout's progress
+// counts. A corrupted image is refused by the device.
+func TestFirmwareRollout(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	outs, sum := simulator.Run(ctxT(t), env.Mint(12, "hq"), simulator.RunOptions{})
+	if sum.Enrolled != 12 {
+		t.Fatal(sum)
+	}
+	type online struct {
+		o    simulator.Outcome
+		s    *simulator.Session
+		last uint64
+	}
+	var fleet []*online
+	for _, o := range outs {
+		if !strings.Contains(o.Device.Enrollment.FirmwareKey, "BEGIN PUBLIC KEY") {
+			t.Fatalf("%s: no firmware key in the enrollment answer", o.Serial)
+		}
+		s, err := o.Device.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		cfg, err := s.Config(ctxT(t))
+		if err != nil || cfg.Firmware != nil {
+			t.Fatalf("config before any rollout: %+v %v", cfg.Firmware, err)
+		}
+		fleet = append(fleet, &online{o: o, s: s, last: cfg.ConfigVersion})
+	}
+	img := make([]byte, 300_000)
+	rand.Read(img)
+	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
+	upload := func(version string, body []byte) httpapi.FirmwareAdded {
+		t.Helper()
+		var added httpapi.FirmwareAdded
+		c, err := httpapi.NewClient("https://"+env.Server.HTTPAddr().String(), strings.TrimSpace(string(admin)), env.Server.CA().RootPEM())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.DoRaw(ctxT(t), "POST", "/api/v1/firmware?model=TEST&version="+version, "application/octet-stream", bytes.NewReader(body), &added); err != nil {
+			t.Fatal(err)
+		}
+		return added
+	}
+	upload("2.0.0", img)
+	var ro firmware.Rollout
+	if err := env.Client.Do(ctxT(t), "PUT", "/api/v1/firmware/rollouts", httpapi.RolloutRequest{Model: "TEST", Site: "hq", Version: "2.0.0", Percent: 50}, &ro); err != nil {
+		t.Fatal(err)
+	}
+	// Every device gets a new config; those in the share carry the target.
+	want, got := 0, 0
+	for i, dev := range fleet {
+		id := uuid.MustParse(dev.o.Device.Enrollment.DeviceID)
+		in := firmware.InShare(ro.ID, id, 50)
+		var cfg wire.DeviceConfig
+		for cfg.ConfigVersion <= dev.last {
+			var err error
+			if cfg, err = dev.s.Config(ctxT(t)); err != nil {
+				t.Fatalf("%s: no config pushed after the rollout: %v", dev.o.Serial, err)
+			}
+		}
+		dev.last = cfg.ConfigVersion
+		if in {
+			want++
+		}
+		if (cfg.Firmware != nil) != in {
+			t.Fatalf("%s: in the share %v, target %+v", dev.o.Serial, in, cfg.Firmware)
+		}
+		fw := dev.o.Device.FirmwareVersion()
+		if cfg.Firmware != nil {
+			m, err := dev.o.Device.UpdateFirmware(ctxT(t), cfg.Firmware, simulator.FirmwareOptions{Chunk: int64(64 << 10 * (i % 2))})
+			if err != nil {
+				t.Fatalf("%s: update: %v", dev.o.Serial, err)
+			}
+			fw = m.Version
+			got++
+		}
+		if err := dev.s.ReportState(ctxT(t), wire.StateReport{ConfigVersion: cfg.ConfigVersion, FirmwareVersion: fw, Health: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want == 0 || want == len(fleet) || got != want {
+		t.Fatalf("%d devices in the 50%% share, %d updated", want, got)
+	}
+	waitFor(t, func() bool {
+		var view httpapi.FirmwareView
+		env.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &view)
+		return len(view.Rollouts) == 1 && view.Rollouts[0].OnVersion == want && view.Rollouts[0].Devices == 12
+	}, fmt.Sprintf("the rollout's progress to show %d of 12 on 2.0.0", want))
+
+	// A corrupted image on the server: the device refuses it and says so.
+	bad := upload("2.1.0", img[:100_000])
+	victim := fleet[0]
+	if err := env.Client.Do(ctxT(t), "PUT", "/api/v1/devices/"+victim.o.Serial+"/firmware", httpapi.PinRequest{Version: "2.1.0"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(env.DataDir, "firmware", "images", bad.Manifest.SHA256)
+	raw, _ := os.ReadFile(path)
+	raw[500] ^= 0xff
+	os.WriteFile(path, raw, 0o600)
+	var cfg wire.DeviceConfig
+	for cfg.Firmware == nil || cfg.Firmware.Version != "2.1.0" {
+		var err error
+		if cfg, err = victim.s.Config(ctxT(t)); err != nil {
+			t.Fatalf("no config with the pinned target: %v", err)
+		}
+	}
+	if _, err := victim.o.Device.UpdateFirmware(ctxT(t), cfg.Firmware, simulator.FirmwareOptions{}); !errors.Is(err, firmware.ErrImageMismatch) {
+		t.Fatalf("a corrupted image: %v, want refused", err)
+	}
+	if err := victim.s.ReportState(ctxT(t), wire.StateReport{ConfigVersion: cfg.ConfigVersion, FirmwareVersion: victim.o.Device.FirmwareVersion(), Health: "firmware_refused"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		var view httpapi.FirmwareView
+		env.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &view)
+		return len(view.Rollouts) == 1 && view.Rollouts[0].Unhealthy == 1
+	}, "the refusal in the rollout's progress")
 }

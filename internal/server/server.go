@@ -295,9 +295,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	api.SetFirmware(fwCat, fwTargets, svc.Authorize, func(model, site string) {
-		log.Info("firmware target changed", "model", model, "site", site)
-	})
+	api.SetFirmware(fwCat, fwTargets, svc.Authorize, fleet.Retarget)
+	svc.SetFirmware(&firmwareSource{cat: fwCat, targets: fwTargets, base: func() string {
+		return "https://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.httpLn.Addr()))
+	}})
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
@@ -751,3 +752,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	})
 	return errors.Join(errs...)
 }
+
+// firmwareSource tells the enrollment service which image a device should
+// run (enroll.FirmwareSource), from the catalogue and its targets.
+type firmwareSource struct {
+	cat     *firmware.Catalogue
+	targets *firmware.Targets
+	base    func() string // https://host:port of the API, for download URIs
+}
+
+func (f *firmwareSource) Target(d devices.Device) (*enroll.FirmwareTarget, error) {
+	v, _ := f.targets.For(d.ID, d.Model, d.Site)
+	if v == "" {
+		return nil, nil
+	}
+	s, m, err := f.cat.Get(d.Model, v)
+	if err != nil {
+		return nil, err
+	}
+	return &enroll.FirmwareTarget{Version: m.Version, Size: m.Size, SHA256: m.SHA256,
+		URIs: []string{f.base() + "/fw/" + m.SHA256}, Manifest: s.Manifest, Signature: s.Signature}, nil
+}
+
+func (f *firmwareSource) PublicKeyPEM() []byte { return f.cat.PublicKeyPEM() }

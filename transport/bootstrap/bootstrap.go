@@ -201,7 +201,15 @@ func LeaseResponse(cfg enroll.DeviceConfig) wire.LeaseResponse {
 func Config(id uuid.UUID, cfg enroll.DeviceConfig) wire.DeviceConfig {
 	return wire.DeviceConfig{DeviceID: id.String(), ConfigVersion: cfg.Version,
 		WiFi:    wire.WiFi{SSID: cfg.WiFi.SSID, Security: cfg.WiFi.Security, Passphrase: cfg.WiFi.Passphrase},
-		Network: network(cfg.Network), Lease: lease(cfg.Lease)}
+		Network: network(cfg.Network), Lease: lease(cfg.Lease), Firmware: firmwareTarget(cfg.Firmware)}
+}
+
+func firmwareTarget(t *enroll.FirmwareTarget) *wire.FirmwareTarget {
+	if t == nil {
+		return nil
+	}
+	return &wire.FirmwareTarget{Version: t.Version, Size: t.Size, SHA256: t.SHA256, URIs: t.URIs,
+		Manifest: t.Manifest, Signature: t.Signature}
 }
 
 // Response converts an enrollment result to its wire form.
@@ -219,6 +227,8 @@ func Response(res enroll.Result) wire.EnrollResponse {
 		Network:       network(res.Config.Network),
 		Lease:         lease(res.Config.Lease),
 		ConfigVersion: res.Config.Version,
+		Firmware:      firmwareTarget(res.Config.Firmware),
+		FirmwareKey:   string(res.FirmwareKey),
 	}
 }
 

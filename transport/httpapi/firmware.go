@@ -39,14 +39,24 @@ type firmwareDeps struct {
 	cat       FirmwareCatalogue
 	targets   FirmwareTargets
 	authorize DeviceAuthorizer
-	changed   func(model, site string) // a target changed: push configs
+	retarget  func(a enroll.Actor, model, site string) (int, error) // a target changed: push configs
 }
 
-// SetFirmware enables the firmware routes. changed is called after a
+// SetFirmware enables the firmware routes. retarget is called after a
 // rollout or pin changes, with the model and site ("" for every site)
-// whose devices' target may have moved.
-func (a *API) SetFirmware(cat FirmwareCatalogue, targets FirmwareTargets, authorize DeviceAuthorizer, changed func(model, site string)) {
-	a.fw = &firmwareDeps{cat: cat, targets: targets, authorize: authorize, changed: changed}
+// whose devices' target may have moved: it gives them a new config
+// version and pushes it.
+func (a *API) SetFirmware(cat FirmwareCatalogue, targets FirmwareTargets, authorize DeviceAuthorizer, retarget func(a enroll.Actor, model, site string) (int, error)) {
+	a.fw = &firmwareDeps{cat: cat, targets: targets, authorize: authorize, retarget: retarget}
+}
+
+// pushTargets asks for the new targets to be pushed; the change itself is
+// already saved, so a failure here is logged, and the next config any of
+// those devices fetches carries the new target anyway.
+func (a *API) pushTargets(actor enroll.Actor, model, site string) {
+	if _, err := a.fw.retarget(actor, model, site); err != nil {
+		a.log.Error("push firmware targets", "model", model, "site", site, "err", err)
+	}
 }
 
 // FirmwareView is the catalogue, the rollouts and the signing key.
@@ -178,7 +188,7 @@ func (a *API) setRollout(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 		return
 	}
 	a.audit(actor, "firmware.rollout", req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version, "percent": strconv.Itoa(ro.Percent), "previous": ro.Previous})
-	a.fw.changed(req.Model, req.Site)
+	a.pushTargets(actor, req.Model, req.Site)
 	writeJSON(w, 200, ro)
 }
 
@@ -198,7 +208,7 @@ func (a *API) setRolloutState(w http.ResponseWriter, r *http.Request, actor enro
 		return
 	}
 	a.audit(actor, "firmware.rollout."+req.State, req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version})
-	a.fw.changed(req.Model, req.Site)
+	a.pushTargets(actor, req.Model, req.Site)
 	writeJSON(w, 200, ro)
 }
 
@@ -225,7 +235,7 @@ func (a *API) pinFirmware(w http.ResponseWriter, r *http.Request, actor enroll.A
 		return
 	}
 	a.audit(actor, "firmware.pin", d.Serial, map[string]string{"version": req.Version})
-	a.fw.changed(d.Model, d.Site)
+	a.pushTargets(actor, d.Model, d.Site) // the device's model at its site: a new config version for each
 	w.WriteHeader(http.StatusNoContent)
 }
 

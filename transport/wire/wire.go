@@ -65,6 +65,11 @@ type EnrollResponse struct {
 	Network       Network `json:"network" cbor:"network"`
 	Lease         Lease   `json:"lease" cbor:"lease"`
 	ConfigVersion uint64  `json:"config_version" cbor:"config_version"`
+	// Firmware is the device's firmware target, FirmwareKey the PEM of the
+	// Ed25519 key its manifests are signed with (absent when the server
+	// has no firmware catalogue).
+	Firmware    *FirmwareTarget `json:"firmware,omitempty" cbor:"firmware,omitempty"`
+	FirmwareKey string          `json:"firmware_key,omitempty" cbor:"firmware_key,omitempty"`
 }
 
 // WiFi is the network the device joins.
@@ -265,6 +270,18 @@ type RenewResponse struct {
 	CA          Cert  `json:"ca" cbor:"ca"`
 }
 
+// FirmwareTarget is the image a device should run: its version, size and
+// digest, where to download it, and its manifest signed with the firmware
+// key (docs/protocol.md, Firmware).
+type FirmwareTarget struct {
+	Version   string   `json:"version" cbor:"version"`
+	Size      int64    `json:"size" cbor:"size"`
+	SHA256    string   `json:"sha256" cbor:"sha256"`
+	URIs      []string `json:"uris" cbor:"uris"`
+	Manifest  []byte   `json:"manifest" cbor:"manifest"`
+	Signature []byte   `json:"signature" cbor:"signature"`
+}
+
 // Reply is an answer on MQTT, which has no status codes: Status is the CoAP
 // code the same answer has on CoAP ("2.01", "4.01", ...), and exactly one of
 // the other fields is set.
@@ -284,6 +301,9 @@ type DeviceConfig struct {
 	WiFi          WiFi    `json:"wifi" cbor:"wifi"`
 	Network       Network `json:"network" cbor:"network"`
 	Lease         Lease   `json:"lease" cbor:"lease"`
+	// Firmware is the image the device should run; absent when nothing
+	// targets it.
+	Firmware *FirmwareTarget `json:"firmware,omitempty" cbor:"firmware,omitempty"`
 }
 
 // StateReport is what a device reports about itself on its operational
