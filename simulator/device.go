@@ -40,6 +40,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 	"github.com/plgd-dev/go-coap/v3/options"
+	coapudp "github.com/plgd-dev/go-coap/v3/udp"
 	udpclient "github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"github.com/provisiond/provisiond/transport/wire"
@@ -178,7 +179,7 @@ func (d *Device) endpoint(override string) (host, addr string, err error) {
 	return u.Hostname(), u.Host, nil
 }
 
-func (d *Device) dial(ctx context.Context, override string, cert *tls.Certificate) (*udpclient.Conn, error) {
+func (d *Device) dial(ctx context.Context, override string, cert *tls.Certificate, extra ...coapudp.Option) (*udpclient.Conn, error) {
 	host, addr, err := d.endpoint(override)
 	if err != nil {
 		return nil, err
@@ -200,7 +201,8 @@ func (d *Device) dial(ctx context.Context, override string, cert *tls.Certificat
 	if deadline, ok := ctx.Deadline(); ok {
 		dl.Deadline = deadline
 	}
-	return coapdtls.Dial(addr, cfg, options.WithDialer(&dl), options.WithContext(ctx), options.WithErrors(func(error) {}))
+	opts := append([]coapudp.Option{options.WithDialer(&dl), options.WithContext(ctx), options.WithErrors(func(error) {})}, extra...)
+	return coapdtls.Dial(addr, cfg, opts...)
 }
 
 // CSR returns a DER PKCS#10 request for the device key, naming the serial.

@@ -11,6 +11,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/net/blockwise"
+	"github.com/plgd-dev/go-coap/v3/options"
 
 	"github.com/provisiond/provisiond/firmware"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -26,6 +34,8 @@ type FirmwareOptions struct {
 	// bytes (resuming where the last one ended), as a device with little
 	// memory does.
 	Chunk int64
+	// CoAP downloads over CoAP/DTLS, block-wise, instead of HTTPS.
+	CoAP bool
 }
 
 // UpdateFirmware installs a firmware target the way a real device must:
@@ -63,10 +73,26 @@ func (d *Device) UpdateFirmware(ctx context.Context, t *wire.FirmwareTarget, o F
 	if err := m.Allows(firmware.Device{Model: d.Bundle.Model, Floor: o.Floor, Bootloader: o.Bootloader, Hardware: o.Hardware}); err != nil {
 		return m, err
 	}
-	if len(t.URIs) == 0 {
-		return m, errors.New("update firmware: the target has no download URI")
+	scheme := "https://"
+	if o.CoAP {
+		scheme = "coaps://"
 	}
-	img, err := d.download(ctx, t.URIs[0], m.Size, o.Chunk)
+	uri := ""
+	for _, u := range t.URIs {
+		if strings.HasPrefix(u, scheme) {
+			uri = u
+			break
+		}
+	}
+	if uri == "" {
+		return m, fmt.Errorf("update firmware: the target has no %s URI", scheme)
+	}
+	var img []byte
+	if o.CoAP {
+		img, err = d.DownloadCoAP(ctx, uri, 0)
+	} else {
+		img, err = d.download(ctx, uri, m.Size, o.Chunk)
+	}
 	if err != nil {
 		return m, err
 	}
@@ -138,4 +164,59 @@ func (d *Device) download(ctx context.Context, uri string, size, chunk int64) ([
 		}
 	}
 	return buf, nil
+}
+
+// DownloadCoAP fetches a firmware image over CoAP/DTLS with the device
+// certificate, one block of 1024 bytes per request (Block2, RFC 7959),
+// from block fromBlock on: a device resumes an interrupted download by
+// asking for the first block it lacks.
+func (d *Device) DownloadCoAP(ctx context.Context, uri string, fromBlock uint32) ([]byte, error) {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "coaps" {
+		return nil, fmt.Errorf("download firmware: %q is not a coaps:// URI", uri)
+	}
+	cert, err := d.TLSCertificate()
+	if err != nil {
+		return nil, err
+	}
+	// The blocks are asked for here, one by one, not by go-coap.
+	conn, err := d.dial(ctx, "coaps://"+u.Host, cert, options.WithBlockwise(false, blockwise.SZX1024, time.Minute))
+	if err != nil {
+		return nil, fmt.Errorf("download firmware: dtls dial: %w", err)
+	}
+	defer conn.Close()
+	var out []byte
+	for num := int64(fromBlock); ; num++ {
+		req, err := conn.NewGetRequest(ctx, u.Path)
+		if err != nil {
+			return nil, err
+		}
+		opt, err := blockwise.EncodeBlockOption(blockwise.SZX1024, num, false)
+		if err != nil {
+			return nil, err
+		}
+		req.SetOptionUint32(message.Block2, opt)
+		resp, err := conn.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("download firmware: block %d: %w", num, err)
+		}
+		body, err := resp.ReadBody()
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		if resp.Code() != codes.Content {
+			return nil, fmt.Errorf("download firmware: block %d: %v: %s", num, resp.Code(), body)
+		}
+		more := false
+		if v, err := resp.GetOptionUint32(message.Block2); err == nil {
+			var got int64
+			if _, got, more, err = blockwise.DecodeBlockOption(v); err != nil || got != num {
+				return nil, fmt.Errorf("download firmware: asked for block %d, got %d (%v)", num, got, err)
+			}
+		}
+		out = append(out, body...)
+		if !more {
+			return out, nil
+		}
+	}
 }

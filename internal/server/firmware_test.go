@@ -137,6 +137,17 @@ func TestFirmwareAPI(t *testing.T) {
 	if code, got := do(client(cert0), "GET", path, "", nil, map[string]string{"range": "bytes=150000-"}); code != 206 || !bytes.Equal(got, img[150000:]) {
 		t.Errorf("resumed download: %d, %d bytes", code, len(got))
 	}
+	// The same over CoAP/DTLS, block-wise, and resumed from block 150.
+	coapURI := "coaps://" + env.CoAPS() + "/fw/" + added.Manifest.SHA256
+	if got, err := outs[0].Device.DownloadCoAP(ctxT(t), coapURI, 0); err != nil || !bytes.Equal(got, img) {
+		t.Errorf("CoAP download: %d bytes, %v", len(got), err)
+	}
+	if got, err := outs[0].Device.DownloadCoAP(ctxT(t), coapURI, 150); err != nil || !bytes.Equal(got, img[150*1024:]) {
+		t.Errorf("CoAP download from block 150: %d bytes, %v", len(got), err)
+	}
+	if _, err := outs[2].Device.DownloadCoAP(ctxT(t), coapURI, 0); err == nil || !strings.Contains(err.Error(), "NotFound") {
+		t.Errorf("CoAP download by a device of another model: %v", err)
+	}
 	other, _ := outs[2].Device.TLSCertificate() // a TH2
 	cert1, _ := outs[1].Device.TLSCertificate()
 	if err := env.Client.Do(ctxT(t), "POST", "/api/v1/revocations", httpapi.RevokeRequest{Devices: []string{outs[1].Serial}, Reason: "test"}, nil); err != nil {
@@ -249,7 +260,8 @@ func TestFirmwareRollout(t *testing.T) {
 		}
 		fw := dev.o.Device.FirmwareVersion()
 		if cfg.Firmware != nil {
-			m, err := dev.o.Device.UpdateFirmware(ctxT(t), cfg.Firmware, simulator.FirmwareOptions{Chunk: int64(64 << 10 * (i % 2))})
+			// Over HTTPS whole, over HTTPS in 64 KiB Range chunks, or over CoAP block-wise.
+			m, err := dev.o.Device.UpdateFirmware(ctxT(t), cfg.Firmware, simulator.FirmwareOptions{Chunk: int64(64 << 10 * (i % 2)), CoAP: i%3 == 2})
 			if err != nil {
 				t.Fatalf("%s: update: %v", dev.o.Serial, err)
 			}

@@ -148,6 +148,7 @@ type Server struct {
 	crlMu    sync.Mutex
 	crl      atomic.Pointer[[]byte] // current DER CRL
 	crlDirty chan struct{}          // a renewal superseded a certificate
+	fwSrc    *firmwareSource        // firmware targets and images
 	stop     chan struct{}
 
 	once sync.Once
@@ -250,6 +251,21 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	}
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes}, svc, ca.Root(), log)
+	fwCat, err := firmware.Open(filepath.Join(cfg.DataDir, FirmwareDir), []byte(pass))
+	if err != nil {
+		return nil, err
+	}
+	fwTargets, err := fwCat.OpenTargets()
+	if err != nil {
+		return nil, err
+	}
+	fwSrc := &firmwareSource{cat: fwCat, targets: fwTargets, store: s.store, open: map[string]*os.File{}, uris: func(digest string) []string {
+		return []string{"https://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.httpLn.Addr())) + "/fw/" + digest,
+			"coaps://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.coap.SecureAddr())) + "/fw/" + digest}
+	}}
+	s.fwSrc = fwSrc
+	svc.SetFirmware(fwSrc)
+	s.coap.SetFirmware(fwSrc)
 	s.coap.SetCRL(s.CRL)
 	s.coap.SetObserver(s.observe)
 	if err := s.coap.Start(); err != nil {
@@ -287,18 +303,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	api := httpapi.New(s.store, fleet, ca, s.store, s, s.info, log)
 	api.SetOps(s.metrics.Handler(), s.Ready, s.Backup)
 	api.SetWeb(web.Handler())
-	fwCat, err := firmware.Open(filepath.Join(cfg.DataDir, FirmwareDir), []byte(pass))
-	if err != nil {
-		return nil, err
-	}
-	fwTargets, err := fwCat.OpenTargets()
-	if err != nil {
-		return nil, err
-	}
-	api.SetFirmware(fwCat, fwTargets, svc.Authorize, fleet.Retarget)
-	svc.SetFirmware(&firmwareSource{cat: fwCat, targets: fwTargets, base: func() string {
-		return "https://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.httpLn.Addr()))
-	}})
+	api.SetFirmware(fwSrc.cat, fwSrc.targets, svc.Authorize, fleet.Retarget)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
@@ -746,6 +751,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			errs = append(errs, s.debug.Close())
 		}
 		s.bg.Wait() // the CRL loop may be writing; it ends on s.stop
+		if s.fwSrc != nil {
+			s.fwSrc.close()
+		}
 		if s.store != nil {
 			errs = append(errs, s.store.Close())
 		}
@@ -754,11 +762,58 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // firmwareSource tells the enrollment service which image a device should
-// run (enroll.FirmwareSource), from the catalogue and its targets.
+// run (enroll.FirmwareSource), from the catalogue and its targets, and
+// hands images to devices over CoAP (coap.FirmwareImages).
 type firmwareSource struct {
 	cat     *firmware.Catalogue
 	targets *firmware.Targets
-	base    func() string // https://host:port of the API, for download URIs
+	store   *devices.Store
+	uris    func(digest string) []string // where devices download an image
+
+	mu   sync.Mutex
+	open map[string]*os.File // images are immutable: each is opened once, for ReadAt by every download
+}
+
+var (
+	_ enroll.FirmwareSource = (*firmwareSource)(nil)
+	_ coap.FirmwareImages   = (*firmwareSource)(nil)
+)
+
+func (f *firmwareSource) DeviceImage(id uuid.UUID, digest string) (io.ReadSeeker, error) {
+	d, err := f.store.Device(id)
+	if err != nil {
+		return nil, err
+	}
+	list, err := f.cat.List()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range list {
+		if m.SHA256 != digest || m.Model != d.Model {
+			continue
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		file, ok := f.open[digest]
+		if !ok {
+			if file, err = f.cat.Image(digest); err != nil {
+				return nil, err
+			}
+			f.open[digest] = file
+		}
+		return io.NewSectionReader(file, 0, m.Size), nil
+	}
+	return nil, coap.ErrNoImage
+}
+
+// close closes the images opened for downloads.
+func (f *firmwareSource) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, file := range f.open {
+		file.Close()
+		delete(f.open, k)
+	}
 }
 
 func (f *firmwareSource) Target(d devices.Device) (*enroll.FirmwareTarget, error) {
@@ -771,7 +826,7 @@ func (f *firmwareSource) Target(d devices.Device) (*enroll.FirmwareTarget, error
 		return nil, err
 	}
 	return &enroll.FirmwareTarget{Version: m.Version, Size: m.Size, SHA256: m.SHA256,
-		URIs: []string{f.base() + "/fw/" + m.SHA256}, Manifest: s.Manifest, Signature: s.Signature}, nil
+		URIs: f.uris(m.SHA256), Manifest: s.Manifest, Signature: s.Signature}, nil
 }
 
 func (f *firmwareSource) PublicKeyPEM() []byte { return f.cat.PublicKeyPEM() }

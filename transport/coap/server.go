@@ -98,6 +98,7 @@ type Server struct {
 	configOf func(uuid.UUID) (enroll.DeviceConfig, error)
 	report   func(id uuid.UUID, rep enroll.StateReport, source string) error
 	obs      observers
+	firmware FirmwareImages
 
 	mu        sync.Mutex
 	sessions  map[uuid.UUID]map[*udpclient.Conn]struct{} // mutual-DTLS sessions per device
@@ -224,6 +225,7 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 	_ = r.Handle("/state", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.postState(h, w, m) }))
 	_ = r.Handle("/renew", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.renew(h, w, m) }))
 	_ = r.Handle("/lease", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.lease(h, w, m) }))
+	_ = r.Handle("/fw/{digest}", mux.HandlerFunc(s.getFirmware))
 	return r
 }
 
