@@ -70,6 +70,7 @@ bench: build
 	$(GO) test -run XXX -bench . -benchtime 2s ./pki/ ./enroll/
 	$(GO) test -run XXX -bench 'Provision|LeaseExpires' -benchtime 5000x ./devices/
 	$(GO) test -run XXX -bench 'EnrollDTLS|EnrollMQTT' -benchtime 5000x ./internal/server/
+	$(GO) test -run XXX -bench FirmwareDownload -benchtime 10x ./internal/server/
 	INVENTORY_DEVICES=$(INVENTORY_DEVICES) $(GO) test -run XXX -bench LargeInventory -benchtime 1000x -timeout 60m ./internal/server/
 	$(MAKE) storm
 	$(MAKE) rates
