@@ -21,6 +21,9 @@ type SoakOptions struct {
 	LeaseEvery  time.Duration // each device renews its lease this often (first at a random point); 0: never
 	CertEvery   time.Duration // each device renews its certificate this often, then reconnects with it; 0: never
 	Progress    io.Writer     // connection progress, one line per second
+	// FirmwareOverCoAP downloads firmware targets over CoAP block-wise
+	// instead of HTTPS.
+	FirmwareOverCoAP bool
 }
 
 // Fleet is enrolled devices online over MQTT with mutual TLS, as they are
@@ -35,6 +38,7 @@ type Fleet struct {
 	wg    sync.WaitGroup
 	stats struct {
 		acks, ackErrors, leases, leaseErrors, certs, certErrors atomic.Int64
+		fwUpdates, fwRefused                                    atomic.Int64
 	}
 }
 
@@ -152,8 +156,21 @@ func (f *Fleet) live(ctx context.Context, sd *soakDevice) {
 		case cfg := <-s.configs:
 			at := time.Now()
 			sd.note(func() { sd.versions[cfg.ConfigVersion] = at })
+			health := "ok"
+			if t := cfg.Firmware; t != nil && t.Version != sd.d.FirmwareVersion() {
+				// A new target: download, verify and install it, then report.
+				fctx, cancel := context.WithTimeout(ctx, time.Minute)
+				_, err := sd.d.UpdateFirmware(fctx, t, FirmwareOptions{CoAP: f.o.FirmwareOverCoAP})
+				cancel()
+				if err != nil {
+					health = "firmware_refused"
+					f.stats.fwRefused.Add(1)
+				} else {
+					f.stats.fwUpdates.Add(1)
+				}
+			}
 			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := s.ReportState(actx, wire.StateReport{ConfigVersion: cfg.ConfigVersion, FirmwareVersion: "sim-1.0.0", Health: "ok"})
+			err := s.ReportState(actx, wire.StateReport{ConfigVersion: cfg.ConfigVersion, FirmwareVersion: sd.d.FirmwareVersion(), Health: health})
 			cancel()
 			sd.count(err, &f.stats.acks, &f.stats.ackErrors)
 		case <-lease.C:
@@ -313,6 +330,8 @@ type SoakStats struct {
 	LeaseErrors      int64 `json:"lease_renewal_errors,omitempty"`
 	CertRenewals     int64 `json:"cert_renewals"`
 	CertRenewalError int64 `json:"cert_renewal_errors,omitempty"`
+	FirmwareUpdates  int64 `json:"firmware_updates,omitempty"`
+	FirmwareRefused  int64 `json:"firmware_refused,omitempty"`
 	// Offline counts the devices that went offline, by what they saw (a
 	// revoked device's session is cut: "connection lost: EOF").
 	Offline map[string]int `json:"offline,omitempty"`
@@ -334,7 +353,8 @@ func (f *Fleet) Stats() SoakStats {
 	return SoakStats{Devices: len(f.devs), Online: f.Online(), Offline: offline,
 		Acks: f.stats.acks.Load(), AckErrors: f.stats.ackErrors.Load(),
 		LeaseRenewals: f.stats.leases.Load(), LeaseErrors: f.stats.leaseErrors.Load(),
-		CertRenewals: f.stats.certs.Load(), CertRenewalError: f.stats.certErrors.Load()}
+		CertRenewals: f.stats.certs.Load(), CertRenewalError: f.stats.certErrors.Load(),
+		FirmwareUpdates: f.stats.fwUpdates.Load(), FirmwareRefused: f.stats.fwRefused.Load()}
 }
 
 // Close disconnects every device and waits for them.

@@ -42,6 +42,9 @@ func (r soakReport) String() string {
 	fmt.Fprintf(&b, "soak %v: %d of %d devices online (connected in %v); %d config acks, %d lease and %d certificate renewals",
 		r.Duration.Round(time.Second), r.Stats.Online, r.Stats.Devices, r.ConnectTime.Round(time.Millisecond),
 		r.Stats.Acks, r.Stats.LeaseRenewals, r.Stats.CertRenewals)
+	if r.Stats.FirmwareUpdates+r.Stats.FirmwareRefused > 0 {
+		fmt.Fprintf(&b, "; %d firmware updates installed, %d refused", r.Stats.FirmwareUpdates, r.Stats.FirmwareRefused)
+	}
 	if e := r.Stats.AckErrors + r.Stats.LeaseErrors + r.Stats.CertRenewalError; e > 0 {
 		fmt.Fprintf(&b, " (%d failed)", e)
 	}

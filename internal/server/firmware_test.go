@@ -310,3 +310,41 @@ func TestFirmwareRollout(t *testing.T) {
 		return len(view.Rollouts) == 1 && view.Rollouts[0].Unhealthy == 1
 	}, "the refusal in the rollout's progress")
 }
+
+// Devices online in a soak (devsim --soak) install a new firmware target
+// when their config carries it, over CoAP, and report the version.
+func TestSoakFleetUpdatesFirmware(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	outs, sum := simulator.Run(ctxT(t), env.Mint(6, "hq"), simulator.RunOptions{})
+	if sum.Enrolled != 6 {
+		t.Fatal(sum)
+	}
+	var devs []*simulator.Device
+	for _, o := range outs {
+		devs = append(devs, o.Device)
+	}
+	fleet, err := simulator.GoOnline(ctxT(t), devs, simulator.SoakOptions{Broker: env.MQTTS(), FirmwareOverCoAP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fleet.Close()
+	img := make([]byte, 50_000)
+	rand.Read(img)
+	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
+	c, _ := httpapi.NewClient("https://"+env.Server.HTTPAddr().String(), strings.TrimSpace(string(admin)), env.Server.CA().RootPEM())
+	if err := c.DoRaw(ctxT(t), "POST", "/api/v1/firmware?model=TEST&version=3.0", "application/octet-stream", bytes.NewReader(img), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Do(ctxT(t), "PUT", "/api/v1/firmware/rollouts", httpapi.RolloutRequest{Model: "TEST", Version: "3.0", Percent: 100}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		var view httpapi.FirmwareView
+		env.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &view)
+		return fleet.Stats().FirmwareUpdates == 6 && len(view.Rollouts) == 1 && view.Rollouts[0].OnVersion == 6
+	}, "six devices on 3.0")
+	if st := fleet.Stats(); st.FirmwareRefused != 0 || st.Online != 6 {
+		t.Errorf("soak stats: %+v", st)
+	}
+}
