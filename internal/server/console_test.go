@@ -514,3 +514,80 @@ func TestConsoleFleetActions(t *testing.T) {
 		t.Error("a viewer revoked a device through the console")
 	}
 }
+
+// TestConsoleFirmware shows a rollout's progress and failures in the
+// console and pauses it from there.
+func TestConsoleFirmware(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	outs, sum := simulator.Run(ctxT(t), env.Mint(2, "hq"), simulator.RunOptions{})
+	if sum.Enrolled != 2 {
+		t.Fatal(sum)
+	}
+	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
+	base := "https://" + env.Server.HTTPAddr().String()
+	c, _ := httpapi.NewClient(base, strings.TrimSpace(string(admin)), env.Server.CA().RootPEM())
+	if err := c.DoRaw(ctxT(t), "POST", "/api/v1/firmware?model=TEST&version=2.0&notes=faster+boot", "application/octet-stream", strings.NewReader(strings.Repeat("image", 1000)), nil); err != nil {
+		t.Fatal(err)
+	}
+	// One device runs 2.0 and is fine, the other refused it.
+	for i, o := range outs {
+		s, err := o.Device.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, _ := s.Config(ctxT(t))
+		rep := wire.StateReport{ConfigVersion: cfg.ConfigVersion, FirmwareVersion: "2.0", Health: "ok"}
+		if i == 1 {
+			rep.FirmwareVersion, rep.Health = "1.0", "firmware_refused"
+		}
+		if err := s.ReportState(ctxT(t), rep); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	waitFor(t, func() bool {
+		d, _ := env.Server.Store().DeviceBySerial(outs[1].Serial)
+		return d.Health == "firmware_refused"
+	}, "the state reports")
+	ctx := browser(t, labelVideo(t, labels.Label{Serial: "TH1-NOTHING", URL: "none"}))
+	row := chromedp.CSS(`tr[data-rollout="TEST@hq"]`)
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console"),
+		chromedp.WaitVisible(chromedp.ID("signin")),
+		chromedp.SendKeys(chromedp.ID("token"), strings.TrimSpace(string(admin))),
+		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`input[name=pick]`)),
+		chromedp.Navigate(base+"/console#/firmware"),
+		chromedp.WaitVisible(chromedp.ID("r-model")),
+		chromedp.SendKeys(chromedp.ID("r-model"), "TEST"),
+		chromedp.SendKeys(chromedp.ID("r-site"), "hq"),
+		chromedp.SendKeys(chromedp.ID("r-version"), "2.0"),
+		chromedp.Clear(chromedp.ID("r-percent")),
+		chromedp.SendKeys(chromedp.ID("r-percent"), "100"),
+		chromedp.Click(chromedp.Search(`//button[text()="Roll out"]`)),
+		chromedp.WaitVisible(row),
+	); err != nil {
+		t.Fatal(err)
+	}
+	text, _ := chromedp.Run(ctx, chromedp.Text(row))
+	for _, want := range []string{"1 of 2 on 2.0", "100%", "active", "2.0: 1", "1.0: 1"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("rollout row %q lacks %q", text, want)
+		}
+	}
+	if unhealthy, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`tr[data-rollout="TEST@hq"] td.error`))); unhealthy != "1" {
+		t.Errorf("failures shown: %q", unhealthy)
+	}
+	screenshot(t, ctx, "console-firmware")
+	if err := chromedp.Do(ctx,
+		chromedp.Click(chromedp.Search(`//tr[@data-rollout="TEST@hq"]//button[text()="Pause"]`)),
+		chromedp.Poll[chromedp.Void](`document.getElementById("status").textContent.includes("paused")`),
+	); err != nil {
+		t.Fatal(err)
+	}
+	var view httpapi.FirmwareView
+	if err := env.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &view); err != nil || len(view.Rollouts) != 1 || view.Rollouts[0].State != "paused" {
+		t.Errorf("after Pause in the console: %+v %v", view.Rollouts, err)
+	}
+}

@@ -33,6 +33,7 @@ async function route() {
       case "site": await site(decodeURIComponent(arg)); break;
       case "audit": await audit(); break;
       case "tokens": await tokens(); break;
+      case "firmware": await firmwareView(); break;
       case "signout": setToken(""); location.hash = "#/devices"; showSignIn(); break;
       default: await devicesView(); break;
     }
@@ -246,6 +247,49 @@ async function audit() {
       el("thead", {}, el("tr", {}, ["#", "Time", "Action", "Target", "By", "From", "Detail"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, evs.map((e) => el("tr", {}, el("td", {}, String(e.seq)), el("td", {}, when(e.time)), el("td", {}, e.action), el("td", {}, e.target), el("td", {}, e.actor), el("td", {}, e.source || ""),
         el("td", {}, Object.entries(e.detail || {}).map(([k, v]) => `${k}=${v}`).join(" ")))))));
+}
+
+// ---- firmware ----
+async function firmwareView() {
+  const fw = await api("GET", "/api/v1/firmware");
+  const images = el("table", {}, el("caption", {}, "Images"),
+    el("thead", {}, el("tr", {}, ["Model", "Version", "Size", "SHA-256", "Minimum bootloader", "Added", "Notes"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, (fw.images || []).map((m) => el("tr", {}, el("td", {}, m.model), el("td", {}, m.version), el("td", {}, `${m.size} bytes`),
+      el("td", {}, el("code", {}, m.sha256.slice(0, 16) + "…")), el("td", {}, m.min_bootloader || ""), el("td", {}, when(m.created)), el("td", {}, m.notes || "")))));
+  const state = (r, s, label) => el("button", { type: "button", class: s === "aborted" ? "danger secondary" : "secondary", disabled: r.state === s || r.state === "aborted", onclick: async () => {
+    if (s === "aborted" && !window.confirm(`Abort the rollout of ${r.model} ${r.version}${r.site ? " at " + r.site : ""}? Every device goes back to ${r.previous || "no target"}.`)) return;
+    try { await api("POST", "/api/v1/firmware/rollouts/state", { model: r.model, site: r.site || "", state: s }); await then(`Rollout of ${r.model} ${r.version}: ${s}.`); } catch (e) { fail(e); }
+  } }, label);
+  const rows = (fw.rollouts || []).map((r) => {
+    const reported = Object.entries(r.reported || {}).map(([v, n]) => `${v || "unreported"}: ${n}`).join(", ");
+    return el("tr", { "data-rollout": `${r.model}@${r.site || "*"}` },
+      el("td", {}, r.model), el("td", {}, r.site || "every site"), el("td", {}, r.version), el("td", {}, r.previous || ""),
+      el("td", {}, `${r.percent}%`), el("td", {}, r.state),
+      el("td", {}, el("span", { class: "meter", role: "img", "aria-label": `${r.on_version} of ${r.devices}` }, el("span", { "data-w": r.devices ? Math.round(100 * r.on_version / r.devices) : 0 })),
+        ` ${r.on_version} of ${r.devices} on ${r.version}`),
+      el("td", { class: r.unhealthy ? "error" : "" }, String(r.unhealthy)),
+      el("td", {}, reported),
+      el("td", {}, state(r, "paused", "Pause"), " ", state(r, "active", "Resume"), " ", state(r, "aborted", "Abort")));
+  });
+  const form = el("form", { class: "row", "aria-label": "Roll out a version" },
+    ...[["model", "Model"], ["site", "Site (empty: every site)"], ["version", "Version"], ["percent", "Percent"]].map(([k, label]) =>
+      el("div", {}, el("label", { for: "r-" + k }, label), el("input", { id: "r-" + k, name: k, value: k === "percent" ? "10" : "", required: k !== "site" }))),
+    el("button", { type: "submit" }, "Roll out"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = form.elements;
+    try {
+      const r = await api("PUT", "/api/v1/firmware/rollouts", { model: f.model.value.trim(), site: f.site.value.trim(), version: f.version.value.trim(), percent: Number(f.percent.value) });
+      await then(`Rolling out ${r.model} ${r.version} to ${r.percent}%.`);
+    } catch (e) { fail(e); }
+  });
+  clear(view).append(el("h2", {}, "Firmware"),
+    el("table", {}, el("caption", {}, "Rollouts: devices by the version they report; unhealthy counts devices that report a problem, such as an image they refused"),
+      el("thead", {}, el("tr", {}, ["Model", "Site", "Target", "Others on", "Share", "State", "Progress", "Unhealthy", "Reported versions", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 10 }, "No rollouts.")))),
+    el("h3", {}, "Roll out a version"), form, images,
+    el("p", { class: "muted" }, "Add images with provctl firmware add FILE --model M --version V."));
+  sizeMeters();
 }
 
 // ---- tokens (admin) ----
