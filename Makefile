@@ -131,6 +131,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseClaimCode -fuzztime $(FUZZTIME) ./enroll/
 	$(GO) test -run XXX -fuzz FuzzParseTopic -fuzztime $(FUZZTIME) ./transport/mqtt/
 	$(GO) test -run XXX -fuzz FuzzAPIRequestBodies -fuzztime $(FUZZTIME) ./internal/server/
+	$(GO) test -run XXX -fuzz FuzzVerify -fuzztime $(FUZZTIME) ./firmware/
 
 clean:
 	rm -rf bin
