@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/big"
 	"net"
@@ -379,6 +380,31 @@ func (s *Server) Backup(w io.Writer) error {
 		if _, err := tw.Write(raw); err != nil {
 			return err
 		}
+	}
+	// The firmware catalogue: its signing key (encrypted), manifests,
+	// targets and images. Each file is written whole and renamed into place,
+	// and images never change, so a file read here is complete.
+	fwDir := filepath.Join(s.cfg.DataDir, FirmwareDir)
+	err := filepath.WalkDir(fwDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasPrefix(d.Name(), ".") { // .upload-* and .tmp files are in progress
+			return err
+		}
+		raw, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(s.cfg.DataDir, p)
+		if err := tw.WriteHeader(&tar.Header{Name: filepath.ToSlash(rel), Mode: 0o600, Size: int64(len(raw)), ModTime: now}); err != nil {
+			return err
+		}
+		_, err = tw.Write(raw)
+		return err
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("back up firmware: %w", err)
 	}
 	if err := s.store.Backup(func(size int64, write func(io.Writer) error) error {
 		if err := tw.WriteHeader(&tar.Header{Name: InventoryFile, Mode: 0o600, Size: size, ModTime: now}); err != nil {
