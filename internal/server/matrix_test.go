@@ -104,8 +104,19 @@ func TestRoleRouteMatrix(t *testing.T) {
 	if len(pinned) > 0 {
 		t.Errorf("routes missing from the table: %v", pinned)
 	}
+	// Routes for devices, authenticated by the device certificate: no API
+	// token opens them (TestFirmwareAPI covers the certificate side).
+	deviceOnly := map[string]bool{"GET /fw/{digest}": true}
 	for _, rt := range routes {
 		t.Run(rt.Pattern, func(t *testing.T) {
+			if deviceOnly[rt.Pattern] {
+				for _, tok := range append([]string{"", elsewhere}, tokens[devices.RoleAdmin], tokens[devices.RoleViewer]) {
+					if code, body := do(rt.Pattern, tok); code != 401 {
+						t.Errorf("a token instead of a device certificate: %d %s, want 401", code, body)
+					}
+				}
+				return
+			}
 			if code, body := do(rt.Pattern, ""); (rt.Role == "") != (code != 401) {
 				t.Errorf("no token: %d %s", code, body)
 			}

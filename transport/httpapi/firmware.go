@@ -218,16 +218,16 @@ func (a *API) pinFirmware(w http.ResponseWriter, r *http.Request, actor enroll.A
 		a.fail(w, errNoFirmware)
 		return
 	}
-	if err := decode(r, &req); err != nil {
-		a.fail(w, err)
-		return
-	}
 	d, err := a.resolve(r.PathValue("ref"))
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	if forbidSite(w, actor, d.Site) {
+	if forbidSite(w, actor, d.Site) { // before the body: another site's device is not this token's business
+		return
+	}
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
 		return
 	}
 	if err := a.fw.targets.Pin(d.ID, d.Model, req.Version); err != nil {
