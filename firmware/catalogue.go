@@ -41,6 +41,16 @@ type Catalogue struct {
 	pub ed25519.PublicKey
 	now func() time.Time
 	mu  sync.Mutex // serialises Add
+
+	// The manifests, read and verified once at Open and kept up to date by
+	// Add: configs and downloads look them up on every request.
+	cacheMu  sync.RWMutex
+	manifest map[string]entry // "model/version"
+}
+
+type entry struct {
+	signed Signed
+	m      Manifest
 }
 
 // Open opens the catalogue in dir, creating the directory and a new
@@ -78,8 +88,11 @@ func Open(dir string, passphrase []byte) (*Catalogue, error) {
 	if !ok {
 		return nil, fmt.Errorf("firmware signing key %s is a %T, not Ed25519", keyPath, k)
 	}
-	c := &Catalogue{dir: dir, key: key, pub: key.Public().(ed25519.PublicKey), now: time.Now}
+	c := &Catalogue{dir: dir, key: key, pub: key.Public().(ed25519.PublicKey), now: time.Now, manifest: map[string]entry{}}
 	if err := pki.WriteFileAtomic(filepath.Join(dir, PublicKeyFile), c.PublicKeyPEM(), 0o600); err != nil {
+		return nil, err
+	}
+	if err := c.load(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -152,6 +165,9 @@ func (c *Catalogue) Add(r io.Reader, meta Meta) (Signed, Manifest, error) {
 	if err := pki.WriteFileAtomic(c.manifestPath(m.Model, m.Version), raw, 0o600); err != nil {
 		return Signed{}, Manifest{}, err
 	}
+	c.cacheMu.Lock()
+	c.manifest[m.Model+"/"+m.Version] = entry{signed: s, m: m}
+	c.cacheMu.Unlock()
 	return s, m, nil
 }
 
@@ -168,51 +184,23 @@ func (c *Catalogue) Get(model, version string) (Signed, Manifest, error) {
 	if !ValidModel(model) || !ValidVersion(version) {
 		return Signed{}, Manifest{}, fmt.Errorf("%w: model %q version %q", ErrInvalid, model, version)
 	}
-	raw, err := os.ReadFile(c.manifestPath(model, version))
-	if errors.Is(err, fs.ErrNotExist) {
+	c.cacheMu.RLock()
+	e, ok := c.manifest[model+"/"+version]
+	c.cacheMu.RUnlock()
+	if !ok {
 		return Signed{}, Manifest{}, fmt.Errorf("%w: %s %s", ErrNotFound, model, version)
 	}
-	if err != nil {
-		return Signed{}, Manifest{}, err
-	}
-	var s Signed
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return Signed{}, Manifest{}, fmt.Errorf("manifest %s %s: %w", model, version, err)
-	}
-	m, err := Verify(c.pub, s)
-	if err != nil {
-		return Signed{}, Manifest{}, fmt.Errorf("manifest %s %s on disk: %w", model, version, err)
-	}
-	return s, m, nil
+	return e.signed, e.m, nil
 }
 
 // List returns every manifest, by model, then version (newest first).
 func (c *Catalogue) List() ([]Manifest, error) {
-	models, err := os.ReadDir(filepath.Join(c.dir, manifestsDir))
-	if err != nil {
-		return nil, err
+	c.cacheMu.RLock()
+	out := make([]Manifest, 0, len(c.manifest))
+	for _, e := range c.manifest {
+		out = append(out, e.m)
 	}
-	var out []Manifest
-	for _, md := range models {
-		if !md.IsDir() || !ValidModel(md.Name()) {
-			continue
-		}
-		files, err := os.ReadDir(filepath.Join(c.dir, manifestsDir, md.Name()))
-		if err != nil {
-			return nil, err
-		}
-		for _, f := range files {
-			v, ok := cutSuffix(f.Name(), ".json")
-			if !ok || !ValidVersion(v) {
-				continue
-			}
-			_, m, err := c.Get(md.Name(), v)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, m)
-		}
-	}
+	c.cacheMu.RUnlock()
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Model != out[j].Model {
 			return out[i].Model < out[j].Model
@@ -220,6 +208,60 @@ func (c *Catalogue) List() ([]Manifest, error) {
 		return CompareVersions(out[i].Version, out[j].Version) > 0
 	})
 	return out, nil
+}
+
+// ByDigest returns the manifest of the image with this digest for a model.
+func (c *Catalogue) ByDigest(model, digest string) (Manifest, bool) {
+	c.cacheMu.RLock()
+	defer c.cacheMu.RUnlock()
+	for _, e := range c.manifest {
+		if e.m.SHA256 == digest && e.m.Model == model {
+			return e.m, true
+		}
+	}
+	return Manifest{}, false
+}
+
+// load reads and verifies every manifest on disk. A manifest that does not
+// verify with the signing key stops the start: it was not written by this
+// catalogue.
+func (c *Catalogue) load() error {
+	models, err := os.ReadDir(filepath.Join(c.dir, manifestsDir))
+	if err != nil {
+		return err
+	}
+	for _, md := range models {
+		if !md.IsDir() || !ValidModel(md.Name()) {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(c.dir, manifestsDir, md.Name()))
+		if err != nil {
+			return err
+		}
+		for _, f := range files {
+			v, ok := cutSuffix(f.Name(), ".json")
+			if !ok || !ValidVersion(v) {
+				continue
+			}
+			raw, err := os.ReadFile(c.manifestPath(md.Name(), v))
+			if err != nil {
+				return err
+			}
+			var s Signed
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return fmt.Errorf("manifest %s %s: %w", md.Name(), v, err)
+			}
+			m, err := Verify(c.pub, s)
+			if err != nil {
+				return fmt.Errorf("manifest %s %s on disk: %w", md.Name(), v, err)
+			}
+			if m.Model != md.Name() || m.Version != v {
+				return fmt.Errorf("manifest %s %s on disk names %s %s", md.Name(), v, m.Model, m.Version)
+			}
+			c.manifest[m.Model+"/"+m.Version] = entry{signed: s, m: m}
+		}
+	}
+	return nil
 }
 
 func cutSuffix(s, suffix string) (string, bool) {

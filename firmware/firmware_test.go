@@ -100,6 +100,18 @@ func TestCatalogue(t *testing.T) {
 	if _, err := Open(dir, []byte("another-passphrase-000000")); err == nil {
 		t.Error("opened with the wrong passphrase")
 	}
+	// A manifest changed on disk no longer verifies: the catalogue refuses
+	// to start rather than hand it out.
+	path := filepath.Join(dir, manifestsDir, "TH1", "1.2.0.json")
+	raw, _ := os.ReadFile(path)
+	var signed Signed
+	json.Unmarshal(raw, &signed)
+	signed.Manifest = bytes.Replace(signed.Manifest, []byte(`"1.2.0"`), []byte(`"1.2.1"`), 1)
+	raw, _ = json.Marshal(signed)
+	os.WriteFile(path, raw, 0o600)
+	if _, err := Open(dir, pass); !errors.Is(err, ErrBadSignature) {
+		t.Errorf("a tampered manifest on disk: %v", err)
+	}
 }
 
 // What a device refuses before it installs.

@@ -810,26 +810,20 @@ func (f *firmwareSource) DeviceImage(id uuid.UUID, digest string) (io.ReadSeeker
 	if err != nil {
 		return nil, err
 	}
-	list, err := f.cat.List()
-	if err != nil {
-		return nil, err
+	m, ok := f.cat.ByDigest(d.Model, digest)
+	if !ok {
+		return nil, coap.ErrNoImage
 	}
-	for _, m := range list {
-		if m.SHA256 != digest || m.Model != d.Model {
-			continue
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	file, ok := f.open[digest]
+	if !ok {
+		if file, err = f.cat.Image(digest); err != nil {
+			return nil, err
 		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		file, ok := f.open[digest]
-		if !ok {
-			if file, err = f.cat.Image(digest); err != nil {
-				return nil, err
-			}
-			f.open[digest] = file
-		}
-		return io.NewSectionReader(file, 0, m.Size), nil
+		f.open[digest] = file
 	}
-	return nil, coap.ErrNoImage
+	return io.NewSectionReader(file, 0, m.Size), nil
 }
 
 // close closes the images opened for downloads.

@@ -19,6 +19,7 @@ import (
 type FirmwareCatalogue interface {
 	Add(r io.Reader, meta firmware.Meta) (firmware.Signed, firmware.Manifest, error)
 	List() ([]firmware.Manifest, error)
+	ByDigest(model, digest string) (firmware.Manifest, bool)
 	Image(digest string) (*os.File, error)
 	PublicKeyPEM() []byte
 }
@@ -272,18 +273,8 @@ func (a *API) downloadFirmware(w http.ResponseWriter, r *http.Request, _ enroll.
 		return
 	}
 	digest := r.PathValue("digest")
-	list, err := a.fw.cat.List()
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	var m *firmware.Manifest
-	for i := range list {
-		if list[i].SHA256 == digest && list[i].Model == d.Model {
-			m = &list[i]
-		}
-	}
-	if m == nil {
+	m, ok := a.fw.cat.ByDigest(d.Model, digest)
+	if !ok {
 		writeError(w, http.StatusNotFound, "not_found", "no image of the device's model has that digest")
 		return
 	}
