@@ -65,6 +65,20 @@ func browser(t *testing.T, y4m string) context.Context {
 	return ctx
 }
 
+// consoleSignIn signs out of the console whoever was signed in and signs in
+// with token.
+func consoleSignIn(t *testing.T, ctx context.Context, base, token string) {
+	t.Helper()
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/console#/signout"),
+		chromedp.WaitVisible(chromedp.ID("signin")),
+		chromedp.SendKeys(chromedp.ID("token"), token),
+		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
+	); err != nil {
+		t.Fatalf("sign in to the console: %v", err)
+	}
+}
+
 // screenshot saves the page as artifacts/name.png.
 func screenshot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
@@ -278,16 +292,9 @@ func TestWebConsole(t *testing.T) {
 
 	// The operator console: the device is in the inventory; revoking it
 	// asks for a confirmation that names it, then cuts its session.
-	admin, err := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	serial := minted.Bundles[typed].Serial
+	consoleSignIn(t, ctx, base, env.AdminToken())
 	if err := chromedp.Do(ctx,
-		chromedp.Navigate(base+"/console#/signout"),
-		chromedp.WaitVisible(chromedp.ID("signin")),
-		chromedp.SendKeys(chromedp.ID("token"), strings.TrimSpace(string(admin))),
-		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`a[href="#/device/`+serial+`"]`)),
 	); err != nil {
 		t.Fatal(err)
@@ -372,7 +379,6 @@ func TestConsoleFleetActions(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := "https://" + env.Server.HTTPAddr().String()
-	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
 	ctx := browser(t, labelVideo(t, labels.Label{Serial: "TH1-NOTHING", URL: "none"}))
 	status := func(prefix string) {
 		t.Helper()
@@ -392,11 +398,8 @@ func TestConsoleFleetActions(t *testing.T) {
 		}
 		return named
 	}
+	consoleSignIn(t, ctx, base, env.AdminToken())
 	if err := chromedp.Do(ctx,
-		chromedp.Navigate(base+"/console"),
-		chromedp.WaitVisible(chromedp.ID("signin")),
-		chromedp.SendKeys(chromedp.ID("token"), strings.TrimSpace(string(admin))),
-		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`input[name=pick]`)),
 	); err != nil {
 		t.Fatal(err)
@@ -497,11 +500,8 @@ func TestConsoleFleetActions(t *testing.T) {
 	}
 
 	// That viewer may look but not revoke: the console shows the refusal.
+	consoleSignIn(t, ctx, base, secret)
 	if err := chromedp.Do(ctx,
-		chromedp.Navigate(base+"/console#/signout"),
-		chromedp.WaitVisible(chromedp.ID("signin")),
-		chromedp.SendKeys(chromedp.ID("token"), secret),
-		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`input[name=pick]`)),
 		chromedp.Navigate(base+"/console#/device/"+one),
 		chromedp.Click(chromedp.Search(`//button[text()="Revoke device"]`)),
@@ -524,10 +524,8 @@ func TestConsoleFirmware(t *testing.T) {
 	if sum.Enrolled != 2 {
 		t.Fatal(sum)
 	}
-	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
 	base := "https://" + env.Server.HTTPAddr().String()
-	c, _ := httpapi.NewClient(base, strings.TrimSpace(string(admin)), env.Server.CA().RootPEM())
-	if err := c.DoRaw(ctxT(t), "POST", "/api/v1/firmware?model=TEST&version=2.0&notes=faster+boot", "application/octet-stream", strings.NewReader(strings.Repeat("image", 1000)), nil); err != nil {
+	if err := env.Client.DoRaw(ctxT(t), "POST", "/api/v1/firmware?model=TEST&version=2.0&notes=faster+boot", "application/octet-stream", strings.NewReader(strings.Repeat("image", 1000)), nil); err != nil {
 		t.Fatal(err)
 	}
 	// One device runs 2.0 and is fine, the other refused it.
@@ -552,11 +550,8 @@ func TestConsoleFirmware(t *testing.T) {
 	}, "the state reports")
 	ctx := browser(t, labelVideo(t, labels.Label{Serial: "TH1-NOTHING", URL: "none"}))
 	row := chromedp.CSS(`tr[data-rollout="TEST@hq"]`)
+	consoleSignIn(t, ctx, base, env.AdminToken())
 	if err := chromedp.Do(ctx,
-		chromedp.Navigate(base+"/console"),
-		chromedp.WaitVisible(chromedp.ID("signin")),
-		chromedp.SendKeys(chromedp.ID("token"), strings.TrimSpace(string(admin))),
-		chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`input[name=pick]`)),
 		chromedp.Navigate(base+"/console#/firmware"),
 		chromedp.WaitVisible(chromedp.ID("r-model")),

@@ -5,9 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
@@ -41,16 +38,8 @@ func benchDownload(b *testing.B, transport string, n, size int) {
 	}
 	img := make([]byte, size)
 	rand.Read(img)
-	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
-	c, err := httpapi.NewClient("https://"+env.Server.HTTPAddr().String(), strings.TrimSpace(string(admin)), env.Server.CA().RootPEM())
-	if err != nil {
-		b.Fatal(err)
-	}
-	var added httpapi.FirmwareAdded
-	if err := c.DoRaw(context.Background(), "POST", "/api/v1/firmware?model=TEST&version=1.0", "application/octet-stream", bytes.NewReader(img), &added); err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Do(context.Background(), "PUT", "/api/v1/firmware/rollouts", httpapi.RolloutRequest{Model: "TEST", Version: "1.0", Percent: 100}, nil); err != nil {
+	added := env.AddFirmware("TEST", "1.0", img)
+	if err := env.Client.Do(context.Background(), "PUT", "/api/v1/firmware/rollouts", httpapi.RolloutRequest{Model: "TEST", Version: "1.0", Percent: 100}, nil); err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(int64(n * size))

@@ -38,7 +38,6 @@ func TestFirmwareAPI(t *testing.T) {
 	if sum.Enrolled != 3 {
 		t.Fatal(sum)
 	}
-	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
 	base := "https://" + env.Server.HTTPAddr().String()
 	roots := x509.NewCertPool()
 	roots.AddCert(env.Server.CA().Root())
@@ -69,7 +68,7 @@ func TestFirmwareAPI(t *testing.T) {
 		raw, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, raw
 	}
-	op := map[string]string{"token": strings.TrimSpace(string(admin))}
+	op := map[string]string{"token": env.AdminToken()}
 	img := make([]byte, 200_000)
 	rand.Read(img)
 
@@ -221,20 +220,7 @@ func TestFirmwareRollout(t *testing.T) {
 	}
 	img := make([]byte, 300_000)
 	rand.Read(img)
-	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
-	upload := func(version string, body []byte) httpapi.FirmwareAdded {
-		t.Helper()
-		var added httpapi.FirmwareAdded
-		c, err := httpapi.NewClient("https://"+env.Server.HTTPAddr().String(), strings.TrimSpace(string(admin)), env.Server.CA().RootPEM())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.DoRaw(ctxT(t), "POST", "/api/v1/firmware?model=TEST&version="+version, "application/octet-stream", bytes.NewReader(body), &added); err != nil {
-			t.Fatal(err)
-		}
-		return added
-	}
-	upload("2.0.0", img)
+	env.AddFirmware("TEST", "2.0.0", img)
 	var ro firmware.Rollout
 	if err := env.Client.Do(ctxT(t), "PUT", "/api/v1/firmware/rollouts", httpapi.RolloutRequest{Model: "TEST", Site: "hq", Version: "2.0.0", Percent: 50}, &ro); err != nil {
 		t.Fatal(err)
@@ -282,7 +268,7 @@ func TestFirmwareRollout(t *testing.T) {
 	}, fmt.Sprintf("the rollout's progress to show %d of 12 on 2.0.0", want))
 
 	// A corrupted image on the server: the device refuses it and says so.
-	bad := upload("2.1.0", img[:100_000])
+	bad := env.AddFirmware("TEST", "2.1.0", img[:100_000])
 	victim := fleet[0]
 	if err := env.Client.Do(ctxT(t), "PUT", "/api/v1/devices/"+victim.o.Serial+"/firmware", httpapi.PinRequest{Version: "2.1.0"}, nil); err != nil {
 		t.Fatal(err)
@@ -331,11 +317,7 @@ func TestSoakFleetUpdatesFirmware(t *testing.T) {
 	defer fleet.Close()
 	img := make([]byte, 50_000)
 	rand.Read(img)
-	admin, _ := os.ReadFile(filepath.Join(env.DataDir, "admin.token"))
-	c, _ := httpapi.NewClient("https://"+env.Server.HTTPAddr().String(), strings.TrimSpace(string(admin)), env.Server.CA().RootPEM())
-	if err := c.DoRaw(ctxT(t), "POST", "/api/v1/firmware?model=TEST&version=3.0", "application/octet-stream", bytes.NewReader(img), nil); err != nil {
-		t.Fatal(err)
-	}
+	env.AddFirmware("TEST", "3.0", img)
 	if err := env.Client.Do(ctxT(t), "PUT", "/api/v1/firmware/rollouts", httpapi.RolloutRequest{Model: "TEST", Version: "3.0", Percent: 100}, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@
 package servertest
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -138,6 +139,28 @@ func (e *Env) Mint(n int, site string) []wire.Bundle {
 		e.T.Fatalf("mint: %v", err)
 	}
 	return m.Bundles
+}
+
+// AdminToken is the bootstrap admin token (what Client uses), for a
+// browser or another client.
+func (e *Env) AdminToken() string {
+	e.T.Helper()
+	raw, err := os.ReadFile(filepath.Join(e.DataDir, server.AdminTokenFile))
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	return strings.TrimSpace(string(raw))
+}
+
+// AddFirmware adds an image to the catalogue, as provctl firmware add does.
+func (e *Env) AddFirmware(model, version string, image []byte) httpapi.FirmwareAdded {
+	e.T.Helper()
+	var added httpapi.FirmwareAdded
+	if err := e.Client.DoRaw(context.Background(), "POST", "/api/v1/firmware?model="+model+"&version="+version,
+		"application/octet-stream", bytes.NewReader(image), &added); err != nil {
+		e.T.Fatalf("add firmware %s %s: %v", model, version, err)
+	}
+	return added
 }
 
 // MQTTS is the embedded broker's TLS endpoint as a URL.

@@ -319,6 +319,11 @@ async function tokens() {
     el("thead", {}, el("tr", {}, ["ID", "Name", "Role", "Sites", "Created", ""].map((h) => el("th", { scope: "col" }, h)))), el("tbody", {}, rows)));
 }
 
-signIn($("signin-form"), $("signin-status"), route);
+// After signing in, show what the address asks for, except the sign-out it
+// may still name (which would sign the new token out at once).
+signIn($("signin-form"), $("signin-status"), () => {
+  if (location.hash === "#/signout") location.hash = "#/devices"; // hashchange routes
+  else route();
+});
 window.addEventListener("hashchange", route);
 route();
