@@ -23,16 +23,7 @@ func TestRunStartsAndStopsCleanly(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-format", "json"}, &logs)
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "server.json")); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("server did not come up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUp(t, dir)
 	for _, f := range []string{"admin.token", "root.pem", "inventory.db", "ca/intermediate.key"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Errorf("%s: %v", f, err)
@@ -84,16 +75,7 @@ func TestDataDirModes(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, io.Discard)
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "server.json")); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("server did not come up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUp(t, dir)
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -132,5 +114,20 @@ func TestDataDirModes(t *testing.T) {
 	}
 	if secrets < 5 { // ca.passphrase, admin.token, inventory.db, two CA keys
 		t.Errorf("only %d private files checked", secrets)
+	}
+}
+
+// waitUp waits for the server started on dir to write its server.json.
+func waitUp(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "server.json")); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

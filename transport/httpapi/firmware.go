@@ -105,9 +105,18 @@ type PinRequest struct {
 
 var errNoFirmware = fmt.Errorf("%w: firmware is not enabled on this server", devices.ErrNotFound)
 
-func (a *API) listFirmware(w http.ResponseWriter, _ *http.Request, actor enroll.Actor) {
+// noFirmware answers 404 when the server has no firmware catalogue
+// (SetFirmware was not called).
+func (a *API) noFirmware(w http.ResponseWriter) bool {
 	if a.fw == nil {
 		a.fail(w, errNoFirmware)
+		return true
+	}
+	return false
+}
+
+func (a *API) listFirmware(w http.ResponseWriter, _ *http.Request, actor enroll.Actor) {
+	if a.noFirmware(w) {
 		return
 	}
 	imgs, err := a.fw.cat.List()
@@ -152,8 +161,7 @@ func (a *API) listFirmware(w http.ResponseWriter, _ *http.Request, actor enroll.
 }
 
 func (a *API) addFirmware(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
-	if a.fw == nil {
-		a.fail(w, errNoFirmware)
+	if a.noFirmware(w) {
 		return
 	}
 	q := r.URL.Query()
@@ -169,8 +177,7 @@ func (a *API) addFirmware(w http.ResponseWriter, r *http.Request, actor enroll.A
 
 func (a *API) setRollout(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	var req RolloutRequest
-	if a.fw == nil {
-		a.fail(w, errNoFirmware)
+	if a.noFirmware(w) {
 		return
 	}
 	if err := decode(r, &req); err != nil {
@@ -195,8 +202,7 @@ func (a *API) setRollout(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 
 func (a *API) setRolloutState(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	var req RolloutStateRequest
-	if a.fw == nil {
-		a.fail(w, errNoFirmware)
+	if a.noFirmware(w) {
 		return
 	}
 	if err := decode(r, &req); err != nil {
@@ -215,8 +221,7 @@ func (a *API) setRolloutState(w http.ResponseWriter, r *http.Request, actor enro
 
 func (a *API) pinFirmware(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	var req PinRequest
-	if a.fw == nil {
-		a.fail(w, errNoFirmware)
+	if a.noFirmware(w) {
 		return
 	}
 	d, err := a.resolve(r.PathValue("ref"))
@@ -251,8 +256,7 @@ func siteOrAll(s string) string {
 // device's certificate must be its current one, the device not revoked,
 // and the image one of its model's. Range requests resume a download.
 func (a *API) downloadFirmware(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
-	if a.fw == nil {
-		a.fail(w, errNoFirmware)
+	if a.noFirmware(w) {
 		return
 	}
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || len(r.TLS.VerifiedChains) == 0 {
