@@ -9,7 +9,7 @@ PKGS     := ./...
 # Chromium for the browser tests of the installer page and the console.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps vet lint vuln fmt-check build bench storm rates soak fuzz clean
+.PHONY: run test deps vet lint vuln fmt-check size-check build bench storm rates soak fuzz clean
 
 run:
 	$(GO) run ./cmd/provisiond
@@ -38,6 +38,11 @@ fmt-check:
 vet:
 	$(GO) vet $(PKGS)
 
+# No tracked file over 1 MB: binaries, build output and data dirs stay out of git.
+size-check:
+	@big=$$(git ls-files -z | xargs -0 -r stat -c '%s %n' 2>/dev/null | awk '$$1 > 1048576 {print $$2 " (" $$1 " bytes)"}'); \
+	if [ -n "$$big" ]; then echo "tracked files over 1 MB (binaries and build output do not belong in git):"; echo "$$big"; exit 1; fi
+
 # staticcheck, pinned, built into bin/ through the Go module proxy.
 STATICCHECK_VERSION := v0.8.2
 lint:
@@ -57,7 +62,7 @@ vuln:
 		echo "*** govulncheck NOT RUN: its vulnerability database (vuln.go.dev) is unreachable from this machine ***"; \
 	else exit $$rc; fi
 
-test: deps fmt-check vet lint vuln
+test: deps size-check fmt-check vet lint vuln
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 	$(MAKE) fuzz FUZZTIME=$(CI_FUZZTIME)
 
