@@ -5,8 +5,9 @@ GO       ?= go
 PKGS     := ./...
 # Debian packages the tests use: libcoap's client and Mosquitto's clients
 # (interop tests), the Mosquitto broker (external-broker test), openssl, and
-# zbarimg (zbar-tools) to scan the QR labels we render, and headless
-# Chromium for the browser tests of the installer page and the console.
+# zbarimg (zbar-tools) to scan the QR labels we render, headless
+# Chromium for the browser tests of the installer page and the console, and
+# zsh and fish, which check provctl's completion scripts.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps vet lint vuln fmt-check size-check build bench storm rates soak fuzz clean
@@ -25,6 +26,8 @@ deps:
 	command -v mosquitto_rr >/dev/null || missing="$$missing mosquitto-clients"; \
 	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v zsh >/dev/null || missing="$$missing zsh"; \
+	command -v fish >/dev/null || missing="$$missing fish"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -62,8 +65,9 @@ vuln:
 		echo "*** govulncheck NOT RUN: its vulnerability database (vuln.go.dev) is unreachable from this machine ***"; \
 	else exit $$rc; fi
 
+# PROVISIOND_REQUIRE_TOOLS: a test whose tool is missing fails, never skips.
 test: deps size-check fmt-check vet lint vuln
-	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	PROVISIOND_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 15m $(PKGS)
 	$(MAKE) fuzz FUZZTIME=$(CI_FUZZTIME)
 
 # Benchmarks behind docs/performance.md: the floors (ECDSA, issuance, bbolt
@@ -134,7 +138,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseCSR -fuzztime $(FUZZTIME) ./enroll/
 	$(GO) test -run XXX -fuzz FuzzParseManifest -fuzztime $(FUZZTIME) ./enroll/
 	$(GO) test -run XXX -fuzz FuzzParseClaimCode -fuzztime $(FUZZTIME) ./enroll/
-	$(GO) test -run XXX -fuzz FuzzParseTopic -fuzztime $(FUZZTIME) ./transport/mqtt/
+	$(GO) test -run XXX -fuzz FuzzParseTopic -fuzztime $(FUZZTIME) ./transport/mqtt/topics/
 	$(GO) test -run XXX -fuzz FuzzAPIRequestBodies -fuzztime $(FUZZTIME) ./internal/server/
 	$(GO) test -run XXX -fuzz FuzzVerify -fuzztime $(FUZZTIME) ./firmware/
 

@@ -1,6 +1,7 @@
 package devices_test
 
 import (
+	"context"
 	"fmt"
 
 	"sync/atomic"
@@ -18,7 +19,7 @@ import (
 func BenchmarkProvision(b *testing.B) {
 	s := open(b)
 	st := site("p", "10.0.0.0/8")
-	if _, err := s.CreateSite(st, devices.AuditEvent{}); err != nil {
+	if _, err := s.CreateSite(context.Background(), st, devices.AuditEvent{}); err != nil {
 		b.Fatal(err)
 	}
 	n := b.N
@@ -26,12 +27,12 @@ func BenchmarkProvision(b *testing.B) {
 	for i := range rows {
 		rows[i] = devices.ImportRow{Serial: fmt.Sprintf("S%08d", i), Model: "M", TokenHash: hash("x")}
 	}
-	if _, _, err := s.ImportBatch(devices.Batch{ID: uuid.NewString(), Site: "p"}, rows, devices.AuditEvent{}); err != nil {
+	if _, _, err := s.ImportBatch(context.Background(), devices.Batch{ID: uuid.NewString(), Site: "p"}, rows, devices.AuditEvent{}); err != nil {
 		b.Fatal(err)
 	}
 	ids := make([]devices.Device, n)
 	for i := range ids {
-		ids[i], _ = s.DeviceBySerial(rows[i].Serial)
+		ids[i], _ = s.DeviceBySerial(context.Background(), rows[i].Serial)
 	}
 	var next atomic.Int64
 	b.SetParallelism(32) // 64 committers on 2 cores, like 64 concurrent enrollments

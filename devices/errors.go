@@ -14,8 +14,6 @@ var (
 	// ErrConflict is returned when a device changed between the read that prepared a
 	// write and the write itself (optimistic concurrency); the caller re-reads and decides again.
 	ErrConflict = errors.New("device changed concurrently")
-	// ErrLocked is returned by Open when another process holds the store's file lock.
-	ErrLocked = errors.New("store is locked by another process")
 	// ErrNoLease is returned when a device has no lease to renew.
 	ErrNoLease = errors.New("device holds no lease")
 	// ErrInvalid is returned when a record fails validation; the message says which field.

@@ -7,3 +7,11 @@ func SetIndexChunk(n int) (restore func()) {
 	indexChunk = n
 	return func() { indexChunk = old }
 }
+
+// SetAuditMoveChunk makes the audit move use chunks of n events until the
+// returned function restores the default.
+func SetAuditMoveChunk(n int) (restore func()) {
+	old := auditMoveChunk
+	auditMoveChunk = n
+	return func() { auditMoveChunk = old }
+}

@@ -2,11 +2,14 @@ package devices
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/google/uuid"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/provisiond/provisiond/devices/kv"
 )
 
 // ImportRow is one device of a factory batch, already validated by the caller.
@@ -38,9 +41,10 @@ type RowResult struct {
 // as existing (so a re-import is idempotent), and rows that clash with an
 // existing registration are rejected with a reason. The batch record and its
 // audit event are written only when at least one device was created.
-func (s *Store) ImportBatch(batch Batch, rows []ImportRow, ev AuditEvent) (Batch, []RowResult, error) {
+func (s *Store) ImportBatch(ctx context.Context, batch Batch, rows []ImportRow, ev AuditEvent) (Batch, []RowResult, error) {
 	results := make([]RowResult, len(rows))
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		clear(results)
 		state := StateManufactured
 		if batch.Site != "" {
 			if _, err := getSite(tx, batch.Site); err != nil {
@@ -59,7 +63,11 @@ func (s *Store) ImportBatch(batch Batch, rows []ImportRow, ev AuditEvent) (Batch
 				continue
 			}
 			seen[r.Serial] = i
-			if raw := tx.Bucket(bucketSerials).Get([]byte(r.Serial)); raw != nil {
+			raw, err := tx.Get(bucketSerials, []byte(r.Serial))
+			if err != nil {
+				return err
+			}
+			if raw != nil {
 				d, err := getDevice(tx, uuid.UUID(raw))
 				if err != nil {
 					return err
@@ -85,14 +93,16 @@ func (s *Store) ImportBatch(batch Batch, rows []ImportRow, ev AuditEvent) (Batch
 			return nil
 		}
 		batch.CreatedAt = now
-		if err := putJSON(tx.Bucket(bucketBatches), []byte(batch.ID), batch); err != nil {
+		if err := putJSON(tx, bucketBatches, []byte(batch.ID), batch); err != nil {
 			return err
 		}
-		if ev.Detail == nil {
-			ev.Detail = map[string]string{}
+		e := ev
+		e.Detail = maps.Clone(ev.Detail)
+		if e.Detail == nil {
+			e.Detail = map[string]string{}
 		}
-		ev.Detail["created"] = fmt.Sprint(created)
-		return appendAudit(tx, ev)
+		e.Detail["created"] = fmt.Sprint(created)
+		return appendAudit(tx, e)
 	})
 	if err != nil {
 		return Batch{}, nil, err
@@ -106,15 +116,23 @@ func (s *Store) ImportBatch(batch Batch, rows []ImportRow, ev AuditEvent) (Batch
 // active gets a lease from its site's pool (d.Lease is replaced). It changes
 // nothing and fails when a device's ID or serial exists already, its site
 // does not exist, or a pool runs out. One audit event records the load.
-func (s *Store) Load(ds []Device, now time.Time, ev AuditEvent) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+func (s *Store) Load(ctx context.Context, ds []Device, now time.Time, ev AuditEvent) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error {
 		sites := map[string]*Site{}
 		for i := range ds {
 			d := ds[i]
 			if d.ID == uuid.Nil || d.Serial == "" {
 				return fmt.Errorf("%w: device %d: id and serial are required", ErrInvalid, i)
 			}
-			if tx.Bucket(bucketDevices).Get(d.ID[:]) != nil || tx.Bucket(bucketSerials).Get([]byte(d.Serial)) != nil {
+			byID, err := tx.Get(bucketDevices, d.ID[:])
+			if err != nil {
+				return err
+			}
+			bySerial, err := tx.Get(bucketSerials, []byte(d.Serial))
+			if err != nil {
+				return err
+			}
+			if byID != nil || bySerial != nil {
 				return fmt.Errorf("device %s (%s): %w", d.ID, d.Serial, ErrExists)
 			}
 			d.Lease = nil
@@ -143,11 +161,13 @@ func (s *Store) Load(ds []Device, now time.Time, ev AuditEvent) error {
 				return err
 			}
 		}
-		if ev.Detail == nil {
-			ev.Detail = map[string]string{}
+		e := ev
+		e.Detail = maps.Clone(ev.Detail)
+		if e.Detail == nil {
+			e.Detail = map[string]string{}
 		}
-		ev.Detail["devices"] = fmt.Sprint(len(ds))
-		ev.Time = now
-		return appendAudit(tx, ev)
+		e.Detail["devices"] = fmt.Sprint(len(ds))
+		e.Time = now
+		return appendAudit(tx, e)
 	})
 }

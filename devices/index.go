@@ -2,13 +2,15 @@ package devices
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
 
 	"github.com/google/uuid"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/provisiond/provisiond/devices/kv"
 )
 
 // Secondary indexes for listing a large inventory by attribute.
@@ -20,7 +22,7 @@ import (
 // The length prefix keeps one value's keys from running into another's. Keys
 // of one field and value sort by device UUID, the order Devices pages in, so
 // a filter on several fields is a merge of sorted key ranges (a leapfrog
-// join over bbolt cursors) and a page costs about as many seeks as it has
+// join of ordered scans) and a page costs about as many seeks as it has
 // devices, however large the inventory. The site is indexed by the older
 // bysite bucket (site\x00UUID), which joins the same way.
 const (
@@ -82,15 +84,14 @@ func indexed(d *Device) [][2]string {
 }
 
 // putIndexes moves d's index entries from what old had to what d has.
-func putIndexes(tx *bolt.Tx, old, d *Device) error {
-	b := tx.Bucket(bucketIndex)
+func putIndexes(tx kv.Tx, old, d *Device) error {
 	now := indexed(d)
 	if old != nil {
 		for _, fv := range indexed(old) {
 			if fv[1] == valueOf(now, fv[0]) && old.ID == d.ID {
 				continue
 			}
-			if err := b.Delete(indexKey(fv[0][0], fv[1], old.ID)); err != nil {
+			if err := tx.Delete(bucketIndex, indexKey(fv[0][0], fv[1], old.ID)); err != nil {
 				return err
 			}
 		}
@@ -99,7 +100,7 @@ func putIndexes(tx *bolt.Tx, old, d *Device) error {
 		if old != nil && old.ID == d.ID && valueOf(indexed(old), fv[0]) == fv[1] {
 			continue
 		}
-		if err := b.Put(indexKey(fv[0][0], fv[1], d.ID), nil); err != nil {
+		if err := tx.Put(bucketIndex, indexKey(fv[0][0], fv[1], d.ID), nil); err != nil {
 			return err
 		}
 	}
@@ -116,15 +117,14 @@ func valueOf(fvs [][2]string, field string) string {
 }
 
 // deleteIndexes removes every index entry of d (its record is going away).
-func deleteIndexes(tx *bolt.Tx, d *Device) error {
+func deleteIndexes(tx kv.Tx, d *Device) error {
 	if d.Site != "" {
-		if err := tx.Bucket(bucketBySite).Delete(siteDeviceKey(d.Site, d.ID)); err != nil {
+		if err := tx.Delete(bucketBySite, siteDeviceKey(d.Site, d.ID)); err != nil {
 			return err
 		}
 	}
-	b := tx.Bucket(bucketIndex)
 	for _, fv := range indexed(d) {
-		if err := b.Delete(indexKey(fv[0][0], fv[1], d.ID)); err != nil {
+		if err := tx.Delete(bucketIndex, indexKey(fv[0][0], fv[1], d.ID)); err != nil {
 			return err
 		}
 	}
@@ -132,67 +132,82 @@ func deleteIndexes(tx *bolt.Tx, d *Device) error {
 }
 
 // buildIndex indexes every device of a store written before the index (or
-// this version of it) existed. It runs once, when Open finds no current
+// this version of it) existed. It runs once, when New finds no current
 // index version, in transactions of indexChunk devices whose keys are
 // written in sorted order: one transaction over a million random keys took
-// 12 minutes, sorted chunks take seconds. A crash part-way leaves no version
-// mark, so the next Open starts again (writing an index key twice is
-// harmless).
-func buildIndex(db *bolt.DB) error {
+// 12 minutes on bbolt, sorted chunks take seconds. A crash part-way leaves no
+// version mark, so the next start begins again (writing an index key twice
+// is harmless).
+func buildIndex(ctx context.Context, db kv.DB) error {
 	var done bool
-	if err := db.View(func(tx *bolt.Tx) error {
-		done = string(tx.Bucket(bucketMeta).Get(keyIndexVersion)) == indexVersion
-		return nil
+	if err := db.View(ctx, func(tx kv.Tx) error {
+		v, err := tx.Get(bucketMeta, keyIndexVersion)
+		done = string(v) == indexVersion
+		return err
 	}); err != nil || done {
 		return err
 	}
 	var after []byte
 	for {
 		var keys [][]byte
+		var last []byte
 		n := 0
-		err := db.View(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucketDevices).Cursor()
-			k, v := c.First()
-			if after != nil {
-				k, v = c.Seek(after)
-				if bytes.Equal(k, after) {
-					k, v = c.Next()
+		err := db.View(ctx, func(tx kv.Tx) error {
+			keys, last, n = keys[:0], nil, 0
+			return tx.Ascend(bucketDevices, nil, after, func(k, v []byte) (bool, error) {
+				if after != nil && bytes.Equal(k, after) {
+					return true, nil
 				}
-			}
-			for ; k != nil && n < indexChunk; k, v = c.Next() {
+				if n == indexChunk {
+					return false, nil
+				}
 				var f indexedFields
 				if err := json.Unmarshal(v, &f); err != nil {
-					return fmt.Errorf("decode device %x: %w", k, err)
+					return false, fmt.Errorf("decode device %x: %w", k, err)
 				}
 				d := Device{ID: uuid.UUID(k), Site: f.Site, State: f.State, Model: f.Model, FirmwareVersion: f.FirmwareVersion,
 					BatchID: f.BatchID, ConfigVersion: f.ConfigVersion, AppliedConfigVersion: f.AppliedConfigVersion}
 				for _, fv := range indexed(&d) {
 					keys = append(keys, indexKey(fv[0][0], fv[1], d.ID))
 				}
-				after = append(after[:0], k...)
+				last = bytes.Clone(k)
 				n++
-			}
-			return nil
+				return true, nil
+			})
 		})
 		if err != nil {
 			return fmt.Errorf("build device index: %w", err)
 		}
 		slices.SortFunc(keys, bytes.Compare)
-		err = db.Update(func(tx *bolt.Tx) error {
-			idx := tx.Bucket(bucketIndex)
-			for _, k := range keys {
-				if err := idx.Put(k, nil); err != nil {
-					return err
-				}
-			}
-			if n < indexChunk {
-				return tx.Bucket(bucketMeta).Put(keyIndexVersion, []byte(indexVersion))
-			}
-			return nil
-		})
-		if err != nil || n < indexChunk {
-			return err
+		finished := n < indexChunk
+		// Sorted keys go in transactions as large as the engine takes (bbolt:
+		// the whole chunk).
+		per := len(keys) + 1
+		if n := kv.TxOps(db); n > 0 {
+			per = n - 1
 		}
+		for i := 0; i < len(keys) || i == 0; i += per {
+			part := keys[i:min(i+per, len(keys))]
+			final := finished && i+per >= len(keys)
+			err = db.Update(ctx, func(tx kv.Tx) error {
+				for _, k := range part {
+					if err := tx.Put(bucketIndex, k, nil); err != nil {
+						return err
+					}
+				}
+				if final {
+					return tx.Put(bucketMeta, keyIndexVersion, []byte(indexVersion))
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("build device index: %w", err)
+			}
+		}
+		if finished {
+			return nil
+		}
+		after = last
 	}
 }
 
@@ -213,49 +228,57 @@ type indexedFields struct {
 }
 
 // countIndex counts the devices with an index entry for field and value.
-func countIndex(tx *bolt.Tx, field byte, value string) int {
-	prefix := indexPrefix(field, value)
-	n := 0
-	c := tx.Bucket(bucketIndex).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		if len(k) == len(prefix)+16 {
-			n++
-		}
-	}
-	return n
+func countIndex(tx kv.Tx, field byte, value string) (int, error) {
+	return countKeys(tx, bucketIndex, indexPrefix(field, value), 16)
 }
 
-// keyRange is the sorted run of index keys sharing prefix, each ending in a
-// device UUID.
+// countKeys counts the keys with prefix that are exactly suffix bytes longer
+// (0: any length).
+func countKeys(tx kv.Tx, bucket, prefix []byte, suffix int) (int, error) {
+	n := 0
+	err := tx.Ascend(bucket, prefix, nil, func(k, _ []byte) (bool, error) {
+		if suffix == 0 || len(k) == len(prefix)+suffix {
+			n++
+		}
+		return true, nil
+	})
+	return n, err
+}
+
+// keyRange is the sorted run of keys sharing prefix in a bucket, each
+// ending in a device UUID.
 type keyRange struct {
-	c      *bolt.Cursor
+	bucket []byte
 	prefix []byte
 }
 
 // seek returns the first device ID >= from in the range, or false when the
 // range has none.
-func (r keyRange) seek(from uuid.UUID) (uuid.UUID, bool) {
-	k, _ := r.c.Seek(append(r.prefix[:len(r.prefix):len(r.prefix)], from[:]...))
-	if k == nil || !bytes.HasPrefix(k, r.prefix) || len(k) != len(r.prefix)+16 {
-		return uuid.Nil, false
-	}
-	return uuid.UUID(k[len(r.prefix):]), true
+func (r keyRange) seek(tx kv.Tx, from uuid.UUID) (id uuid.UUID, ok bool, err error) {
+	start := append(r.prefix[:len(r.prefix):len(r.prefix)], from[:]...)
+	err = tx.Ascend(r.bucket, r.prefix, start, func(k, _ []byte) (bool, error) {
+		if len(k) != len(r.prefix)+16 {
+			return true, nil // a longer value that starts with this one
+		}
+		id, ok = uuid.UUID(k[len(r.prefix):]), true
+		return false, nil
+	})
+	return id, ok, err
 }
 
 // filterRanges returns the index ranges that a filter's indexed fields
 // select, none when it has no indexed field.
-func filterRanges(tx *bolt.Tx, f Filter) []keyRange {
+func filterRanges(f Filter) []keyRange {
 	var rs []keyRange
 	if f.Site != "" {
-		rs = append(rs, keyRange{c: tx.Bucket(bucketBySite).Cursor(), prefix: append([]byte(f.Site), 0)})
+		rs = append(rs, keyRange{bucket: bucketBySite, prefix: append([]byte(f.Site), 0)})
 	}
-	idx := tx.Bucket(bucketIndex)
 	for _, fv := range [...]struct {
 		f byte
 		v string
 	}{{fieldState, string(f.State)}, {fieldModel, f.Model}, {fieldFirmware, f.Firmware}, {fieldBatch, f.Batch}} {
 		if fv.v != "" {
-			rs = append(rs, keyRange{c: idx.Cursor(), prefix: indexPrefix(fv.f, fv.v)})
+			rs = append(rs, keyRange{bucket: bucketIndex, prefix: indexPrefix(fv.f, fv.v)})
 		}
 	}
 	return rs
@@ -263,15 +286,27 @@ func filterRanges(tx *bolt.Tx, f Filter) []keyRange {
 
 // joinRanges calls fn, in UUID order from the first ID >= from, with every
 // device ID present in all ranges, until fn returns false or an error.
-func joinRanges(rs []keyRange, from uuid.UUID, fn func(uuid.UUID) (bool, error)) error {
+func joinRanges(tx kv.Tx, rs []keyRange, from uuid.UUID, fn func(uuid.UUID) (bool, error)) error {
+	switch len(rs) {
+	case 0:
+		return fmt.Errorf("%w: a join of no index ranges", ErrInvalid)
+	case 1: // one range: a plain scan
+		r := rs[0]
+		return tx.Ascend(r.bucket, r.prefix, append(r.prefix[:len(r.prefix):len(r.prefix)], from[:]...), func(k, _ []byte) (bool, error) {
+			if len(k) != len(r.prefix)+16 {
+				return true, nil
+			}
+			return fn(uuid.UUID(k[len(r.prefix):]))
+		})
+	}
 	cand := from
 	for {
 		agreed := 0
 		for agreed < len(rs) {
 			for _, r := range rs {
-				id, ok := r.seek(cand)
-				if !ok {
-					return nil
+				id, ok, err := r.seek(tx, cand)
+				if err != nil || !ok {
+					return err
 				}
 				if id != cand {
 					cand, agreed = id, 0
@@ -289,6 +324,18 @@ func joinRanges(rs []keyRange, from uuid.UUID, fn func(uuid.UUID) (bool, error))
 			return nil
 		}
 	}
+}
+
+// collect lists the IDs of the devices a filter's indexed fields select.
+// Writers collect before they write: a scan must not run over a bucket
+// that is written under it.
+func collect(tx kv.Tx, f Filter) ([]uuid.UUID, error) {
+	var ids []uuid.UUID
+	err := joinRanges(tx, filterRanges(f), uuid.Nil, func(id uuid.UUID) (bool, error) {
+		ids = append(ids, id)
+		return true, nil
+	})
+	return ids, err
 }
 
 // nextID is id + 1 as a 128-bit big-endian number; false past the last ID.

@@ -1,6 +1,7 @@
 package devices_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/devices/kv/boltkv"
 )
 
 // indexFleet loads n devices with attributes drawn from small sets, so that
@@ -19,7 +21,7 @@ import (
 func indexFleet(t *testing.T, s *devices.Store, n int, rng *rand.Rand) {
 	t.Helper()
 	for _, name := range []string{"north", "south", "east"} {
-		if _, err := s.CreateSite(site(name, "10.0.0.0/16"), devices.AuditEvent{Action: "site.create"}); err != nil {
+		if _, err := s.CreateSite(context.Background(), site(name, "10.0.0.0/16"), devices.AuditEvent{Action: "site.create"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -42,7 +44,7 @@ func indexFleet(t *testing.T, s *devices.Store, n int, rng *rand.Rand) {
 		}
 		ds[i] = d
 	}
-	if err := s.Load(ds, now, devices.AuditEvent{Action: "inventory.load"}); err != nil {
+	if err := s.Load(context.Background(), ds, now, devices.AuditEvent{Action: "inventory.load"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -53,7 +55,7 @@ func allDevices(t *testing.T, s *devices.Store) []devices.Device {
 	var all []devices.Device
 	var after uuid.UUID
 	for {
-		page, next, err := s.Devices(devices.Filter{After: after, Limit: 1000})
+		page, next, err := s.Devices(context.Background(), devices.Filter{After: after, Limit: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +105,7 @@ func checkListings(t *testing.T, s *devices.Store, rng *rand.Rand, rounds int) {
 			}
 		}
 		for page := 0; ; page++ {
-			list, next, err := s.Devices(f)
+			list, next, err := s.Devices(context.Background(), f)
 			if err != nil {
 				t.Fatalf("round %d filter %+v: %v", r, f, err)
 			}
@@ -124,7 +126,7 @@ func checkListings(t *testing.T, s *devices.Store, rng *rand.Rand, rounds int) {
 	}
 	// Convergence and leases per site, from the index and the lease
 	// records, against the device records themselves.
-	bySite, err := s.LeasesInUseBySite(now)
+	bySite, err := s.LeasesInUseBySite(context.Background(), now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,11 +143,11 @@ func checkListings(t *testing.T, s *devices.Store, rng *rand.Rand, rounds int) {
 				leased++
 			}
 		}
-		e, a, err := s.Convergence(name)
+		e, a, err := s.Convergence(context.Background(), name)
 		if err != nil || e != enrolled || a != applied {
 			t.Fatalf("convergence %s = %d/%d (%v), want %d/%d", name, e, a, err, enrolled, applied)
 		}
-		n, err := s.LeasesInUse(name, now)
+		n, err := s.LeasesInUse(context.Background(), name, now)
 		if err != nil || n != leased || bySite[name] != leased {
 			t.Fatalf("leases in use %s = %d, by site %d (%v), want %d", name, n, bySite[name], err, leased)
 		}
@@ -163,7 +165,7 @@ func TestIndexedListingEqualsFullScan(t *testing.T) {
 	all := allDevices(t, s)
 	for i := 0; i < len(all); i += 7 {
 		d := all[i]
-		_, err := s.UpdateDevice(d.ID, func(x *devices.Device) (*devices.AuditEvent, error) {
+		_, err := s.UpdateDevice(context.Background(), d.ID, func(x *devices.Device) (*devices.AuditEvent, error) {
 			x.FirmwareVersion = "3.0"
 			if x.State == devices.StateProvisioned {
 				x.State = devices.StateActive
@@ -181,16 +183,14 @@ func TestIndexedListingEqualsFullScan(t *testing.T) {
 			revoked = append(revoked, d.ID)
 		}
 	}
-	if _, err := s.Revoke(devices.Selector{IDs: revoked}, "test", time.Now(), devices.AuditEvent{Action: "device.revoke"}); err != nil {
-		t.Fatal(err)
-	}
+	runJob(t, s, devices.Job{Kind: devices.JobRevoke, Selector: devices.Selector{IDs: revoked}, Reason: "test"}, 7)
 	for _, id := range revoked[:len(revoked)/2] {
-		if _, err := s.Reopen(id, hash("new"), uuid.New(), time.Now(), devices.AuditEvent{}); err != nil {
+		if _, err := s.Reopen(context.Background(), id, hash("new"), uuid.New(), time.Now(), devices.AuditEvent{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	checkListings(t, s, rng, 300)
-	if problems, err := s.Verify(); err != nil || len(problems) > 0 {
+	if problems, err := s.Verify(context.Background()); err != nil || len(problems) > 0 {
 		t.Fatalf("verify: %v %v", err, problems)
 	}
 }
@@ -223,12 +223,12 @@ func TestVerifyFindsDamage(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "inv.db")
-			s, err := devices.Open(path, devices.Options{})
+			s, err := openPath(path, boltkv.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			indexFleet(t, s, 200, rand.New(rand.NewPCG(5, 6)))
-			if problems, err := s.Verify(); err != nil || len(problems) > 0 {
+			if problems, err := s.Verify(context.Background()); err != nil || len(problems) > 0 {
 				t.Fatalf("before: %v %v", err, problems)
 			}
 			s.Close()
@@ -241,12 +241,12 @@ func TestVerifyFindsDamage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err = devices.Open(path, devices.Options{})
+			s, err = openPath(path, boltkv.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			if problems, err := s.Verify(); err != nil || len(problems) == 0 {
+			if problems, err := s.Verify(context.Background()); err != nil || len(problems) == 0 {
 				t.Fatalf("after damage: %v, found nothing", err)
 			} else {
 				t.Log(problems)
@@ -258,7 +258,7 @@ func TestVerifyFindsDamage(t *testing.T) {
 // A store written before the index existed gets it built when opened.
 func TestIndexBuiltForOlderStore(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "inv.db")
-	s, err := devices.Open(path, devices.Options{})
+	s, err := openPath(path, boltkv.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,12 +282,12 @@ func TestIndexBuiltForOlderStore(t *testing.T) {
 	}
 
 	defer devices.SetIndexChunk(7)() // many chunks, the last one short
-	s, err = devices.Open(path, devices.Options{})
+	s, err = openPath(path, boltkv.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	list, _, err := s.Devices(devices.Filter{Model: "A", Limit: 1000})
+	list, _, err := s.Devices(context.Background(), devices.Filter{Model: "A", Limit: 1000})
 	if err != nil || len(list) == 0 {
 		t.Fatalf("model A after reopening: %d devices, %v", len(list), err)
 	}
@@ -296,27 +296,27 @@ func TestIndexBuiltForOlderStore(t *testing.T) {
 
 func TestLoadRefusesWithoutChange(t *testing.T) {
 	s := open(t)
-	if _, err := s.CreateSite(site("hq", "10.1.0.0/30"), devices.AuditEvent{}); err != nil {
+	if _, err := s.CreateSite(context.Background(), site("hq", "10.1.0.0/30"), devices.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
 	dev := func(serial string, st devices.State) devices.Device {
 		return devices.Device{ID: uuid.New(), Serial: serial, Site: "hq", State: st, Model: "M", TokenHash: hash(serial)}
 	}
-	if err := s.Load([]devices.Device{dev("L1", devices.StateActive)}, now, devices.AuditEvent{}); err != nil {
+	if err := s.Load(context.Background(), []devices.Device{dev("L1", devices.StateActive)}, now, devices.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := s.Digest()
+	before, _ := s.Digest(context.Background())
 	for name, ds := range map[string][]devices.Device{
 		"existing serial": {dev("L2", devices.StateClaimed), dev("L1", devices.StateClaimed)},
 		"unknown site":    {{ID: uuid.New(), Serial: "L3", Site: "nowhere", State: devices.StateClaimed}},
 		"pool exhausted":  {dev("L4", devices.StateActive), dev("L5", devices.StateActive)}, // a /30 has one free address left
 		"no id":           {{Serial: "L6"}},
 	} {
-		if err := s.Load(ds, now, devices.AuditEvent{}); err == nil {
+		if err := s.Load(context.Background(), ds, now, devices.AuditEvent{}); err == nil {
 			t.Errorf("%s: loaded", name)
 		}
-		if after, _ := s.Digest(); after != before {
+		if after, _ := s.Digest(context.Background()); after != before {
 			t.Errorf("%s: the store changed", name)
 		}
 	}

@@ -2,13 +2,16 @@ package devices
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/netip"
 	"time"
 
 	"github.com/google/uuid"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/provisiond/provisiond/devices/kv"
 )
 
 // Provisioning is one enrollment commit, prepared (and its certificate signed)
@@ -20,7 +23,7 @@ type Provisioning struct {
 	Rev uint64
 	Now time.Time
 	// Apply sets the new state, identity and config fields on the device. It may
-	// run more than once (bbolt batches retry), so it must only assign fields.
+	// run more than once (the transaction may), so it must only assign fields.
 	Apply func(d *Device)
 	Audit AuditEvent
 }
@@ -28,10 +31,10 @@ type Provisioning struct {
 // Provision commits an enrollment in one transaction: it re-checks the
 // device's revision, keeps its unexpired lease in the device's site or
 // allocates a new address from the site's pool, applies the caller's changes
-// and appends the audit event. Concurrent calls share fsyncs (bbolt Batch).
-func (s *Store) Provision(p Provisioning) (Device, error) {
+// and appends the audit event. Concurrent calls share commits.
+func (s *Store) Provision(ctx context.Context, p Provisioning) (Device, error) {
 	var out Device
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := kv.Batch(ctx, s.db, func(tx kv.Tx) error {
 		d, err := getDevice(tx, p.DeviceID)
 		if err != nil {
 			return err
@@ -39,20 +42,20 @@ func (s *Store) Provision(p Provisioning) (Device, error) {
 		if d.Rev != p.Rev {
 			return fmt.Errorf("provision %s: %w", d.Serial, ErrConflict)
 		}
-		old := d
 		site, err := getSite(tx, d.Site)
 		if err != nil {
 			return err
 		}
-		lease, err := acquireLease(tx, &site, &d, p.Now)
+		d, err = mutate(tx, d, p.Now, func(d *Device) error {
+			lease, err := acquireLease(tx, &site, d, p.Now)
+			if err != nil {
+				return fmt.Errorf("lease for %s in site %q: %w", d.Serial, site.Name, err)
+			}
+			p.Apply(d)
+			d.Lease = &lease
+			return nil
+		})
 		if err != nil {
-			return fmt.Errorf("lease for %s in site %q: %w", d.Serial, site.Name, err)
-		}
-		p.Apply(&d)
-		d.Lease = &lease
-		d.Rev++
-		d.UpdatedAt = p.Now
-		if err := putDevice(tx, &old, &d); err != nil {
 			return err
 		}
 		ev := p.Audit
@@ -68,9 +71,9 @@ func (s *Store) Provision(p Provisioning) (Device, error) {
 
 // RenewLease extends the device's lease by its site's lease time; when the
 // lease has lapsed and its address was reclaimed, a new address is allocated.
-func (s *Store) RenewLease(id uuid.UUID, now time.Time, ev AuditEvent) (Device, error) {
+func (s *Store) RenewLease(ctx context.Context, id uuid.UUID, now time.Time, ev AuditEvent) (Device, error) {
 	var out Device
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := kv.Batch(ctx, s.db, func(tx kv.Tx) error {
 		d, err := getDevice(tx, id)
 		if err != nil {
 			return err
@@ -78,28 +81,30 @@ func (s *Store) RenewLease(id uuid.UUID, now time.Time, ev AuditEvent) (Device, 
 		if d.Site == "" {
 			return fmt.Errorf("renew lease of %s: %w", d.Serial, ErrNoLease)
 		}
-		old := d
 		site, err := getSite(tx, d.Site)
 		if err != nil {
 			return err
 		}
-		lease, err := acquireLease(tx, &site, &d, now)
+		d, err = mutate(tx, d, now, func(d *Device) error {
+			lease, err := acquireLease(tx, &site, d, now)
+			if err != nil {
+				return fmt.Errorf("renew lease of %s: %w", d.Serial, err)
+			}
+			d.Lease = &lease
+			return nil
+		})
 		if err != nil {
-			return fmt.Errorf("renew lease of %s: %w", d.Serial, err)
-		}
-		d.Lease = &lease
-		d.Rev++
-		d.UpdatedAt = now
-		if err := putDevice(tx, &old, &d); err != nil {
 			return err
 		}
-		ev.Time = now
-		if ev.Detail == nil {
-			ev.Detail = map[string]string{}
+		e := ev
+		e.Time = now
+		e.Detail = maps.Clone(ev.Detail)
+		if e.Detail == nil {
+			e.Detail = map[string]string{}
 		}
-		ev.Detail["address"] = lease.Addr.String()
-		ev.Detail["expires"] = lease.Expires.Format(time.RFC3339)
-		if err := appendAudit(tx, ev); err != nil {
+		e.Detail["address"] = d.Lease.Addr.String()
+		e.Detail["expires"] = d.Lease.Expires.Format(time.RFC3339)
+		if err := appendAudit(tx, e); err != nil {
 			return err
 		}
 		out = d
@@ -109,46 +114,50 @@ func (s *Store) RenewLease(id uuid.UUID, now time.Time, ev AuditEvent) (Device, 
 }
 
 // LeasesInUse counts a site's leases that have not expired at now.
-func (s *Store) LeasesInUse(site string, now time.Time) (n int, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+func (s *Store) LeasesInUse(ctx context.Context, site string, now time.Time) (n int, err error) {
+	err = s.db.View(ctx, func(tx kv.Tx) error {
+		n = 0
 		prefix := append([]byte(site), 0)
-		c := tx.Bucket(bucketLeases).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+4; k, v = c.Next() {
+		return tx.Ascend(bucketLeases, prefix, nil, func(k, v []byte) (bool, error) {
+			if len(k) != len(prefix)+4 {
+				return true, nil
+			}
 			exp, err := leaseExpires(v)
 			if err != nil {
-				return err
+				return false, err
 			}
 			if exp.After(now) {
 				n++
 			}
-		}
-		return nil
+			return true, nil
+		})
 	})
 	return n, err
 }
 
 // LeasesInUseBySite counts every site's unexpired leases in one pass.
-func (s *Store) LeasesInUseBySite(now time.Time) (map[string]int, error) {
-	out := map[string]int{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketSites).ForEach(func(k, _ []byte) error {
+func (s *Store) LeasesInUseBySite(ctx context.Context, now time.Time) (map[string]int, error) {
+	var out map[string]int
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		out = map[string]int{}
+		if err := tx.Ascend(bucketSites, nil, nil, func(k, _ []byte) (bool, error) {
 			out[string(k)] = 0
-			return nil
+			return true, nil
 		}); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketLeases).ForEach(func(k, v []byte) error {
+		return tx.Ascend(bucketLeases, nil, nil, func(k, v []byte) (bool, error) {
 			if len(k) < 5 {
-				return nil
+				return true, nil
 			}
 			exp, err := leaseExpires(v)
 			if err != nil {
-				return err
+				return false, err
 			}
 			if exp.After(now) {
 				out[string(k[:len(k)-5])]++
 			}
-			return nil
+			return true, nil
 		})
 	})
 	return out, err
@@ -184,19 +193,25 @@ func leaseKey(site string, a netip.Addr) []byte {
 }
 
 // acquireLease extends d's current lease when it is still its own and in this
-// site's pool, and otherwise allocates the next free (or expired) address.
-func acquireLease(tx *bolt.Tx, site *Site, d *Device, now time.Time) (Lease, error) {
-	leases := tx.Bucket(bucketLeases)
+// site's pool, and otherwise allocates a free (or expired) address.
+//
+// The search for a free address starts at an offset derived from the
+// device's ID, not at a cursor shared by the site: a shared cursor is a key
+// that every enrollment into the site reads and writes, so concurrent
+// enrollments on an optimistic engine would all conflict on it and race for
+// the same first free address. From a per-device offset they spread over
+// the pool and probe disjoint runs until it is nearly full.
+func acquireLease(tx kv.Tx, site *Site, d *Device, now time.Time) (Lease, error) {
 	expires := now.Add(site.LeaseTTL).UTC().Truncate(time.Second)
 	if d.Lease != nil && d.Lease.Site == site.Name && site.CIDR.Contains(d.Lease.Addr) {
 		var held Lease
-		ok, err := getJSON(leases, leaseKey(site.Name, d.Lease.Addr), &held)
+		ok, err := getJSON(tx, bucketLeases, leaseKey(site.Name, d.Lease.Addr), &held)
 		if err != nil {
 			return Lease{}, err
 		}
 		if ok && held.DeviceID == d.ID {
 			held.Expires = expires
-			return held, putJSON(leases, leaseKey(site.Name, held.Addr), held)
+			return held, putJSON(tx, bucketLeases, leaseKey(site.Name, held.Addr), held)
 		}
 	}
 	if d.Lease != nil { // lease of another site or pool, or reclaimed: let it go
@@ -204,15 +219,11 @@ func acquireLease(tx *bolt.Tx, site *Site, d *Device, now time.Time) (Lease, err
 			return Lease{}, err
 		}
 	}
-	pools := tx.Bucket(bucketPools)
 	base := binary.BigEndian.Uint32(site.CIDR.Addr().AsSlice())
 	hosts := uint32(1)<<(32-site.CIDR.Bits()) - 2 // without network and broadcast
-	var cursor uint32
-	if raw := pools.Get([]byte(site.Name)); len(raw) == 4 {
-		cursor = binary.BigEndian.Uint32(raw) % hosts
-	}
+	start := binary.BigEndian.Uint32(d.ID[12:]) % hosts
 	for i := range hosts {
-		off := (cursor + i) % hosts
+		off := (start + i) % hosts
 		var a4 [4]byte
 		binary.BigEndian.PutUint32(a4[:], base+1+off)
 		addr := netip.AddrFrom4(a4)
@@ -221,7 +232,7 @@ func acquireLease(tx *bolt.Tx, site *Site, d *Device, now time.Time) (Lease, err
 		}
 		key := leaseKey(site.Name, addr)
 		var held Lease
-		ok, err := getJSON(leases, key, &held)
+		ok, err := getJSON(tx, bucketLeases, key, &held)
 		if err != nil {
 			return Lease{}, err
 		}
@@ -234,29 +245,24 @@ func acquireLease(tx *bolt.Tx, site *Site, d *Device, now time.Time) (Lease, err
 			}
 		}
 		l := Lease{Site: site.Name, Addr: addr, DeviceID: d.ID, Expires: expires}
-		if err := putJSON(leases, key, l); err != nil {
-			return Lease{}, err
-		}
-		var next [4]byte
-		binary.BigEndian.PutUint32(next[:], (off+1)%hosts)
-		return l, pools.Put([]byte(site.Name), next[:])
+		return l, putJSON(tx, bucketLeases, key, l)
 	}
 	return Lease{}, ErrPoolExhausted
 }
 
 // releaseLease frees the address d holds, if the lease record is still d's.
-func releaseLease(tx *bolt.Tx, d *Device) error {
+func releaseLease(tx kv.Tx, d *Device) error {
 	if d.Lease == nil {
 		return nil
 	}
 	key := leaseKey(d.Lease.Site, d.Lease.Addr)
 	var held Lease
-	ok, err := getJSON(tx.Bucket(bucketLeases), key, &held)
+	ok, err := getJSON(tx, bucketLeases, key, &held)
 	if err != nil {
 		return err
 	}
 	if ok && held.DeviceID == d.ID {
-		if err := tx.Bucket(bucketLeases).Delete(key); err != nil {
+		if err := tx.Delete(bucketLeases, key); err != nil {
 			return err
 		}
 	}
@@ -265,7 +271,7 @@ func releaseLease(tx *bolt.Tx, d *Device) error {
 }
 
 // reclaim takes an expired lease away from the device that held it.
-func reclaim(tx *bolt.Tx, held Lease, now time.Time) error {
+func reclaim(tx kv.Tx, held Lease, now time.Time) error {
 	prev, err := getDevice(tx, held.DeviceID)
 	if err != nil {
 		return err
@@ -273,11 +279,7 @@ func reclaim(tx *bolt.Tx, held Lease, now time.Time) error {
 	if prev.Lease == nil || prev.Lease.Addr != held.Addr || prev.Lease.Site != held.Site {
 		return nil
 	}
-	old := prev
-	prev.Lease = nil
-	prev.Rev++
-	prev.UpdatedAt = now
-	if err := putDevice(tx, &old, &prev); err != nil {
+	if prev, err = mutate(tx, prev, now, func(d *Device) error { d.Lease = nil; return nil }); err != nil {
 		return err
 	}
 	return appendAudit(tx, AuditEvent{Time: now, Actor: "system", Action: "lease.expire",

@@ -1,27 +1,32 @@
 package devices
 
 import (
-	"bytes"
+	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/google/uuid"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/provisiond/provisiond/devices/kv"
 )
 
 // CreateSite validates and stores a new site.
-func (s *Store) CreateSite(site Site, ev AuditEvent) (Site, error) {
+func (s *Store) CreateSite(ctx context.Context, site Site, ev AuditEvent) (Site, error) {
 	if err := site.Validate(); err != nil {
 		return Site{}, err
 	}
 	now := time.Now().UTC()
 	site.Version, site.CreatedAt, site.UpdatedAt = 1, now, now
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSites)
-		if b.Get([]byte(site.Name)) != nil {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		raw, err := tx.Get(bucketSites, []byte(site.Name))
+		if err != nil {
+			return err
+		}
+		if raw != nil {
 			return fmt.Errorf("site %q: %w", site.Name, ErrExists)
 		}
-		if err := putJSON(b, []byte(site.Name), site); err != nil {
+		if err := putJSON(tx, bucketSites, []byte(site.Name), site); err != nil {
 			return err
 		}
 		return appendAudit(tx, ev)
@@ -29,9 +34,9 @@ func (s *Store) CreateSite(site Site, ev AuditEvent) (Site, error) {
 	return site, err
 }
 
-func getSite(tx *bolt.Tx, name string) (Site, error) {
+func getSite(tx kv.Tx, name string) (Site, error) {
 	var site Site
-	ok, err := getJSON(tx.Bucket(bucketSites), []byte(name), &site)
+	ok, err := getJSON(tx, bucketSites, []byte(name), &site)
 	if err == nil && !ok {
 		err = fmt.Errorf("site %q: %w", name, ErrNotFound)
 	}
@@ -39,9 +44,9 @@ func getSite(tx *bolt.Tx, name string) (Site, error) {
 }
 
 // Site returns the named site.
-func (s *Store) Site(name string) (Site, error) {
+func (s *Store) Site(ctx context.Context, name string) (Site, error) {
 	var site Site
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.db.View(ctx, func(tx kv.Tx) (err error) {
 		site, err = getSite(tx, name)
 		return err
 	})
@@ -49,24 +54,17 @@ func (s *Store) Site(name string) (Site, error) {
 }
 
 // Sites lists all sites by name.
-func (s *Store) Sites() ([]Site, error) { return listJSON[Site](s, bucketSites) }
-
-// SiteDeviceCount counts the devices bound to a site.
-func (s *Store) SiteDeviceCount(name string) (n int, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		n = countPrefix(tx.Bucket(bucketBySite), append([]byte(name), 0))
-		return nil
-	})
-	return n, err
+func (s *Store) Sites(ctx context.Context) ([]Site, error) {
+	return listJSON[Site](ctx, s, bucketSites)
 }
 
-func countPrefix(b *bolt.Bucket, prefix []byte) int {
-	n := 0
-	c := b.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		n++
-	}
-	return n
+// SiteDeviceCount counts the devices bound to a site.
+func (s *Store) SiteDeviceCount(ctx context.Context, name string) (n int, err error) {
+	err = s.db.View(ctx, func(tx kv.Tx) (err error) {
+		n, err = countKeys(tx, bucketBySite, append([]byte(name), 0), 16)
+		return err
+	})
+	return n, err
 }
 
 // UpdateSite applies fn to the stored site, re-validates it and bumps its
@@ -74,10 +72,10 @@ func countPrefix(b *bolt.Bucket, prefix []byte) int {
 // any address of it is leased. Every enrolled (provisioned or active) device
 // of the site gets a new config version in the same transaction; their IDs
 // are returned so that the new config can be pushed to them.
-func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Site, []uuid.UUID, error) {
+func (s *Store) UpdateSite(ctx context.Context, name string, fn func(*Site) error, ev AuditEvent) (Site, []uuid.UUID, error) {
 	var site Site
 	var affected []uuid.UUID
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		affected = affected[:0]
 		old, err := getSite(tx, name)
 		if err != nil {
@@ -92,38 +90,44 @@ func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Si
 			return err
 		}
 		if site.CIDR != old.CIDR || site.Gateway != old.Gateway {
-			if n := countPrefix(tx.Bucket(bucketLeases), append([]byte(name), 0)); n > 0 {
+			n, err := countKeys(tx, bucketLeases, append([]byte(name), 0), 4)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
 				return fmt.Errorf("change pool of site %q with %d addresses leased: %w", name, n, ErrSiteInUse)
 			}
 		}
 		site.Version = old.Version + 1
 		site.UpdatedAt = time.Now().UTC()
-		if err := putJSON(tx.Bucket(bucketSites), []byte(name), site); err != nil {
+		if err := putJSON(tx, bucketSites, []byte(name), site); err != nil {
 			return err
 		}
-		err = forEachSiteDevice(tx, name, func(d Device) error {
-			if d.State != StateProvisioned && d.State != StateActive {
-				return nil
-			}
-			old := d
-			d.ConfigVersion++
-			d.Rev++
-			d.UpdatedAt = site.UpdatedAt
-			if err := putDevice(tx, &old, &d); err != nil {
-				return err
-			}
-			affected = append(affected, d.ID)
-			return nil
-		})
+		ids, err := collect(tx, Filter{Site: name})
 		if err != nil {
 			return err
 		}
-		if ev.Detail == nil {
-			ev.Detail = map[string]string{}
+		for _, id := range ids {
+			d, err := getDevice(tx, id)
+			if err != nil {
+				return err
+			}
+			if d.State != StateProvisioned && d.State != StateActive {
+				continue
+			}
+			if _, err := mutate(tx, d, site.UpdatedAt, func(d *Device) error { d.ConfigVersion++; return nil }); err != nil {
+				return err
+			}
+			affected = append(affected, d.ID)
 		}
-		ev.Detail["version"] = fmt.Sprint(site.Version)
-		ev.Detail["devices_reconfigured"] = fmt.Sprint(len(affected))
-		return appendAudit(tx, ev)
+		e := ev
+		e.Detail = maps.Clone(ev.Detail)
+		if e.Detail == nil {
+			e.Detail = map[string]string{}
+		}
+		e.Detail["version"] = fmt.Sprint(site.Version)
+		e.Detail["devices_reconfigured"] = fmt.Sprint(len(affected))
+		return appendAudit(tx, e)
 	})
 	return site, affected, err
 }
@@ -131,47 +135,39 @@ func (s *Store) UpdateSite(name string, fn func(*Site) error, ev AuditEvent) (Si
 // Convergence counts a site's enrolled devices and how many of them reported
 // that they applied their current config version (from the index: no
 // device record is read).
-func (s *Store) Convergence(site string) (enrolled, applied int, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		applied = countIndex(tx, fieldConvergence, convergenceValue(site, convApplied))
-		enrolled = applied + countIndex(tx, fieldConvergence, convergenceValue(site, convPending))
-		return nil
+func (s *Store) Convergence(ctx context.Context, site string) (enrolled, applied int, err error) {
+	err = s.db.View(ctx, func(tx kv.Tx) error {
+		if applied, err = countIndex(tx, fieldConvergence, convergenceValue(site, convApplied)); err != nil {
+			return err
+		}
+		pending, err := countIndex(tx, fieldConvergence, convergenceValue(site, convPending))
+		enrolled = applied + pending
+		return err
 	})
 	return enrolled, applied, err
 }
 
 // DeleteSite removes a site no device is bound to.
-func (s *Store) DeleteSite(name string, ev AuditEvent) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+func (s *Store) DeleteSite(ctx context.Context, name string, ev AuditEvent) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error {
 		if _, err := getSite(tx, name); err != nil {
 			return err
 		}
-		if n := countPrefix(tx.Bucket(bucketBySite), append([]byte(name), 0)); n > 0 {
-			return fmt.Errorf("delete site %q bound to %d devices: %w", name, n, ErrSiteInUse)
-		}
-		if err := tx.Bucket(bucketSites).Delete([]byte(name)); err != nil {
+		n, err := countKeys(tx, bucketBySite, append([]byte(name), 0), 16)
+		if err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketPools).Delete([]byte(name)); err != nil {
+		if n > 0 {
+			return fmt.Errorf("delete site %q bound to %d devices: %w", name, n, ErrSiteInUse)
+		}
+		if err := tx.Delete(bucketSites, []byte(name)); err != nil {
+			return err
+		}
+		// Stores written before allocation started at per-device offsets
+		// kept a cursor per site.
+		if err := tx.Delete(bucketPools, []byte(name)); err != nil {
 			return err
 		}
 		return appendAudit(tx, ev)
 	})
-}
-
-// forEachSiteDevice calls fn with every device bound to a site (through the
-// bysite index).
-func forEachSiteDevice(tx *bolt.Tx, site string, fn func(Device) error) error {
-	prefix := append([]byte(site), 0)
-	c := tx.Bucket(bucketBySite).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		d, err := getDevice(tx, uuid.UUID(k[len(prefix):]))
-		if err != nil {
-			return err
-		}
-		if err := fn(d); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/provisiond/provisiond/pki"
+	"github.com/provisiond/provisiond/pki/seal"
 )
 
 // State is a device's lifecycle state.
@@ -184,6 +184,11 @@ func ValidRole(r Role) bool {
 
 // AuditEvent records one change: who did what to which target, when and from where.
 type AuditEvent struct {
+	// ID is the event's place in the log (a cursor for paging), set when
+	// the event is read; it is not part of the record or of its hash.
+	ID string `json:"id,omitempty"`
+	// Chain and Seq place the event in its hash chain (see AuditChains).
+	Chain  uint16            `json:"chain,omitempty"`
 	Seq    uint64            `json:"seq"`
 	Time   time.Time         `json:"time"`
 	Actor  string            `json:"actor"`  // "device:<serial>", "token:<id>", "system"
@@ -219,7 +224,7 @@ func (s *Site) Validate() error {
 		return fmt.Errorf("%w: ssid: must be 1-32 bytes", ErrInvalid)
 	case s.Security != SecurityWPA2PSK && s.Security != SecurityWPA3SAE:
 		return fmt.Errorf("%w: security: must be %q or %q", ErrInvalid, SecurityWPA2PSK, SecurityWPA3SAE)
-	case !strings.HasPrefix(s.Passphrase, pki.SealedPrefix) && (len(s.Passphrase) < 8 || len(s.Passphrase) > 63):
+	case !strings.HasPrefix(s.Passphrase, seal.Prefix) && (len(s.Passphrase) < 8 || len(s.Passphrase) > 63):
 		// A sealed passphrase was checked in clear before it was sealed.
 		return fmt.Errorf("%w: passphrase: must be 8-63 characters", ErrInvalid)
 	case !s.CIDR.IsValid() || !s.CIDR.Addr().Is4():

@@ -2,15 +2,17 @@ package devices
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 
 	"github.com/google/uuid"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/provisiond/provisiond/devices/kv"
 )
 
-// Verify checks the inventory's own invariants on top of bbolt's page
-// check, and returns what it found wrong (at most 100 findings; none means
+// Verify checks the inventory's own invariants on top of the engine's own
+// check (bbolt's page check), and returns what it found wrong (at most 100 findings; none means
 // consistent):
 //
 //   - every device is reachable by its serial, its site and index entries,
@@ -21,62 +23,66 @@ import (
 //     that does not exist or no longer holds it.
 //
 // The audit chain is checked by VerifyAudit.
-func (s *Store) Verify() ([]string, error) {
+func (s *Store) Verify(ctx context.Context) ([]string, error) {
 	var out []string
 	add := func(format string, args ...any) {
 		if len(out) < 100 {
 			out = append(out, fmt.Sprintf(format, args...))
 		}
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		for err := range tx.Check() {
-			add("bbolt: %v", err)
+	if c, ok := s.db.(kv.Checker); ok {
+		for _, err := range c.Check(ctx) {
+			add("engine: %v", err)
+		}
+	}
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		has := func(bucket, key []byte, want []byte) bool {
+			v, err := tx.Get(bucket, key)
+			return err == nil && v != nil && (want == nil || bytes.Equal(v, want))
 		}
 		devs := map[uuid.UUID]*Device{}
-		err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+		err := tx.Ascend(bucketDevices, nil, nil, func(k, v []byte) (bool, error) {
 			var d Device
 			if err := json.Unmarshal(v, &d); err != nil {
 				add("device %x: undecodable: %v", k, err)
-				return nil
+				return true, nil
 			}
 			if !bytes.Equal(d.ID[:], k) {
 				add("device %x: record says ID %s", k, d.ID)
 			}
 			devs[d.ID] = &d
-			return nil
+			return true, nil
 		})
 		if err != nil {
 			return err
 		}
-		serials, certs, leases := tx.Bucket(bucketSerials), tx.Bucket(bucketCerts), tx.Bucket(bucketLeases)
-		idx, bySite := tx.Bucket(bucketIndex), tx.Bucket(bucketBySite)
 		for id, d := range devs {
-			if got := serials.Get([]byte(d.Serial)); !bytes.Equal(got, id[:]) {
+			if !has(bucketSerials, []byte(d.Serial), id[:]) {
 				add("device %s: serial %s does not lead to it", id, d.Serial)
 			}
-			if d.Site != "" && bySite.Get(siteDeviceKey(d.Site, id)) == nil {
+			if d.Site != "" && !has(bucketBySite, siteDeviceKey(d.Site, id), nil) {
 				add("device %s: missing from site %s's index", id, d.Site)
 			}
 			for _, fv := range indexed(d) {
-				if idx.Get(indexKey(fv[0][0], fv[1], id)) == nil {
+				if !has(bucketIndex, indexKey(fv[0][0], fv[1], id), nil) {
 					add("device %s: missing index entry %s=%q", id, fv[0], fv[1])
 				}
 			}
-			if d.CertSerial != "" && !bytes.Equal(certs.Get([]byte(d.CertSerial)), id[:]) {
+			if d.CertSerial != "" && !has(bucketCerts, []byte(d.CertSerial), id[:]) {
 				add("device %s: certificate %s does not lead to it", id, d.CertSerial)
 			}
 			if d.Lease != nil {
 				var l Lease
-				if ok, err := getJSON(leases, leaseKey(d.Lease.Site, d.Lease.Addr), &l); err != nil || !ok || l.DeviceID != id {
+				if ok, err := getJSON(tx, bucketLeases, leaseKey(d.Lease.Site, d.Lease.Addr), &l); err != nil || !ok || l.DeviceID != id {
 					add("device %s: its lease %s in %s is not its own (record %v, held by %s)", id, d.Lease.Addr, d.Lease.Site, ok, l.DeviceID)
 				}
 			}
 		}
-		err = leases.ForEach(func(k, v []byte) error {
+		err = tx.Ascend(bucketLeases, nil, nil, func(k, v []byte) (bool, error) {
 			var l Lease
 			if err := json.Unmarshal(v, &l); err != nil {
 				add("lease %x: undecodable: %v", k, err)
-				return nil
+				return true, nil
 			}
 			d, ok := devs[l.DeviceID]
 			switch {
@@ -87,54 +93,53 @@ func (s *Store) Verify() ([]string, error) {
 			case !bytes.Equal(k, leaseKey(l.Site, l.Addr)):
 				add("lease %s in %s: stored under another key", l.Addr, l.Site)
 			}
-			return nil
+			return true, nil
 		})
 		if err != nil {
 			return err
 		}
-		check := func(b *bolt.Bucket, what string, fn func(k []byte, d *Device) bool) error {
-			return b.ForEach(func(k, v []byte) error {
+		check := func(bucket []byte, what string, fn func(k []byte, d *Device) bool) error {
+			return tx.Ascend(bucket, nil, nil, func(k, v []byte) (bool, error) {
 				id, err := uuid.FromBytes(v)
 				if len(v) == 0 { // index keys end in the device ID
 					if len(k) < 16 {
 						add("%s %x: malformed", what, k)
-						return nil
+						return true, nil
 					}
 					id, err = uuid.FromBytes(k[len(k)-16:])
 				}
 				if err != nil {
 					add("%s %x: malformed", what, k)
-					return nil
+					return true, nil
 				}
 				if d, ok := devs[id]; !ok || !fn(k, d) {
 					add("%s %q: names device %s, which does not exist or does not match", what, k, id)
 				}
-				return nil
+				return true, nil
 			})
 		}
-		if err := check(serials, "serial", func(k []byte, d *Device) bool { return d.Serial == string(k) }); err != nil {
+		if err := check(bucketSerials, "serial", func(k []byte, d *Device) bool { return d.Serial == string(k) }); err != nil {
 			return err
 		}
 		// Every certificate ever issued stays listed (revocation checks need
 		// it); its device must exist, unless the certificate is revoked and
 		// its device was re-opened under a new ID.
-		revoked := tx.Bucket(bucketRevoked)
-		err = certs.ForEach(func(k, v []byte) error {
+		err = tx.Ascend(bucketCerts, nil, nil, func(k, v []byte) (bool, error) {
 			id, err := uuid.FromBytes(v)
 			if err != nil {
 				add("certificate %s: malformed device ID", k)
-			} else if _, ok := devs[id]; !ok && revoked.Get(k) == nil {
+			} else if _, ok := devs[id]; !ok && !has(bucketRevoked, k, nil) {
 				add("certificate %s: issued to device %s, which does not exist", k, id)
 			}
-			return nil
+			return true, nil
 		})
 		if err != nil {
 			return err
 		}
-		if err := check(bySite, "site index", func(k []byte, d *Device) bool { return bytes.Equal(k, siteDeviceKey(d.Site, d.ID)) }); err != nil {
+		if err := check(bucketBySite, "site index", func(k []byte, d *Device) bool { return bytes.Equal(k, siteDeviceKey(d.Site, d.ID)) }); err != nil {
 			return err
 		}
-		return check(idx, "index", func(k []byte, d *Device) bool {
+		return check(bucketIndex, "index", func(k []byte, d *Device) bool {
 			for _, fv := range indexed(d) {
 				if bytes.Equal(k, indexKey(fv[0][0], fv[1], d.ID)) {
 					return true

@@ -1,6 +1,7 @@
 package enroll_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,7 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/pki/profile"
+	"github.com/provisiond/provisiond/pki/seal"
+
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/devices/kv/boltkv"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/pki"
 )
@@ -43,7 +48,7 @@ type countingSigner struct {
 	signed atomic.Int64
 }
 
-func (s *countingSigner) IssueDevice(csr *x509.CertificateRequest, id pki.DeviceIdentity) (*x509.Certificate, error) {
+func (s *countingSigner) IssueDevice(csr *x509.CertificateRequest, id profile.Device) (*x509.Certificate, error) {
 	s.signed.Add(1)
 	return s.CA.IssueDevice(csr, id)
 }
@@ -51,7 +56,11 @@ func (s *countingSigner) IssueDevice(csr *x509.CertificateRequest, id pki.Device
 func newFixture(t testing.TB, cfg enroll.Config) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := devices.Open(filepath.Join(dir, "inv.db"), devices.Options{})
+	db, err := boltkv.Open(filepath.Join(dir, "inv.db"), boltkv.Options{Buckets: devices.Buckets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := devices.New(context.Background(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,19 +71,19 @@ func newFixture(t testing.TB, cfg enroll.Config) *fixture {
 	}
 	f := &fixture{store: store, ca: ca, signer: &countingSigner{CA: ca}, clock: &fakeClock{}}
 	f.clock.now.Store(time.Now().UnixNano())
-	sealer, err := pki.NewSealer([]byte("fixture-master-secret-0123"))
+	sealer, err := seal.New([]byte("fixture-master-secret-0123"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Secrets = sealer
 	f.svc = enroll.New(cfg, store, f.signer, f.clock, quiet)
-	f.fleet = enroll.NewFleet(store, sealer, quiet)
+	f.fleet = enroll.NewFleet(enroll.FleetConfig{}, store, sealer, quiet)
 	return f
 }
 
 func (f *fixture) site(t testing.TB, name, cidr string) {
 	t.Helper()
-	_, err := f.fleet.CreateSite(enroll.Actor{Name: "test"}, devices.Site{Name: name, SSID: "s", Security: devices.SecurityWPA2PSK,
+	_, err := f.fleet.CreateSite(context.Background(), enroll.Actor{Name: "test"}, devices.Site{Name: name, SSID: "s", Security: devices.SecurityWPA2PSK,
 		Passphrase: "12345678", CIDR: netip.MustParsePrefix(cidr)})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +94,7 @@ func (f *fixture) site(t testing.TB, name, cidr string) {
 func (f *fixture) device(t testing.TB, site string) (string, string) {
 	t.Helper()
 	serial, tok := enroll.NewSerial("M"), enroll.NewClaimToken()
-	_, res, err := f.fleet.ImportBatch(enroll.Actor{Name: "test"}, enroll.BatchSpec{Model: "M", Site: site},
+	_, res, err := f.fleet.ImportBatch(context.Background(), enroll.Actor{Name: "test"}, enroll.BatchSpec{Model: "M", Site: site},
 		[]enroll.ManifestRow{{Serial: serial, ClaimToken: tok}})
 	if err != nil || res[0].Status != devices.RowCreated {
 		t.Fatalf("import: %v %+v", err, res)
@@ -111,12 +120,12 @@ func TestFailureAfterSigningLeavesNothing(t *testing.T) {
 	f.site(t, "tiny", "10.0.0.0/30") // one leasable address
 	s1, t1 := f.device(t, "tiny")
 	s2, t2 := f.device(t, "tiny")
-	if _, err := f.svc.Enroll(enroll.Request{Serial: s1, ClaimToken: t1, CSR: csr(t), Source: src}); err != nil {
+	if _, err := f.svc.Enroll(context.Background(), enroll.Request{Serial: s1, ClaimToken: t1, CSR: csr(t), Source: src}); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := f.store.Digest()
+	before, _ := f.store.Digest(context.Background())
 	signed := f.signer.signed.Load()
-	_, err := f.svc.Enroll(enroll.Request{Serial: s2, ClaimToken: t2, CSR: csr(t), Source: src})
+	_, err := f.svc.Enroll(context.Background(), enroll.Request{Serial: s2, ClaimToken: t2, CSR: csr(t), Source: src})
 	if !errors.Is(err, enroll.ErrPoolExhausted) {
 		t.Fatalf("enroll into a full pool: %v, want ErrPoolExhausted", err)
 	}
@@ -126,10 +135,10 @@ func TestFailureAfterSigningLeavesNothing(t *testing.T) {
 	if f.signer.signed.Load() != signed+1 {
 		t.Fatalf("the certificate was not signed before the commit failed (test does not test what it says)")
 	}
-	if after, _ := f.store.Digest(); after != before {
+	if after, _ := f.store.Digest(context.Background()); after != before {
 		t.Error("the failed enrollment left something in the store")
 	}
-	d, _ := f.store.DeviceBySerial(s2)
+	d, _ := f.store.DeviceBySerial(context.Background(), s2)
 	if d.State != devices.StateClaimed || d.Lease != nil || d.CertSerial != "" {
 		t.Errorf("device after failed enrollment: %+v", d)
 	}
@@ -140,17 +149,17 @@ func TestRetryWindow(t *testing.T) {
 	f.site(t, "hq", "10.0.0.0/24")
 	serial, tok := f.device(t, "hq")
 	req := enroll.Request{Serial: serial, ClaimToken: tok, CSR: csr(t), Source: src}
-	first, err := f.svc.Enroll(req)
+	first, err := f.svc.Enroll(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(30 * time.Second)
-	again, err := f.svc.Enroll(req)
+	again, err := f.svc.Enroll(context.Background(), req)
 	if err != nil || again.Chain[0].SerialNumber.Cmp(first.Chain[0].SerialNumber) != 0 {
 		t.Fatalf("retry inside the window: %v (cert %v vs %v)", err, again.Chain, first.Chain)
 	}
 	f.clock.Advance(time.Minute)
-	if _, err := f.svc.Enroll(req); !errors.Is(err, enroll.ErrAlreadyProvisioned) {
+	if _, err := f.svc.Enroll(context.Background(), req); !errors.Is(err, enroll.ErrAlreadyProvisioned) {
 		t.Errorf("retry after the window: %v, want ErrAlreadyProvisioned", err)
 	}
 	if f.signer.signed.Load() != 1 {
@@ -164,18 +173,18 @@ func TestThrottleBlocksAndExpires(t *testing.T) {
 	serial, tok := f.device(t, "hq")
 	bad := enroll.Request{Serial: serial, ClaimToken: strings.Repeat("X", 32), CSR: csr(t), Source: src}
 	for range 3 {
-		if _, err := f.svc.Enroll(bad); !errors.Is(err, enroll.ErrUnauthorized) {
+		if _, err := f.svc.Enroll(context.Background(), bad); !errors.Is(err, enroll.ErrUnauthorized) {
 			t.Fatalf("wrong token: %v", err)
 		}
 	}
 	good := enroll.Request{Serial: serial, ClaimToken: tok, CSR: csr(t), Source: src}
-	_, err := f.svc.Enroll(good)
+	_, err := f.svc.Enroll(context.Background(), good)
 	wait, _ := enroll.RetryAfter(err)
 	if !errors.Is(err, enroll.ErrThrottled) || wait <= 0 || wait > 10*time.Second {
 		t.Fatalf("after 3 failures: %v (retry %v), want ErrThrottled within 10s", err, wait)
 	}
 	f.clock.Advance(11 * time.Second)
-	if _, err := f.svc.Enroll(good); err != nil {
+	if _, err := f.svc.Enroll(context.Background(), good); err != nil {
 		t.Errorf("after the block: %v", err)
 	}
 }
@@ -212,6 +221,26 @@ func TestParseManifest(t *testing.T) {
 	}
 }
 
+// TestManifestFormatsCarryTheSameFields: a CSV manifest reads every field a
+// JSON-lines manifest does, the label's claim-code hash included.
+func TestManifestFormatsCarryTheSameFields(t *testing.T) {
+	tok, code := "sha256:"+strings.Repeat("ab", 32), "sha256:"+strings.Repeat("cd", 32)
+	csvRows, err := enroll.ParseManifest(strings.NewReader("serial,model,claim_token_hash,claim_code_hash\nA1,M," + tok + "," + code + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jsonRows, err := enroll.ParseManifest(strings.NewReader(`{"serial":"A1","model":"M","claim_token_hash":"` + tok + `","claim_code_hash":"` + code + `"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(csvRows) != 1 || csvRows[0] != jsonRows[0] {
+		t.Fatalf("CSV row %+v, JSON row %+v: want the same", csvRows, jsonRows)
+	}
+	if csvRows[0].ClaimCodeHash != code {
+		t.Fatalf("claim_code_hash from CSV: %q", csvRows[0].ClaimCodeHash)
+	}
+}
+
 func TestImportRowValidation(t *testing.T) {
 	f := newFixture(t, enroll.Config{})
 	rows := []enroll.ManifestRow{
@@ -222,7 +251,7 @@ func TestImportRowValidation(t *testing.T) {
 		{Serial: "BAD-HASH", ClaimTokenHash: "sha256:xyz"},
 		{Serial: "GOOD-2", ClaimTokenHash: strings.Repeat("0f", 32)},
 	}
-	b, res, err := f.fleet.ImportBatch(enroll.Actor{Name: "t"}, enroll.BatchSpec{Model: "M"}, rows)
+	b, res, err := f.fleet.ImportBatch(context.Background(), enroll.Actor{Name: "t"}, enroll.BatchSpec{Model: "M"}, rows)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +277,7 @@ func BenchmarkClaimCheck(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			req := enroll.Request{Serial: c.serial, ClaimToken: strings.Repeat("W", 32), CSR: der, Source: src}
 			for b.Loop() {
-				if _, err := f.svc.Enroll(req); !errors.Is(err, enroll.ErrUnauthorized) {
+				if _, err := f.svc.Enroll(context.Background(), req); !errors.Is(err, enroll.ErrUnauthorized) {
 					b.Fatal(err)
 				}
 			}
@@ -283,7 +312,7 @@ type blockingSigner struct {
 	release chan struct{}
 }
 
-func (s *blockingSigner) IssueDevice(csr *x509.CertificateRequest, id pki.DeviceIdentity) (*x509.Certificate, error) {
+func (s *blockingSigner) IssueDevice(csr *x509.CertificateRequest, id profile.Device) (*x509.Certificate, error) {
 	s.entered <- struct{}{}
 	<-s.release
 	return s.CA.IssueDevice(csr, id)
@@ -301,17 +330,17 @@ func TestAdmissionControl(t *testing.T) {
 	}
 	errs := make(chan error, 2)
 	for _, r := range reqs[:2] {
-		go func() { _, err := svc.Enroll(r); errs <- err }()
+		go func() { _, err := svc.Enroll(context.Background(), r); errs <- err }()
 	}
 	<-bs.entered
 	<-bs.entered // both slots taken, both inside issuance
-	before, _ := f.store.Digest()
-	_, err := svc.Enroll(reqs[2])
+	before, _ := f.store.Digest(context.Background())
+	_, err := svc.Enroll(context.Background(), reqs[2])
 	wait, ok := enroll.RetryAfter(err)
 	if !errors.Is(err, enroll.ErrOverloaded) || !ok || wait < time.Second || wait >= 2*time.Second {
 		t.Fatalf("third enrollment: %v (retry %v), want ErrOverloaded with a 1-2s hint", err, wait)
 	}
-	if after, _ := f.store.Digest(); after != before {
+	if after, _ := f.store.Digest(context.Background()); after != before {
 		t.Error("a refused enrollment wrote to the store")
 	}
 	close(bs.release)
@@ -321,7 +350,7 @@ func TestAdmissionControl(t *testing.T) {
 		}
 	}
 	go func() { <-bs.entered }()
-	if _, err := svc.Enroll(reqs[2]); err != nil {
+	if _, err := svc.Enroll(context.Background(), reqs[2]); err != nil {
 		t.Errorf("after the slots freed: %v", err)
 	}
 }

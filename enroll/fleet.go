@@ -3,6 +3,7 @@ package enroll
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/csv"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,54 +23,59 @@ import (
 
 // Registry is the part of the inventory that fleet operations change.
 type Registry interface {
-	CreateSite(site devices.Site, ev devices.AuditEvent) (devices.Site, error)
-	UpdateSite(name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, []uuid.UUID, error)
-	DeleteSite(name string, ev devices.AuditEvent) error
-	ImportBatch(b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent) (devices.Batch, []devices.RowResult, error)
-	Device(id uuid.UUID) (devices.Device, error)
-	Revoke(sel devices.Selector, reason string, now time.Time, ev devices.AuditEvent) ([]devices.Device, error)
-	Reopen(id uuid.UUID, tokenHash []byte, newID uuid.UUID, now time.Time, ev devices.AuditEvent) (devices.Device, error)
-	DeviceBySerial(serial string) (devices.Device, error)
-	Site(name string) (devices.Site, error)
-	UpdateDevice(id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
-	SetOverride(sel devices.Selector, o *devices.ConfigOverride, now time.Time, ev devices.AuditEvent) ([]uuid.UUID, int, error)
-	BumpConfig(model, site string, now time.Time, ev devices.AuditEvent) ([]uuid.UUID, error)
+	CreateSite(ctx context.Context, site devices.Site, ev devices.AuditEvent) (devices.Site, error)
+	UpdateSite(ctx context.Context, name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, []uuid.UUID, error)
+	DeleteSite(ctx context.Context, name string, ev devices.AuditEvent) error
+	ImportBatch(ctx context.Context, b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent) (devices.Batch, []devices.RowResult, error)
+	Device(ctx context.Context, id uuid.UUID) (devices.Device, error)
+	Reopen(ctx context.Context, id uuid.UUID, tokenHash []byte, newID uuid.UUID, now time.Time, ev devices.AuditEvent) (devices.Device, error)
+	DeviceBySerial(ctx context.Context, serial string) (devices.Device, error)
+	Site(ctx context.Context, name string) (devices.Site, error)
+	UpdateDevice(ctx context.Context, id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
+	// Bulk changes run as jobs (devices/jobs.go): chunks of ChunkSize
+	// devices, one transaction each, resumable after a crash.
+	CreateJob(ctx context.Context, j devices.Job, now time.Time) (devices.Job, error)
+	RunJobChunk(ctx context.Context, id string, n int, now time.Time) (devices.Job, []devices.Device, error)
+	Job(ctx context.Context, id string) (devices.Job, error)
+	Jobs(ctx context.Context) ([]devices.Job, error)
+	ChunkSize() int
 }
 
 // SetOverride changes (or, with nil, clears) the config override of the
-// selected devices (a list, a site, a batch: thousands in one request and
-// one transaction) and pushes the new config to the enrolled ones. It
-// returns how many devices changed and how many got a new config version.
-func (f *Fleet) SetOverride(a Actor, sel devices.Selector, o *devices.ConfigOverride) (changed, pushed int, err error) {
+// selected devices (a list, a site, a batch: any number, in a job of
+// chunks) and pushes the new config to the enrolled ones after each chunk.
+// It returns the finished job (Changed: the devices changed) and how many
+// got a new config version.
+func (f *Fleet) SetOverride(ctx context.Context, a Actor, sel devices.Selector, o *devices.ConfigOverride) (devices.Job, int, error) {
 	if o != nil {
 		if err := o.Validate(); err != nil {
-			return 0, 0, err
+			return devices.Job{}, 0, err
 		}
 		sealed := *o
 		var err error
 		if sealed.Passphrase, err = seal(f.secrets, o.Passphrase); err != nil {
-			return 0, 0, err
+			return devices.Job{}, 0, err
 		}
 		o = &sealed
 	}
-	if err := f.checkSelection(a, sel); err != nil {
-		return 0, 0, err
+	if err := f.checkSelection(ctx, a, sel); err != nil {
+		return devices.Job{}, 0, err
 	}
-	affected, changed, err := f.reg.SetOverride(sel, o, time.Now().UTC(), a.event("device.reconfigure", "", nil))
+	job, err := f.reg.CreateJob(ctx, devices.Job{Kind: devices.JobOverride, Selector: sel, Override: o,
+		Event: a.event("device.reconfigure", "", nil)}, time.Now())
 	if err != nil {
-		return 0, 0, err
+		return devices.Job{}, 0, err
 	}
-	for _, fn := range f.onConfig {
-		fn(affected)
-	}
-	f.log.Info("device config override set", "devices", changed, "pushed", len(affected), "cleared", o == nil, "actor", a.Name)
-	return changed, len(affected), nil
+	job, changed, err := f.runJob(ctx, job.ID)
+	pushed := len(enrolledIDs(changed))
+	f.log.Info("device config override set", "job", job.ID, "devices", job.Changed, "pushed", pushed, "cleared", o == nil, "actor", a.Name)
+	return job, pushed, err
 }
 
 // Retarget gives the enrolled devices of a model (at a site, or every site
 // when site is "") a new config version and pushes it: their firmware
 // target may have changed. It returns how many devices it pushed to.
-func (f *Fleet) Retarget(a Actor, model, site string) (int, error) {
+func (f *Fleet) Retarget(ctx context.Context, a Actor, model, site string) (int, error) {
 	if site != "" && !a.CanSite(site) {
 		return 0, fmt.Errorf("%w: site %s", ErrForbidden, site)
 	}
@@ -76,25 +83,107 @@ func (f *Fleet) Retarget(a Actor, model, site string) (int, error) {
 	if site == "" {
 		target = model + "@*"
 	}
-	affected, err := f.reg.BumpConfig(model, site, time.Now().UTC(), a.event("firmware.retarget", target, nil))
+	job, err := f.reg.CreateJob(ctx, devices.Job{Kind: devices.JobRetarget, Model: model, Site: site,
+		Event: a.event("firmware.retarget", target, nil)}, time.Now())
 	if err != nil {
 		return 0, err
 	}
-	for _, fn := range f.onConfig {
-		fn(affected)
+	job, _, err = f.runJob(ctx, job.ID)
+	f.log.Info("firmware target changed", "job", job.ID, "model", model, "site", site, "pushed", job.Changed, "actor", a.Name)
+	return job.Changed, err
+}
+
+// runJob runs a job's chunks to its end and tells the listeners what each
+// chunk changed (revoked devices; new configs to push) as soon as it has
+// committed. It returns the job and every device it changed.
+func (f *Fleet) runJob(ctx context.Context, id string) (devices.Job, []devices.Device, error) {
+	var all []devices.Device
+	for {
+		n := f.cfg.JobChunk
+		if n <= 0 {
+			n = f.reg.ChunkSize()
+		}
+		job, changed, err := f.reg.RunJobChunk(ctx, id, n, time.Now())
+		if errors.Is(err, devices.ErrJobDone) {
+			job, err = f.reg.Job(ctx, id)
+			return job, all, err
+		}
+		if err != nil {
+			return job, all, fmt.Errorf("job %s: %w", id, err)
+		}
+		all = append(all, changed...)
+		if len(changed) > 0 {
+			switch job.Kind {
+			case devices.JobRevoke:
+				for _, fn := range f.onRevoke {
+					fn(changed)
+				}
+			default:
+				ids := enrolledIDs(changed)
+				for _, fn := range f.onConfig {
+					fn(ctx, ids)
+				}
+			}
+		}
+		if job.State == devices.JobDone {
+			return job, all, nil
+		}
 	}
-	f.log.Info("firmware target changed", "model", model, "site", site, "pushed", len(affected), "actor", a.Name)
-	return len(affected), nil
+}
+
+// ResumeJobs finishes the jobs a stop or a crash interrupted, oldest first.
+func (f *Fleet) ResumeJobs(ctx context.Context) error {
+	jobs, err := f.reg.Jobs(ctx)
+	if err != nil {
+		return err
+	}
+	slices.Reverse(jobs) // running ones came first, newest first
+	for _, j := range jobs {
+		if j.State != devices.JobRunning {
+			continue
+		}
+		f.log.Info("resuming job", "job", j.ID, "kind", j.Kind, "done", j.Done, "total", j.Total)
+		if j.Kind == devices.JobRevoke {
+			f.revokeMu.Lock()
+		}
+		_, _, err := f.runJob(ctx, j.ID)
+		if j.Kind == devices.JobRevoke {
+			f.revokeMu.Unlock()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Job returns a bulk operation's progress.
+func (f *Fleet) Job(ctx context.Context, id string) (devices.Job, error) { return f.reg.Job(ctx, id) }
+
+// Jobs lists the bulk operations, running ones first.
+func (f *Fleet) Jobs(ctx context.Context) ([]devices.Job, error) { return f.reg.Jobs(ctx) }
+
+// enrolledIDs are the IDs of the provisioned or active devices among ds:
+// those whose config a change gave a new version.
+func enrolledIDs(ds []devices.Device) []uuid.UUID {
+	var ids []uuid.UUID
+	for _, d := range ds {
+		if d.State == devices.StateProvisioned || d.State == devices.StateActive {
+			ids = append(ids, d.ID)
+		}
+	}
+	return ids
 }
 
 // Fleet runs the operator's changes to sites, factory batches and device
 // revocation, each validated and audited.
 type Fleet struct {
+	cfg      FleetConfig
 	reg      Registry
 	log      *slog.Logger
 	secrets  Secrets
 	onRevoke []func([]devices.Device)
-	onConfig []func([]uuid.UUID)
+	onConfig []func(context.Context, []uuid.UUID)
 
 	claimsBySerial *throttle
 	claimsByActor  *throttle
@@ -107,7 +196,7 @@ func (f *Fleet) OnRevoke(fn func([]devices.Device)) { f.onRevoke = append(f.onRe
 
 // checkSelection refuses an empty selection, and anything outside the sites
 // of an actor limited to sites (which may never select a batch).
-func (f *Fleet) checkSelection(a Actor, sel devices.Selector) error {
+func (f *Fleet) checkSelection(ctx context.Context, a Actor, sel devices.Selector) error {
 	switch {
 	case len(sel.IDs) == 0 && sel.Site == "" && sel.Batch == "":
 		return fmt.Errorf("%w: name devices, a site or a batch", ErrInvalid)
@@ -118,7 +207,7 @@ func (f *Fleet) checkSelection(a Actor, sel devices.Selector) error {
 	}
 	if len(a.Sites) > 0 {
 		for _, id := range sel.IDs {
-			d, err := f.reg.Device(id)
+			d, err := f.reg.Device(ctx, id)
 			if err != nil {
 				return err
 			}
@@ -133,36 +222,36 @@ func (f *Fleet) checkSelection(a Actor, sel devices.Selector) error {
 // MaxReasonBytes bounds a revocation reason.
 const MaxReasonBytes = 200
 
-// Revoke revokes the selected devices with a reason: certificate on the
-// revocation list, lease released, state revoked, one audit event each; then
-// the OnRevoke listeners run. An actor limited to sites may only revoke
-// devices of its sites (and no batches).
-func (f *Fleet) Revoke(a Actor, sel devices.Selector, reason string) ([]devices.Device, error) {
+// Revoke revokes the selected devices with a reason, in a job of chunks:
+// certificate on the revocation list, lease released, state revoked, one
+// audit event each; after each chunk the OnRevoke listeners run. An actor
+// limited to sites may only revoke devices of its sites (and no batches).
+// It returns the finished job and the devices it revoked.
+func (f *Fleet) Revoke(ctx context.Context, a Actor, sel devices.Selector, reason string) (devices.Job, []devices.Device, error) {
 	if reason == "" || len(reason) > MaxReasonBytes {
-		return nil, fmt.Errorf("%w: reason: 1-%d bytes", ErrInvalid, MaxReasonBytes)
+		return devices.Job{}, nil, fmt.Errorf("%w: reason: 1-%d bytes", ErrInvalid, MaxReasonBytes)
 	}
-	if err := f.checkSelection(a, sel); err != nil {
-		return nil, err
+	if err := f.checkSelection(ctx, a, sel); err != nil {
+		return devices.Job{}, nil, err
 	}
 	// One revocation at a time, so listeners see revocations in order.
 	f.revokeMu.Lock()
 	defer f.revokeMu.Unlock()
-	revoked, err := f.reg.Revoke(sel, reason, time.Now().UTC(), a.event("device.revoke", "", nil))
+	job, err := f.reg.CreateJob(ctx, devices.Job{Kind: devices.JobRevoke, Selector: sel, Reason: reason,
+		Event: a.event("device.revoke", "", nil)}, time.Now())
 	if err != nil {
-		return nil, err
+		return devices.Job{}, nil, err
 	}
-	for _, fn := range f.onRevoke {
-		fn(revoked)
-	}
-	f.log.Info("devices revoked", "count", len(revoked), "reason", reason, "actor", a.Name)
-	return revoked, nil
+	job, revoked, err := f.runJob(ctx, job.ID)
+	f.log.Info("devices revoked", "job", job.ID, "count", len(revoked), "reason", reason, "actor", a.Name)
+	return job, revoked, err
 }
 
 // Reopen lets a revoked device enroll again: it gets a fresh claim token
 // (returned, never stored) and forgets its revoked certificate. Under its
 // site's new-identity policy it also gets a new UUID.
-func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
-	d, err := f.reg.Device(id)
+func (f *Fleet) Reopen(ctx context.Context, a Actor, id uuid.UUID) (string, devices.Device, error) {
+	d, err := f.reg.Device(ctx, id)
 	if err != nil {
 		return "", d, err
 	}
@@ -171,7 +260,7 @@ func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
 	}
 	newID := uuid.Nil
 	if d.Site != "" {
-		site, err := f.reg.Site(d.Site)
+		site, err := f.reg.Site(ctx, d.Site)
 		if err != nil {
 			return "", d, err
 		}
@@ -180,7 +269,7 @@ func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
 		}
 	}
 	tok := NewClaimToken()
-	d, err = f.reg.Reopen(id, HashToken(tok), newID, time.Now().UTC(), a.event("device.reopen", d.Serial, nil))
+	d, err = f.reg.Reopen(ctx, id, HashToken(tok), newID, time.Now().UTC(), a.event("device.reopen", d.Serial, nil))
 	if err != nil {
 		return "", d, err
 	}
@@ -188,9 +277,18 @@ func (f *Fleet) Reopen(a Actor, id uuid.UUID) (string, devices.Device, error) {
 	return tok, d, nil
 }
 
+// FleetConfig tunes fleet operations. Zero values take the defaults.
+type FleetConfig struct {
+	// JobChunk is the number of devices a bulk job changes per transaction;
+	// 0 lets the store choose (as many as its engine takes in one
+	// transaction: 500 on bbolt, about 10 on an engine bounded at 128
+	// writes).
+	JobChunk int
+}
+
 // NewFleet returns a Fleet over reg.
-func NewFleet(reg Registry, secrets Secrets, log *slog.Logger) *Fleet {
-	return &Fleet{reg: reg, secrets: secrets, log: log,
+func NewFleet(cfg FleetConfig, reg Registry, secrets Secrets, log *slog.Logger) *Fleet {
+	return &Fleet{cfg: cfg, reg: reg, secrets: secrets, log: log,
 		claimsBySerial: newThrottle(5, 10*time.Minute, 30*time.Second, time.Hour),
 		claimsByActor:  newThrottle(20, 10*time.Minute, 30*time.Second, time.Hour)}
 }
@@ -203,7 +301,7 @@ var ErrClaimRejected = errors.New("claim code does not match a claimable device"
 // Claim binds the device a label's claim code names to a site: an
 // installer's scan. The code is single-use, attempts are throttled per serial
 // and per actor, and a successful claim is audited (who, when, from where).
-func (f *Fleet) Claim(a Actor, code, site string) (devices.Device, error) {
+func (f *Fleet) Claim(ctx context.Context, a Actor, code, site string) (devices.Device, error) {
 	c, err := ParseClaimCode(code)
 	if err != nil {
 		return devices.Device{}, err
@@ -223,7 +321,7 @@ func (f *Fleet) Claim(a Actor, code, site string) (devices.Device, error) {
 			return devices.Device{}, &RetryError{Err: ErrThrottled, After: wait}
 		}
 	}
-	if _, err := f.reg.Site(site); err != nil {
+	if _, err := f.reg.Site(ctx, site); err != nil {
 		return devices.Device{}, err
 	}
 	fail := func() (devices.Device, error) {
@@ -232,7 +330,7 @@ func (f *Fleet) Claim(a Actor, code, site string) (devices.Device, error) {
 		f.log.Info("claim refused", "serial", c.Serial, "actor", a.Name, "source", a.Source)
 		return devices.Device{}, ErrClaimRejected
 	}
-	d, err := f.reg.DeviceBySerial(c.Serial)
+	d, err := f.reg.DeviceBySerial(ctx, c.Serial)
 	want := decoyHash[:]
 	if err == nil && len(d.ClaimCodeHash) == len(want) {
 		want = d.ClaimCodeHash
@@ -240,7 +338,7 @@ func (f *Fleet) Claim(a Actor, code, site string) (devices.Device, error) {
 	if subtle.ConstantTimeCompare(c.Hash(), want) != 1 || err != nil {
 		return fail()
 	}
-	d, err = f.reg.UpdateDevice(d.ID, func(x *devices.Device) (*devices.AuditEvent, error) {
+	d, err = f.reg.UpdateDevice(ctx, d.ID, func(x *devices.Device) (*devices.AuditEvent, error) {
 		if x.State != devices.StateManufactured || subtle.ConstantTimeCompare(x.ClaimCodeHash, c.Hash()) != 1 {
 			return nil, ErrClaimRejected // claimed meanwhile: single use
 		}
@@ -286,7 +384,7 @@ func (a Actor) event(action, target string, detail map[string]string) devices.Au
 }
 
 // CreateSite validates and stores a new site.
-func (f *Fleet) CreateSite(a Actor, s devices.Site) (devices.Site, error) {
+func (f *Fleet) CreateSite(ctx context.Context, a Actor, s devices.Site) (devices.Site, error) {
 	if err := s.Validate(); err != nil { // the passphrase is checked in clear
 		return devices.Site{}, err
 	}
@@ -294,7 +392,7 @@ func (f *Fleet) CreateSite(a Actor, s devices.Site) (devices.Site, error) {
 	if s.Passphrase, err = seal(f.secrets, s.Passphrase); err != nil {
 		return devices.Site{}, err
 	}
-	out, err := f.reg.CreateSite(s, a.event("site.create", s.Name, map[string]string{"cidr": s.CIDR.String(), "ssid": s.SSID}))
+	out, err := f.reg.CreateSite(ctx, s, a.event("site.create", s.Name, map[string]string{"cidr": s.CIDR.String(), "ssid": s.SSID}))
 	if err == nil {
 		f.log.Info("site created", "site", s.Name, "actor", a.Name)
 	}
@@ -304,7 +402,7 @@ func (f *Fleet) CreateSite(a Actor, s devices.Site) (devices.Site, error) {
 // UpdateSite changes a site; fn edits a copy of the stored profile. Every
 // enrolled device of the site gets a new config version, pushed to it at once
 // (OnConfigChange listeners) or when it next connects.
-func (f *Fleet) UpdateSite(a Actor, name string, fn func(*devices.Site) error) (devices.Site, error) {
+func (f *Fleet) UpdateSite(ctx context.Context, a Actor, name string, fn func(*devices.Site) error) (devices.Site, error) {
 	// fn sees the stored (sealed) passphrase; a new one it sets is checked
 	// in clear and sealed.
 	sealing := func(s *devices.Site) error {
@@ -322,24 +420,26 @@ func (f *Fleet) UpdateSite(a Actor, name string, fn func(*devices.Site) error) (
 		s.Passphrase, err = seal(f.secrets, s.Passphrase)
 		return err
 	}
-	out, affected, err := f.reg.UpdateSite(name, sealing, a.event("site.update", name, nil))
+	out, affected, err := f.reg.UpdateSite(ctx, name, sealing, a.event("site.update", name, nil))
 	if err != nil {
 		return out, err
 	}
 	f.log.Info("site updated", "site", name, "version", out.Version, "devices", len(affected), "actor", a.Name)
 	for _, fn := range f.onConfig {
-		fn(affected)
+		fn(ctx, affected)
 	}
 	return out, nil
 }
 
 // OnConfigChange registers fn to run with the devices whose config changed.
 // Call it before serving.
-func (f *Fleet) OnConfigChange(fn func([]uuid.UUID)) { f.onConfig = append(f.onConfig, fn) }
+func (f *Fleet) OnConfigChange(fn func(context.Context, []uuid.UUID)) {
+	f.onConfig = append(f.onConfig, fn)
+}
 
 // DeleteSite removes a site that no device uses.
-func (f *Fleet) DeleteSite(a Actor, name string) error {
-	err := f.reg.DeleteSite(name, a.event("site.delete", name, nil))
+func (f *Fleet) DeleteSite(ctx context.Context, a Actor, name string) error {
+	err := f.reg.DeleteSite(ctx, name, a.event("site.delete", name, nil))
 	if err == nil {
 		f.log.Info("site deleted", "site", name, "actor", a.Name)
 	}
@@ -371,7 +471,7 @@ const MaxBatchRows = 100_000
 // ImportBatch validates every row, registers the good ones in one
 // transaction and reports each row's outcome in order: created, exists
 // (re-import, idempotent) or rejected with the reason.
-func (f *Fleet) ImportBatch(a Actor, spec BatchSpec, rows []ManifestRow) (devices.Batch, []devices.RowResult, error) {
+func (f *Fleet) ImportBatch(ctx context.Context, a Actor, spec BatchSpec, rows []ManifestRow) (devices.Batch, []devices.RowResult, error) {
 	switch {
 	case len(rows) == 0:
 		return devices.Batch{}, nil, fmt.Errorf("%w: rows: empty batch", ErrInvalid)
@@ -396,7 +496,7 @@ func (f *Fleet) ImportBatch(a Actor, spec BatchSpec, rows []ManifestRow) (device
 	}
 	batch := devices.Batch{ID: uuid.NewString(), Model: spec.Model, Site: spec.Site, Source: spec.Source, CreatedBy: a.Name}
 	if len(good) > 0 {
-		b, res, err := f.reg.ImportBatch(batch, good, a.event("batch.import", batch.ID,
+		b, res, err := f.reg.ImportBatch(ctx, batch, good, a.event("batch.import", batch.ID,
 			map[string]string{"source": spec.Source, "model": spec.Model, "site": spec.Site}))
 		if err != nil {
 			return devices.Batch{}, nil, err
@@ -448,8 +548,8 @@ func checkRow(r ManifestRow, defModel string) (devices.ImportRow, error) {
 }
 
 // ParseManifest reads a factory manifest: JSON lines (one ManifestRow object
-// per line) or CSV with a header naming the columns serial, model and
-// claim_token or claim_token_hash. Blank lines are skipped. It fails on a
+// per line) or CSV with a header naming the same fields as columns: serial,
+// model, claim_token or claim_token_hash, and claim_code_hash. Blank lines are skipped. It fails on a
 // structural error (bad JSON, wrong column count, unknown columns), naming
 // the line; row content is checked by ImportBatch.
 func ParseManifest(r io.Reader) ([]ManifestRow, error) {
@@ -516,9 +616,9 @@ func parseCSV(r io.Reader) ([]ManifestRow, error) {
 	for i, h := range header {
 		h = strings.ToLower(strings.TrimSpace(h))
 		switch h {
-		case "serial", "model", "claim_token", "claim_token_hash":
+		case "serial", "model", "claim_token", "claim_token_hash", "claim_code_hash":
 		default:
-			return nil, fmt.Errorf("%w: manifest header: unknown column %q (want serial, model, claim_token or claim_token_hash)", ErrInvalid, h)
+			return nil, fmt.Errorf("%w: manifest header: unknown column %q (want serial, model, claim_token, claim_token_hash or claim_code_hash)", ErrInvalid, h)
 		}
 		if _, dup := col[h]; dup {
 			return nil, fmt.Errorf("%w: manifest header: column %q twice", ErrInvalid, h)
@@ -547,7 +647,7 @@ func parseCSV(r io.Reader) ([]ManifestRow, error) {
 			return nil, fmt.Errorf("%w: manifest has more than %d rows", ErrInvalid, MaxBatchRows)
 		}
 		rows = append(rows, ManifestRow{Serial: get(rec, "serial"), Model: get(rec, "model"),
-			ClaimToken: get(rec, "claim_token"), ClaimTokenHash: get(rec, "claim_token_hash")})
+			ClaimToken: get(rec, "claim_token"), ClaimTokenHash: get(rec, "claim_token_hash"), ClaimCodeHash: get(rec, "claim_code_hash")})
 	}
 	return rows, nil
 }

@@ -1,6 +1,7 @@
 package enroll
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -29,12 +30,12 @@ const MaxHealthBytes = 256
 // ReportState records a device's report: the config version it applied, its
 // firmware and health. A provisioned device that applied its current config
 // becomes active (an audit event); a revoked device's reports are refused.
-func (s *Service) ReportState(id uuid.UUID, rep StateReport, source string) error {
+func (s *Service) ReportState(ctx context.Context, id uuid.UUID, rep StateReport, source string) error {
 	if len(rep.Health) > MaxHealthBytes || len(rep.FirmwareVersion) > s.cfg.MaxFieldBytes {
 		return fmt.Errorf("%w: health or firmware_version too long", ErrInvalid)
 	}
 	now := s.clock.Now().UTC()
-	_, err := s.store.UpdateDevice(id, func(d *devices.Device) (*devices.AuditEvent, error) {
+	_, err := s.store.UpdateDevice(ctx, id, func(d *devices.Device) (*devices.AuditEvent, error) {
 		switch d.State {
 		case devices.StateRevoked:
 			return nil, ErrRevoked
@@ -63,8 +64,8 @@ func (s *Service) ReportState(id uuid.UUID, rep StateReport, source string) erro
 }
 
 // Config renders a provisioned device's current configuration.
-func (s *Service) Config(id uuid.UUID) (DeviceConfig, error) {
-	d, err := s.store.Device(id)
+func (s *Service) Config(ctx context.Context, id uuid.UUID) (DeviceConfig, error) {
+	d, err := s.store.Device(ctx, id)
 	if errors.Is(err, devices.ErrNotFound) {
 		return DeviceConfig{}, ErrUnknownDevice
 	}
@@ -74,7 +75,7 @@ func (s *Service) Config(id uuid.UUID) (DeviceConfig, error) {
 	if d.State == devices.StateRevoked {
 		return DeviceConfig{}, ErrRevoked
 	}
-	site, err := s.store.Site(d.Site)
+	site, err := s.store.Site(ctx, d.Site)
 	if err != nil {
 		return DeviceConfig{}, err
 	}
@@ -93,9 +94,9 @@ func (s *Service) notify(id uuid.UUID, cfg DeviceConfig) {
 
 // PushConfig renders each device's current config and tells the notifiers
 // (after a site or override change).
-func (s *Service) PushConfig(ids []uuid.UUID) {
+func (s *Service) PushConfig(ctx context.Context, ids []uuid.UUID) {
 	for _, id := range ids {
-		cfg, err := s.Config(id)
+		cfg, err := s.Config(ctx, id)
 		if err != nil {
 			s.log.Info("no config to push", "device_id", id, "err", err)
 			continue

@@ -1,6 +1,7 @@
 package enroll
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
@@ -9,15 +10,16 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/provisiond/provisiond/pki/profile"
+
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
-	"github.com/provisiond/provisiond/pki"
 )
 
 // CertReplacer is the store operation a renewal commits.
 type CertReplacer interface {
-	ReplaceCertificate(id uuid.UUID, fromSerial string, apply func(d *devices.Device), now time.Time, ev devices.AuditEvent) (devices.Device, error)
+	ReplaceCertificate(ctx context.Context, id uuid.UUID, fromSerial string, apply func(d *devices.Device), now time.Time, ev devices.AuditEvent) (devices.Device, error)
 }
 
 // Renew issues a device a new certificate for a new CSR. The device
@@ -26,7 +28,7 @@ type CertReplacer interface {
 // certificate is recorded as superseded, and for the retry window it still
 // opens a session, so that a device that lost the answer can ask again: the
 // same request (same key) then gets the same certificate.
-func (s *Service) Renew(id uuid.UUID, presented string, csrDER []byte, source netip.AddrPort, transport string) (Result, error) {
+func (s *Service) Renew(ctx context.Context, id uuid.UUID, presented string, csrDER []byte, source netip.AddrPort, transport string) (Result, error) {
 	r, ok := s.store.(CertReplacer)
 	if !ok {
 		return Result{}, errors.New("renew: the store cannot replace certificates")
@@ -35,7 +37,7 @@ func (s *Service) Renew(id uuid.UUID, presented string, csrDER []byte, source ne
 	if err != nil {
 		return Result{}, err
 	}
-	d, err := s.store.Device(id)
+	d, err := s.store.Device(ctx, id)
 	if errors.Is(err, devices.ErrNotFound) {
 		return Result{}, ErrUnknownDevice
 	}
@@ -55,18 +57,18 @@ func (s *Service) Renew(id uuid.UUID, presented string, csrDER []byte, source ne
 	case presented == d.PrevCertSerial && now.Sub(d.RenewedAt) <= s.cfg.RetryWindow:
 		// A retry from a device that did not get the answer.
 		if subtle.ConstantTimeCompare(keyHash[:], d.PublicKeyHash) == 1 {
-			return s.replay(d)
+			return s.replay(ctx, d)
 		}
 		return Result{}, fmt.Errorf("%w: this certificate was already renewed", ErrTokenUsed)
 	case presented != d.CertSerial:
 		return Result{}, fmt.Errorf("%w: certificate %s is not the device's current one", ErrRevoked, presented)
 	}
-	leaf, err := s.signer.IssueDevice(csr, pki.DeviceIdentity{ID: d.ID, Serial: d.Serial, Model: d.Model, Site: d.Site})
+	leaf, err := s.signer.IssueDevice(csr, profile.Device{ID: d.ID, Serial: d.Serial, Model: d.Model, Site: d.Site})
 	if err != nil {
 		return Result{}, fmt.Errorf("renew %s: %w", d.Serial, err)
 	}
 	certSerial := fmt.Sprintf("%x", leaf.SerialNumber)
-	d, err = r.ReplaceCertificate(id, presented, func(x *devices.Device) {
+	d, err = r.ReplaceCertificate(ctx, id, presented, func(x *devices.Device) {
 		x.CertSerial, x.CertDER, x.CertNotAfter, x.PublicKeyHash = certSerial, leaf.Raw, leaf.NotAfter, keyHash[:]
 	}, now, devices.AuditEvent{Actor: "device:" + d.Serial, Action: "device.renew", Target: d.Serial, Source: source.String(),
 		Detail: map[string]string{"transport": transport, "cert_serial": certSerial, "replaces": presented}})
@@ -80,7 +82,7 @@ func (s *Service) Renew(id uuid.UUID, presented string, csrDER []byte, source ne
 		s.onSuperseded()
 	}
 	s.log.Info("certificate renewed", "serial", d.Serial, "device_id", d.ID, "cert_serial", certSerial, "transport", transport)
-	site, err := s.store.Site(d.Site)
+	site, err := s.store.Site(ctx, d.Site)
 	if err != nil {
 		return Result{}, err
 	}
@@ -103,7 +105,7 @@ func (s *Service) parseCSR(der []byte) (*x509.CertificateRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: csr: not a DER PKCS#10 request: %w", ErrInvalid, err)
 	}
-	if err := pki.CheckKey(csr.PublicKey, s.cfg.AllowP384, s.cfg.AllowEd25519); err != nil {
+	if err := profile.CheckKey(csr.PublicKey, s.cfg.AllowP384, s.cfg.AllowEd25519); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnsupportedKey, err)
 	}
 	if err := csr.CheckSignature(); err != nil {

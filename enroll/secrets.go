@@ -1,7 +1,7 @@
 package enroll
 
 // Secrets seals the Wi-Fi passphrases kept in the inventory and opens them
-// again (pki.Sealer implements it). A nil Secrets keeps them in clear.
+// again (seal.Sealer implements it). A nil Secrets keeps them in clear.
 type Secrets interface {
 	Seal(plain string) (string, error)
 	Open(sealed string) (string, error)

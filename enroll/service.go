@@ -1,6 +1,7 @@
 package enroll
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
@@ -11,25 +12,26 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/provisiond/provisiond/pki/profile"
+
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
-	"github.com/provisiond/provisiond/pki"
 )
 
 // Store is the part of the inventory that enrollment needs.
 type Store interface {
-	DeviceBySerial(serial string) (devices.Device, error)
-	Device(id uuid.UUID) (devices.Device, error)
-	Site(name string) (devices.Site, error)
-	Provision(p devices.Provisioning) (devices.Device, error)
-	RenewLease(id uuid.UUID, now time.Time, ev devices.AuditEvent) (devices.Device, error)
-	UpdateDevice(id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
+	DeviceBySerial(ctx context.Context, serial string) (devices.Device, error)
+	Device(ctx context.Context, id uuid.UUID) (devices.Device, error)
+	Site(ctx context.Context, name string) (devices.Site, error)
+	Provision(ctx context.Context, p devices.Provisioning) (devices.Device, error)
+	RenewLease(ctx context.Context, id uuid.UUID, now time.Time, ev devices.AuditEvent) (devices.Device, error)
+	UpdateDevice(ctx context.Context, id uuid.UUID, fn func(d *devices.Device) (*devices.AuditEvent, error)) (devices.Device, error)
 }
 
 // Signer issues device certificates.
 type Signer interface {
-	IssueDevice(csr *x509.CertificateRequest, id pki.DeviceIdentity) (*x509.Certificate, error)
+	IssueDevice(csr *x509.CertificateRequest, id profile.Device) (*x509.Certificate, error)
 	Intermediate() *x509.Certificate
 	Root() *x509.Certificate
 }
@@ -41,20 +43,19 @@ type systemClock struct{}
 
 func (systemClock) Now() time.Time { return time.Now() }
 
-// Config tunes enrollment policy. Zero values take the defaults in setDefaults.
+// Config tunes enrollment policy. Zero values take DefaultConfig's.
 type Config struct {
-	RetryWindow      time.Duration // same serial + same key within this gets the same answer; default 10m
-	NotClaimedRetry  time.Duration // Max-Age for an unclaimed device; default 5m
-	PoolRetry        time.Duration // Max-Age when the pool is exhausted; default 10m
-	MaxFailures      int           // failed attempts per serial or source before throttling; default 5
-	FailureWindow    time.Duration // failures older than this are forgotten; default 10m
-	ThrottleBase     time.Duration // first block; doubles per further failure; default 30s
-	ThrottleMax      time.Duration // longest block; default 1h
-	AllowP384        bool          // certify ECDSA P-384 keys too
-	AllowEd25519     bool          // certify Ed25519 keys too
-	MaxCSRBytes      int           // default 2048
-	MaxFieldBytes    int           // model, firmware_version; default 64
-	ThrottleBySource bool          // count failures per source address as well as per serial
+	RetryWindow     time.Duration // same serial + same key within this gets the same answer; default 10m
+	NotClaimedRetry time.Duration // Max-Age for an unclaimed device; default 5m
+	PoolRetry       time.Duration // Max-Age when the pool is exhausted; default 10m
+	MaxFailures     int           // failed attempts per serial or source before throttling; default 5
+	FailureWindow   time.Duration // failures older than this are forgotten; default 10m
+	ThrottleBase    time.Duration // first block; doubles per further failure; default 30s
+	ThrottleMax     time.Duration // longest block; default 1h
+	AllowP384       bool          // certify ECDSA P-384 keys too
+	AllowEd25519    bool          // certify Ed25519 keys too
+	MaxCSRBytes     int           // default 2048
+	MaxFieldBytes   int           // model, firmware_version; default 64
 	// MaxInFlight bounds enrollments being processed at once; past it requests
 	// are refused at once with ErrOverloaded and a retry hint instead of
 	// queueing until devices time out. Default 256; negative: no bound.
@@ -65,31 +66,71 @@ type Config struct {
 	Secrets Secrets
 }
 
+// DefaultConfig is the enrollment policy a zero Config stands for: the one
+// place its defaults are written.
+func DefaultConfig() Config {
+	return Config{
+		RetryWindow:     10 * time.Minute,
+		NotClaimedRetry: 5 * time.Minute,
+		PoolRetry:       10 * time.Minute,
+		MaxFailures:     5,
+		FailureWindow:   10 * time.Minute,
+		ThrottleBase:    30 * time.Second,
+		ThrottleMax:     time.Hour,
+		MaxCSRBytes:     2048,
+		MaxFieldBytes:   64,
+		MaxInFlight:     256,
+		OverloadRetry:   2 * time.Second,
+	}
+}
+
+// setDefaults fills the zero fields from DefaultConfig.
 func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
+	d := DefaultConfig()
+	set := func(v, def *time.Duration) {
+		if *v == 0 {
+			*v = *def
 		}
 	}
-	def(&c.RetryWindow, 10*time.Minute)
-	def(&c.NotClaimedRetry, 5*time.Minute)
-	def(&c.PoolRetry, 10*time.Minute)
-	def(&c.FailureWindow, 10*time.Minute)
-	def(&c.ThrottleBase, 30*time.Second)
-	def(&c.ThrottleMax, time.Hour)
-	if c.MaxFailures == 0 {
-		c.MaxFailures = 5
+	set(&c.RetryWindow, &d.RetryWindow)
+	set(&c.NotClaimedRetry, &d.NotClaimedRetry)
+	set(&c.PoolRetry, &d.PoolRetry)
+	set(&c.FailureWindow, &d.FailureWindow)
+	set(&c.ThrottleBase, &d.ThrottleBase)
+	set(&c.ThrottleMax, &d.ThrottleMax)
+	set(&c.OverloadRetry, &d.OverloadRetry)
+	for _, p := range []struct{ v, def *int }{{&c.MaxFailures, &d.MaxFailures}, {&c.MaxCSRBytes, &d.MaxCSRBytes},
+		{&c.MaxFieldBytes, &d.MaxFieldBytes}, {&c.MaxInFlight, &d.MaxInFlight}} {
+		if *p.v == 0 {
+			*p.v = *p.def
+		}
 	}
-	if c.MaxCSRBytes == 0 {
-		c.MaxCSRBytes = 2048
+}
+
+// Validate checks the policy; messages name the setting as provisiond's
+// flags and config file do.
+func (c Config) Validate() error {
+	pos := []struct {
+		name string
+		v    time.Duration
+	}{{"retry-window", c.RetryWindow}, {"not-claimed-retry", c.NotClaimedRetry}, {"pool-retry", c.PoolRetry},
+		{"failure-window", c.FailureWindow}, {"throttle-base", c.ThrottleBase}, {"throttle-max", c.ThrottleMax}, {"overload-retry", c.OverloadRetry}}
+	for _, p := range pos {
+		if p.v < 0 {
+			return fmt.Errorf("%s: %s is negative", p.name, p.v)
+		}
 	}
-	if c.MaxFieldBytes == 0 {
-		c.MaxFieldBytes = 64
+	switch {
+	case c.ThrottleMax != 0 && c.ThrottleBase > c.ThrottleMax:
+		return fmt.Errorf("throttle-base: %s is longer than throttle-max %s", c.ThrottleBase, c.ThrottleMax)
+	case c.MaxFailures < 0:
+		return errors.New("max-failures: must be at least 1")
+	case c.MaxCSRBytes < 0 || (c.MaxCSRBytes > 0 && c.MaxCSRBytes < 256):
+		return fmt.Errorf("max-csr-bytes: %d is too small for a CSR (at least 256)", c.MaxCSRBytes)
+	case c.MaxFieldBytes < 0:
+		return errors.New("max-field-bytes: must be positive")
 	}
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = 256
-	}
-	def(&c.OverloadRetry, 2*time.Second)
+	return nil
 }
 
 // Service runs enrollment, whatever the transport.
@@ -213,7 +254,7 @@ type Lease struct {
 // Enroll authenticates a device by its claim token and issues its
 // certificate, config and lease, recording all of it in one transaction.
 // Errors wrap this package's sentinels; RetryAfter tells when to retry.
-func (s *Service) Enroll(req Request) (Result, error) {
+func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 	if s.admit != nil {
 		select {
 		case s.admit <- struct{}{}:
@@ -239,19 +280,19 @@ func (s *Service) Enroll(req Request) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	d, err := s.authenticate(req, now, srcKey)
+	d, err := s.authenticate(ctx, req, now, srcKey)
 	if err != nil {
 		return Result{}, err
 	}
 	keyHash := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
 	for range 3 {
-		res, err := s.enrollOnce(req, csr, keyHash[:], d, now)
+		res, err := s.enrollOnce(ctx, req, csr, keyHash[:], d, now)
 		if !errors.Is(err, devices.ErrConflict) {
 			return res, err
 		}
 		// Someone else changed the device (a parallel retry of the same
 		// device): decide again on what is stored now.
-		if d, err = s.store.DeviceBySerial(req.Serial); err != nil {
+		if d, err = s.store.DeviceBySerial(ctx, req.Serial); err != nil {
 			return Result{}, fmt.Errorf("enroll %s: %w", req.Serial, err)
 		}
 	}
@@ -275,8 +316,8 @@ func (s *Service) validate(req Request) (*x509.CertificateRequest, error) {
 // comparison costs the same whether or not the serial exists.
 var decoyHash = sha256.Sum256([]byte("provisiond decoy token hash"))
 
-func (s *Service) authenticate(req Request, now time.Time, srcKey string) (devices.Device, error) {
-	d, err := s.store.DeviceBySerial(req.Serial)
+func (s *Service) authenticate(ctx context.Context, req Request, now time.Time, srcKey string) (devices.Device, error) {
+	d, err := s.store.DeviceBySerial(ctx, req.Serial)
 	known := err == nil
 	if err != nil && !errors.Is(err, devices.ErrNotFound) {
 		return d, fmt.Errorf("enroll %s: %w", req.Serial, err)
@@ -305,7 +346,7 @@ func boolInt(b bool) int {
 	return 0
 }
 
-func (s *Service) enrollOnce(req Request, csr *x509.CertificateRequest, keyHash []byte, d devices.Device, now time.Time) (Result, error) {
+func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.CertificateRequest, keyHash []byte, d devices.Device, now time.Time) (Result, error) {
 	switch d.State {
 	case devices.StateRevoked:
 		return Result{}, ErrRevoked
@@ -316,7 +357,7 @@ func (s *Service) enrollOnce(req Request, csr *x509.CertificateRequest, keyHash 
 		if now.Sub(d.ProvisionedAt) > s.cfg.RetryWindow {
 			return Result{}, ErrAlreadyProvisioned
 		}
-		return s.replay(d) // a retry whose answer was lost: same answer again
+		return s.replay(ctx, d) // a retry whose answer was lost: same answer again
 	case devices.StateManufactured:
 		return Result{}, &RetryError{Err: ErrNotClaimed, After: s.cfg.NotClaimedRetry}
 	case devices.StateClaimed:
@@ -326,7 +367,7 @@ func (s *Service) enrollOnce(req Request, csr *x509.CertificateRequest, keyHash 
 	if d.Site == "" {
 		return Result{}, &RetryError{Err: ErrNotClaimed, After: s.cfg.NotClaimedRetry}
 	}
-	site, err := s.store.Site(d.Site)
+	site, err := s.store.Site(ctx, d.Site)
 	if err != nil {
 		return Result{}, fmt.Errorf("enroll %s: %w", d.Serial, err)
 	}
@@ -336,12 +377,12 @@ func (s *Service) enrollOnce(req Request, csr *x509.CertificateRequest, keyHash 
 	}
 	// Sign outside the write transaction; a failed commit leaves only an
 	// unrecorded certificate that nobody ever received.
-	leaf, err := s.signer.IssueDevice(csr, pki.DeviceIdentity{ID: d.ID, Serial: d.Serial, Model: model, Site: d.Site})
+	leaf, err := s.signer.IssueDevice(csr, profile.Device{ID: d.ID, Serial: d.Serial, Model: model, Site: d.Site})
 	if err != nil {
 		return Result{}, fmt.Errorf("enroll %s: %w", d.Serial, err)
 	}
 	certSerial := fmt.Sprintf("%x", leaf.SerialNumber)
-	stored, err := s.store.Provision(devices.Provisioning{
+	stored, err := s.store.Provision(ctx, devices.Provisioning{
 		DeviceID: d.ID,
 		Rev:      d.Rev,
 		Now:      now.UTC(),
@@ -385,12 +426,12 @@ func (s *Service) enrollOnce(req Request, csr *x509.CertificateRequest, keyHash 
 }
 
 // replay rebuilds the answer a device already received from what is stored.
-func (s *Service) replay(d devices.Device) (Result, error) {
+func (s *Service) replay(ctx context.Context, d devices.Device) (Result, error) {
 	leaf, err := x509.ParseCertificate(d.CertDER)
 	if err != nil {
 		return Result{}, fmt.Errorf("replay %s: stored certificate: %w", d.Serial, err)
 	}
-	site, err := s.store.Site(d.Site)
+	site, err := s.store.Site(ctx, d.Site)
 	if err != nil {
 		return Result{}, fmt.Errorf("replay %s: %w", d.Serial, err)
 	}
@@ -474,8 +515,8 @@ func Render(site devices.Site, d devices.Device) DeviceConfig {
 
 // RenewLease extends the lease of a device that authenticated with its
 // certificate (the transport verified it and extracted the device ID).
-func (s *Service) RenewLease(id uuid.UUID, source netip.AddrPort, transport string) (DeviceConfig, error) {
-	d, err := s.store.Device(id)
+func (s *Service) RenewLease(ctx context.Context, id uuid.UUID, source netip.AddrPort, transport string) (DeviceConfig, error) {
+	d, err := s.store.Device(ctx, id)
 	if errors.Is(err, devices.ErrNotFound) {
 		return DeviceConfig{}, ErrUnknownDevice
 	}
@@ -489,7 +530,7 @@ func (s *Service) RenewLease(id uuid.UUID, source netip.AddrPort, transport stri
 	default:
 		return DeviceConfig{}, fmt.Errorf("%w: device %s is %s, not provisioned", ErrUnknownDevice, d.Serial, d.State)
 	}
-	d, err = s.store.RenewLease(id, s.clock.Now().UTC(), devices.AuditEvent{
+	d, err = s.store.RenewLease(ctx, id, s.clock.Now().UTC(), devices.AuditEvent{
 		Actor: "device:" + d.Serial, Action: "lease.renew", Target: d.Serial, Source: source.String(),
 		Detail: map[string]string{"transport": transport},
 	})
@@ -499,7 +540,7 @@ func (s *Service) RenewLease(id uuid.UUID, source netip.AddrPort, transport stri
 	if err != nil {
 		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
 	}
-	site, err := s.store.Site(d.Site)
+	site, err := s.store.Site(ctx, d.Site)
 	if err != nil {
 		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
 	}
@@ -514,8 +555,8 @@ func (s *Service) RenewLease(id uuid.UUID, source netip.AddrPort, transport stri
 // Authorize reports whether a device presenting a certificate with this
 // identity may connect: it exists, is not revoked, and the certificate is its
 // current one.
-func (s *Service) Authorize(id uuid.UUID, certSerial string) error {
-	d, err := s.store.Device(id)
+func (s *Service) Authorize(ctx context.Context, id uuid.UUID, certSerial string) error {
+	d, err := s.store.Device(ctx, id)
 	if errors.Is(err, devices.ErrNotFound) {
 		return ErrUnknownDevice
 	}

@@ -17,9 +17,9 @@ import (
 	"sync"
 	"time"
 
-	"go.step.sm/crypto/pemutil"
+	"github.com/provisiond/provisiond/internal/atomicfile"
 
-	"github.com/provisiond/provisiond/pki"
+	"go.step.sm/crypto/pemutil"
 )
 
 // Files and directories of a catalogue.
@@ -73,7 +73,7 @@ func Open(dir string, passphrase []byte) (*Catalogue, error) {
 		if err != nil {
 			return nil, fmt.Errorf("encrypt firmware signing key: %w", err)
 		}
-		if err := pki.WriteFileAtomic(keyPath, pem.EncodeToMemory(block), 0o600); err != nil {
+		if err := atomicfile.Write(keyPath, pem.EncodeToMemory(block), 0o600); err != nil {
 			return nil, err
 		}
 		raw = pem.EncodeToMemory(block)
@@ -89,7 +89,7 @@ func Open(dir string, passphrase []byte) (*Catalogue, error) {
 		return nil, fmt.Errorf("firmware signing key %s is a %T, not Ed25519", keyPath, k)
 	}
 	c := &Catalogue{dir: dir, key: key, pub: key.Public().(ed25519.PublicKey), now: time.Now, manifest: map[string]entry{}}
-	if err := pki.WriteFileAtomic(filepath.Join(dir, PublicKeyFile), c.PublicKeyPEM(), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, PublicKeyFile), c.PublicKeyPEM(), 0o600); err != nil {
 		return nil, err
 	}
 	if err := c.load(); err != nil {
@@ -162,7 +162,7 @@ func (c *Catalogue) Add(r io.Reader, meta Meta) (Signed, Manifest, error) {
 	if err := os.MkdirAll(filepath.Join(c.dir, manifestsDir, m.Model), 0o700); err != nil {
 		return Signed{}, Manifest{}, err
 	}
-	if err := pki.WriteFileAtomic(c.manifestPath(m.Model, m.Version), raw, 0o600); err != nil {
+	if err := atomicfile.Write(c.manifestPath(m.Model, m.Version), raw, 0o600); err != nil {
 		return Signed{}, Manifest{}, err
 	}
 	c.cacheMu.Lock()

@@ -9,9 +9,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
 )
 
 var pass = []byte("firmware-test-passphrase-0123")
@@ -288,5 +291,18 @@ func TestRollouts(t *testing.T) {
 	}
 	if v, _ := tg2.For(ids[1], "TH1", "hq"); v != "1.0" {
 		t.Errorf("after reopening: %q", v)
+	}
+}
+
+// TestModelNamesAgree: a model the inventory accepts for a device can have
+// firmware, and the other way round.
+func TestModelNamesAgree(t *testing.T) {
+	for _, m := range []string{"m", "sensor-v2", "gw_1", "acme.sensor.v2", "x1.0", strings.Repeat("m", 32), strings.Repeat("m", 33),
+		strings.Repeat("m", 64), strings.Repeat("m", 65), "", ".hidden", "-x", "_x", "a/b", "..", "a b"} {
+		t.Run(m, func(t *testing.T) {
+			if got, want := ValidModel(m), devices.ValidName(m); got != want {
+				t.Errorf("ValidModel(%q) = %v, devices.ValidName = %v", m, got, want)
+			}
+		})
 	}
 }

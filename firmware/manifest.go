@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/provisiond/provisiond/devices"
 )
 
 // Manifest describes one firmware image.
@@ -36,14 +38,14 @@ type Signed struct {
 }
 
 var (
-	nameRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
 	versionRE = regexp.MustCompile(`^[0-9]{1,9}(\.[0-9]{1,9}){0,3}$`)
 	digestRE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
-// ValidModel reports whether a model name is acceptable (it names a
-// directory): 1-32 of [A-Za-z0-9_-], not starting with - or _.
-func ValidModel(m string) bool { return nameRE.MatchString(m) }
+// ValidModel reports whether a model name is acceptable: the inventory's
+// rule for model names (devices.ValidName), so that every model a device
+// can have can get firmware. Such names are safe as directory names.
+func ValidModel(m string) bool { return devices.ValidName(m) }
 
 // ValidVersion reports whether v is 1 to 4 dotted numbers.
 func ValidVersion(v string) bool { return versionRE.MatchString(v) }

@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/provisiond/provisiond/internal/atomicfile"
 
-	"github.com/provisiond/provisiond/pki"
+	"github.com/google/uuid"
 )
 
 // Rollout states.
@@ -81,7 +81,7 @@ func (t *Targets) save(next targetsFile) error {
 	if err != nil {
 		return err
 	}
-	if err := pki.WriteFileAtomic(t.path, raw, 0o600); err != nil {
+	if err := atomicfile.Write(t.path, raw, 0o600); err != nil {
 		return err
 	}
 	t.state = next

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
@@ -21,6 +20,10 @@ import (
 	"path/filepath"
 	"text/template"
 	"time"
+
+	"github.com/provisiond/provisiond/internal/atomicfile"
+
+	"github.com/provisiond/provisiond/pki/profile"
 
 	"github.com/google/uuid"
 	"github.com/smallstep/certificates/cas/apiv1"
@@ -134,7 +137,7 @@ func Open(cfg Config) (ca *CA, created bool, err error) {
 	// Prove the template renders before the first device needs it.
 	probe, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if _, err := ca.render(&x509.CertificateRequest{PublicKey: probe.Public(), PublicKeyAlgorithm: x509.ECDSA},
-		DeviceIdentity{ID: uuid.New(), Serial: "PROBE"}); err != nil {
+		profile.Device{ID: uuid.New(), Serial: "PROBE"}); err != nil {
 		return nil, false, err
 	}
 	return ca, created, nil
@@ -189,10 +192,10 @@ func create(cfg Config) error {
 	if err := writeKey(filepath.Join(cfg.Dir, IntermediateKeyFile), inter.PrivateKey, cfg.Passphrase); err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(filepath.Join(cfg.Dir, IntermediateCertFile), EncodeCerts(inter.Certificate), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(cfg.Dir, IntermediateCertFile), EncodeCerts(inter.Certificate), 0o644); err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(cfg.Dir, RootCertFile), EncodeCerts(root.Certificate), 0o644)
+	return atomicfile.Write(filepath.Join(cfg.Dir, RootCertFile), EncodeCerts(root.Certificate), 0o644)
 }
 
 func writeKey(path string, key crypto.PrivateKey, pass []byte) error {
@@ -200,7 +203,7 @@ func writeKey(path string, key crypto.PrivateKey, pass []byte) error {
 	if err != nil {
 		return fmt.Errorf("encrypt CA key: %w", err)
 	}
-	return WriteFileAtomic(path, pem.EncodeToMemory(block), 0o600)
+	return atomicfile.Write(path, pem.EncodeToMemory(block), 0o600)
 }
 
 func load(cfg Config, tmpl *template.Template) (*CA, error) {
@@ -260,42 +263,7 @@ func (ca *CA) Roots() *x509.CertPool { return ca.roots }
 // RootPEM returns the root certificate in PEM.
 func (ca *CA) RootPEM() []byte { return EncodeCerts(ca.root) }
 
-// DeviceIdentity is what the server decided a device's certificate says.
-type DeviceIdentity struct {
-	ID     uuid.UUID
-	Serial string
-	Model  string
-	Site   string
-}
-
-// URI is the device's urn:uuid identity.
-func (id DeviceIdentity) URI() *url.URL {
-	return &url.URL{Scheme: "urn", Opaque: "uuid:" + id.ID.String()}
-}
-
-// CheckKey reports whether pub is a key type the CA certifies: ECDSA P-256
-// or P-384, or Ed25519, each only when allowed.
-func CheckKey(pub crypto.PublicKey, allowP384, allowEd25519 bool) error {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		switch {
-		case k.Curve == elliptic.P256():
-			return nil
-		case k.Curve == elliptic.P384() && allowP384:
-			return nil
-		}
-		return fmt.Errorf("%w: ECDSA %s", ErrUnsupportedKey, k.Curve.Params().Name)
-	case ed25519.PublicKey:
-		if allowEd25519 {
-			return nil
-		}
-		return fmt.Errorf("%w: Ed25519 is not enabled", ErrUnsupportedKey)
-	default:
-		return fmt.Errorf("%w: %T (use ECDSA P-256)", ErrUnsupportedKey, pub)
-	}
-}
-
-func (ca *CA) render(csr *x509.CertificateRequest, id DeviceIdentity) (*x509.Certificate, error) {
+func (ca *CA) render(csr *x509.CertificateRequest, id profile.Device) (*x509.Certificate, error) {
 	data := x509util.NewTemplateData()
 	data.Set("DeviceID", id.ID.String())
 	data.Set("DeviceURI", id.URI().String())
@@ -333,7 +301,7 @@ func withoutURI(us []*url.URL, s string) []*url.URL {
 // IssueDevice signs a device certificate for the CSR's public key with the
 // identity the server chose. The CSR signature must already be verified.
 // It returns the leaf; the chain to present is leaf + Intermediate().
-func (ca *CA) IssueDevice(csr *x509.CertificateRequest, id DeviceIdentity) (*x509.Certificate, error) {
+func (ca *CA) IssueDevice(csr *x509.CertificateRequest, id profile.Device) (*x509.Certificate, error) {
 	tpl, err := ca.render(csr, id)
 	if err != nil {
 		return nil, err
@@ -390,33 +358,4 @@ func EncodeCerts(certs ...*x509.Certificate) []byte {
 		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return b.Bytes()
-}
-
-// WriteFileAtomic writes data to a temporary file beside path, syncs it and
-// renames it over path, so readers see the old or the new content, never half.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(f.Name()) // no-op after a successful rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/pki/profile"
+
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/pki"
@@ -56,7 +58,7 @@ func TestDeviceIdentityIsTheServers(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			ca := openCA(t, t.TempDir(), c.tmpl)
 			csr, key := hostileCSR(t)
-			id := pki.DeviceIdentity{ID: uuid.New(), Serial: "SN-1", Model: "M", Site: "hq"}
+			id := profile.Device{ID: uuid.New(), Serial: "SN-1", Model: "M", Site: "hq"}
 			cert, err := ca.IssueDevice(csr, id)
 			if err != nil {
 				t.Fatal(err)
@@ -152,7 +154,7 @@ func TestCheckKey(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			err := pki.CheckKey(c.pub, c.allow384, c.allow25519)
+			err := profile.CheckKey(c.pub, c.allow384, c.allow25519)
 			if (err == nil) != c.ok || (err != nil && !errors.Is(err, pki.ErrUnsupportedKey)) {
 				t.Errorf("CheckKey = %v, want ok=%v", err, c.ok)
 			}
@@ -165,7 +167,7 @@ func TestCheckKey(t *testing.T) {
 func BenchmarkIssueDevice(b *testing.B) {
 	ca := openCA(b, b.TempDir(), "")
 	csr, _ := hostileCSR(b)
-	id := pki.DeviceIdentity{ID: uuid.New(), Serial: "SN-1"}
+	id := profile.Device{ID: uuid.New(), Serial: "SN-1"}
 	b.Run("provisiond", func(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {

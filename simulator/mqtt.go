@@ -11,10 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
+
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
-	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -120,7 +121,7 @@ func (d *Device) EnrollMQTT(ctx context.Context, o MQTTOptions) (*wire.EnrollRes
 	}
 	defer c.Disconnect(0)
 	replies := make(chan []byte, 1)
-	if err := subscribe(ctx, c, mqtt.ResultTopic(cid), func(_ paho.Client, m paho.Message) {
+	if err := subscribe(ctx, c, topics.Result(cid), func(_ paho.Client, m paho.Message) {
 		select {
 		case replies <- m.Payload():
 		default:
@@ -128,7 +129,7 @@ func (d *Device) EnrollMQTT(ctx context.Context, o MQTTOptions) (*wire.EnrollRes
 	}); err != nil {
 		return nil, err
 	}
-	if err := wait(ctx, c.Publish(mqtt.EnrollTopic(cid, o.Format), 1, false, body)); err != nil {
+	if err := wait(ctx, c.Publish(topics.Enroll(cid, o.Format), 1, false, body)); err != nil {
 		return nil, fmt.Errorf("mqtt publish: %w", err)
 	}
 	var raw []byte
@@ -199,7 +200,7 @@ func (d *Device) ConnectMQTT(ctx context.Context, o MQTTOptions) (*Session, erro
 		return nil, err
 	}
 	s := &Session{d: d, c: c, configs: make(chan wire.DeviceConfig, 8), leases: make(chan []byte, 1)}
-	if err := subscribe(ctx, c, mqtt.ConfigTopic(id), func(_ paho.Client, m paho.Message) {
+	if err := subscribe(ctx, c, topics.Config(id), func(_ paho.Client, m paho.Message) {
 		var cfg wire.DeviceConfig
 		if wire.Unmarshal(wire.JSON, m.Payload(), &cfg) == nil {
 			// A device that is busy keeps the newest configs: when the
@@ -220,7 +221,7 @@ func (d *Device) ConnectMQTT(ctx context.Context, o MQTTOptions) (*Session, erro
 		c.Disconnect(0)
 		return nil, err
 	}
-	if err := subscribe(ctx, c, mqtt.LeaseTopic(id), func(_ paho.Client, m paho.Message) {
+	if err := subscribe(ctx, c, topics.Lease(id), func(_ paho.Client, m paho.Message) {
 		select {
 		case s.leases <- m.Payload():
 		default:
@@ -251,12 +252,12 @@ func (s *Session) ReportState(ctx context.Context, rep wire.StateReport) error {
 	if err != nil {
 		return err
 	}
-	return wait(ctx, s.c.Publish(mqtt.StateTopic(s.d.Enrollment.DeviceID), 1, false, body))
+	return wait(ctx, s.c.Publish(topics.State(s.d.Enrollment.DeviceID), 1, false, body))
 }
 
 // RenewLease asks for a lease renewal and waits for the reply.
 func (s *Session) RenewLease(ctx context.Context) (*wire.LeaseResponse, error) {
-	if err := wait(ctx, s.c.Publish(mqtt.RenewTopic(s.d.Enrollment.DeviceID), 1, false, []byte("{}"))); err != nil {
+	if err := wait(ctx, s.c.Publish(topics.RenewLease(s.d.Enrollment.DeviceID), 1, false, []byte("{}"))); err != nil {
 		return nil, err
 	}
 	select {

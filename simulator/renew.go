@@ -11,10 +11,11 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
+
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
-	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -75,7 +76,7 @@ func (s *Session) RenewCertificate(ctx context.Context) error {
 	}
 	id := s.d.Enrollment.DeviceID
 	replies := make(chan []byte, 1)
-	if err := subscribe(ctx, s.c, mqtt.CertificateTopic(id), func(_ paho.Client, m paho.Message) {
+	if err := subscribe(ctx, s.c, topics.Certificate(id), func(_ paho.Client, m paho.Message) {
 		select {
 		case replies <- m.Payload():
 		default:
@@ -83,7 +84,7 @@ func (s *Session) RenewCertificate(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := wait(ctx, s.c.Publish(mqtt.RenewCertTopic(id, wire.JSON), 1, false, body)); err != nil {
+	if err := wait(ctx, s.c.Publish(topics.RenewCert(id, wire.JSON), 1, false, body)); err != nil {
 		return err
 	}
 	select {

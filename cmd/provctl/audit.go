@@ -11,7 +11,6 @@ import (
 	"os"
 
 	"github.com/provisiond/provisiond/devices"
-	"github.com/provisiond/provisiond/transport/httpapi"
 )
 
 func (e *env) auditExport(args []string, stderr io.Writer) error {
@@ -33,15 +32,12 @@ func (e *env) auditExport(args []string, stderr io.Writer) error {
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
 	var v devices.AuditVerifier
-	for after := uint64(0); ; {
-		evs, err := e.client.Audit(e.ctx, after, 1000)
+	for after := ""; ; {
+		page, err := e.client.Audit(e.ctx, after, 1000)
 		if err != nil {
 			return err
 		}
-		if len(evs) == 0 {
-			break
-		}
-		for _, ev := range evs {
+		for _, ev := range page.Events {
 			if err := v.Add(ev); err != nil { // refuse to export a log that does not verify
 				return err
 			}
@@ -49,13 +45,16 @@ func (e *env) auditExport(args []string, stderr io.Writer) error {
 				return err
 			}
 		}
-		after = evs[len(evs)-1].Seq
+		if page.Next == "" {
+			break
+		}
+		after = page.Next
 	}
 	if err := bw.Flush(); err != nil {
 		return err
 	}
-	n, seq, hash := v.Head()
-	fmt.Fprintf(stderr, "exported %d events; head: event %d, hash %s\n", n, seq, hash)
+	head := v.Head()
+	fmt.Fprintf(stderr, "exported %d events in %d chains; head hash %s\n", head.Events, head.Chains, head.Hash)
 	return nil
 }
 
@@ -67,7 +66,7 @@ func (e *env) auditVerify(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var res httpapi.AuditHead
+	var res devices.AuditHead
 	switch len(pos) {
 	case 0:
 		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/audit/verify", nil, &res); err != nil {
@@ -94,14 +93,14 @@ func (e *env) auditVerify(args []string, stderr io.Writer) error {
 		if err := sc.Err(); err != nil {
 			return err
 		}
-		res.Events, res.Seq, res.Hash = v.Head()
+		res = v.Head()
 	default:
 		return errors.New("audit verify: at most one FILE")
 	}
 	if *head != "" && *head != res.Hash {
-		return fmt.Errorf("%w: the newest event (%d) has hash %s, not the recorded %s", devices.ErrAuditTampered, res.Seq, res.Hash, *head)
+		return fmt.Errorf("%w: the log's head hash is %s, not the recorded %s", devices.ErrAuditTampered, res.Hash, *head)
 	}
 	return e.print(res, func(w io.Writer) {
-		fmt.Fprintf(w, "audit log OK: %d events, newest %d, hash %s\n", res.Events, res.Seq, res.Hash)
+		fmt.Fprintf(w, "audit log OK: %d events in %d chains, head hash %s\n", res.Events, res.Chains, res.Hash)
 	})
 }

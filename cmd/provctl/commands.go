@@ -13,10 +13,11 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/provisiond/provisiond/internal/atomicfile"
+
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/labels"
-	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/wire"
 )
@@ -341,21 +342,33 @@ func (e *env) devices(sub string, args []string, stderr io.Writer) error {
 func (e *env) audit(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	after := fs.Uint64("after", 0, "only events after this sequence number")
-	limit := fs.Int("limit", 100, "at most this many events (1-1000)")
+	before := fs.String("before", "", "events older than this event ID (the page before's last), newest first")
+	after := fs.String("after", "", "events newer than this event ID, oldest first")
+	limit := fs.Int("limit", 50, "at most this many events (1-1000)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	evs, err := e.client.Audit(e.ctx, *after, *limit)
+	var page httpapi.AuditPage
+	var err error
+	if *after != "" {
+		page, err = e.client.Audit(e.ctx, *after, *limit)
+	} else {
+		page, err = e.client.AuditNewest(e.ctx, *before, *limit)
+	}
 	if err != nil {
 		return err
 	}
-	return e.print(map[string]any{"events": evs}, func(w io.Writer) { printEvents(w, evs) })
+	return e.print(page, func(w io.Writer) {
+		printEvents(w, page.Events)
+		if page.Next != "" && *after == "" {
+			fmt.Fprintf(w, "older: provctl audit --before %s\n", page.Next)
+		}
+	})
 }
 
 func printEvents(w io.Writer, evs []devices.AuditEvent) {
 	for _, ev := range evs {
-		fmt.Fprintf(w, "%6d %s %-14s %-22s %s", ev.Seq, ev.Time.Format("2006-01-02T15:04:05Z"), ev.Action, ev.Target, ev.Actor)
+		fmt.Fprintf(w, "%s %-18s %-22s %s", ev.Time.Format("2006-01-02T15:04:05Z"), ev.Action, ev.Target, ev.Actor)
 		if ev.Source != "" {
 			fmt.Fprintf(w, " from %s", ev.Source)
 		}
@@ -488,11 +501,54 @@ func (e *env) revoke(args []string, stderr io.Writer) error {
 		return err
 	}
 	return e.print(res, func(w io.Writer) {
-		fmt.Fprintf(w, "%d devices revoked: certificates on the CRL, sessions cut, leases released\n", res.Revoked)
+		fmt.Fprintf(w, "%d devices revoked (job %s): certificates on the CRL, sessions cut, leases released\n", res.Revoked, res.Job)
 		for _, d := range res.Devices {
 			fmt.Fprintf(w, "  %s (%s)\n", d.Serial, d.ID)
 		}
 	})
+}
+
+// jobs lists the bulk operations, or shows one: provctl jobs [ID].
+func (e *env) jobs(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("jobs", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	line := func(w io.Writer, j devices.Job) {
+		what := j.Selector.Site
+		switch {
+		case j.Kind == devices.JobRetarget:
+			what = j.Model + "@" + j.Site
+		case j.Selector.Batch != "":
+			what = strings.TrimPrefix(what+" batch "+j.Selector.Batch, " ")
+		}
+		if n := len(j.Selector.IDs); n > 0 {
+			what = strings.TrimPrefix(fmt.Sprintf("%s %d devices", what, n), " ")
+		}
+		fmt.Fprintf(w, "%s  %-8s %-7s %d/%d done, %d changed  %s  %s\n", j.ID, j.Kind, j.State, j.Done, j.Total, j.Changed,
+			j.CreatedAt.Format("2006-01-02T15:04:05Z"), what)
+	}
+	switch len(pos) {
+	case 0:
+		var res httpapi.JobList
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/jobs", nil, &res); err != nil {
+			return err
+		}
+		return e.print(res, func(w io.Writer) {
+			for _, j := range res.Jobs {
+				line(w, j)
+			}
+		})
+	case 1:
+		var j devices.Job
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/jobs/"+url.PathEscape(pos[0]), nil, &j); err != nil {
+			return err
+		}
+		return e.print(j, func(w io.Writer) { line(w, j) })
+	}
+	return errors.New("jobs: at most one job ID")
 }
 
 func (e *env) reopen(args []string, stderr io.Writer) error {
@@ -532,7 +588,7 @@ func (e *env) backupTo(args []string) error {
 	if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/backup", nil, &raw); err != nil {
 		return err
 	}
-	if err := pki.WriteFileAtomic(args[0], raw, 0o600); err != nil {
+	if err := atomicfile.Write(args[0], raw, 0o600); err != nil {
 		return err
 	}
 	return e.print(map[string]any{"file": args[0], "bytes": len(raw)}, func(w io.Writer) {

@@ -47,11 +47,12 @@ commands:
   devices list [--site S] [--state STATE] [--model M] [--firmware V] [--batch B] [--seen-within D] [--not-seen-within D] [--limit N] [--after ID]
   devices configure [SERIAL|ID ...] [--site S] [--batch B] [--ssid S --security X --passphrase P --dns IP,IP --ntp H,H | --clear]
   devices show SERIAL|ID | devices history SERIAL|ID | devices export [--format csv|json] [same filters as list]
-  audit [--after SEQ] [--limit N]
+  audit [--before ID | --after ID] [--limit N]   newest first; --before pages back
   audit export [--out FILE]          the whole log as JSON lines, and its head hash
   audit verify [FILE] [--head HASH]  check the hash chain: on the server, or of an export
   cert server --name HOST[,HOST] [--ip IP,IP] [--lifetime 8760h] --out DIR   (for an external MQTT broker)
   revoke [SERIAL|ID ...] [--site S] [--batch B] --reason R
+  jobs [ID]                          bulk operations (revocations, reconfigurations, retargets) and their progress
   reopen SERIAL|ID [--out FILE]      a revoked device gets a fresh claim token (and flash bundle)
   backup FILE                        online backup (tar: inventory snapshot + CA); see docs/operations.md to restore
   firmware add FILE --model M --version V [--min-bootloader V] [--min-hardware V] [--notes TEXT]
@@ -59,6 +60,7 @@ commands:
   firmware pause|resume|abort --model M [--site S] | firmware pin SERIAL|ID --version V
   token create NAME --role admin|operator|installer|viewer [--sites S,S] | token list | token revoke ID
   info
+  completion bash|zsh|fish           a shell completion script: source <(provctl completion bash)
 
 global flags:
 `
@@ -89,6 +91,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *output != "text" && *output != "json" {
 		return fmt.Errorf("-o: %q is neither text nor json", *output)
+	}
+	if fs.Arg(0) == "completion" { // needs no server
+		if fs.NArg() != 2 {
+			return errors.New("completion: bash, zsh or fish")
+		}
+		return completion(stdout, fs.Arg(1))
 	}
 	client, err := connect(*srv, *tokenFile, *caFile, *data)
 	if err != nil {
@@ -127,6 +135,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.revoke(rest, stderr)
 	case cmd == "reopen":
 		return e.reopen(rest, stderr)
+	case cmd == "jobs":
+		return e.jobs(rest, stderr)
 	case cmd == "token" && sub != "":
 		return e.token(sub, rest[1:], stderr)
 	case cmd == "firmware" && sub != "":

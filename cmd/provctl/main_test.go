@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
@@ -112,6 +114,11 @@ func TestAuditExportAndVerify(t *testing.T) {
 	data := env.DataDir
 	env.Site("hq", "10.20.0.0/24")
 	env.Mint(3, "hq")
+	for _, ssid := range []string{"HQ-2", "HQ-3"} { // two more events in the site's chain
+		if out, err := provctl(t, data, "site", "update", "hq", "--ssid", ssid); err != nil {
+			t.Fatalf("site update: %v\n%s", err, out)
+		}
+	}
 	file := filepath.Join(t.TempDir(), "audit.jsonl")
 	out, err := provctl(t, data, "audit", "export", "--out", file)
 	if err != nil || !strings.Contains(out, "exported") {
@@ -126,13 +133,36 @@ func TestAuditExportAndVerify(t *testing.T) {
 	}
 	raw, _ := os.ReadFile(file)
 	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
-	edited := strings.Replace(lines[1], `"action":"site.create"`, `"action":"site.delete"`, 1)
-	if edited == lines[1] {
-		t.Fatalf("line 2 is not the site.create event: %s", lines[1])
+	// The lines of each chain; the site's has three events.
+	byChain := map[uint16][]int{}
+	siteCreate := -1
+	for i, l := range lines {
+		var ev devices.AuditEvent
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatal(err)
+		}
+		byChain[ev.Chain] = append(byChain[ev.Chain], i)
+		if ev.Action == "site.create" {
+			siteCreate = i
+		}
+	}
+	var long []int
+	for _, ls := range byChain {
+		if len(ls) > len(long) {
+			long = ls
+		}
+	}
+	if siteCreate < 0 || len(long) < 3 {
+		t.Fatalf("the export lacks a site.create or a chain of 3 events: %d lines", len(lines))
+	}
+	edited := strings.Replace(lines[siteCreate], `"action":"site.create"`, `"action":"site.delete"`, 1)
+	without := func(drop int) string {
+		return strings.Join(append(slices.Clone(lines[:drop]), lines[drop+1:]...), "\n")
 	}
 	for name, content := range map[string]string{
-		"event 2 was modified":    strings.Join(append(append([]string{lines[0]}, edited), lines[2:]...), "\n"),
-		"event 3 follows event 1": strings.Join(append([]string{lines[0]}, lines[2:]...), "\n"),
+		"was modified":            strings.Join(append(append(slices.Clone(lines[:siteCreate]), edited), lines[siteCreate+1:]...), "\n"),
+		"starts at event 2":       without(long[0]),
+		"event 3 follows event 1": without(long[1]),
 	} {
 		bad := filepath.Join(t.TempDir(), "bad.jsonl")
 		os.WriteFile(bad, []byte(content), 0o600)

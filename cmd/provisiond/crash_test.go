@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/devices/kv/boltkv"
+	"github.com/provisiond/provisiond/internal/server"
+
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
@@ -78,16 +81,16 @@ func TestCrashSafety(t *testing.T) {
 	t.Logf("storm through %d kills: %v", kills, r.sum)
 	p.stop(syscall.SIGTERM)
 
-	s, err := devices.Open(filepath.Join(data, "inventory.db"), devices.Options{})
+	s, err := server.OpenInventory(context.Background(), filepath.Join(data, "inventory.db"), boltkv.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if problems, err := s.Verify(); err != nil || len(problems) > 0 {
+	if problems, err := s.Verify(context.Background()); err != nil || len(problems) > 0 {
 		t.Fatalf("inventory after %d kills: %v %v", kills, err, problems)
 	}
-	if nEvents, _, _, err := s.VerifyAudit(); err != nil {
-		t.Fatalf("audit chain (%d events): %v", nEvents, err)
+	if head, err := s.VerifyAudit(context.Background()); err != nil {
+		t.Fatalf("audit chain (%d events): %v", head.Events, err)
 	}
 	addrs := map[netip.Addr]string{}
 	for _, o := range r.outs {
@@ -95,7 +98,7 @@ func TestCrashSafety(t *testing.T) {
 			t.Errorf("%s never enrolled (%d attempts): %v", o.Serial, o.Attempts, o.Err)
 			continue
 		}
-		d, err := s.DeviceBySerial(o.Serial)
+		d, err := s.DeviceBySerial(context.Background(), o.Serial)
 		if err != nil {
 			t.Fatalf("%s enrolled but is not in the inventory: %v", o.Serial, err)
 		}
@@ -111,7 +114,7 @@ func TestCrashSafety(t *testing.T) {
 		}
 		addrs[d.Lease.Addr] = o.Serial
 	}
-	if inUse, err := s.LeasesInUse("hq", time.Now()); err != nil || inUse != n {
+	if inUse, err := s.LeasesInUse(context.Background(), "hq", time.Now()); err != nil || inUse != n {
 		t.Errorf("leases in use: %d (%v), want %d", inUse, err, n)
 	}
 }
@@ -124,6 +127,7 @@ type process struct {
 	coaps, https, mqtts string
 	cmd                 *exec.Cmd
 	starts              int
+	extra               []string // more flags
 }
 
 func (p *process) start() {
@@ -137,6 +141,7 @@ func (p *process) start() {
 	_ = os.Remove(filepath.Join(p.data, "server.json"))
 	cmd := exec.Command(p.bin, "--data", p.data, "--coaps-addr", p.coaps, "--http-addr", p.https, "--mqtt-addr", p.mqtts,
 		"--advertise-host", "127.0.0.1", "--log-level", "warn")
+	cmd.Args = append(cmd.Args, p.extra...)
 	cmd.Env = append(os.Environ(), "PROVISIOND_CA_PASSPHRASE=crash-test-passphrase-0123")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

@@ -21,7 +21,7 @@ func TestRunStartsAndStopsCleanly(t *testing.T) {
 	var logs bytes.Buffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-format", "json"}, &logs)
+		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-format", "json"}, io.Discard, &logs)
 	}()
 	waitUp(t, dir)
 	for _, f := range []string{"admin.token", "root.pem", "inventory.db", "ca/intermediate.key"} {
@@ -57,7 +57,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 	for name, args := range cases {
 		t.Run(name, func(t *testing.T) {
 			var out bytes.Buffer
-			if err := run(context.Background(), append([]string{"--data", t.TempDir()}, args...), &out); err == nil {
+			if err := run(context.Background(), append([]string{"--data", t.TempDir()}, args...), io.Discard, &out); err == nil {
 				t.Errorf("run(%v) succeeded", args)
 			}
 		})
@@ -73,7 +73,7 @@ func TestDataDirModes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, io.Discard)
+		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, io.Discard, io.Discard)
 	}()
 	waitUp(t, dir)
 	cancel()

@@ -23,7 +23,8 @@
 //
 // Bytes returned by [Tx.Get] belong to the caller. Keys and values passed to
 // the function of Ascend or Descend are valid only until it returns (bbolt
-// hands out its memory map): copy what you keep.
+// hands out its memory map): copy what you keep. Do not write to the bucket
+// a scan is walking from inside its function: collect the keys, then write.
 //
 // Engines may bound a transaction (etcd: 128 operations, 1.5 MiB). Callers
 // that touch an unbounded number of records split the work into chunks of
@@ -92,6 +93,21 @@ type Checker interface {
 // size and a function that writes it in the engine's own file format.
 type Snapshotter interface {
 	Snapshot(ctx context.Context, emit func(size int64, write func(io.Writer) error) error) error
+}
+
+// Bounded is implemented by engines that limit how many writes one
+// transaction holds (etcd); engines without it take any number.
+type Bounded interface {
+	MaxTxOps() int
+}
+
+// TxOps is the most writes db takes in one transaction, 0 when it has no
+// bound. Work that must fit every engine uses MaxOpsPerTx instead.
+func TxOps(db DB) int {
+	if b, ok := db.(Bounded); ok {
+		return b.MaxTxOps()
+	}
+	return 0
 }
 
 // Batch runs fn through db's Batch when the engine has one, else Update.

@@ -29,6 +29,11 @@ import (
 	"time"
 )
 
+// DefaultSlots is the number of handshakes a listener works on at once by
+// default: enough to keep both cores busy with handshake crypto, few enough
+// that a boot storm waits instead of thrashing (docs/performance.md).
+const DefaultSlots = 64
+
 // ErrBusy is returned by Acquire when no slot freed up within the wait.
 var ErrBusy = errors.New("handshake dropped: every handshake slot stayed busy")
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/provisiond/provisiond/internal/testtools"
+
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/labels"
 )
@@ -66,13 +68,7 @@ func TestRenderLabels(t *testing.T) {
 // TestLabelsScan decodes a rendered label with an independent QR decoder
 // (zbarimg, Debian's zbar-tools): the label must give back the claim URL.
 func TestLabelsScan(t *testing.T) {
-	zbar, err := exec.LookPath("zbarimg")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("zbarimg is not installed (make test installs zbar-tools)")
-		}
-		t.Skip("zbarimg is not installed; run make test")
-	}
+	zbar := testtools.Need(t, "zbarimg")
 	c := enroll.NewClaimCode("TH1-LABELTEST")
 	l := labels.Label{Serial: c.Serial, URL: c.URL("https://prov.example.net:8443")}
 	dir := t.TempDir()

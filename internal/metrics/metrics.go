@@ -18,10 +18,9 @@ import (
 
 // Sources are the functions the gauges read at scrape time.
 type Sources struct {
-	LeasesInUse    func() (map[string]int, error) // per site
-	DTLSSessions   func() int                     // mutual-DTLS device sessions
-	MQTTSessions   func() int                     // MQTT device sessions (embedded broker)
-	RevokedDevices func() (int, error)
+	LeasesInUse  func() (map[string]int, error) // per site
+	DTLSSessions func() int                     // mutual-DTLS device sessions
+	MQTTSessions func() int                     // MQTT device sessions (embedded broker)
 	// Handshakes reports each listener's handshake gate by transport
 	// ("coaps", "mqtts"): slots in use, sessions waiting for one, and
 	// sessions dropped since start.

@@ -4,6 +4,7 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -24,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
+
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/google/uuid"
 	piondtls "github.com/pion/dtls/v3"
@@ -38,7 +41,6 @@ import (
 	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
-	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -272,11 +274,11 @@ func TestBadInputMatrix(t *testing.T) {
 		{"mqtt", "no certificate, client ID not boot-<nonce>", mqttWith("../../etc/passwd", nil), "CONNECT refused"},
 
 		// Subscriptions outside one's own topics.
-		{"mqtt", "device subscribes to another device's config", subscribe(true, func(string) string { return mqtt.ConfigTopic(gone.Enrollment.DeviceID) }), "SUBACK refused"},
+		{"mqtt", "device subscribes to another device's config", subscribe(true, func(string) string { return topics.Config(gone.Enrollment.DeviceID) }), "SUBACK refused"},
 		{"mqtt", "device subscribes to every device's config", subscribe(true, func(string) string { return "devices/+/config" }), "SUBACK refused"},
 		{"mqtt", "device subscribes to everything", subscribe(true, func(string) string { return "#" }), "SUBACK refused"},
 		{"mqtt", "bootstrap client subscribes to all results", subscribe(false, func(string) string { return "bootstrap/+/result" }), "SUBACK refused"},
-		{"mqtt", "bootstrap client subscribes to another's result", subscribe(false, func(string) string { return mqtt.ResultTopic(simulator.Nonce()) }), "SUBACK refused"},
+		{"mqtt", "bootstrap client subscribes to another's result", subscribe(false, func(string) string { return topics.Result(simulator.Nonce()) }), "SUBACK refused"},
 		{"mqtt", "bootstrap client subscribes to $SYS", subscribe(false, func(string) string { return "$SYS/#" }), "SUBACK refused"},
 
 		// The ops API.
@@ -306,14 +308,14 @@ func TestBadInputMatrix(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.via+"/"+c.name, func(t *testing.T) {
-			before, err := env.Server.Store().Digest()
+			before, err := env.Server.Store().Digest(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got := c.send(t); got != c.want {
 				t.Errorf("answer %q, want %q", got, c.want)
 			}
-			if after, _ := env.Server.Store().Digest(); after != before {
+			if after, _ := env.Server.Store().Digest(context.Background()); after != before {
 				t.Error("the refusal changed the inventory")
 			}
 		})
@@ -344,7 +346,7 @@ func mqttBootstrap(t *testing.T, env *servertest.Env, f wire.Format, body []byte
 		t.Fatal(err)
 	}
 	replies := make(chan []byte, 1)
-	tok := c.Subscribe(mqtt.ResultTopic(id), 1, func(_ paho.Client, m paho.Message) {
+	tok := c.Subscribe(topics.Result(id), 1, func(_ paho.Client, m paho.Message) {
 		select {
 		case replies <- m.Payload():
 		default:
@@ -353,7 +355,7 @@ func mqttBootstrap(t *testing.T, env *servertest.Env, f wire.Format, body []byte
 	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
-	if tok := c.Publish(mqtt.EnrollTopic(id, f), 1, false, body); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := c.Publish(topics.Enroll(id, f), 1, false, body); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("publish: %v", tok.Error())
 	}
 	select {
@@ -418,7 +420,7 @@ func expiredCurrentCertificate(t *testing.T, env *servertest.Env, d *simulator.D
 		t.Fatal(err)
 	}
 	leaf, _ := x509.ParseCertificate(der)
-	if _, err := env.Server.Store().UpdateDevice(id, func(x *devices.Device) (*devices.AuditEvent, error) {
+	if _, err := env.Server.Store().UpdateDevice(context.Background(), id, func(x *devices.Device) (*devices.AuditEvent, error) {
 		x.CertSerial, x.CertDER, x.CertNotAfter = fmt.Sprintf("%x", leaf.SerialNumber), der, leaf.NotAfter
 		return nil, nil
 	}); err != nil {

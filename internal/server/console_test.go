@@ -8,11 +8,12 @@ import (
 	"image/color"
 	"image/png"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/provisiond/provisiond/internal/testtools"
 
 	"github.com/chromedp/chromedp"
 
@@ -27,20 +28,10 @@ import (
 // artifacts is where the browser tests leave their screenshots (git-ignored).
 var artifacts = filepath.Join("..", "..", "testdata", "artifacts", "console")
 
-// chromium finds Debian's chromium: make test installs it; without it the
-// browser tests are skipped outside CI and fail in CI.
+// chromium finds Debian's chromium (see package testtools).
 func chromium(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("chromium is not installed (make test installs it)")
-	}
-	t.Skip("chromium is not installed; run make test")
-	return ""
+	return testtools.Need(t, "chromium", "chromium-browser", "google-chrome")
 }
 
 // browser starts headless Chromium whose camera shows the frames of y4m.
@@ -212,7 +203,7 @@ func TestWebConsole(t *testing.T) {
 	if step("step-claimed") != "done" || step("step-enrolled") != "waiting" {
 		t.Errorf("after the claim: claimed %s, enrolled %s", step("step-claimed"), step("step-enrolled"))
 	}
-	if d, _ := env.Server.Store().DeviceBySerial(minted.Bundles[typed].Serial); d.Site != "hq" || d.State != devices.StateClaimed {
+	if d, _ := env.Server.Store().DeviceBySerial(context.Background(), minted.Bundles[typed].Serial); d.Site != "hq" || d.State != devices.StateClaimed {
 		t.Fatalf("device after the claim: site %q state %s", d.Site, d.State)
 	}
 	screenshot(t, ctx, "installer-waiting")
@@ -270,7 +261,7 @@ func TestWebConsole(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("claim-button")), chromedp.WaitVisible(chromedp.ID("progress"))); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := env.Server.Store().DeviceBySerial(minted.Bundles[scanned].Serial); d.Site != "hq" {
+	if d, _ := env.Server.Store().DeviceBySerial(context.Background(), minted.Bundles[scanned].Serial); d.Site != "hq" {
 		t.Errorf("scanned device not claimed: site %q", d.Site)
 	}
 
@@ -337,11 +328,11 @@ func TestWebConsole(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the revoked device's MQTT session was not cut")
 	}
-	d, _ := env.Server.Store().DeviceBySerial(serial)
+	d, _ := env.Server.Store().DeviceBySerial(context.Background(), serial)
 	if d.State != devices.StateRevoked {
 		t.Errorf("state after revoking in the console: %s", d.State)
 	}
-	evs, _ := env.Server.Store().History(serial, 100)
+	evs, _ := env.Server.Store().History(context.Background(), serial, 100)
 	if e := lastAction(evs, "device.revoke"); e == nil || e.Detail["reason"] != "stolen from the lobby" {
 		t.Errorf("revocation audit event: %+v", e)
 	}
@@ -432,7 +423,7 @@ func TestConsoleFleetActions(t *testing.T) {
 		t.Fatal(err)
 	}
 	status("Reconfigured: 1 config pushed.")
-	if d, _ := env.Server.Store().DeviceBySerial(one); d.Override == nil || d.Override.SSID != "lab-bench" {
+	if d, _ := env.Server.Store().DeviceBySerial(context.Background(), one); d.Override == nil || d.Override.SSID != "lab-bench" {
 		t.Errorf("override after the console: %+v", d.Override)
 	}
 
@@ -468,12 +459,12 @@ func TestConsoleFleetActions(t *testing.T) {
 	}
 	status("Revoked 2 devices.")
 	for _, s := range append(picked, second.Bundles[0].Serial, second.Bundles[1].Serial) {
-		if d, _ := env.Server.Store().DeviceBySerial(s); d.State != devices.StateRevoked {
+		if d, _ := env.Server.Store().DeviceBySerial(context.Background(), s); d.State != devices.StateRevoked {
 			t.Errorf("%s: %s after revoking in the console", s, d.State)
 		}
 	}
 	for _, s := range []string{outs[0].Serial, one} {
-		if d, _ := env.Server.Store().DeviceBySerial(s); d.State == devices.StateRevoked {
+		if d, _ := env.Server.Store().DeviceBySerial(context.Background(), s); d.State == devices.StateRevoked {
 			t.Errorf("%s was revoked but not named", s)
 		}
 	}
@@ -510,7 +501,7 @@ func TestConsoleFleetActions(t *testing.T) {
 	}
 	confirm("should not happen")
 	status("Not allowed for this token")
-	if d, _ := env.Server.Store().DeviceBySerial(one); d.State == devices.StateRevoked {
+	if d, _ := env.Server.Store().DeviceBySerial(context.Background(), one); d.State == devices.StateRevoked {
 		t.Error("a viewer revoked a device through the console")
 	}
 }
@@ -545,7 +536,7 @@ func TestConsoleFirmware(t *testing.T) {
 		s.Close()
 	}
 	waitFor(t, func() bool {
-		d, _ := env.Server.Store().DeviceBySerial(outs[1].Serial)
+		d, _ := env.Server.Store().DeviceBySerial(context.Background(), outs[1].Serial)
 		return d.Health == "firmware_refused"
 	}, "the state reports")
 	ctx := browser(t, labelVideo(t, labels.Label{Serial: "TH1-NOTHING", URL: "none"}))

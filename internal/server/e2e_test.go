@@ -82,7 +82,7 @@ func TestEnrollEndToEnd(t *testing.T) {
 			if time.Until(res.Lease.ExpiresAt) < 23*time.Hour {
 				t.Errorf("lease expires %v, want ~24h ahead", res.Lease.ExpiresAt)
 			}
-			stored, err := env.Server.Store().DeviceBySerial(b.Serial)
+			stored, err := env.Server.Store().DeviceBySerial(context.Background(), b.Serial)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,7 +93,7 @@ func TestEnrollEndToEnd(t *testing.T) {
 			opensslVerify(t, env, d.PEM())
 		})
 	}
-	evs, err := env.Server.Store().Audit(0, 1000)
+	evs, err := env.Server.Store().Audit(context.Background(), devices.AuditQuery{Ascending: true, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestRetryGetsSameAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before, _ := env.Server.Store().Digest()
+	before, _ := env.Server.Store().Digest(context.Background())
 	again, err := d.Enroll(ctxT(t), simulator.EnrollOptions{}) // same key: the answer was "lost"
 	if err != nil {
 		t.Fatalf("retry with the same key: %v", err)
@@ -147,7 +147,7 @@ func TestRetryGetsSameAnswer(t *testing.T) {
 		again.Lease != first.Lease || again.Network.Address != first.Network.Address {
 		t.Errorf("retry answer differs:\nfirst %+v\nagain %+v", first, again)
 	}
-	if after, _ := env.Server.Store().Digest(); after != before {
+	if after, _ := env.Server.Store().Digest(context.Background()); after != before {
 		t.Error("a retry changed the store")
 	}
 	// The same token with another key is refused.
@@ -181,7 +181,7 @@ func TestConcurrentEnrollmentsNeverShareAnAddress(t *testing.T) {
 		t.Fatalf("%d devices enrolled, want %d", len(ok), n)
 	}
 	addrs := map[netip.Addr]string{}
-	list, _, err := env.Server.Store().Devices(devices.Filter{Limit: 1000})
+	list, _, err := env.Server.Store().Devices(context.Background(), devices.Filter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestConcurrentEnrollmentsNeverShareAnAddress(t *testing.T) {
 		}
 		addrs[d.Lease.Addr] = d.Serial
 	}
-	if inUse, _ := env.Server.Store().LeasesInUse("hq", time.Now()); inUse != n {
+	if inUse, _ := env.Server.Store().LeasesInUse(context.Background(), "hq", time.Now()); inUse != n {
 		t.Errorf("%d leases in use, want %d", inUse, n)
 	}
 }
@@ -207,7 +207,7 @@ func TestLeaseRenewalNeedsTheDeviceCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1100 * time.Millisecond) // expiry has one-second resolution
+	env.Clock.Advance(2 * time.Second) // expiry has one-second resolution
 	renewed, err := d.RenewLease(ctxT(t), simulator.EnrollOptions{})
 	if err != nil {
 		t.Fatalf("renew: %v", err)
@@ -226,7 +226,7 @@ func TestSecondInstanceOnSameDataDirFails(t *testing.T) {
 	env := servertest.Start(t)
 	cfg := env.Config
 	start := time.Now()
-	_, err := server.Start(cfg, servertest.Logger(t))
+	_, err := server.Start(context.Background(), cfg, servertest.Logger(t))
 	if err == nil || !strings.Contains(err.Error(), "in use by another provisiond") {
 		t.Fatalf("second instance: %v", err)
 	}
@@ -315,7 +315,7 @@ func TestDeviceRefusesServerOfAnotherCA(t *testing.T) {
 	if _, err := d.Enroll(ctxT(t), simulator.EnrollOptions{}); err == nil || simulator.Reason(err) != "transport" {
 		t.Fatalf("device trusting another root: %v (reason %q), want a transport failure", err, simulator.Reason(err))
 	}
-	if got, _ := env.Server.Store().DeviceBySerial(foreign.Serial); got.State != "claimed" {
+	if got, _ := env.Server.Store().DeviceBySerial(context.Background(), foreign.Serial); got.State != "claimed" {
 		t.Errorf("device state %s after a refused handshake, want claimed", got.State)
 	}
 }
@@ -349,7 +349,7 @@ func TestCipherSuites(t *testing.T) {
 func TestInsecureCoAP(t *testing.T) {
 	cfg := server.Defaults()
 	cfg.DataDir, cfg.CoAPAddr = t.TempDir(), "127.0.0.1:0"
-	if _, err := server.Start(cfg, servertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "--insecure-coap") {
+	if _, err := server.Start(context.Background(), cfg, servertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "--insecure-coap") {
 		t.Fatalf("plain CoAP without the flag: %v", err)
 	}
 	env := servertest.Start(t, func(c *server.Config) { c.InsecureCoAP, c.CoAPAddr = true, "127.0.0.1:0" })
@@ -370,7 +370,7 @@ func TestInsecureCoAP(t *testing.T) {
 	if resp.Code() != codes.Created || wire.Unmarshal(wire.JSON, raw, &res) != nil || res.DeviceID == "" {
 		t.Fatalf("plain CoAP enroll: %v %s", resp.Code(), raw)
 	}
-	evs, _ := env.Server.Store().Audit(0, 100)
+	evs, _ := env.Server.Store().Audit(context.Background(), devices.AuditQuery{Ascending: true, Limit: 100})
 	if last := evs[len(evs)-1]; last.Action != "device.enroll" || last.Detail["transport"] != "coap" {
 		t.Errorf("audit records transport %q, want coap", last.Detail["transport"])
 	}

@@ -8,33 +8,18 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/provisiond/provisiond/internal/testtools"
+
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 )
-
-// need returns the path of a tool; it skips the test locally when the tool is
-// missing, and fails in CI, where .ci/run installs it.
-func need(t *testing.T, tool string) string {
-	t.Helper()
-	p, err := exec.LookPath(tool)
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/" + tool); serr == nil { // daemons such as mosquitto, off a user's PATH
-			return "/usr/sbin/" + tool
-		}
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed (make test installs it)", tool)
-		}
-		t.Skipf("%s is not installed; run make test", tool)
-	}
-	return p
-}
 
 // TestInteropLibcoap enrolls with tools that are not ours, using only what
 // docs/protocol.md says: OpenSSL makes the key and CSR, libcoap's
 // coap-client posts the JSON request over DTLS, OpenSSL verifies the chain.
 func TestInteropLibcoap(t *testing.T) {
-	coap := need(t, "coap-client-openssl")
-	openssl := need(t, "openssl")
+	coap := testtools.Need(t, "coap-client-openssl")
+	openssl := testtools.Need(t, "openssl")
 	env := servertest.Start(t)
 	env.Site("lab", "192.168.50.0/24")
 	b := env.Mint(1, "lab")[0]
@@ -96,8 +81,8 @@ func TestInteropLibcoap(t *testing.T) {
 // TestInteropMosquittoRR bootstraps over MQTT with Mosquitto's stock
 // request/response client and OpenSSL, using only docs/protocol.md.
 func TestInteropMosquittoRR(t *testing.T) {
-	rr := need(t, "mosquitto_rr")
-	openssl := need(t, "openssl")
+	rr := testtools.Need(t, "mosquitto_rr")
+	openssl := testtools.Need(t, "openssl")
 	env := servertest.Start(t)
 	env.Site("lab", "192.168.50.0/24")
 	b := env.Mint(1, "lab")[0]

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/devices/kv/boltkv"
+
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
@@ -140,7 +142,7 @@ func generateInventory(b *testing.B, useDir func(*server.Config), n int) {
 	if _, err := d.Enroll(context.Background(), simulator.EnrollOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	real, err := env.Server.Store().DeviceBySerial(bundles[0].Serial)
+	real, err := env.Server.Store().DeviceBySerial(context.Background(), bundles[0].Serial)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -150,7 +152,7 @@ func generateInventory(b *testing.B, useDir func(*server.Config), n int) {
 		b.Fatal(err)
 	}
 
-	s, err := devices.Open(filepath.Join(env.DataDir, server.InventoryFile), devices.Options{})
+	s, err := server.OpenInventory(context.Background(), filepath.Join(env.DataDir, server.InventoryFile), boltkv.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -189,7 +191,7 @@ func generateInventory(b *testing.B, useDir func(*server.Config), n int) {
 			}
 			ds[j] = d
 		}
-		if err := s.Load(ds, now, devices.AuditEvent{Action: "inventory.load", Actor: "benchmark"}); err != nil {
+		if err := s.Load(context.Background(), ds, now, devices.AuditEvent{Action: "inventory.load", Actor: "benchmark"}); err != nil {
 			b.Fatal(err)
 		}
 	}

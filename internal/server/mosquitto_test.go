@@ -2,8 +2,12 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
+
+	"github.com/provisiond/provisiond/internal/testtools"
+
 	"net"
 	"os"
 	"os/exec"
@@ -14,12 +18,13 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
-	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -38,7 +43,7 @@ func freePort(t *testing.T) string {
 // docs/mosquitto/, its certificate issued through provisiond's API.
 func startMosquitto(t *testing.T, env *servertest.Env, devPort, bootPort string) {
 	t.Helper()
-	bin := need(t, "mosquitto")
+	bin := testtools.Need(t, "mosquitto")
 	dir := t.TempDir()
 	var res httpapi.ServerCertResponse
 	if err := env.Client.Do(ctxT(t), "POST", "/api/v1/server-certificates",
@@ -101,8 +106,7 @@ func TestMosquittoBroker(t *testing.T) {
 		c.MQTTClientID = "provisiond-test"
 	})
 	startMosquitto(t, env, devPort, bootPort)
-	waitFor(t, env.Server.MQTTConnected, "provisiond connected to mosquitto")
-	time.Sleep(200 * time.Millisecond) // its subscriptions follow the connection
+	waitFor(t, env.Server.MQTTConnected, "provisiond connected to mosquitto, its subscriptions granted")
 	env.Site("hq", "10.20.0.0/24")
 	bundles := env.Mint(2, "hq")
 	// Eavesdroppers, subscribed before anything happens. Mosquitto 2.0 grants
@@ -144,7 +148,7 @@ func TestMosquittoBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool {
-		d, _ := env.Server.Store().DeviceBySerial(devs[0].Bundle.Serial)
+		d, _ := env.Server.Store().DeviceBySerial(context.Background(), devs[0].Bundle.Serial)
 		return d.State == devices.StateActive
 	}, "device active")
 	if _, err := s.RenewLease(ctxT(t)); err != nil {
@@ -152,8 +156,22 @@ func TestMosquittoBroker(t *testing.T) {
 	}
 
 	// Device 0 tries to read device 1's retained config (with its Wi-Fi passphrase).
-	s.Client().Subscribe(mqtt.ConfigTopic(devs[1].Enrollment.DeviceID), 1, spy).WaitTimeout(5 * time.Second)
-	time.Sleep(500 * time.Millisecond)
+	s.Client().Subscribe(topics.Config(devs[1].Enrollment.DeviceID), 1, spy).WaitTimeout(5 * time.Second)
+	// Barrier: then its own retained config, which the ACL permits. The
+	// broker answers subscriptions of one connection in order, so once this
+	// arrives, anything the first one would have delivered has arrived.
+	barrier := make(chan struct{}, 1)
+	s.Client().Subscribe(topics.Config(devs[0].Enrollment.DeviceID), 1, func(paho.Client, paho.Message) {
+		select {
+		case barrier <- struct{}{}:
+		default:
+		}
+	}).WaitTimeout(5 * time.Second)
+	select {
+	case <-barrier:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the permitted barrier subscription delivered nothing")
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(leaked) > 0 {

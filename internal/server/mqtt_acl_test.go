@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,13 +10,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
+
+	"github.com/provisiond/provisiond/pki/profile"
+
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/simulator"
-	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -62,7 +66,7 @@ func subAllowed(t *testing.T, c paho.Client, filter string) bool {
 func deviceCert(t *testing.T, ca *pki.CA, key *ecdsa.PrivateKey, id uuid.UUID) *tls.Certificate {
 	t.Helper()
 	csr, _ := x509.ParseCertificateRequest(csrFor(t, key))
-	leaf, err := ca.IssueDevice(csr, pki.DeviceIdentity{ID: id, Serial: "X"})
+	leaf, err := ca.IssueDevice(csr, profile.Device{ID: id, Serial: "X"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,16 +135,16 @@ func TestMQTTAccessRules(t *testing.T) {
 			filter string
 			ok     bool
 		}{
-			{"bootstrap: own result topic (control)", bc, mqtt.ResultTopic(boot), true},
+			{"bootstrap: own result topic (control)", bc, topics.Result(boot), true},
 			{"bootstrap: everything", bc, "#", false},
 			{"bootstrap: all results", bc, "bootstrap/+/result", false},
-			{"bootstrap: another client's result", bc, mqtt.ResultTopic(simulator.Nonce()), false},
+			{"bootstrap: another client's result", bc, topics.Result(simulator.Nonce()), false},
 			{"bootstrap: own subtree by wildcard", bc, "bootstrap/" + boot + "/#", false},
-			{"bootstrap: a device's config", bc, mqtt.ConfigTopic(aID), false},
+			{"bootstrap: a device's config", bc, topics.Config(aID), false},
 			{"bootstrap: $SYS", bc, "$SYS/#", false},
-			{"device: own config (control)", dc, mqtt.ConfigTopic(aID), true},
+			{"device: own config (control)", dc, topics.Config(aID), true},
 			{"device: own subtree (control)", dc, "devices/" + aID + "/#", true},
-			{"device: another device's config", dc, mqtt.ConfigTopic(bID), false},
+			{"device: another device's config", dc, topics.Config(bID), false},
 			{"device: every device's config", dc, "devices/+/config", false},
 			{"device: everything", dc, "#", false},
 			{"device: bootstrap results", dc, "bootstrap/+/result", false},
@@ -164,21 +168,24 @@ func TestMQTTAccessRules(t *testing.T) {
 			t.Fatal(err)
 		}
 		victim := env.Mint(1, "hq")[0]
-		before, _ := env.Server.Store().Digest()
+		before, _ := env.Server.Store().Digest(context.Background())
 		// A reports B's state, and writes over its own server-owned topics.
 		pub := func(c paho.Client, topic string, retain bool, body []byte) {
 			tok := c.Publish(topic, 1, retain, body)
 			tok.WaitTimeout(5 * time.Second)
 		}
 		state, _ := wire.Marshal(wire.JSON, wire.StateReport{ConfigVersion: 1, Health: "forged"})
-		pub(dc, mqtt.StateTopic(bID), false, state)
-		pub(dc, mqtt.ConfigTopic(aID), true, []byte(`{"device_id":"forged"}`))
-		pub(dc, mqtt.LeaseTopic(aID), false, []byte(`{"status":"2.04"}`))
+		pub(dc, topics.State(bID), false, state)
+		pub(dc, topics.Config(aID), true, []byte(`{"device_id":"forged"}`))
+		pub(dc, topics.Lease(aID), false, []byte(`{"status":"2.04"}`))
 		// A bootstrap client publishes on another client's request topic.
 		req, _ := wire.Marshal(wire.JSON, wire.EnrollRequest{Serial: victim.Serial, ClaimToken: victim.ClaimToken, CSR: csrFor(t, mustKey(t))})
-		pub(bc, mqtt.EnrollTopic(simulator.Nonce(), wire.JSON), false, req)
-		time.Sleep(300 * time.Millisecond)
-		if after, _ := env.Server.Store().Digest(); after != before {
+		pub(bc, topics.Enroll(simulator.Nonce(), wire.JSON), false, req)
+		// The broker drops a client at its first forbidden packet, once it
+		// has refused it: both connections ending is the signal that the
+		// forged packets were handled (refused), not a fixed wait.
+		waitFor(t, func() bool { return !dc.IsConnectionOpen() && !bc.IsConnectionOpen() }, "the broker to drop both publishers")
+		if after, _ := env.Server.Store().Digest(context.Background()); after != before {
 			t.Error("a publish the rules forbid changed the inventory")
 		}
 		// A's own config topic still holds the server's config.

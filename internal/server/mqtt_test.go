@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
+
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/google/uuid"
 
@@ -18,7 +20,6 @@ import (
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
-	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -37,11 +38,11 @@ func TestMQTTEnrollAndOperate(t *testing.T) {
 				t.Errorf("answer %+v", res)
 			}
 			opensslVerify(t, env, d.PEM())
-			stored, _ := env.Server.Store().DeviceBySerial(b.Serial)
+			stored, _ := env.Server.Store().DeviceBySerial(context.Background(), b.Serial)
 			if stored.State != devices.StateProvisioned || stored.Lease == nil || stored.Lease.Addr.String() != res.Network.Address {
 				t.Fatalf("stored %+v", stored)
 			}
-			evs, _ := env.Server.Store().Audit(0, 1000)
+			evs, _ := env.Server.Store().Audit(context.Background(), devices.AuditQuery{Ascending: true, Limit: 1000})
 			if last := lastAction(evs, "device.enroll"); last == nil || last.Detail["transport"] != "mqtt" || last.Source == "" {
 				t.Errorf("audit event %+v, want transport mqtt with a source", last)
 			}
@@ -62,11 +63,11 @@ func TestMQTTEnrollAndOperate(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitFor(t, func() bool {
-				d, _ := env.Server.Store().DeviceBySerial(b.Serial)
+				d, _ := env.Server.Store().DeviceBySerial(context.Background(), b.Serial)
 				return d.State == devices.StateActive && d.AppliedConfigVersion == cfg.ConfigVersion && d.FirmwareVersion == "2.0.0" && d.Health == "ok"
 			}, "device active after reporting its applied config")
 
-			time.Sleep(1100 * time.Millisecond) // lease expiry has one-second resolution
+			env.Clock.Advance(2 * time.Second) // lease expiry has one-second resolution
 			lease, err := s.RenewLease(ctxT(t))
 			if err != nil {
 				t.Fatalf("renew over MQTT: %v", err)
@@ -93,7 +94,7 @@ func TestMQTTErrorsMatchCoAP(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			b := env.Mint(1, "hq")[0]
 			c.mod(&b)
-			before, _ := env.Server.Store().Digest()
+			before, _ := env.Server.Store().Digest(context.Background())
 			d1, _ := simulator.NewDevice(b)
 			_, errMQTT := d1.EnrollMQTT(ctxT(t), simulator.MQTTOptions{})
 			d2, _ := simulator.NewDevice(b)
@@ -105,7 +106,7 @@ func TestMQTTErrorsMatchCoAP(t *testing.T) {
 			if em.Code != ec.Code || em.Body != ec.Body || em.Body.Code != c.code {
 				t.Errorf("MQTT %v %+v, CoAP %v %+v, want both %s", em.Code, em.Body, ec.Code, ec.Body, c.code)
 			}
-			if after, _ := env.Server.Store().Digest(); after != before {
+			if after, _ := env.Server.Store().Digest(context.Background()); after != before {
 				t.Error("a refused enrollment changed the store")
 			}
 		})
@@ -144,7 +145,7 @@ func TestMixedFleet(t *testing.T) {
 	if sum.Enrolled != 60 {
 		t.Fatalf("%v", sum)
 	}
-	evs, _ := env.Server.Store().Audit(0, 1000)
+	evs, _ := env.Server.Store().Audit(context.Background(), devices.AuditQuery{Ascending: true, Limit: 1000})
 	by := map[string]int{}
 	for _, e := range evs {
 		if e.Action == "device.enroll" {
@@ -172,7 +173,7 @@ func TestRevokedDeviceRefusedAtConnect(t *testing.T) {
 	}
 	s.Close()
 	id := uuid.MustParse(d.Enrollment.DeviceID)
-	if _, err := env.Server.Store().UpdateDevice(id, func(x *devices.Device) (*devices.AuditEvent, error) {
+	if _, err := env.Server.Store().UpdateDevice(context.Background(), id, func(x *devices.Device) (*devices.AuditEvent, error) {
 		x.State = devices.StateRevoked
 		return nil, nil
 	}); err != nil {
@@ -192,7 +193,7 @@ func TestRevokedDeviceRefusedAtConnect(t *testing.T) {
 func TestInsecureMQTT(t *testing.T) {
 	cfg := server.Defaults()
 	cfg.DataDir, cfg.MQTTPlainAddr = t.TempDir(), "127.0.0.1:0"
-	if _, err := server.Start(cfg, servertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "--insecure-mqtt") {
+	if _, err := server.Start(context.Background(), cfg, servertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "--insecure-mqtt") {
 		t.Fatalf("plain MQTT without the flag: %v", err)
 	}
 	env := servertest.Start(t, func(c *server.Config) { c.InsecureMQTT, c.MQTTPlainAddr = true, "127.0.0.1:0" })
@@ -219,13 +220,13 @@ func TestMQTTBootstrapSessionGivesBackItsHandshakeSlot(t *testing.T) {
 		t.Fatalf("slots in use on an open bootstrap session = %d, want 1", n)
 	}
 	results := make(chan []byte, 1)
-	if tok := c.Subscribe(mqtt.ResultTopic(id), 1, func(_ paho.Client, m paho.Message) { results <- m.Payload() }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := c.Subscribe(topics.Result(id), 1, func(_ paho.Client, m paho.Message) { results <- m.Payload() }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	body, _ := wire.Marshal(wire.JSON, wire.EnrollRequest{Serial: bundles[0].Serial, ClaimToken: bundles[0].ClaimToken, CSR: csr})
-	if tok := c.Publish(mqtt.EnrollTopic(id, wire.JSON), 1, false, body); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := c.Publish(topics.Enroll(id, wire.JSON), 1, false, body); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("publish: %v", tok.Error())
 	}
 	select {

@@ -3,6 +3,7 @@ package server_test
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"io"
 	"os"
 	"path/filepath"
@@ -79,7 +80,7 @@ func TestBackupAndRestore(t *testing.T) {
 		lateOuts, _ = simulator.Run(ctxT(t), bundles[10:], simulator.RunOptions{Concurrency: 4})
 	}()
 	waitFor(t, func() bool {
-		list, _, _ := env.Server.Store().Devices(devices.Filter{State: devices.StateProvisioned, Limit: 100})
+		list, _, _ := env.Server.Store().Devices(context.Background(), devices.Filter{State: devices.StateProvisioned, Limit: 100})
 		return len(list) >= 15
 	}, "the second wave under way")
 	var fw httpapi.FirmwareAdded
@@ -123,10 +124,10 @@ func TestBackupAndRestore(t *testing.T) {
 	if err := restored.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &after); err != nil || after.PublicKey != before.PublicKey || len(after.Images) != 1 {
 		t.Errorf("firmware after restore: the same key %v, %d images, %v", after.PublicKey == before.PublicKey, len(after.Images), err)
 	}
-	if problems, err := restored.Server.Store().Verify(); err != nil || len(problems) > 0 {
+	if problems, err := restored.Server.Store().Verify(context.Background()); err != nil || len(problems) > 0 {
 		t.Fatalf("restored store: %v %v", problems, err)
 	}
-	if _, _, _, err := restored.Server.Store().VerifyAudit(); err != nil {
+	if _, err := restored.Server.Store().VerifyAudit(context.Background()); err != nil {
 		t.Errorf("restored audit chain: %v", err)
 	}
 	// Every device the backup holds (the first ten, and those of the
@@ -137,7 +138,7 @@ func TestBackupAndRestore(t *testing.T) {
 	// from the CA passphrase, which the restored server must open).
 	held := 0
 	for i, o := range slices.Concat(outs, lateOuts) {
-		got, err := restored.Server.Store().DeviceBySerial(o.Serial)
+		got, err := restored.Server.Store().DeviceBySerial(context.Background(), o.Serial)
 		if i >= 10 && err == nil && got.State == devices.StateClaimed {
 			continue // enrolled after the snapshot
 		}
@@ -188,7 +189,7 @@ func TestOverloadAdmission(t *testing.T) {
 	if !strings.Contains(string(raw), `result="5.03"`) || retried == 0 {
 		t.Fatalf("no overload happened (%d devices retried); the test proves nothing", retried)
 	}
-	list, _, _ := env.Server.Store().Devices(devices.Filter{Limit: 1000})
+	list, _, _ := env.Server.Store().Devices(context.Background(), devices.Filter{Limit: 1000})
 	addrs := map[string]bool{}
 	for _, d := range list {
 		if d.State != devices.StateProvisioned || d.Lease == nil || addrs[d.Lease.Addr.String()] {
@@ -196,7 +197,7 @@ func TestOverloadAdmission(t *testing.T) {
 		}
 		addrs[d.Lease.Addr.String()] = true
 	}
-	evs, _ := env.Server.Store().Audit(0, 1000)
+	evs, _ := env.Server.Store().Audit(context.Background(), devices.AuditQuery{Ascending: true, Limit: 1000})
 	n := 0
 	for _, ev := range evs {
 		if ev.Action == "device.enroll" {

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -156,11 +157,11 @@ func TestBulkOverride(t *testing.T) {
 		"short passphrase":   {Site: "hq", Override: &httpapi.OverrideFields{Passphrase: "short"}},
 		"bad dns":            {Site: "hq", Override: &httpapi.OverrideFields{DNS: []string{"not-an-ip"}}},
 	} {
-		before, _ := env.Server.Store().Digest()
+		before, _ := env.Server.Store().Digest(context.Background())
 		if err := env.Client.Do(ctxT(t), "PATCH", "/api/v1/devices/config", req, nil); err == nil || !strings.Contains(err.Error(), "400") {
 			t.Errorf("%s: %v, want 400", name, err)
 		}
-		if after, _ := env.Server.Store().Digest(); after != before {
+		if after, _ := env.Server.Store().Digest(context.Background()); after != before {
 			t.Errorf("%s changed the store", name)
 		}
 	}

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/internal/testtools"
+
 	piondtls "github.com/pion/dtls/v3"
 	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -61,7 +63,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer session.Close()
-	inUse, _ := env.Server.Store().LeasesInUse("hq", time.Now())
+	inUse, _ := env.Server.Store().LeasesInUse(context.Background(), "hq", time.Now())
 
 	start := time.Now()
 	var res httpapi.RevokeResponse
@@ -94,18 +96,18 @@ func TestRevocationEndToEnd(t *testing.T) {
 		if _, err := again.Enroll(ctxT(t), simulator.EnrollOptions{}); simulator.Reason(err) != "revoked" {
 			t.Errorf("%s re-enrolls: %v, want 4.03 revoked", d.Bundle.Serial, err)
 		}
-		stored, _ := env.Server.Store().DeviceBySerial(d.Bundle.Serial)
+		stored, _ := env.Server.Store().DeviceBySerial(context.Background(), d.Bundle.Serial)
 		if stored.State != devices.StateRevoked || stored.Lease != nil {
 			t.Errorf("%s: state %s lease %v", d.Bundle.Serial, stored.State, stored.Lease)
 		}
 	}
-	if now, _ := env.Server.Store().LeasesInUse("hq", time.Now()); now != inUse-2 {
+	if now, _ := env.Server.Store().LeasesInUse(context.Background(), "hq", time.Now()); now != inUse-2 {
 		t.Errorf("leases in use %d, want %d (both released)", now, inUse-2)
 	}
 	if _, err := c.RenewLease(ctxT(t), simulator.EnrollOptions{}); err != nil {
 		t.Errorf("bystander: %v", err)
 	}
-	evs, _ := env.Server.Store().Audit(0, 1000)
+	evs, _ := env.Server.Store().Audit(context.Background(), devices.AuditQuery{Ascending: true, Limit: 1000})
 	n := 0
 	for _, ev := range evs {
 		if ev.Action == "device.revoke" && ev.Detail["reason"] == "stolen from the lobby" && strings.HasPrefix(ev.Actor, "token:") {
@@ -171,7 +173,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 // opensslRevocation checks the CRL and OCSP with the openssl CLI.
 func opensslRevocation(t *testing.T, env *servertest.Env, crlDER []byte, revoked, good *simulator.Device) {
 	t.Helper()
-	openssl := need(t, "openssl")
+	openssl := testtools.Need(t, "openssl")
 	dir := t.TempDir()
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)

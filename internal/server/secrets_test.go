@@ -12,7 +12,7 @@ import (
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
-	"github.com/provisiond/provisiond/pki"
+	"github.com/provisiond/provisiond/pki/seal"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
 )
@@ -151,7 +151,7 @@ func TestPassphrasesSealedAtRest(t *testing.T) {
 			t.Errorf("the inventory file holds %q in clear", p)
 		}
 	}
-	if !bytes.Contains(raw, []byte(pki.SealedPrefix)) {
+	if !bytes.Contains(raw, []byte(seal.Prefix)) {
 		t.Error("no sealed value in the inventory file")
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -30,14 +29,18 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/provisiond/provisiond/internal/atomicfile"
+
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/devices/kv/boltkv"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/firmware"
 	"github.com/provisiond/provisiond/internal/handshake"
 	"github.com/provisiond/provisiond/internal/metrics"
 	"github.com/provisiond/provisiond/pki"
+	"github.com/provisiond/provisiond/pki/seal"
 	"github.com/provisiond/provisiond/transport/coap"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/mqtt"
@@ -58,7 +61,8 @@ const (
 	ServerInfoFile = httpapi.ServerInfoFile // where the running server's API listens, for provctl --data
 )
 
-// PassphraseEnv names the environment variable holding the CA key passphrase.
+// PassphraseEnv names the environment variable that provisiond reads the CA
+// key passphrase from (cmd/provisiond: the setting ca-passphrase).
 const PassphraseEnv = "PROVISIOND_CA_PASSPHRASE"
 
 // Config is everything the service needs to start. Defaults() fills it.
@@ -77,24 +81,85 @@ type Config struct {
 	MQTTClientID   string   // this replica's client ID on the external broker (default provisiond-<hostname>)
 	AdvertiseHost  string   // host devices use to reach the service (bundles, certificates)
 	ServerNames    []string // extra DNS names / IPs for the server certificate
-	CAPassphrase   string   // when empty: $PROVISIOND_CA_PASSPHRASE, else a generated file
+	CAPassphrase   string   // when empty: the generated one in the data directory (a new CA only)
 	CertLifetime   time.Duration
 	CertTemplate   string // file with an x509util template; empty = built-in
 	Enroll         enroll.Config
+	Fleet          enroll.FleetConfig
 	MaxHandshakes  int // DTLS and MQTT TLS handshakes in progress at once, per listener (default 64)
 	StoreBatchWait time.Duration
-	DebugAddr      string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
+	// Clock tells the time to the workflows (lease expiry, retry and
+	// renewal windows); nil is the system clock. Tests move it forward
+	// instead of sleeping. Not a flag.
+	Clock     enroll.Clock `json:"-"`
+	DebugAddr string       // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
+}
+
+// OpenInventory opens the inventory in the bbolt file at path (the
+// embedded engine), creating it when absent. A store of an older layout is
+// copied to path.before-MIGRATIONS before New brings it up to date.
+func OpenInventory(ctx context.Context, path string, opts boltkv.Options) (*devices.Store, error) {
+	opts.Buckets = devices.Buckets
+	db, err := boltkv.Open(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	due, err := devices.Migrations(ctx, db)
+	if err == nil && len(due) > 0 {
+		err = copyBefore(ctx, db, path, due)
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	st, err := devices.New(ctx, db)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// copyBefore writes a consistent copy of the store beside it, named after
+// the migrations about to run.
+func copyBefore(ctx context.Context, db *boltkv.DB, path string, due []string) error {
+	var slugs []string
+	for _, m := range due {
+		slugs = append(slugs, strings.ReplaceAll(m, " ", "-"))
+	}
+	dst := path + ".before-" + strings.Join(slugs, "+")
+	return db.Snapshot(ctx, func(_ int64, write func(io.Writer) error) error {
+		f, err := os.OpenFile(dst+".tmp", os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("copy the inventory before migrating: %w", err)
+		}
+		if err := write(f); err != nil {
+			f.Close()
+			return fmt.Errorf("copy the inventory before migrating: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		return os.Rename(dst+".tmp", dst)
+	})
 }
 
 // Defaults returns the embedded defaults that `go run ./cmd/provisiond` uses.
 func Defaults() Config {
 	return Config{
-		DataDir:       "./data",
-		CoAPSAddr:     ":5684",
-		HTTPAddr:      ":8443",
-		MQTTAddr:      ":8883",
-		AdvertiseHost: "localhost",
-		CertLifetime:  90 * 24 * time.Hour,
+		DataDir:        "./data",
+		CoAPSAddr:      ":5684",
+		HTTPAddr:       ":8443",
+		MQTTAddr:       ":8883",
+		AdvertiseHost:  "localhost",
+		CertLifetime:   90 * 24 * time.Hour,
+		MaxHandshakes:  handshake.DefaultSlots,
+		StoreBatchWait: boltkv.DefaultMaxBatchDelay,
+		Enroll:         enroll.DefaultConfig(),
 	}
 }
 
@@ -159,7 +224,7 @@ type Server struct {
 // Start opens the data directory (creating the CA and admin token on first
 // start) and starts every listener. It fails at once when another provisiond
 // uses the same data directory.
-func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -172,8 +237,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 			_ = s.Shutdown(context.Background())
 		}
 	}()
-	s.store, err = devices.Open(filepath.Join(cfg.DataDir, InventoryFile), devices.Options{MaxBatchDelay: cfg.StoreBatchWait})
-	if errors.Is(err, devices.ErrLocked) {
+	s.store, err = OpenInventory(ctx, filepath.Join(cfg.DataDir, InventoryFile), boltkv.Options{MaxBatchDelay: cfg.StoreBatchWait})
+	if errors.Is(err, boltkv.ErrLocked) {
 		return nil, fmt.Errorf("data directory %s is in use by another provisiond (its inventory is locked); stop it or use --data", cfg.DataDir)
 	}
 	if err != nil {
@@ -201,10 +266,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		log.Info("created embedded CA", "dir", filepath.Join(cfg.DataDir, CADir), "root", ca.Root().Subject.CommonName)
 	}
 	rootPath := filepath.Join(cfg.DataDir, RootFile)
-	if err := pki.WriteFileAtomic(rootPath, ca.RootPEM(), 0o644); err != nil {
+	if err := atomicfile.Write(rootPath, ca.RootPEM(), 0o644); err != nil {
 		return nil, err
 	}
-	if err := s.adminToken(); err != nil {
+	access := enroll.NewAccess(s.store, ca)
+	if err := s.adminToken(ctx, access); err != nil {
 		return nil, err
 	}
 	serverCert, err := ca.NewServerCertificate(s.serverNames(), s.serverIPs(), 30*24*time.Hour)
@@ -214,20 +280,20 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 
 	// Wi-Fi passphrases are sealed in the inventory under a key derived
 	// from the same master secret as the CA keys.
-	sealer, err := pki.NewSealer([]byte(pass))
+	sealer, err := seal.New([]byte(pass))
 	if err != nil {
 		return nil, err
 	}
 	cfg.Enroll.Secrets = sealer
-	svc := enroll.New(cfg.Enroll, s.store, ca, nil, log)
-	fleet := enroll.NewFleet(s.store, sealer, log)
-	if err := s.refreshCRL(); err != nil {
+	svc := enroll.New(cfg.Enroll, s.store, ca, cfg.Clock, log)
+	fleet := enroll.NewFleet(cfg.Fleet, s.store, sealer, log)
+	if err := s.refreshCRL(ctx); err != nil {
 		return nil, err
 	}
 	s.bg.Go(s.crlLoop)
 	// Created before any listener starts; the gauges read the listeners at scrape time.
 	s.metrics = metrics.New(metrics.Sources{
-		LeasesInUse:  func() (map[string]int, error) { return s.store.LeasesInUseBySite(time.Now()) },
+		LeasesInUse:  func() (map[string]int, error) { return s.store.LeasesInUseBySite(context.Background(), time.Now()) },
 		DTLSSessions: func() int { return s.coap.Sessions() },
 		Handshakes: func() map[string]handshake.Stats {
 			out := map[string]handshake.Stats{"coaps": s.coap.Handshakes()}
@@ -287,7 +353,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	// After a revocation: a new CRL, and the devices' live sessions cut.
 	fleet.OnRevoke(func(revoked []devices.Device) {
 		s.metrics.Revoked(len(revoked))
-		if err := s.refreshCRL(); err != nil {
+		if err := s.refreshCRL(ctx); err != nil {
 			s.log.Error("regenerate CRL", "err", err)
 		}
 		for _, d := range revoked {
@@ -301,7 +367,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		}
 	})
 
-	api := httpapi.New(s.store, fleet, ca, s.store, s, s.info, log)
+	api := httpapi.New(s.store, fleet, access, s, s.info, log)
 	api.SetOps(s.metrics.Handler(), s.Ready, s.Backup)
 	api.SetWeb(web.Handler())
 	api.SetFirmware(fwSrc.cat, fwSrc.targets, svc.Authorize, fleet.Retarget)
@@ -342,6 +408,22 @@ func Start(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	log.Info("provisiond ready",
 		"data", cfg.DataDir, "root_ca", rootPath, "admin_token", filepath.Join(cfg.DataDir, AdminTokenFile),
 		"https", "https://"+s.HTTPAddr().String(), "endpoints", strings.Join(s.info().Endpoints, " "))
+	// Bulk jobs a stop or a crash interrupted go on where they stopped.
+	jobsCtx, cancelJobs := context.WithCancel(context.Background())
+	s.bg.Go(func() {
+		<-s.stop
+		cancelJobs()
+	})
+	s.bg.Go(func() {
+		if err := fleet.ResumeJobs(jobsCtx); err != nil && jobsCtx.Err() == nil {
+			log.Error("resume jobs", "err", err)
+		}
+	})
+	if s.broker != nil {
+		s.forwardErrors(s.coap.Err(), s.broker.Err())
+	} else {
+		s.forwardErrors(s.coap.Err())
+	}
 	return s, nil
 }
 
@@ -351,8 +433,8 @@ func (s *Server) observe(transport, result string, d time.Duration) {
 }
 
 // Ready reports why the service is not ready to serve devices, or nil.
-func (s *Server) Ready() error {
-	if err := s.store.Ping(); err != nil { // not Check: that reads the whole file
+func (s *Server) Ready(ctx context.Context) error {
+	if err := s.store.Ping(ctx); err != nil { // not Check: that reads the whole file
 		return err
 	}
 	if s.cfg.MQTTBroker != "" && !s.MQTTConnected() {
@@ -366,7 +448,7 @@ func (s *Server) Ready() error {
 // CA directory (certificates and encrypted keys). Restore by extracting it
 // into an empty data directory and starting provisiond with the CA
 // passphrase (docs/operations.md).
-func (s *Server) Backup(w io.Writer) error {
+func (s *Server) Backup(ctx context.Context, w io.Writer) error {
 	tw := tar.NewWriter(w)
 	now := time.Now()
 	for _, f := range []string{pki.RootCertFile, pki.RootKeyFile, pki.IntermediateCertFile, pki.IntermediateKeyFile} {
@@ -406,7 +488,7 @@ func (s *Server) Backup(w io.Writer) error {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("back up firmware: %w", err)
 	}
-	if err := s.store.Backup(func(size int64, write func(io.Writer) error) error {
+	if err := s.store.Backup(ctx, func(size int64, write func(io.Writer) error) error {
 		if err := tw.WriteHeader(&tar.Header{Name: InventoryFile, Mode: 0o600, Size: size, ModTime: now}); err != nil {
 			return err
 		}
@@ -418,10 +500,10 @@ func (s *Server) Backup(w io.Writer) error {
 }
 
 // refreshCRL regenerates the CRL from the store's revoked certificates.
-func (s *Server) refreshCRL() error {
+func (s *Server) refreshCRL(ctx context.Context) error {
 	s.crlMu.Lock()
 	defer s.crlMu.Unlock()
-	list, err := s.store.RevokedCerts()
+	list, err := s.store.RevokedCerts(ctx)
 	if err != nil {
 		return err
 	}
@@ -458,11 +540,11 @@ func (s *Server) crlLoop() {
 			case <-s.stop:
 				return
 			}
-			if err := s.refreshCRL(); err != nil {
+			if err := s.refreshCRL(context.Background()); err != nil {
 				s.log.Error("regenerate CRL", "err", err)
 			}
 		case <-t.C:
-			if err := s.refreshCRL(); err != nil {
+			if err := s.refreshCRL(context.Background()); err != nil {
 				s.log.Error("regenerate CRL", "err", err)
 			}
 		}
@@ -473,9 +555,9 @@ func (s *Server) crlLoop() {
 func (s *Server) CRL() []byte { return *s.crl.Load() }
 
 // OCSP answers a DER OCSP request from the inventory.
-func (s *Server) OCSP(req []byte) ([]byte, error) {
+func (s *Server) OCSP(ctx context.Context, req []byte) ([]byte, error) {
 	return s.ca.OCSP(req, func(serial *big.Int) (pki.Status, error) {
-		st, rc, err := s.store.CertStatus(fmt.Sprintf("%x", serial))
+		st, rc, err := s.store.CertStatus(ctx, fmt.Sprintf("%x", serial))
 		return pki.Status{Known: st != devices.CertUnknown, Revoked: st == devices.CertRevoked, RevokedAt: rc.RevokedAt}, err
 	}, time.Now())
 }
@@ -593,15 +675,12 @@ func (s *Server) writeServerInfo() error {
 	if err != nil {
 		return err
 	}
-	return pki.WriteFileAtomic(filepath.Join(s.cfg.DataDir, ServerInfoFile), append(b, '\n'), 0o644)
+	return atomicfile.Write(filepath.Join(s.cfg.DataDir, ServerInfoFile), append(b, '\n'), 0o644)
 }
 
 func (s *Server) passphrase() (string, error) {
 	if s.cfg.CAPassphrase != "" {
 		return s.cfg.CAPassphrase, nil
-	}
-	if p := os.Getenv(PassphraseEnv); p != "" {
-		return p, nil
 	}
 	path := filepath.Join(s.cfg.DataDir, PassphraseFile)
 	b, err := os.ReadFile(path)
@@ -617,7 +696,7 @@ func (s *Server) passphrase() (string, error) {
 	var raw [32]byte
 	_, _ = rand.Read(raw[:])
 	pass := base64.RawURLEncoding.EncodeToString(raw[:])
-	if err := pki.WriteFileAtomic(path, []byte(pass+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(pass+"\n"), 0o600); err != nil {
 		return "", err
 	}
 	s.log.Warn("CA key passphrase generated and stored beside the keys; set "+PassphraseEnv+" and delete the file for production",
@@ -626,7 +705,10 @@ func (s *Server) passphrase() (string, error) {
 }
 
 // adminToken makes sure data/admin.token exists and is a valid admin token.
-func (s *Server) adminToken() error {
+// adminToken makes sure the data directory holds an admin token the
+// inventory knows: the first start mints one (a cluster's first replica
+// will, issue 13), later starts find theirs.
+func (s *Server) adminToken(ctx context.Context, access *enroll.Access) error {
 	path := filepath.Join(s.cfg.DataDir, AdminTokenFile)
 	b, err := os.ReadFile(path)
 	var secret string
@@ -634,23 +716,14 @@ func (s *Server) adminToken() error {
 	case err == nil:
 		secret = strings.TrimSpace(string(b))
 	case errors.Is(err, os.ErrNotExist):
-		var raw [32]byte
-		_, _ = rand.Read(raw[:])
-		secret = "pvd_" + base64.RawURLEncoding.EncodeToString(raw[:])
+		secret, _ = enroll.NewTokenSecret()
 	default:
 		return fmt.Errorf("read admin token: %w", err)
 	}
-	h := sha256.Sum256([]byte(secret))
-	if _, err := s.store.TokenByHash(h[:]); errors.Is(err, devices.ErrNotFound) {
-		tok := devices.Token{ID: uuid.NewString()[:8], Name: "admin (bootstrap)", Role: devices.RoleAdmin, CreatedAt: time.Now().UTC()}
-		if err := s.store.PutToken(h[:], tok, devices.AuditEvent{Actor: "system", Action: "token.create", Target: tok.ID,
-			Detail: map[string]string{"role": string(tok.Role), "name": tok.Name}}); err != nil {
-			return err
-		}
-	} else if err != nil {
+	if _, err := access.EnsureToken(ctx, enroll.Actor{Name: "system"}, secret, "admin (bootstrap)", devices.RoleAdmin); err != nil {
 		return err
 	}
-	return pki.WriteFileAtomic(path, []byte(secret+"\n"), 0o600)
+	return atomicfile.Write(path, []byte(secret+"\n"), 0o600)
 }
 
 func (s *Server) serverNames() []string {
@@ -739,18 +812,25 @@ func (s *Server) Store() *devices.Store { return s.store }
 // CA gives tests access to the CA.
 func (s *Server) CA() *pki.CA { return s.ca }
 
-// Err reports a listener that failed while running.
-func (s *Server) Err() <-chan error {
-	out := make(chan error, 1)
-	go func() {
-		select {
-		case err := <-s.errs:
-			out <- err
-		case err := <-s.coap.Err():
-			out <- err
-		}
-	}()
-	return out
+// Err reports a component that failed while running (the HTTPS, CoAP or
+// MQTT listeners); it is the same channel at every call.
+func (s *Server) Err() <-chan error { return s.errs }
+
+// forwardErrors hands each component's failure to Err, until shutdown:
+// one goroutine per component, started once.
+func (s *Server) forwardErrors(sources ...<-chan error) {
+	for _, src := range sources {
+		go func() {
+			select {
+			case err := <-src:
+				select {
+				case s.errs <- err:
+				case <-s.stop:
+				}
+			case <-s.stop:
+			}
+		}()
+	}
 }
 
 // Shutdown stops the listeners, waits for in-flight requests (until ctx
@@ -805,8 +885,8 @@ var (
 	_ coap.FirmwareImages   = (*firmwareSource)(nil)
 )
 
-func (f *firmwareSource) DeviceImage(id uuid.UUID, digest string) (io.ReadSeeker, error) {
-	d, err := f.store.Device(id)
+func (f *firmwareSource) DeviceImage(ctx context.Context, id uuid.UUID, digest string) (io.ReadSeeker, error) {
+	d, err := f.store.Device(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,8 +29,20 @@ type Env struct {
 	DataDir string
 	Info    httpapi.Info
 	Config  server.Config
-	logs    *lockedBuffer
+	// Clock is the server's clock: the system time plus what Advance added.
+	Clock *Clock
+	logs  *lockedBuffer
 }
+
+// Clock is the system clock moved forward by Advance, so that a test
+// reaches a lease expiry or the end of a window without sleeping.
+type Clock struct{ offset atomic.Int64 }
+
+// Now is the system time plus the advances so far.
+func (c *Clock) Now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // Logs returns everything the server logged so far (at debug level).
 func (e *Env) Logs() string { return e.logs.String() }
@@ -59,11 +72,13 @@ func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 	cfg.CoAPSAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.AdvertiseHost = "127.0.0.1"
 	cfg.CAPassphrase = "test-passphrase-0123456789"
+	clock := &Clock{}
+	cfg.Clock = clock
 	for _, m := range mod {
 		m(&cfg)
 	}
 	logs := &lockedBuffer{}
-	srv, err := server.Start(cfg, slog.New(slog.NewTextHandler(tWriter{t, logs}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	srv, err := server.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(tWriter{t, logs}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatalf("start provisiond: %v", err)
 	}
@@ -86,7 +101,7 @@ func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Env{T: t, Server: srv, Client: c, DataDir: cfg.DataDir, Info: info, Config: cfg, logs: logs}
+	return &Env{T: t, Server: srv, Client: c, DataDir: cfg.DataDir, Info: info, Config: cfg, Clock: clock, logs: logs}
 }
 
 // Logger writes the server's logs through t.Log at debug level, visible with -v or on failure.

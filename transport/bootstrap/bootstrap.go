@@ -6,6 +6,7 @@
 package bootstrap
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -91,15 +92,15 @@ func (a Answer) Reply() wire.Reply {
 
 // Enroller is the enrollment service as the transports see it.
 type Enroller interface {
-	Enroll(req enroll.Request) (enroll.Result, error)
-	RenewLease(id uuid.UUID, source netip.AddrPort, transport string) (enroll.DeviceConfig, error)
-	Renew(id uuid.UUID, presented string, csr []byte, source netip.AddrPort, transport string) (enroll.Result, error)
+	Enroll(ctx context.Context, req enroll.Request) (enroll.Result, error)
+	RenewLease(ctx context.Context, id uuid.UUID, source netip.AddrPort, transport string) (enroll.DeviceConfig, error)
+	Renew(ctx context.Context, id uuid.UUID, presented string, csr []byte, source netip.AddrPort, transport string) (enroll.Result, error)
 }
 
 // Renew handles a certificate renewal by a device authenticated with the
 // certificate whose serial is presented ("" when an external broker did the
 // authentication: then the device's current certificate is assumed).
-func (h *Handler) Renew(f wire.Format, id uuid.UUID, presented string, body []byte, src netip.AddrPort) Answer {
+func (h *Handler) Renew(ctx context.Context, f wire.Format, id uuid.UUID, presented string, body []byte, src netip.AddrPort) Answer {
 	if f != wire.JSON && f != wire.CBOR {
 		return Answer{Status: UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)"),
 			Value: &wire.Error{Code: CodeUnsupportedFormat, Message: "use CBOR or JSON"}}
@@ -111,7 +112,7 @@ func (h *Handler) Renew(f wire.Format, id uuid.UUID, presented string, body []by
 	if err := wire.Unmarshal(f, body, &req); err != nil {
 		return h.errorAnswer(f, BadRequest, CodeBadRequest, err.Error(), 0)
 	}
-	res, err := h.Enroller.Renew(id, presented, req.CSR, src, h.Transport)
+	res, err := h.Enroller.Renew(ctx, id, presented, req.CSR, src, h.Transport)
 	if err != nil {
 		return h.Error(f, err)
 	}
@@ -135,17 +136,17 @@ type Handler struct {
 }
 
 // Enroll handles one enrollment request body.
-func (h *Handler) Enroll(f wire.Format, body []byte, src netip.AddrPort) Answer {
+func (h *Handler) Enroll(ctx context.Context, f wire.Format, body []byte, src netip.AddrPort) Answer {
 	if h.Observe == nil {
-		return h.enroll(f, body, src)
+		return h.enroll(ctx, f, body, src)
 	}
 	start := time.Now()
-	a := h.enroll(f, body, src)
+	a := h.enroll(ctx, f, body, src)
 	h.Observe(h.Transport, a.Status.Code(), time.Since(start))
 	return a
 }
 
-func (h *Handler) enroll(f wire.Format, body []byte, src netip.AddrPort) Answer {
+func (h *Handler) enroll(ctx context.Context, f wire.Format, body []byte, src netip.AddrPort) Answer {
 	if f != wire.JSON && f != wire.CBOR {
 		return Answer{Status: UnsupportedFormat, Body: []byte("use content-format 60 (CBOR) or 50 (JSON)"),
 			Value: &wire.Error{Code: CodeUnsupportedFormat, Message: "use CBOR or JSON"}}
@@ -157,7 +158,7 @@ func (h *Handler) enroll(f wire.Format, body []byte, src netip.AddrPort) Answer 
 	if err := wire.Unmarshal(f, body, &req); err != nil {
 		return h.errorAnswer(f, BadRequest, CodeBadRequest, err.Error(), 0)
 	}
-	res, err := h.Enroller.Enroll(enroll.Request{
+	res, err := h.Enroller.Enroll(ctx, enroll.Request{
 		Serial: req.Serial, ClaimToken: req.ClaimToken, CSR: req.CSR, Model: req.Model,
 		FirmwareVersion: req.FirmwareVersion, MAC: req.MAC, Source: src, Transport: h.Transport,
 	})
@@ -179,8 +180,8 @@ func (h *Handler) TooLarge(f wire.Format) Answer {
 }
 
 // RenewLease handles a lease renewal by an authenticated device.
-func (h *Handler) RenewLease(f wire.Format, id uuid.UUID, src netip.AddrPort) Answer {
-	cfg, err := h.Enroller.RenewLease(id, src, h.Transport)
+func (h *Handler) RenewLease(ctx context.Context, f wire.Format, id uuid.UUID, src netip.AddrPort) Answer {
+	cfg, err := h.Enroller.RenewLease(ctx, id, src, h.Transport)
 	if err != nil {
 		return h.Error(f, err)
 	}

@@ -2,6 +2,7 @@ package coap
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"sync"
 
@@ -32,8 +33,8 @@ type observer struct {
 
 // SetConfigSource enables /config (with Observe) and /state for enrolled
 // devices on mutual DTLS. Call it before Start.
-func (s *Server) SetConfigSource(config func(uuid.UUID) (enroll.DeviceConfig, error),
-	report func(id uuid.UUID, rep enroll.StateReport, source string) error) {
+func (s *Server) SetConfigSource(config func(context.Context, uuid.UUID) (enroll.DeviceConfig, error),
+	report func(ctx context.Context, id uuid.UUID, rep enroll.StateReport, source string) error) {
 	s.configOf, s.report = config, report
 }
 
@@ -70,7 +71,7 @@ func (s *Server) getConfig(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Me
 	if !ok || s.configOf == nil {
 		return
 	}
-	cfg, err := s.configOf(p.id)
+	cfg, err := s.configOf(m.Context(), p.id)
 	if err != nil {
 		reply(w, h.Error(f, err))
 		return
@@ -135,7 +136,7 @@ func (s *Server) postState(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Me
 		reply(w, h.Error(f, enroll.ErrInvalid))
 		return
 	}
-	if err := s.report(p.id, enroll.StateReport{ConfigVersion: rep.ConfigVersion, FirmwareVersion: rep.FirmwareVersion,
+	if err := s.report(m.Context(), p.id, enroll.StateReport{ConfigVersion: rep.ConfigVersion, FirmwareVersion: rep.FirmwareVersion,
 		Health: rep.Health}, sourceOf(w).String()); err != nil {
 		reply(w, h.Error(f, err))
 		return
@@ -218,5 +219,5 @@ func (s *Server) renew(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Messag
 	if !ok {
 		return
 	}
-	reply(w, h.Renew(f, p.id, p.certSerial, body, sourceOf(w)))
+	reply(w, h.Renew(m.Context(), f, p.id, p.certSerial, body, sourceOf(w)))
 }

@@ -1,6 +1,7 @@
 package coap
 
 import (
+	"context"
 	"errors"
 	"io"
 	"strings"
@@ -17,7 +18,7 @@ import (
 type FirmwareImages interface {
 	// DeviceImage returns the image with this digest if it is one of the
 	// device's model; ErrNoImage otherwise.
-	DeviceImage(id uuid.UUID, digest string) (io.ReadSeeker, error)
+	DeviceImage(ctx context.Context, id uuid.UUID, digest string) (io.ReadSeeker, error)
 }
 
 // ErrNoImage is returned by FirmwareImages when the device may not have
@@ -48,7 +49,7 @@ func (s *Server) getFirmware(w mux.ResponseWriter, m *mux.Message) {
 		_ = w.SetResponse(codes.NotFound, message.TextPlain, textBody("firmware is not enabled on this server"))
 		return
 	}
-	img, err := s.firmware.DeviceImage(p.id, digest)
+	img, err := s.firmware.DeviceImage(m.Context(), p.id, digest)
 	if err != nil {
 		code := codes.InternalServerError
 		if errors.Is(err, ErrNoImage) {

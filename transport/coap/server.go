@@ -30,6 +30,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/provisiond/provisiond/pki/profile"
+
 	"github.com/google/uuid"
 	piondtls "github.com/pion/dtls/v3"
 	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
@@ -66,7 +68,7 @@ var CipherSuites = []piondtls.CipherSuiteID{
 }
 
 // Authorizer decides whether a verified device certificate may connect.
-type Authorizer func(id uuid.UUID, certSerial string) error
+type Authorizer func(ctx context.Context, id uuid.UUID, certSerial string) error
 
 // Config configures the CoAP listeners.
 type Config struct {
@@ -93,10 +95,14 @@ type Server struct {
 	secure   *bootstrap.Handler
 	insecure *bootstrap.Handler
 	root     []byte // DER
+	// life is the context of checks made where go-coap and pion give none
+	// (the handshake's certificate check); Shutdown cancels it.
+	life context.Context
+	stop context.CancelFunc
 
 	crl      func() []byte // current DER CRL, for GET /crl
-	configOf func(uuid.UUID) (enroll.DeviceConfig, error)
-	report   func(id uuid.UUID, rep enroll.StateReport, source string) error
+	configOf func(context.Context, uuid.UUID) (enroll.DeviceConfig, error)
+	report   func(ctx context.Context, id uuid.UUID, rep enroll.StateReport, source string) error
 	obs      observers
 	firmware FirmwareImages
 
@@ -121,12 +127,15 @@ func New(cfg Config, enroller bootstrap.Enroller, root *x509.Certificate, log *s
 		cfg.IdleTimeout = 60 * time.Second
 	}
 	if cfg.MaxHandshakes <= 0 {
-		cfg.MaxHandshakes = 64
+		cfg.MaxHandshakes = handshake.DefaultSlots
 	}
 	if cfg.HandshakeQueueWait <= 0 {
 		cfg.HandshakeQueueWait = 5 * time.Second
 	}
+	life, stop := context.WithCancel(context.Background())
 	return &Server{
+		life:      life,
+		stop:      stop,
 		cfg:       cfg,
 		log:       log,
 		secure:    &bootstrap.Handler{Enroller: enroller, Transport: "coaps", Log: log},
@@ -246,12 +255,12 @@ func (s *Server) startDTLS() error {
 			if len(chains) == 0 || len(chains[0]) == 0 {
 				return nil // no client certificate: bootstrap session
 			}
-			id, serial, err := DeviceIdentity(chains[0][0])
+			id, serial, err := profile.Identify(chains[0][0])
 			if err != nil {
 				return err
 			}
 			if s.cfg.Authorize != nil {
-				if err := s.cfg.Authorize(id, serial); err != nil {
+				if err := s.cfg.Authorize(s.life, id, serial); err != nil {
 					s.log.Info("device certificate refused at handshake", "device_id", id, "err", err)
 					return err
 				}
@@ -280,7 +289,7 @@ func (s *Server) startDTLS() error {
 			if err != nil {
 				return
 			}
-			if id, serial, err := DeviceIdentity(leaf); err == nil {
+			if id, serial, err := profile.Identify(leaf); err == nil {
 				cc.SetContextValue(peerKey{}, peer{id: id, certSerial: serial})
 				s.track(id, cc)
 			}
@@ -347,6 +356,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.stopped = true
+	s.stop()
 	if s.dtls != nil {
 		s.dtls.Stop()
 	}
@@ -362,20 +372,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// DeviceIdentity extracts the device UUID (urn:uuid URI SAN) and the
-// certificate's serial (hex) from a device certificate.
-func DeviceIdentity(c *x509.Certificate) (uuid.UUID, string, error) {
-	for _, u := range c.URIs {
-		if u.Scheme == "urn" && len(u.Opaque) == len("uuid:")+36 && u.Opaque[:5] == "uuid:" {
-			id, err := uuid.Parse(u.Opaque[5:])
-			if err == nil {
-				return id, fmt.Sprintf("%x", c.SerialNumber), nil
-			}
-		}
-	}
-	return uuid.Nil, "", errors.New("certificate carries no urn:uuid device identity")
 }
 
 func sourceOf(w mux.ResponseWriter) netip.AddrPort {
@@ -477,7 +473,7 @@ func (s *Server) enroll(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Messa
 		reply(w, bootstrap.Answer{Status: bootstrap.BadRequest, Body: []byte("cannot read body")})
 		return
 	}
-	reply(w, h.Enroll(f, body, sourceOf(w)))
+	reply(w, h.Enroll(m.Context(), f, body, sourceOf(w)))
 	enrolled(w.Conn().NetConn())
 
 }
@@ -529,7 +525,7 @@ func (s *Server) lease(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Messag
 		reply(w, bootstrap.Answer{Status: bootstrap.Unauthorized, Format: f, Body: body})
 		return
 	}
-	reply(w, h.RenewLease(f, p.id, sourceOf(w)))
+	reply(w, h.RenewLease(m.Context(), f, p.id, sourceOf(w)))
 }
 
 func (s *Server) getCRL(w mux.ResponseWriter, m *mux.Message) {

@@ -5,6 +5,7 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -26,37 +27,33 @@ import (
 
 // Inventory is what the API reads.
 type Inventory interface {
-	Site(name string) (devices.Site, error)
-	Sites() ([]devices.Site, error)
-	SiteDeviceCount(name string) (int, error)
-	LeasesInUse(site string, now time.Time) (int, error)
-	Convergence(site string) (enrolled, applied int, err error)
-	Device(id uuid.UUID) (devices.Device, error)
-	DeviceBySerial(serial string) (devices.Device, error)
-	Devices(f devices.Filter) ([]devices.Device, uuid.UUID, error)
-	Audit(after uint64, limit int) ([]devices.AuditEvent, error)
-	History(target string, limit int) ([]devices.AuditEvent, error)
-	TokenByHash(hash []byte) (devices.Token, error)
-	AppendAudit(ev devices.AuditEvent) error
-	VerifyAudit() (n int, seq uint64, hash string, err error)
+	Site(ctx context.Context, name string) (devices.Site, error)
+	Sites(ctx context.Context) ([]devices.Site, error)
+	SiteDeviceCount(ctx context.Context, name string) (int, error)
+	LeasesInUse(ctx context.Context, site string, now time.Time) (int, error)
+	Convergence(ctx context.Context, site string) (enrolled, applied int, err error)
+	Device(ctx context.Context, id uuid.UUID) (devices.Device, error)
+	DeviceBySerial(ctx context.Context, serial string) (devices.Device, error)
+	Devices(ctx context.Context, f devices.Filter) ([]devices.Device, uuid.UUID, error)
+	Audit(ctx context.Context, q devices.AuditQuery) ([]devices.AuditEvent, error)
+	History(ctx context.Context, target string, limit int) ([]devices.AuditEvent, error)
+	TokenByHash(ctx context.Context, hash []byte) (devices.Token, error)
+	AppendAudit(ctx context.Context, ev devices.AuditEvent) error
+	VerifyAudit(ctx context.Context) (devices.AuditHead, error)
 }
 
 // Fleet is what the API changes.
 type Fleet interface {
-	CreateSite(a enroll.Actor, s devices.Site) (devices.Site, error)
-	UpdateSite(a enroll.Actor, name string, fn func(*devices.Site) error) (devices.Site, error)
-	DeleteSite(a enroll.Actor, name string) error
-	Revoke(a enroll.Actor, sel devices.Selector, reason string) ([]devices.Device, error)
-	Claim(a enroll.Actor, code, site string) (devices.Device, error)
-	SetOverride(a enroll.Actor, sel devices.Selector, o *devices.ConfigOverride) (changed, pushed int, err error)
-	Reopen(a enroll.Actor, id uuid.UUID) (string, devices.Device, error)
-	ImportBatch(a enroll.Actor, spec enroll.BatchSpec, rows []enroll.ManifestRow) (devices.Batch, []devices.RowResult, error)
-}
-
-// CertIssuer issues certificates for the services around provisiond (an
-// external MQTT broker) that devices must trust through provisiond's root.
-type CertIssuer interface {
-	IssueServerPEM(names []string, ips []netip.Addr, lifetime time.Duration) (chainPEM, keyPEM []byte, err error)
+	CreateSite(ctx context.Context, a enroll.Actor, s devices.Site) (devices.Site, error)
+	UpdateSite(ctx context.Context, a enroll.Actor, name string, fn func(*devices.Site) error) (devices.Site, error)
+	DeleteSite(ctx context.Context, a enroll.Actor, name string) error
+	Revoke(ctx context.Context, a enroll.Actor, sel devices.Selector, reason string) (devices.Job, []devices.Device, error)
+	Claim(ctx context.Context, a enroll.Actor, code, site string) (devices.Device, error)
+	SetOverride(ctx context.Context, a enroll.Actor, sel devices.Selector, o *devices.ConfigOverride) (job devices.Job, pushed int, err error)
+	Job(ctx context.Context, id string) (devices.Job, error)
+	Jobs(ctx context.Context) ([]devices.Job, error)
+	Reopen(ctx context.Context, a enroll.Actor, id uuid.UUID) (string, devices.Device, error)
+	ImportBatch(ctx context.Context, a enroll.Actor, spec enroll.BatchSpec, rows []enroll.ManifestRow) (devices.Batch, []devices.RowResult, error)
 }
 
 // Info is what GET /api/v1/info reports: where devices reach the service.
@@ -70,12 +67,11 @@ type Info struct {
 type API struct {
 	inv        Inventory
 	fleet      Fleet
-	certs      CertIssuer
-	tokens     TokenStore
+	access     Access
 	revocation Revocation
 	metrics    http.Handler
-	ready      func() error
-	backup     func(w io.Writer) error
+	ready      func(context.Context) error
+	backup     func(context.Context, io.Writer) error
 	info       func() Info
 	log        *slog.Logger
 	mux        *http.ServeMux
@@ -87,8 +83,8 @@ type API struct {
 const MaxBodyBytes = 32 << 20
 
 // New returns the API handler.
-func New(inv Inventory, fleet Fleet, certs CertIssuer, tokens TokenStore, rev Revocation, info func() Info, log *slog.Logger) *API {
-	a := &API{inv: inv, fleet: fleet, certs: certs, tokens: tokens, revocation: rev, info: info, log: log, mux: http.NewServeMux()}
+func New(inv Inventory, fleet Fleet, access Access, rev Revocation, info func() Info, log *slog.Logger) *API {
+	a := &API{inv: inv, fleet: fleet, access: access, revocation: rev, info: info, log: log, mux: http.NewServeMux()}
 	for _, r := range a.routes() {
 		a.mux.Handle(r.pattern, a.guard(r))
 	}
@@ -206,6 +202,8 @@ func (a *API) routes() []route {
 		{"PATCH /api/v1/devices/config", devices.RoleOperator, false, a.setOverride},
 		{"POST /api/v1/revocations", devices.RoleOperator, false, a.revoke},
 		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},
+		{"GET /api/v1/jobs", devices.RoleViewer, global, a.listJobs},
+		{"GET /api/v1/jobs/{id}", devices.RoleViewer, global, a.getJob},
 		{"GET /api/v1/audit", devices.RoleViewer, global, a.listAudit},
 		{"GET /api/v1/audit/verify", devices.RoleViewer, global, a.verifyAudit},
 		{"POST /api/v1/server-certificates", devices.RoleAdmin, global, a.issueServerCert},
@@ -241,7 +239,7 @@ func (a *API) guard(rt route) http.Handler {
 				return
 			}
 			h := sha256.Sum256([]byte(strings.TrimSpace(secret)))
-			tok, err := a.inv.TokenByHash(h[:])
+			tok, err := a.inv.TokenByHash(r.Context(), h[:])
 			if err != nil {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="provisiond", error="invalid_token"`)
 				writeError(w, http.StatusUnauthorized, "unauthorized", "unknown token")
@@ -318,6 +316,8 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusConflict, "exists", err.Error())
 	case errors.Is(err, devices.ErrAuditTampered):
 		writeError(w, http.StatusConflict, "audit_tampered", err.Error())
+	case errors.Is(err, enroll.ErrTokenInUse):
+		writeError(w, http.StatusConflict, "in_use", err.Error())
 	case errors.Is(err, devices.ErrSiteInUse):
 		writeError(w, http.StatusConflict, "in_use", err.Error())
 	default:
@@ -356,34 +356,45 @@ func (a *API) getInfo(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
 	writeJSON(w, 200, a.info())
 }
 
+// AuditPage is the answer of GET /api/v1/audit: a page of events and, when
+// there may be more, the cursor for the next page (before=Next, or after=Next
+// when the page was read oldest first).
+type AuditPage struct {
+	Events []devices.AuditEvent `json:"events"`
+	Next   string               `json:"next,omitempty"`
+}
+
+// listAudit pages through the log newest first (before=ID), or oldest first
+// when after= is given (after= with no ID starts at the oldest event).
 func (a *API) listAudit(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
-	after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
-	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-	evs, err := a.inv.Audit(after, limit)
+	q := r.URL.Query()
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	query := devices.AuditQuery{Before: q.Get("before"), After: q.Get("after"), Ascending: q.Has("after"), Limit: limit}
+	evs, err := a.inv.Audit(r.Context(), query)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
+	page := AuditPage{Events: evs}
 	if evs == nil {
-		evs = []devices.AuditEvent{}
+		page.Events = []devices.AuditEvent{}
 	}
-	writeJSON(w, 200, map[string]any{"events": evs})
+	if len(evs) == limit {
+		page.Next = evs[len(evs)-1].ID
+	}
+	writeJSON(w, 200, page)
 }
 
-// AuditHead is the answer of GET /api/v1/audit/verify: the verified chain's
-// length and its newest event. Record Hash somewhere else to detect later
-// rewrites of the whole log.
-type AuditHead struct {
-	Events int    `json:"events"`
-	Seq    uint64 `json:"seq"`
-	Hash   string `json:"hash"`
-}
-
-func (a *API) verifyAudit(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
-	n, seq, hash, err := a.inv.VerifyAudit()
+// verifyAudit checks every chain of the log and answers its head: record
+// Hash somewhere else to detect later rewrites of the whole log.
+func (a *API) verifyAudit(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	head, err := a.inv.VerifyAudit(r.Context())
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, 200, AuditHead{Events: n, Seq: seq, Hash: hash})
+	writeJSON(w, 200, head)
 }

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
 )
 
@@ -60,13 +59,8 @@ func (a *API) issueServerCert(w http.ResponseWriter, r *http.Request, actor enro
 		}
 		life = d
 	}
-	chain, key, err := a.certs.IssueServerPEM(req.Names, ips, life)
+	chain, key, err := a.access.IssueServerCert(r.Context(), actor, req.Names, ips, life)
 	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	if err := a.inv.AppendAudit(devices.AuditEvent{Actor: actor.Name, Action: "cert.issue-server", Target: fmt.Sprint(req.Names),
-		Source: actor.Source, Detail: map[string]string{"ips": fmt.Sprint(req.IPs), "lifetime": life.String()}}); err != nil {
 		a.fail(w, err)
 		return
 	}

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/transport/wire"
 )
@@ -121,11 +120,18 @@ func (c *Client) ImportBatch(ctx context.Context, b BatchRequest) (BatchResponse
 }
 
 // Audit fetches audit events after a sequence number.
-func (c *Client) Audit(ctx context.Context, after uint64, limit int) ([]devices.AuditEvent, error) {
-	var r struct {
-		Events []devices.AuditEvent `json:"events"`
-	}
-	return r.Events, c.Do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/audit?after=%d&limit=%d", after, limit), nil, &r)
+// Audit reads a page of the audit log oldest first, after the event with ID
+// after ("": from the oldest).
+func (c *Client) Audit(ctx context.Context, after string, limit int) (AuditPage, error) {
+	var p AuditPage
+	return p, c.Do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/audit?after=%s&limit=%d", url.QueryEscape(after), limit), nil, &p)
+}
+
+// AuditNewest reads a page of the audit log newest first, before the event
+// with ID before ("": from the newest).
+func (c *Client) AuditNewest(ctx context.Context, before string, limit int) (AuditPage, error) {
+	var p AuditPage
+	return p, c.Do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/audit?before=%s&limit=%d", url.QueryEscape(before), limit), nil, &p)
 }
 
 // Minted is a freshly minted batch: the flash bundles (with their claim

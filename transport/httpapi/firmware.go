@@ -1,18 +1,20 @@
 package httpapi
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strconv"
 
+	"github.com/provisiond/provisiond/pki/profile"
+
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/firmware"
-	"github.com/provisiond/provisiond/transport/coap"
 )
 
 // FirmwareCatalogue is the image store the API uses (firmware.Catalogue).
@@ -34,28 +36,28 @@ type FirmwareTargets interface {
 
 // DeviceAuthorizer checks that a verified device certificate is the
 // device's current one and that the device is not revoked.
-type DeviceAuthorizer func(id uuid.UUID, certSerial string) error
+type DeviceAuthorizer func(ctx context.Context, id uuid.UUID, certSerial string) error
 
 type firmwareDeps struct {
 	cat       FirmwareCatalogue
 	targets   FirmwareTargets
 	authorize DeviceAuthorizer
-	retarget  func(a enroll.Actor, model, site string) (int, error) // a target changed: push configs
+	retarget  func(ctx context.Context, a enroll.Actor, model, site string) (int, error) // a target changed: push configs
 }
 
 // SetFirmware enables the firmware routes. retarget is called after a
 // rollout or pin changes, with the model and site ("" for every site)
 // whose devices' target may have moved: it gives them a new config
 // version and pushes it.
-func (a *API) SetFirmware(cat FirmwareCatalogue, targets FirmwareTargets, authorize DeviceAuthorizer, retarget func(a enroll.Actor, model, site string) (int, error)) {
+func (a *API) SetFirmware(cat FirmwareCatalogue, targets FirmwareTargets, authorize DeviceAuthorizer, retarget func(ctx context.Context, a enroll.Actor, model, site string) (int, error)) {
 	a.fw = &firmwareDeps{cat: cat, targets: targets, authorize: authorize, retarget: retarget}
 }
 
 // pushTargets asks for the new targets to be pushed; the change itself is
 // already saved, so a failure here is logged, and the next config any of
 // those devices fetches carries the new target anyway.
-func (a *API) pushTargets(actor enroll.Actor, model, site string) {
-	if _, err := a.fw.retarget(actor, model, site); err != nil {
+func (a *API) pushTargets(ctx context.Context, actor enroll.Actor, model, site string) {
+	if _, err := a.fw.retarget(ctx, actor, model, site); err != nil {
 		a.log.Error("push firmware targets", "model", model, "site", site, "err", err)
 	}
 }
@@ -115,7 +117,8 @@ func (a *API) noFirmware(w http.ResponseWriter) bool {
 	return false
 }
 
-func (a *API) listFirmware(w http.ResponseWriter, _ *http.Request, actor enroll.Actor) {
+func (a *API) listFirmware(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	ctx := r.Context()
 	if a.noFirmware(w) {
 		return
 	}
@@ -132,7 +135,7 @@ func (a *API) listFirmware(w http.ResponseWriter, _ *http.Request, actor enroll.
 		v := RolloutView{Rollout: r, Reported: map[string]int{}}
 		f := devices.Filter{Model: r.Model, Site: r.Site, Limit: 1000}
 		for {
-			list, next, err := a.inv.Devices(f)
+			list, next, err := a.inv.Devices(ctx, f)
 			if err != nil {
 				a.fail(w, err)
 				return
@@ -171,7 +174,7 @@ func (a *API) addFirmware(w http.ResponseWriter, r *http.Request, actor enroll.A
 		a.fail(w, err)
 		return
 	}
-	a.audit(actor, "firmware.add", m.Model+"/"+m.Version, map[string]string{"sha256": m.SHA256, "size": strconv.FormatInt(m.Size, 10)})
+	a.audit(r.Context(), actor, "firmware.add", m.Model+"/"+m.Version, map[string]string{"sha256": m.SHA256, "size": strconv.FormatInt(m.Size, 10)})
 	writeJSON(w, http.StatusCreated, FirmwareAdded{Manifest: m, Signed: s})
 }
 
@@ -185,7 +188,7 @@ func (a *API) setRollout(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 		return
 	}
 	if req.Site != "" {
-		if _, err := a.inv.Site(req.Site); err != nil {
+		if _, err := a.inv.Site(r.Context(), req.Site); err != nil {
 			a.fail(w, err)
 			return
 		}
@@ -195,8 +198,8 @@ func (a *API) setRollout(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 		a.fail(w, err)
 		return
 	}
-	a.audit(actor, "firmware.rollout", req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version, "percent": strconv.Itoa(ro.Percent), "previous": ro.Previous})
-	a.pushTargets(actor, req.Model, req.Site)
+	a.audit(r.Context(), actor, "firmware.rollout", req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version, "percent": strconv.Itoa(ro.Percent), "previous": ro.Previous})
+	a.pushTargets(r.Context(), actor, req.Model, req.Site)
 	writeJSON(w, 200, ro)
 }
 
@@ -214,8 +217,8 @@ func (a *API) setRolloutState(w http.ResponseWriter, r *http.Request, actor enro
 		a.fail(w, err)
 		return
 	}
-	a.audit(actor, "firmware.rollout."+req.State, req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version})
-	a.pushTargets(actor, req.Model, req.Site)
+	a.audit(r.Context(), actor, "firmware.rollout."+req.State, req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version})
+	a.pushTargets(r.Context(), actor, req.Model, req.Site)
 	writeJSON(w, 200, ro)
 }
 
@@ -224,7 +227,7 @@ func (a *API) pinFirmware(w http.ResponseWriter, r *http.Request, actor enroll.A
 	if a.noFirmware(w) {
 		return
 	}
-	d, err := a.resolve(r.PathValue("ref"))
+	d, err := a.resolve(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -240,8 +243,8 @@ func (a *API) pinFirmware(w http.ResponseWriter, r *http.Request, actor enroll.A
 		a.fail(w, err)
 		return
 	}
-	a.audit(actor, "firmware.pin", d.Serial, map[string]string{"version": req.Version})
-	a.pushTargets(actor, d.Model, d.Site) // the device's model at its site: a new config version for each
+	a.audit(r.Context(), actor, "firmware.pin", d.Serial, map[string]string{"version": req.Version})
+	a.pushTargets(r.Context(), actor, d.Model, d.Site) // the device's model at its site: a new config version for each
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -263,15 +266,15 @@ func (a *API) downloadFirmware(w http.ResponseWriter, r *http.Request, _ enroll.
 		writeError(w, http.StatusUnauthorized, "unauthorized", "present the device certificate (mutual TLS)")
 		return
 	}
-	id, serial, err := coap.DeviceIdentity(r.TLS.PeerCertificates[0])
+	id, serial, err := profile.Identify(r.TLS.PeerCertificates[0])
 	if err == nil {
-		err = a.fw.authorize(id, serial)
+		err = a.fw.authorize(r.Context(), id, serial)
 	}
 	if err != nil {
 		writeError(w, http.StatusForbidden, "forbidden", err.Error())
 		return
 	}
-	d, err := a.inv.Device(id)
+	d, err := a.inv.Device(r.Context(), id)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -293,8 +296,8 @@ func (a *API) downloadFirmware(w http.ResponseWriter, r *http.Request, _ enroll.
 	http.ServeContent(w, r, "", m.Created, f)
 }
 
-func (a *API) audit(actor enroll.Actor, action, target string, detail map[string]string) {
-	if err := a.inv.AppendAudit(devices.AuditEvent{Actor: actor.Name, Action: action, Target: target, Source: actor.Source, Detail: detail}); err != nil {
+func (a *API) audit(ctx context.Context, actor enroll.Actor, action, target string, detail map[string]string) {
+	if err := a.inv.AppendAudit(ctx, devices.AuditEvent{Actor: actor.Name, Action: action, Target: target, Source: actor.Source, Detail: detail}); err != nil {
 		a.log.Error("audit", "action", action, "err", err)
 	}
 }

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"io"
 	"net/http"
 
@@ -9,7 +10,7 @@ import (
 
 // SetOps adds the operations routes: metrics (Prometheus), readiness and
 // online backup. Call it before serving.
-func (a *API) SetOps(metrics http.Handler, ready func() error, backup func(w io.Writer) error) {
+func (a *API) SetOps(metrics http.Handler, ready func(context.Context) error, backup func(context.Context, io.Writer) error) {
 	a.metrics, a.ready, a.backup = metrics, ready, backup
 }
 
@@ -21,9 +22,9 @@ func (a *API) getMetrics(w http.ResponseWriter, r *http.Request, _ enroll.Actor)
 	a.metrics.ServeHTTP(w, r)
 }
 
-func (a *API) readyz(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+func (a *API) readyz(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
 	if a.ready != nil {
-		if err := a.ready(); err != nil {
+		if err := a.ready(r.Context()); err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
 			return
 		}
@@ -31,14 +32,14 @@ func (a *API) readyz(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
 	writeJSON(w, 200, map[string]string{"status": "ready"})
 }
 
-func (a *API) getBackup(w http.ResponseWriter, _ *http.Request, actor enroll.Actor) {
+func (a *API) getBackup(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	if a.backup == nil {
 		writeError(w, http.StatusNotFound, "not_found", "backup is not enabled")
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-tar")
 	w.Header().Set("Content-Disposition", `attachment; filename="provisiond-backup.tar"`)
-	if err := a.backup(w); err != nil {
+	if err := a.backup(r.Context(), w); err != nil {
 		// Headers are gone: the client sees a truncated tar and an error in the log.
 		a.log.Error("backup failed", "err", err, "actor", actor.Name)
 		return

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"encoding/pem"
@@ -111,16 +112,16 @@ func (req SiteRequest) apply(s *devices.Site) error {
 	return nil
 }
 
-func (a *API) view(s devices.Site) (SiteView, error) {
-	n, err := a.inv.SiteDeviceCount(s.Name)
+func (a *API) view(ctx context.Context, s devices.Site) (SiteView, error) {
+	n, err := a.inv.SiteDeviceCount(ctx, s.Name)
 	if err != nil {
 		return SiteView{}, err
 	}
-	inUse, err := a.inv.LeasesInUse(s.Name, time.Now())
+	inUse, err := a.inv.LeasesInUse(ctx, s.Name, time.Now())
 	if err != nil {
 		return SiteView{}, err
 	}
-	enrolled, applied, err := a.inv.Convergence(s.Name)
+	enrolled, applied, err := a.inv.Convergence(ctx, s.Name)
 	if err != nil {
 		return SiteView{}, err
 	}
@@ -134,8 +135,8 @@ func (a *API) view(s devices.Site) (SiteView, error) {
 	return v, nil
 }
 
-func (a *API) listSites(w http.ResponseWriter, _ *http.Request, actor enroll.Actor) {
-	sites, err := a.inv.Sites()
+func (a *API) listSites(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	sites, err := a.inv.Sites(r.Context())
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -145,7 +146,7 @@ func (a *API) listSites(w http.ResponseWriter, _ *http.Request, actor enroll.Act
 		if !actor.CanSite(s.Name) {
 			continue
 		}
-		v, err := a.view(s)
+		v, err := a.view(r.Context(), s)
 		if err != nil {
 			a.fail(w, err)
 			return
@@ -172,16 +173,16 @@ func (a *API) createSite(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 		a.fail(w, err)
 		return
 	}
-	s, err := a.fleet.CreateSite(actor, s)
+	s, err := a.fleet.CreateSite(r.Context(), actor, s)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	a.writeSite(w, http.StatusCreated, s)
+	a.writeSite(r.Context(), w, http.StatusCreated, s)
 }
 
-func (a *API) writeSite(w http.ResponseWriter, status int, s devices.Site) {
-	v, err := a.view(s)
+func (a *API) writeSite(ctx context.Context, w http.ResponseWriter, status int, s devices.Site) {
+	v, err := a.view(ctx, s)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -193,12 +194,12 @@ func (a *API) getSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor
 	if forbidSite(w, actor, r.PathValue("name")) {
 		return
 	}
-	s, err := a.inv.Site(r.PathValue("name"))
+	s, err := a.inv.Site(r.Context(), r.PathValue("name"))
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	a.writeSite(w, 200, s)
+	a.writeSite(r.Context(), w, 200, s)
 }
 
 func (a *API) updateSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
@@ -214,19 +215,19 @@ func (a *API) updateSite(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 		a.fail(w, fmt.Errorf("%w: name: a site cannot be renamed", devices.ErrInvalid))
 		return
 	}
-	s, err := a.fleet.UpdateSite(actor, r.PathValue("name"), req.apply)
+	s, err := a.fleet.UpdateSite(r.Context(), actor, r.PathValue("name"), req.apply)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	a.writeSite(w, 200, s)
+	a.writeSite(r.Context(), w, 200, s)
 }
 
 func (a *API) deleteSite(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	if forbidSite(w, actor, r.PathValue("name")) {
 		return
 	}
-	if err := a.fleet.DeleteSite(actor, r.PathValue("name")); err != nil {
+	if err := a.fleet.DeleteSite(r.Context(), actor, r.PathValue("name")); err != nil {
 		a.fail(w, err)
 		return
 	}
@@ -262,7 +263,7 @@ func (a *API) importBatch(w http.ResponseWriter, r *http.Request, actor enroll.A
 	if req.Source == "" {
 		req.Source = "api"
 	}
-	b, res, err := a.fleet.ImportBatch(actor, enroll.BatchSpec{Model: req.Model, Site: req.Site, Source: req.Source}, req.Rows)
+	b, res, err := a.fleet.ImportBatch(r.Context(), actor, enroll.BatchSpec{Model: req.Model, Site: req.Site, Source: req.Source}, req.Rows)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -396,7 +397,7 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request, actor enroll.A
 	if !ok {
 		return
 	}
-	list, next, err := a.inv.Devices(f)
+	list, next, err := a.inv.Devices(r.Context(), f)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -441,7 +442,7 @@ func (a *API) exportDevices(w http.ResponseWriter, r *http.Request, actor enroll
 	}
 	f.Limit = 1000
 	for {
-		list, next, err := a.inv.Devices(f)
+		list, next, err := a.inv.Devices(r.Context(), f)
 		if err != nil {
 			a.log.Error("export devices", "err", err) // headers are gone: the export ends short
 			return
@@ -476,7 +477,7 @@ func (a *API) exportDevices(w http.ResponseWriter, r *http.Request, actor enroll
 }
 
 func (a *API) deviceHistory(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
-	d, err := a.resolve(r.PathValue("ref"))
+	d, err := a.resolve(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -484,7 +485,7 @@ func (a *API) deviceHistory(w http.ResponseWriter, r *http.Request, actor enroll
 	if forbidSite(w, actor, d.Site) {
 		return
 	}
-	evs, err := a.inv.History(d.Serial, 1000)
+	evs, err := a.inv.History(r.Context(), d.Serial, 1000)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -500,9 +501,9 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request, actor enroll.Act
 	var d devices.Device
 	var err error
 	if id, perr := uuid.Parse(ref); perr == nil {
-		d, err = a.inv.Device(id)
+		d, err = a.inv.Device(r.Context(), id)
 	} else {
-		d, err = a.inv.DeviceBySerial(ref)
+		d, err = a.inv.DeviceBySerial(r.Context(), ref)
 	}
 	if err != nil {
 		a.fail(w, err)
@@ -512,7 +513,7 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request, actor enroll.Act
 		return
 	}
 	v := deviceView(d, true)
-	if v.History, err = a.inv.History(d.Serial, 1000); err != nil {
+	if v.History, err = a.inv.History(r.Context(), d.Serial, 1000); err != nil {
 		a.fail(w, err)
 		return
 	}

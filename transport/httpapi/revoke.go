@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -18,8 +19,8 @@ import (
 
 // Revocation is what the revocation routes need.
 type Revocation interface {
-	CRL() []byte                         // the current DER CRL
-	OCSP(request []byte) ([]byte, error) // a DER OCSP response
+	CRL() []byte                                              // the current DER CRL
+	OCSP(ctx context.Context, request []byte) ([]byte, error) // a DER OCSP response
 }
 
 // RevokeRequest revokes devices: any of a list (serials or IDs), a site and a batch.
@@ -32,6 +33,7 @@ type RevokeRequest struct {
 
 // RevokeResponse lists what was revoked (devices already revoked are not).
 type RevokeResponse struct {
+	Job     string       `json:"job"` // GET /api/v1/jobs/{id}
 	Revoked int          `json:"revoked"`
 	Devices []DeviceView `json:"devices"`
 }
@@ -43,19 +45,19 @@ type ReopenResponse struct {
 	Bundle     wire.Bundle `json:"bundle"` // to flash the device with again
 }
 
-func (a *API) resolve(ref string) (devices.Device, error) {
+func (a *API) resolve(ctx context.Context, ref string) (devices.Device, error) {
 	if id, err := uuid.Parse(ref); err == nil {
-		return a.inv.Device(id)
+		return a.inv.Device(ctx, id)
 	}
-	return a.inv.DeviceBySerial(ref)
+	return a.inv.DeviceBySerial(ctx, ref)
 }
 
 // selector turns device references (serials or IDs), a site and a batch
 // into a selection.
-func (a *API) selector(refs []string, site, batch string) (devices.Selector, error) {
+func (a *API) selector(ctx context.Context, refs []string, site, batch string) (devices.Selector, error) {
 	sel := devices.Selector{Site: site, Batch: batch}
 	for _, ref := range refs {
-		d, err := a.resolve(ref)
+		d, err := a.resolve(ctx, ref)
 		if err != nil {
 			return sel, err
 		}
@@ -70,17 +72,17 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, actor enroll.Actor)
 		a.fail(w, err)
 		return
 	}
-	sel, err := a.selector(req.Devices, req.Site, req.Batch)
+	sel, err := a.selector(r.Context(), req.Devices, req.Site, req.Batch)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	revoked, err := a.fleet.Revoke(actor, sel, req.Reason)
+	job, revoked, err := a.fleet.Revoke(r.Context(), actor, sel, req.Reason)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	out := RevokeResponse{Revoked: len(revoked), Devices: make([]DeviceView, 0, len(revoked))}
+	out := RevokeResponse{Job: job.ID, Revoked: len(revoked), Devices: make([]DeviceView, 0, len(revoked))}
 	for _, d := range revoked {
 		out.Devices = append(out.Devices, deviceView(d, false))
 	}
@@ -88,12 +90,12 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, actor enroll.Actor)
 }
 
 func (a *API) reopen(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
-	d, err := a.resolve(r.PathValue("ref"))
+	d, err := a.resolve(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	tok, d, err := a.fleet.Reopen(actor, d.ID)
+	tok, d, err := a.fleet.Reopen(r.Context(), actor, d.ID)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -103,7 +105,7 @@ func (a *API) reopen(w http.ResponseWriter, r *http.Request, actor enroll.Actor)
 		Bundle: wire.Bundle{Serial: d.Serial, ClaimToken: tok, RootCA: info.RootCA, Endpoints: info.Endpoints, Model: d.Model}})
 }
 
-func (a *API) getCRL(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
+func (a *API) getCRL(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
 	w.Header().Set("Content-Type", "application/pkix-crl")
 	_, _ = w.Write(a.revocation.CRL())
 }
@@ -124,7 +126,7 @@ func (a *API) ocsp(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
 		http.Error(w, "malformed OCSP request", http.StatusBadRequest)
 		return
 	}
-	resp, err := a.revocation.OCSP(der)
+	resp, err := a.revocation.OCSP(r.Context(), der)
 	if err != nil {
 		a.log.Info("ocsp request refused", "err", err)
 		http.Error(w, "malformed OCSP request", http.StatusBadRequest)
@@ -147,7 +149,7 @@ func (a *API) claim(w http.ResponseWriter, r *http.Request, actor enroll.Actor) 
 		a.fail(w, err)
 		return
 	}
-	d, err := a.fleet.Claim(actor, req.Code, req.Site)
+	d, err := a.fleet.Claim(r.Context(), actor, req.Code, req.Site)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -177,8 +179,9 @@ type OverrideFields struct {
 // OverrideResponse says how many devices changed and how many enrolled ones
 // got a new config version pushed.
 type OverrideResponse struct {
-	Changed int `json:"changed"`
-	Pushed  int `json:"pushed"`
+	Job     string `json:"job"` // GET /api/v1/jobs/{id}
+	Changed int    `json:"changed"`
+	Pushed  int    `json:"pushed"`
 }
 
 func (a *API) setOverride(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
@@ -191,7 +194,7 @@ func (a *API) setOverride(w http.ResponseWriter, r *http.Request, actor enroll.A
 		a.fail(w, fmt.Errorf("%w: give either override or clear", errBadRequest))
 		return
 	}
-	sel, err := a.selector(req.Devices, req.Site, req.Batch)
+	sel, err := a.selector(r.Context(), req.Devices, req.Site, req.Batch)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -209,10 +212,36 @@ func (a *API) setOverride(w http.ResponseWriter, r *http.Request, actor enroll.A
 			o.DNS = append(o.DNS, ip)
 		}
 	}
-	changed, pushed, err := a.fleet.SetOverride(actor, sel, o)
+	job, pushed, err := a.fleet.SetOverride(r.Context(), actor, sel, o)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, 200, OverrideResponse{Changed: changed, Pushed: pushed})
+	writeJSON(w, 200, OverrideResponse{Job: job.ID, Changed: job.Changed, Pushed: pushed})
+}
+
+// JobList is the answer of GET /api/v1/jobs.
+type JobList struct {
+	Jobs []devices.Job `json:"jobs"`
+}
+
+func (a *API) listJobs(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	jobs, err := a.fleet.Jobs(r.Context())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if jobs == nil {
+		jobs = []devices.Job{}
+	}
+	writeJSON(w, 200, JobList{Jobs: jobs})
+}
+
+func (a *API) getJob(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	job, err := a.fleet.Job(r.Context(), r.PathValue("id"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, job)
 }

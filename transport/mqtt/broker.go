@@ -14,17 +14,20 @@ import (
 	"sync"
 	"time"
 
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
+
+	"github.com/provisiond/provisiond/pki/profile"
+
 	"github.com/google/uuid"
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/provisiond/provisiond/internal/handshake"
-	"github.com/provisiond/provisiond/transport/coap"
 )
 
 // Authorizer decides whether a verified device certificate may connect.
-type Authorizer func(id uuid.UUID, certSerial string) error
+type Authorizer func(ctx context.Context, id uuid.UUID, certSerial string) error
 
 // BrokerConfig configures the embedded broker.
 type BrokerConfig struct {
@@ -49,6 +52,12 @@ type Broker struct {
 	plain   *listeners.TCP
 	gate    *handshake.Gate
 	access  *access
+	// life is the context of the work the broker's hooks start (mochi's
+	// hooks carry none); Shutdown cancels it.
+	life context.Context
+	stop context.CancelFunc
+	// failed carries a listener's failure (Err).
+	failed chan error
 
 	mu   sync.Mutex
 	done bool
@@ -65,7 +74,8 @@ func NewBroker(cfg BrokerConfig, h *Handler, log *slog.Logger) *Broker {
 	// too slow to read and gets the next message on reconnect, retained).
 	caps.MaximumClientWritesPending = 64
 	srv := mochi.New(&mochi.Options{InlineClient: true, Capabilities: caps, Logger: log.With("component", "mqtt")})
-	b := &Broker{cfg: cfg, srv: srv, handler: h, log: log}
+	b := &Broker{cfg: cfg, srv: srv, handler: h, log: log, failed: make(chan error, 1)}
+	b.life, b.stop = context.WithCancel(context.Background())
 	h.SetPublisher(b)
 	return b
 }
@@ -97,10 +107,10 @@ func (b *Broker) Start() error {
 	if b.cfg.Addr != "" {
 		n := b.cfg.MaxHandshakes
 		if n <= 0 {
-			n = 64
+			n = handshake.DefaultSlots
 		}
 		b.gate = handshake.NewGate(n, 5*time.Second, 5*time.Second)
-		b.tls = &tlsListener{id: "mqtts", addr: b.cfg.Addr, gate: b.gate, timeout: 10 * time.Second, ended: b.access.ended, cfg: &tls.Config{
+		b.tls = &tlsListener{id: "mqtts", addr: b.cfg.Addr, gate: b.gate, timeout: 10 * time.Second, ended: b.access.ended, failed: b.failed, cfg: &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			ClientAuth: tls.VerifyClientCertIfGiven,
 			ClientCAs:  b.cfg.ClientCAs,
@@ -174,7 +184,7 @@ func (b *Broker) CutDevice(id uuid.UUID) {
 	for _, cl := range cut {
 		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 	}
-	if err := b.Publish(ConfigTopic(id.String()), nil, true); err != nil { // an empty retained message clears it
+	if err := b.Publish(topics.Config(id.String()), nil, true); err != nil { // an empty retained message clears it
 		b.log.Warn("clear retained config", "device_id", id, "err", err)
 	}
 }
@@ -191,6 +201,10 @@ func (b *Broker) Sessions() int {
 	return n
 }
 
+// Err reports a listener that stopped on its own (devices can no longer
+// connect); it is the same channel at every call.
+func (b *Broker) Err() <-chan error { return b.failed }
+
 // Shutdown closes the listeners and every session. It is idempotent.
 func (b *Broker) Shutdown(context.Context) error {
 	b.mu.Lock()
@@ -199,6 +213,7 @@ func (b *Broker) Shutdown(context.Context) error {
 		return nil
 	}
 	b.done = true
+	b.stop()
 	return b.srv.Close()
 }
 
@@ -331,7 +346,7 @@ func (a *access) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool
 	clientID := pk.Connect.ClientIdentifier
 	src := sourceOf(cl)
 	if cert := peerCertificate(cl); cert != nil {
-		id, serial, err := coap.DeviceIdentity(cert)
+		id, serial, err := profile.Identify(cert)
 		if err == nil && clientID != id.String() {
 			err = fmt.Errorf("client ID %q is not the certificate's device %s", clientID, id)
 		}
@@ -339,7 +354,7 @@ func (a *access) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool
 			// Indexed before the inventory is read: see CutDevice.
 			a.addSession(id, cl)
 			if a.b.cfg.Authorize != nil {
-				err = a.b.cfg.Authorize(id, serial)
+				err = a.b.cfg.Authorize(a.b.life, id, serial)
 			}
 			if err != nil {
 				a.dropSession(id, cl)
@@ -352,7 +367,7 @@ func (a *access) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool
 		a.clients.Store(cl, identity{device: id, certSerial: serial, source: src})
 		return true
 	}
-	if !ValidBootstrapID(clientID) {
+	if !topics.ValidBootstrapID(clientID) {
 		a.b.log.Info("mqtt connect refused", "client_id", clientID, "source", src,
 			"err", errors.New("without a certificate the client ID must be boot-<16-64 of [A-Za-z0-9_-]>"))
 		return false
@@ -369,7 +384,7 @@ func (a *access) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
 		a.relist(cl)
 		// Retained messages live in memory: make sure a (re)connecting device
 		// finds its current config even after a server restart.
-		a.b.handler.PushConfig(v.(identity).device)
+		a.b.handler.PushConfig(a.b.life, v.(identity).device)
 	}
 }
 
@@ -387,22 +402,22 @@ func (a *access) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 	}
 	who := v.(identity)
 	if who.device == uuid.Nil { // bootstrap client
-		if hasWildcard(topic) {
+		if topics.HasWildcard(topic) {
 			return false
 		}
 		if write {
-			p := ParseTopic(topic)
-			return p.Kind == Enroll && p.ClientID == cl.ID
+			p := topics.Parse(topic)
+			return p.Kind == topics.KindEnroll && p.ClientID == cl.ID
 		}
-		return topic == ResultTopic(cl.ID)
+		return topic == topics.Result(cl.ID)
 	}
-	own := DevicesRoot + "/" + who.device.String() + "/"
+	own := topics.DevicesRoot + "/" + who.device.String() + "/"
 	rest, ok := strings.CutPrefix(topic, own)
 	if !ok || rest == "" {
 		return false
 	}
 	if write {
-		return !hasWildcard(rest) && rest != "config" && rest != "lease" && rest != "certificate"
+		return !topics.HasWildcard(rest) && rest != "config" && rest != "lease" && rest != "certificate"
 	}
 	return true // any filter inside its own tree
 }
@@ -422,7 +437,7 @@ func (a *access) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet,
 	// Server-bound messages are handled here. They still go on through mochi
 	// (which acknowledges QoS 1 only then; a rejected packet is never
 	// acknowledged), but the access rules leave no one else to receive them.
-	a.b.handler.Handle(pk.TopicName, pk.Payload, who.source, who.certSerial)
+	a.b.handler.Handle(a.b.life, pk.TopicName, pk.Payload, who.source, who.certSerial)
 	if who.device == uuid.Nil {
 		answered(cl.Net.Conn) // a bootstrap session's enrollment: its handshake slot is free
 	}

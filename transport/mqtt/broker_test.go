@@ -15,9 +15,12 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/google/uuid"
@@ -77,13 +80,15 @@ type configOps struct {
 	version uint64
 }
 
-func (o *configOps) Config(uuid.UUID) (enroll.DeviceConfig, error) {
+func (o *configOps) Config(context.Context, uuid.UUID) (enroll.DeviceConfig, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return enroll.DeviceConfig{Version: o.version, WiFi: enroll.WiFi{SSID: "test"}}, nil
 }
 
-func (o *configOps) ReportState(uuid.UUID, enroll.StateReport, string) error { return nil }
+func (o *configOps) ReportState(context.Context, uuid.UUID, enroll.StateReport, string) error {
+	return nil
+}
 
 // brokerEnv is a broker on loopback with one enrolled device.
 type brokerEnv struct {
@@ -132,7 +137,7 @@ func (e *brokerEnv) connect(t *testing.T) (*session, error) {
 	if tok := s.c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		return nil, fmt.Errorf("connect: %v", tok.Error())
 	}
-	tok := s.c.Subscribe(ConfigTopic(e.id.String()), 1, func(_ paho.Client, m paho.Message) {
+	tok := s.c.Subscribe(topics.Config(e.id.String()), 1, func(_ paho.Client, m paho.Message) {
 		var cfg wire.DeviceConfig
 		if len(m.Payload()) > 0 && wire.Unmarshal(wire.JSON, m.Payload(), &cfg) == nil {
 			s.configs <- cfg
@@ -141,7 +146,7 @@ func (e *brokerEnv) connect(t *testing.T) (*session, error) {
 	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		return nil, fmt.Errorf("subscribe: %v", tok.Error())
 	}
-	if q := tok.(*paho.SubscribeToken).Result()[ConfigTopic(e.id.String())]; q >= 0x80 {
+	if q := tok.(*paho.SubscribeToken).Result()[topics.Config(e.id.String())]; q >= 0x80 {
 		return nil, fmt.Errorf("subscribe refused: %#x", q)
 	}
 	return s, nil
@@ -244,7 +249,7 @@ func TestReconnectWhileTheOldSessionEnds(t *testing.T) {
 	e.ops.mu.Lock()
 	e.ops.version = 2
 	e.ops.mu.Unlock()
-	e.b.handler.PushConfig(e.id)
+	e.b.handler.PushConfig(context.Background(), e.id)
 	cur.config(t, 2)
 
 	e.b.CutDevice(e.id)
@@ -261,7 +266,7 @@ func TestRevocationDuringConnect(t *testing.T) {
 	reading := make(chan struct{})
 	revoked := make(chan struct{})
 	var once sync.Once
-	e := startBroker(t, func(uuid.UUID, string) error {
+	e := startBroker(t, func(context.Context, uuid.UUID, string) error {
 		select {
 		case <-revoked:
 			return errors.New("device revoked")
@@ -295,4 +300,26 @@ func TestRevocationDuringConnect(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("a session authorized just before its device was revoked stayed open")
 	}
+}
+
+// TestListenerFailureReported: a listener that stops on its own (not by
+// Shutdown) is reported on Err, which is one channel however often it is
+// asked for.
+func TestListenerFailureReported(t *testing.T) {
+	e := startBroker(t, func(context.Context, uuid.UUID, string) error { return nil })
+	if e.b.Err() != e.b.Err() {
+		t.Fatal("Err hands out a new channel per call")
+	}
+	e.b.tls.mu.Lock()
+	_ = e.b.tls.ln.Close() // the socket fails under the broker
+	e.b.tls.mu.Unlock()
+	select {
+	case err := <-e.b.Err():
+		if err == nil || !strings.Contains(err.Error(), "mqtts listener") {
+			t.Fatalf("reported %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a failed listener was not reported")
+	}
+
 }

@@ -11,9 +11,12 @@
 package mqtt
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
 	"time"
+
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
 
 	"github.com/google/uuid"
 
@@ -29,8 +32,8 @@ type Publisher interface {
 
 // Operations is what the operational channel needs of the enrollment service.
 type Operations interface {
-	Config(id uuid.UUID) (enroll.DeviceConfig, error)
-	ReportState(id uuid.UUID, rep enroll.StateReport, source string) error
+	Config(ctx context.Context, id uuid.UUID) (enroll.DeviceConfig, error)
+	ReportState(ctx context.Context, id uuid.UUID, rep enroll.StateReport, source string) error
 }
 
 // Handler turns device messages into calls on the enrollment service and
@@ -61,25 +64,25 @@ func (h *Handler) SetPublisher(p Publisher) { h.pub = p }
 // certSerial is the serial of the certificate the publisher authenticated
 // with ("" behind an external broker). It reports whether the topic was
 // server-bound.
-func (h *Handler) Handle(topic string, payload []byte, src netip.AddrPort, certSerial string) bool {
-	p := ParseTopic(topic)
+func (h *Handler) Handle(ctx context.Context, topic string, payload []byte, src netip.AddrPort, certSerial string) bool {
+	p := topics.Parse(topic)
 	switch p.Kind {
-	case Enroll:
-		a := h.boot.Enroll(p.Format, payload, src)
-		h.reply(ResultTopic(p.ClientID), p.Format, a)
-	case Renew:
-		a := h.boot.RenewLease(wire.JSON, p.DeviceID, src)
-		h.reply(LeaseTopic(p.DeviceID.String()), wire.JSON, a)
-	case RenewCert:
-		a := h.boot.Renew(p.Format, p.DeviceID, certSerial, payload, src)
-		h.reply(CertificateTopic(p.DeviceID.String()), p.Format, a)
-	case State:
+	case topics.KindEnroll:
+		a := h.boot.Enroll(ctx, p.Format, payload, src)
+		h.reply(topics.Result(p.ClientID), p.Format, a)
+	case topics.KindRenewLease:
+		a := h.boot.RenewLease(ctx, wire.JSON, p.DeviceID, src)
+		h.reply(topics.Lease(p.DeviceID.String()), wire.JSON, a)
+	case topics.KindRenewCert:
+		a := h.boot.Renew(ctx, p.Format, p.DeviceID, certSerial, payload, src)
+		h.reply(topics.Certificate(p.DeviceID.String()), p.Format, a)
+	case topics.KindState:
 		var rep wire.StateReport
 		if err := wire.Unmarshal(wire.JSON, payload, &rep); err != nil {
 			h.log.Info("state report refused", "device_id", p.DeviceID, "err", err)
 			return true
 		}
-		if err := h.ops.ReportState(p.DeviceID, enroll.StateReport{ConfigVersion: rep.ConfigVersion,
+		if err := h.ops.ReportState(ctx, p.DeviceID, enroll.StateReport{ConfigVersion: rep.ConfigVersion,
 			FirmwareVersion: rep.FirmwareVersion, Health: rep.Health}, src.String()); err != nil {
 			h.log.Info("state report refused", "device_id", p.DeviceID, "err", err)
 		}
@@ -108,15 +111,15 @@ func (h *Handler) ConfigChanged(id uuid.UUID, cfg enroll.DeviceConfig) {
 		h.log.Error("encode device config", "err", err)
 		return
 	}
-	if err := h.pub.Publish(ConfigTopic(id.String()), body, true); err != nil {
+	if err := h.pub.Publish(topics.Config(id.String()), body, true); err != nil {
 		h.log.Warn("publish device config", "device_id", id, "err", err)
 	}
 }
 
 // PushConfig publishes a device's current config (after a reconnect, or a
 // broker restart that lost retained messages).
-func (h *Handler) PushConfig(id uuid.UUID) {
-	cfg, err := h.ops.Config(id)
+func (h *Handler) PushConfig(ctx context.Context, id uuid.UUID) {
+	cfg, err := h.ops.Config(ctx, id)
 	if err != nil {
 		h.log.Info("no config to push", "device_id", id, "err", err)
 		return

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -24,6 +25,7 @@ type tlsListener struct {
 	gate     *handshake.Gate
 	timeout  time.Duration  // for one handshake
 	ended    func(net.Conn) // called when mochi is done with a session
+	failed   chan<- error   // told when the listener stops on its own
 
 	mu  sync.Mutex
 	ln  net.Listener
@@ -59,7 +61,20 @@ func (l *tlsListener) Init(log *slog.Logger) error {
 func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 	for {
 		conn, err := l.ln.Accept()
-		if err != nil || l.end.Load() {
+		if l.end.Load() {
+			if conn != nil {
+				_ = conn.Close()
+			}
+			return
+		}
+		if err != nil {
+			// Not closed by us: the listener failed, and devices can no
+			// longer connect. Tell the server, which stops.
+			l.log.Error("mqtts listener stopped", "err", err)
+			select {
+			case l.failed <- fmt.Errorf("mqtts listener %s: %w", l.addr, err):
+			default:
+			}
 			return
 		}
 		go func() {

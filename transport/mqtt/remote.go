@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
+
+	"github.com/provisiond/provisiond/transport/mqtt/topics"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/google/uuid"
@@ -19,10 +22,10 @@ const SharedGroup = "provisiond"
 
 // serverFilters are what the server consumes from an external broker.
 var serverFilters = []string{
-	BootstrapRoot + "/+/enroll/+",
-	DevicesRoot + "/+/state",
-	DevicesRoot + "/+/lease/renew",
-	DevicesRoot + "/+/renew/+",
+	topics.BootstrapRoot + "/+/enroll/+",
+	topics.DevicesRoot + "/+/state",
+	topics.DevicesRoot + "/+/lease/renew",
+	topics.DevicesRoot + "/+/renew/+",
 }
 
 // Remote connects the handler to an external broker (Mosquitto, EMQX, ...).
@@ -32,6 +35,13 @@ var serverFilters = []string{
 type Remote struct {
 	client paho.Client
 	log    *slog.Logger
+	// subscribed is set once the server-bound subscriptions of the current
+	// connection are granted: only then are requests consumed.
+	subscribed atomic.Bool
+	// life is the context of the requests the broker delivers; Shutdown
+	// cancels it.
+	life context.Context
+	stop context.CancelFunc
 }
 
 // RemoteConfig configures the connection to an external broker.
@@ -48,6 +58,7 @@ type RemoteConfig struct {
 // CA), and re-established whenever it is lost. ctx bounds only the set-up.
 func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Logger) (*Remote, error) {
 	r := &Remote{log: log}
+	r.life, r.stop = context.WithCancel(context.Background())
 	opts := paho.NewClientOptions().
 		AddBroker(cfg.URL).
 		SetClientID(cfg.ClientID).
@@ -66,15 +77,17 @@ func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Log
 				filters["$share/"+SharedGroup+"/"+f] = 1
 			}
 			tok := c.SubscribeMultiple(filters, func(_ paho.Client, m paho.Message) {
-				h.Handle(m.Topic(), m.Payload(), netip.AddrPort{}, "")
+				h.Handle(r.life, m.Topic(), m.Payload(), netip.AddrPort{}, "")
 			})
 			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+				r.subscribed.Store(true)
 				log.Info("subscribed to the external broker", "filters", len(filters))
 			} else {
 				log.Error("subscribe on the external broker failed", "err", tok.Error())
 			}
 		}).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			r.subscribed.Store(false)
 			log.Warn("lost the external MQTT broker; reconnecting", "err", err)
 		})
 	if err := ctx.Err(); err != nil {
@@ -90,8 +103,9 @@ func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Log
 	return r, nil
 }
 
-// Connected reports whether the broker connection is up.
-func (r *Remote) Connected() bool { return r.client.IsConnectionOpen() }
+// Connected reports whether the broker connection is up and its
+// subscriptions are granted: requests are being consumed.
+func (r *Remote) Connected() bool { return r.subscribed.Load() && r.client.IsConnectionOpen() }
 
 // Publish sends a message at QoS 1 and waits for the broker's acknowledgement.
 func (r *Remote) Publish(topic string, payload []byte, retain bool) error {
@@ -105,6 +119,7 @@ func (r *Remote) Publish(topic string, payload []byte, retain bool) error {
 // Shutdown disconnects, letting in-flight messages go out.
 func (r *Remote) Shutdown(context.Context) error {
 	r.client.Disconnect(500)
+	r.stop()
 	return nil
 }
 
@@ -112,7 +127,7 @@ func (r *Remote) Shutdown(context.Context) error {
 // Cutting its session is the broker's business: with Mosquitto, through the
 // revocation list (docs/operations.md).
 func (r *Remote) CutDevice(id uuid.UUID) {
-	if err := r.Publish(ConfigTopic(id.String()), nil, true); err != nil {
+	if err := r.Publish(topics.Config(id.String()), nil, true); err != nil {
 		r.log.Warn("clear retained config", "device_id", id, "err", err)
 	}
 }

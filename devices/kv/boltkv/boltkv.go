@@ -23,6 +23,9 @@ import (
 // ErrLocked is returned by Open when another process holds the file's lock.
 var ErrLocked = errors.New("store is locked by another process")
 
+// DefaultMaxBatchDelay is Options.MaxBatchDelay's default.
+const DefaultMaxBatchDelay = 2 * time.Millisecond
+
 // Options tune how the file is opened.
 type Options struct {
 	// LockTimeout bounds the wait for the file lock. Default 1s.
@@ -53,7 +56,7 @@ func Open(path string, opts Options) (*DB, error) {
 		opts.LockTimeout = time.Second
 	}
 	if opts.MaxBatchDelay == 0 {
-		opts.MaxBatchDelay = 2 * time.Millisecond
+		opts.MaxBatchDelay = DefaultMaxBatchDelay
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create store directory: %w", err)
@@ -285,7 +288,7 @@ func (t *tx) Descend(bucket, prefix, from []byte, fn func(k, v []byte) (bool, er
 	default:
 		// The last key with prefix: seek past the prefix, then step back.
 		if end := prefixEnd(prefix); end != nil {
-			k, v = c.Seek(end)
+			k, _ = c.Seek(end)
 			if k == nil {
 				k, v = c.Last()
 			} else {

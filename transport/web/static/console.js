@@ -237,16 +237,20 @@ async function site(name) {
 }
 
 // ---- audit ----
-async function audit() {
+// Newest first, 100 at a time; "Older events" pages back with the cursor
+// the API hands out.
+async function audit(before) {
   const head = await api("GET", "/api/v1/audit/verify");
-  const from = Math.max(0, head.seq - 100);
-  const evs = ((await api("GET", "/api/v1/audit?" + new URLSearchParams({ after: String(from), limit: "100" }))).events || []).reverse();
+  const page = await api("GET", "/api/v1/audit?" + new URLSearchParams({ before: before || "", limit: "100" }));
+  const evs = page.events || [];
+  const older = page.next ? el("button", { type: "button", class: "secondary", onclick: () => audit(page.next).catch(fail) }, "Older events") : "";
   clear(view).append(el("h2", {}, "Audit log"),
-    el("p", {}, `${head.events} events; the hash chain verifies up to event ${head.seq}. Newest first:`),
+    el("p", {}, `${head.events} events in ${head.chains} hash chains; every chain verifies (head ${String(head.hash || "").slice(0, 16)}…). Newest first:`),
     el("table", {}, el("caption", { class: "sr-only" }, "Audit events"),
-      el("thead", {}, el("tr", {}, ["#", "Time", "Action", "Target", "By", "From", "Detail"].map((h) => el("th", { scope: "col" }, h)))),
-      el("tbody", {}, evs.map((e) => el("tr", {}, el("td", {}, String(e.seq)), el("td", {}, when(e.time)), el("td", {}, e.action), el("td", {}, e.target), el("td", {}, e.actor), el("td", {}, e.source || ""),
-        el("td", {}, Object.entries(e.detail || {}).map(([k, v]) => `${k}=${v}`).join(" ")))))));
+      el("thead", {}, el("tr", {}, ["Time", "Action", "Target", "By", "From", "Detail"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, evs.map((e) => el("tr", {}, el("td", {}, when(e.time)), el("td", {}, e.action), el("td", {}, e.target), el("td", {}, e.actor), el("td", {}, e.source || ""),
+        el("td", {}, Object.entries(e.detail || {}).map(([k, v]) => `${k}=${v}`).join(" ")))))),
+    older);
 }
 
 // ---- firmware ----

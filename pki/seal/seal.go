@@ -1,4 +1,8 @@
-package pki
+// Package seal encrypts short secrets kept in the inventory (Wi-Fi
+// passphrases) under a key derived from the server's master secret. It lives
+// apart from package pki so that the inventory can recognise a sealed value
+// without linking the CA.
+package seal
 
 import (
 	"crypto/aes"
@@ -12,8 +16,8 @@ import (
 	"strings"
 )
 
-// SealedPrefix starts every value a Sealer sealed.
-const SealedPrefix = "sealed:v1:"
+// Prefix starts every value a Sealer sealed.
+const Prefix = "sealed:v1:"
 
 // ErrUnseal is returned when a sealed value does not open: it was changed,
 // or sealed under another master secret.
@@ -21,14 +25,14 @@ var ErrUnseal = errors.New("sealed value does not open (tampered with, or anothe
 
 // Sealer encrypts short secrets kept in the inventory (Wi-Fi passphrases)
 // with AES-256-GCM under a key derived from the server's master secret (the
-// CA passphrase) with HKDF-SHA256. A sealed value is text: SealedPrefix and
+// CA passphrase) with HKDF-SHA256. A sealed value is text: Prefix and
 // the base64 of nonce and ciphertext.
 type Sealer struct {
 	aead cipher.AEAD
 }
 
-// NewSealer derives the sealing key from the master secret.
-func NewSealer(master []byte) (*Sealer, error) {
+// New derives the sealing key from the master secret.
+func New(master []byte) (*Sealer, error) {
 	if len(master) < 16 {
 		return nil, errors.New("sealer: master secret shorter than 16 bytes")
 	}
@@ -50,22 +54,22 @@ func NewSealer(master []byte) (*Sealer, error) {
 // Seal encrypts plain. The empty string and values already sealed are
 // returned as they are.
 func (s *Sealer) Seal(plain string) (string, error) {
-	if plain == "" || strings.HasPrefix(plain, SealedPrefix) {
+	if plain == "" || strings.HasPrefix(plain, Prefix) {
 		return plain, nil
 	}
 	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plain)+s.aead.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
 		return "", err
 	}
-	out := s.aead.Seal(nonce, nonce, []byte(plain), []byte(SealedPrefix))
-	return SealedPrefix + base64.RawStdEncoding.EncodeToString(out), nil
+	out := s.aead.Seal(nonce, nonce, []byte(plain), []byte(Prefix))
+	return Prefix + base64.RawStdEncoding.EncodeToString(out), nil
 }
 
-// Open decrypts a sealed value. A value without SealedPrefix was stored
+// Open decrypts a sealed value. A value without Prefix was stored
 // before sealing existed and is returned as it is (it is sealed on its next
 // write).
 func (s *Sealer) Open(v string) (string, error) {
-	rest, ok := strings.CutPrefix(v, SealedPrefix)
+	rest, ok := strings.CutPrefix(v, Prefix)
 	if !ok {
 		return v, nil
 	}
@@ -73,7 +77,7 @@ func (s *Sealer) Open(v string) (string, error) {
 	if err != nil || len(raw) < s.aead.NonceSize() {
 		return "", ErrUnseal
 	}
-	plain, err := s.aead.Open(nil, raw[:s.aead.NonceSize()], raw[s.aead.NonceSize():], []byte(SealedPrefix))
+	plain, err := s.aead.Open(nil, raw[:s.aead.NonceSize()], raw[s.aead.NonceSize():], []byte(Prefix))
 	if err != nil {
 		return "", ErrUnseal
 	}

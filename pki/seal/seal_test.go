@@ -1,21 +1,21 @@
-package pki_test
+package seal_test
 
 import (
 	"errors"
 	"strings"
 	"testing"
 
-	"github.com/provisiond/provisiond/pki"
+	"github.com/provisiond/provisiond/pki/seal"
 )
 
 func TestSealer(t *testing.T) {
-	s, err := pki.NewSealer([]byte("master-secret-0123456789"))
+	s, err := seal.New([]byte("master-secret-0123456789"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, _ := pki.NewSealer([]byte("another-master-secret-99"))
+	other, _ := seal.New([]byte("another-master-secret-99"))
 	sealed, err := s.Seal("wifi-passphrase")
-	if err != nil || !strings.HasPrefix(sealed, pki.SealedPrefix) || strings.Contains(sealed, "wifi-passphrase") {
+	if err != nil || !strings.HasPrefix(sealed, seal.Prefix) || strings.Contains(sealed, "wifi-passphrase") {
 		t.Fatalf("sealed %q, %v", sealed, err)
 	}
 	if again, _ := s.Seal("wifi-passphrase"); again == sealed {
@@ -34,15 +34,15 @@ func TestSealer(t *testing.T) {
 		t.Errorf("empty sealed to %q", empty)
 	}
 	tampered := sealed[:len(sealed)-2] + "AA"
-	for name, v := range map[string]string{"tampered": tampered, "not base64": pki.SealedPrefix + "!!!", "too short": pki.SealedPrefix + "AA"} {
-		if _, err := s.Open(v); !errors.Is(err, pki.ErrUnseal) {
+	for name, v := range map[string]string{"tampered": tampered, "not base64": seal.Prefix + "!!!", "too short": seal.Prefix + "AA"} {
+		if _, err := s.Open(v); !errors.Is(err, seal.ErrUnseal) {
 			t.Errorf("%s: %v, want ErrUnseal", name, err)
 		}
 	}
-	if _, err := other.Open(sealed); !errors.Is(err, pki.ErrUnseal) {
+	if _, err := other.Open(sealed); !errors.Is(err, seal.ErrUnseal) {
 		t.Errorf("another master secret opened it: %v", err)
 	}
-	if _, err := pki.NewSealer([]byte("short")); err == nil {
+	if _, err := seal.New([]byte("short")); err == nil {
 		t.Error("a 5-byte master secret was accepted")
 	}
 }

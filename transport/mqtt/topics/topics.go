@@ -1,4 +1,7 @@
-package mqtt
+// Package topics is the MQTT topic layout of provisiond, shared by the
+// server (broker access rules, request handling) and the devices (the
+// simulator): what each topic carries and who may publish to it.
+package topics
 
 import (
 	"regexp"
@@ -31,33 +34,33 @@ var bootstrapIDRE = regexp.MustCompile(`^boot-[A-Za-z0-9_-]{16,64}$`)
 // ValidBootstrapID reports whether id may be used by a client without a certificate.
 func ValidBootstrapID(id string) bool { return bootstrapIDRE.MatchString(id) }
 
-// EnrollTopic is where a bootstrap client publishes its request.
-func EnrollTopic(cid string, f wire.Format) string {
+// Enroll is where a bootstrap client publishes its request.
+func Enroll(cid string, f wire.Format) string {
 	return BootstrapRoot + "/" + cid + "/enroll/" + formatName(f)
 }
 
-// ResultTopic is where a bootstrap client receives its answer.
-func ResultTopic(cid string) string { return BootstrapRoot + "/" + cid + "/result" }
+// Result is where a bootstrap client receives its answer.
+func Result(cid string) string { return BootstrapRoot + "/" + cid + "/result" }
 
-// ConfigTopic, StateTopic, RenewTopic and LeaseTopic are a device's operational topics.
-func ConfigTopic(id string) string { return DevicesRoot + "/" + id + "/config" }
+// Config, State, RenewLease and Lease are a device's operational topics.
+func Config(id string) string { return DevicesRoot + "/" + id + "/config" }
 
-// StateTopic is where a device reports its state.
-func StateTopic(id string) string { return DevicesRoot + "/" + id + "/state" }
+// State is where a device reports its state.
+func State(id string) string { return DevicesRoot + "/" + id + "/state" }
 
-// RenewTopic is where a device asks for a lease renewal.
-func RenewTopic(id string) string { return DevicesRoot + "/" + id + "/lease/renew" }
+// RenewLease is where a device asks for a lease renewal.
+func RenewLease(id string) string { return DevicesRoot + "/" + id + "/lease/renew" }
 
-// RenewCertTopic is where a device asks for a new certificate.
-func RenewCertTopic(id string, f wire.Format) string {
+// RenewCert is where a device asks for a new certificate.
+func RenewCert(id string, f wire.Format) string {
 	return DevicesRoot + "/" + id + "/renew/" + formatName(f)
 }
 
-// CertificateTopic is where a device receives its renewed certificate.
-func CertificateTopic(id string) string { return DevicesRoot + "/" + id + "/certificate" }
+// Certificate is where a device receives its renewed certificate.
+func Certificate(id string) string { return DevicesRoot + "/" + id + "/certificate" }
 
-// LeaseTopic is where a device receives its renewed lease.
-func LeaseTopic(id string) string { return DevicesRoot + "/" + id + "/lease" }
+// Lease is where a device receives its renewed lease.
+func Lease(id string) string { return DevicesRoot + "/" + id + "/lease" }
 
 func formatName(f wire.Format) string {
 	if f == wire.CBOR {
@@ -72,10 +75,10 @@ type Kind int
 // Kinds of server-bound topics.
 const (
 	NotServerBound Kind = iota
-	Enroll
-	State
-	Renew
-	RenewCert
+	KindEnroll
+	KindState
+	KindRenewLease
+	KindRenewCert
 )
 
 // Parsed is a server-bound topic, taken apart.
@@ -86,17 +89,17 @@ type Parsed struct {
 	DeviceID uuid.UUID   // State, Renew
 }
 
-// ParseTopic recognises the topics devices publish to the server. Anything
+// Parse recognises the topics devices publish to the server. Anything
 // else (including malformed variants) is NotServerBound.
-func ParseTopic(topic string) Parsed {
+func Parse(topic string) Parsed {
 	parts := strings.Split(topic, "/")
 	switch {
 	case len(parts) == 4 && parts[0] == BootstrapRoot && parts[2] == "enroll" && ValidBootstrapID(parts[1]):
 		switch parts[3] {
 		case "json":
-			return Parsed{Kind: Enroll, ClientID: parts[1], Format: wire.JSON}
+			return Parsed{Kind: KindEnroll, ClientID: parts[1], Format: wire.JSON}
 		case "cbor":
-			return Parsed{Kind: Enroll, ClientID: parts[1], Format: wire.CBOR}
+			return Parsed{Kind: KindEnroll, ClientID: parts[1], Format: wire.CBOR}
 		}
 	case len(parts) >= 3 && parts[0] == DevicesRoot:
 		id, err := uuid.Parse(parts[1])
@@ -105,17 +108,17 @@ func ParseTopic(topic string) Parsed {
 		}
 		switch {
 		case len(parts) == 3 && parts[2] == "state":
-			return Parsed{Kind: State, DeviceID: id}
+			return Parsed{Kind: KindState, DeviceID: id}
 		case len(parts) == 4 && parts[2] == "lease" && parts[3] == "renew":
-			return Parsed{Kind: Renew, DeviceID: id}
+			return Parsed{Kind: KindRenewLease, DeviceID: id}
 		case len(parts) == 4 && parts[2] == "renew" && parts[3] == "json":
-			return Parsed{Kind: RenewCert, DeviceID: id, Format: wire.JSON}
+			return Parsed{Kind: KindRenewCert, DeviceID: id, Format: wire.JSON}
 		case len(parts) == 4 && parts[2] == "renew" && parts[3] == "cbor":
-			return Parsed{Kind: RenewCert, DeviceID: id, Format: wire.CBOR}
+			return Parsed{Kind: KindRenewCert, DeviceID: id, Format: wire.CBOR}
 		}
 	}
 	return Parsed{}
 }
 
-// hasWildcard reports whether a topic filter holds + or #.
-func hasWildcard(filter string) bool { return strings.ContainsAny(filter, "+#") }
+// HasWildcard reports whether a topic filter holds + or #.
+func HasWildcard(filter string) bool { return strings.ContainsAny(filter, "+#") }
