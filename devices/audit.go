@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"time"
 
@@ -126,6 +127,19 @@ func appendAudit(tx kv.Tx, ev AuditEvent) error {
 		}
 	}
 	return tx.Put(bucketAuditHead, chainKey(ev.Chain), chainHead{seq: ev.Seq, nanos: nanos, hash: ev.Hash}.encode())
+}
+
+// with returns a copy of ev with detail pairs (key, value, ...) added to a
+// copy of its Detail: a transaction that may run more than once never
+// writes into its caller's event.
+func (ev AuditEvent) with(kv ...string) AuditEvent {
+	d := make(map[string]string, len(ev.Detail)+len(kv)/2)
+	maps.Copy(d, ev.Detail)
+	for i := 0; i+1 < len(kv); i += 2 {
+		d[kv[i]] = kv[i+1]
+	}
+	ev.Detail = d
+	return ev
 }
 
 // HashAuditEvent is an event's chain hash: SHA-256 over its PrevHash and its

@@ -250,13 +250,14 @@ func countKeys(tx kv.Tx, bucket, prefix []byte, suffix int) (int, error) {
 type keyRange struct {
 	bucket []byte
 	prefix []byte
+	start  []byte // scratch: prefix and the ID a seek starts from
 }
 
 // seek returns the first device ID >= from in the range, or false when the
 // range has none.
-func (r keyRange) seek(tx kv.Tx, from uuid.UUID) (id uuid.UUID, ok bool, err error) {
-	start := append(r.prefix[:len(r.prefix):len(r.prefix)], from[:]...)
-	err = tx.Ascend(r.bucket, r.prefix, start, func(k, _ []byte) (bool, error) {
+func (r *keyRange) seek(tx kv.Tx, from uuid.UUID) (id uuid.UUID, ok bool, err error) {
+	r.start = append(append(r.start[:0], r.prefix...), from[:]...)
+	err = tx.Ascend(r.bucket, r.prefix, r.start, func(k, _ []byte) (bool, error) {
 		if len(k) != len(r.prefix)+16 {
 			return true, nil // a longer value that starts with this one
 		}
@@ -303,8 +304,8 @@ func joinRanges(tx kv.Tx, rs []keyRange, from uuid.UUID, fn func(uuid.UUID) (boo
 	for {
 		agreed := 0
 		for agreed < len(rs) {
-			for _, r := range rs {
-				id, ok, err := r.seek(tx, cand)
+			for i := range rs {
+				id, ok, err := rs[i].seek(tx, cand)
 				if err != nil || !ok {
 					return err
 				}
@@ -324,18 +325,6 @@ func joinRanges(tx kv.Tx, rs []keyRange, from uuid.UUID, fn func(uuid.UUID) (boo
 			return nil
 		}
 	}
-}
-
-// collect lists the IDs of the devices a filter's indexed fields select.
-// Writers collect before they write: a scan must not run over a bucket
-// that is written under it.
-func collect(tx kv.Tx, f Filter) ([]uuid.UUID, error) {
-	var ids []uuid.UUID
-	err := joinRanges(tx, filterRanges(f), uuid.Nil, func(id uuid.UUID) (bool, error) {
-		ids = append(ids, id)
-		return true, nil
-	})
-	return ids, err
 }
 
 // nextID is id + 1 as a 128-bit big-endian number; false past the last ID.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -33,7 +32,12 @@ type JobKind string
 const (
 	JobRevoke   JobKind = "revoke"   // revoke each selected device not yet revoked
 	JobOverride JobKind = "override" // set (or clear) each selected device's config override
-	JobRetarget JobKind = "retarget" // a new config version for each enrolled device of a model
+	JobRetarget JobKind = "retarget" // a new config version for each enrolled device of a model (at a site)
+	// JobSiteConfig gives each enrolled device of a site a new config
+	// version (its site's profile changed); UpdateSite creates it.
+	JobSiteConfig JobKind = "site-config"
+	// JobImport registers the rows of a factory batch (StartImport).
+	JobImport JobKind = "import"
 )
 
 // JobState is where a job is.
@@ -41,8 +45,10 @@ type JobState string
 
 // Job states.
 const (
-	JobRunning JobState = "running"
-	JobDone    JobState = "done"
+	JobStaging   JobState = "staging" // an import's rows are being written; it does not run yet
+	JobRunning   JobState = "running"
+	JobDone      JobState = "done"
+	JobAbandoned JobState = "abandoned" // an import whose staging a crash interrupted
 )
 
 // Job is a bulk operation and its progress.
@@ -57,6 +63,7 @@ type Job struct {
 	Site     string          `json:"site,omitempty"`
 	Reason   string          `json:"reason,omitempty"`   // revoke
 	Override *ConfigOverride `json:"override,omitempty"` // override; nil clears
+	Batch    *Batch          `json:"batch,omitempty"`    // import: the batch its devices join
 	// Event is the audit event of each device's change (revoke, override)
 	// or of the whole job (retarget): who asked, from where.
 	Event AuditEvent `json:"event"`
@@ -93,6 +100,18 @@ func (s *Store) ChunkSize() int { return JobChunk(s.db) }
 // CreateJob checks what a job selects, counts it and stores the job,
 // running, with a new ID.
 func (s *Store) CreateJob(ctx context.Context, j Job, now time.Time) (Job, error) {
+	var out Job
+	err := s.db.Update(ctx, func(tx kv.Tx) (err error) {
+		out, err = createJob(tx, j, now)
+		return err
+	})
+	if err != nil {
+		return Job{}, err
+	}
+	return out, nil
+}
+
+func createJob(tx kv.Tx, j Job, now time.Time) (Job, error) {
 	switch j.Kind {
 	case JobRevoke, JobOverride:
 		if len(j.Selector.IDs) == 0 && j.Selector.Site == "" && j.Selector.Batch == "" {
@@ -102,6 +121,10 @@ func (s *Store) CreateJob(ctx context.Context, j Job, now time.Time) (Job, error
 		if j.Model == "" {
 			return Job{}, fmt.Errorf("%w: model: required", ErrInvalid)
 		}
+	case JobSiteConfig:
+		if j.Site == "" {
+			return Job{}, fmt.Errorf("%w: site: required", ErrInvalid)
+		}
 	default:
 		return Job{}, fmt.Errorf("%w: job kind %q", ErrInvalid, j.Kind)
 	}
@@ -110,33 +133,27 @@ func (s *Store) CreateJob(ctx context.Context, j Job, now time.Time) (Job, error
 	j.Selector.IDs = slices.Clone(j.Selector.IDs)
 	slices.SortFunc(j.Selector.IDs, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
 	j.Selector.IDs = slices.Compact(j.Selector.IDs)
-	err := s.db.Update(ctx, func(tx kv.Tx) error {
-		if err := checkSelector(tx, j); err != nil {
-			return err
-		}
-		j.Total = 0
-		for after := uuid.Nil; ; {
-			ids, err := nextSelected(tx, j, after, 1000)
-			if err != nil {
-				return err
-			}
-			j.Total += len(ids)
-			if len(ids) < 1000 {
-				break
-			}
-			after = ids[len(ids)-1]
-		}
-		return putJSON(tx, bucketJobs, []byte(j.ID), j)
-	})
-	if err != nil {
+	if err := checkSelector(tx, j); err != nil {
 		return Job{}, err
 	}
-	return j, nil
+	j.Total = 0
+	for after := uuid.Nil; ; {
+		ids, err := nextSelected(tx, j, after, 1000)
+		if err != nil {
+			return Job{}, err
+		}
+		j.Total += len(ids)
+		if len(ids) < 1000 {
+			break
+		}
+		after = ids[len(ids)-1]
+	}
+	return j, putJSON(tx, bucketJobs, []byte(j.ID), j)
 }
 
 func checkSelector(tx kv.Tx, j Job) error {
 	sel := j.Selector
-	if j.Kind == JobRetarget {
+	if j.Kind == JobRetarget || j.Kind == JobSiteConfig {
 		sel = Selector{Site: j.Site}
 	}
 	for _, id := range sel.IDs {
@@ -181,7 +198,7 @@ func nextSelected(tx kv.Tx, j Job, after uuid.UUID, n int) ([]uuid.UUID, error) 
 		out = append(out, id)
 		return len(out)%n != 0, nil
 	}
-	if j.Kind == JobRetarget {
+	if j.Kind == JobRetarget || j.Kind == JobSiteConfig {
 		err := joinRanges(tx, filterRanges(Filter{Model: j.Model, Site: j.Site}), from, take)
 		return out, err
 	}
@@ -237,6 +254,13 @@ func (s *Store) RunJobChunk(ctx context.Context, id string, n int, now time.Time
 		case job.State != JobRunning:
 			return ErrJobDone
 		}
+		if job.Kind == JobImport {
+			if changed, err = importChunk(tx, &job, n, now); err != nil {
+				return err
+			}
+			job.UpdatedAt = now.UTC()
+			return putJSON(tx, bucketJobs, []byte(job.ID), job)
+		}
 		ids, err := nextSelected(tx, job, job.Cursor, n)
 		if err != nil {
 			return err
@@ -267,14 +291,8 @@ func (s *Store) RunJobChunk(ctx context.Context, id string, n int, now time.Time
 			job.State = JobDone
 			if job.Kind == JobRetarget {
 				// One event for the whole change, as BumpConfig wrote.
-				e := job.Event
+				e := job.Event.with("devices", strconv.Itoa(job.Changed), "job", job.ID)
 				e.Time = now
-				e.Detail = maps.Clone(job.Event.Detail)
-				if e.Detail == nil {
-					e.Detail = map[string]string{}
-				}
-				e.Detail["devices"] = strconv.Itoa(job.Changed)
-				e.Detail["job"] = job.ID
 				if err := appendAudit(tx, e); err != nil {
 					return err
 				}
@@ -332,7 +350,7 @@ func applyJob(tx kv.Tx, job Job, d Device, now time.Time) (Device, bool, error) 
 		e.Time, e.Target = now, d.Serial
 		e.Detail = map[string]string{"config_version": fmt.Sprint(d.ConfigVersion), "cleared": fmt.Sprint(job.Override == nil), "job": job.ID}
 		return d, true, appendAudit(tx, e)
-	case JobRetarget:
+	case JobRetarget, JobSiteConfig:
 		if d.State != StateProvisioned && d.State != StateActive {
 			return d, false, nil
 		}

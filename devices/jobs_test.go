@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,16 +217,97 @@ func TestJobChunksFitABoundedEngine(t *testing.T) {
 	if n < 1 || n > 20 {
 		t.Fatalf("chunk of %d devices for a 128-write engine", n)
 	}
-	for _, j := range []devices.Job{
-		{Kind: devices.JobOverride, Selector: devices.Selector{Site: "a"}, Override: &devices.ConfigOverride{SSID: "x"}},
-		{Kind: devices.JobRetarget, Model: "M", Site: "a"},
-		{Kind: devices.JobRevoke, Selector: devices.Selector{Site: "a"}, Reason: "test"},
+	var rows []devices.ImportRow
+	for i := range 100 {
+		serial := fmt.Sprintf("IMP-%03d", i)
+		rows = append(rows, devices.ImportRow{Serial: serial, Model: "M", TokenHash: hash(serial)})
+	}
+	b, res, err := s.ImportBatch(ctx, devices.Batch{ID: "big", Site: "a"}, rows, devices.AuditEvent{Action: "batch.import"})
+	if err != nil || b.Count != 100 || len(res) != 100 {
+		t.Fatalf("an import of 100 rows on a bounded engine: %d created, %v", b.Count, err)
+	}
+	// Override and revoke change every device of the site (140), retarget
+	// and site config the 40 enrolled ones.
+	for _, c := range []struct {
+		j    devices.Job
+		want int
+	}{
+		{devices.Job{Kind: devices.JobOverride, Selector: devices.Selector{Site: "a"}, Override: &devices.ConfigOverride{SSID: "x"}}, 140},
+		{devices.Job{Kind: devices.JobRetarget, Model: "M", Site: "a"}, 40},
+		{devices.Job{Kind: devices.JobSiteConfig, Site: "a"}, 40},
+		{devices.Job{Kind: devices.JobRevoke, Selector: devices.Selector{Site: "a"}, Reason: "test"}, 140},
 	} {
+		j := c.j
 		t.Run(string(j.Kind), func(t *testing.T) {
 			done := runJob(t, s, j, n)
-			if done.Changed != 40 {
-				t.Fatalf("%s changed %d of 40 devices", j.Kind, done.Changed)
+			if done.Changed != c.want {
+				t.Fatalf("%s changed %d devices, want %d", j.Kind, done.Changed, c.want)
 			}
 		})
+	}
+}
+
+// TestImportResumesAfterACrash: a factory import stopped after two chunks
+// goes on from its third after a restart; every new row becomes exactly one
+// device, duplicates and clashes are reported as before.
+func TestImportResumesAfterACrash(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "inv.db")
+	s, err := openPath(path, boltkv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	importOne(t, s, "SN-007", "") // registered before, with another token: a clash
+	var rows []devices.ImportRow
+	for i := range 50 {
+		serial := fmt.Sprintf("SN-%03d", i)
+		rows = append(rows, devices.ImportRow{Serial: serial, Model: "M", TokenHash: hash(serial + "x")})
+	}
+	rows = append(rows, rows[3]) // a duplicate within the batch
+	job, err := s.StartImport(ctx, devices.Batch{ID: "b-1"}, rows, devices.AuditEvent{Action: "batch.import", Target: "b-1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if job, _, err = s.RunJobChunk(ctx, job.ID, 8, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close() // the crash
+
+	s, err = openPath(path, boltkv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for job.State == devices.JobRunning {
+		if job, _, err = s.RunJobChunk(ctx, job.ID, 8, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, res, err := s.FinishImport(ctx, job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Count != 49 || len(res) != 51 {
+		t.Fatalf("batch of %d devices, %d results; want 49 and 51", b.Count, len(res))
+	}
+	if res[7].Status != devices.RowRejected || res[50].Status != devices.RowRejected || !strings.Contains(res[50].Reason, "row 4") {
+		t.Errorf("clash %+v, duplicate %+v", res[7], res[50])
+	}
+	list, _, err := s.Devices(ctx, devices.Filter{Batch: "b-1", Limit: 1000})
+	if err != nil || len(list) != 49 {
+		t.Fatalf("%d devices in the batch, %v", len(list), err)
+	}
+	h, _ := s.History(ctx, "b-1", 10)
+	if len(h) != 1 || h[0].Detail["created"] != "49" {
+		t.Errorf("batch audit events: %+v", h)
+	}
+	if problems, err := s.Verify(ctx); err != nil || len(problems) > 0 {
+		t.Fatalf("verify: %v %v", err, problems)
+	}
+	// FinishImport cleared the staged rows.
+	if _, _, err := s.FinishImport(ctx, job.ID); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"maps"
 	"net/netip"
 	"time"
 
@@ -96,14 +95,8 @@ func (s *Store) RenewLease(ctx context.Context, id uuid.UUID, now time.Time, ev 
 		if err != nil {
 			return err
 		}
-		e := ev
+		e := ev.with("address", d.Lease.Addr.String(), "expires", d.Lease.Expires.Format(time.RFC3339))
 		e.Time = now
-		e.Detail = maps.Clone(ev.Detail)
-		if e.Detail == nil {
-			e.Detail = map[string]string{}
-		}
-		e.Detail["address"] = d.Lease.Addr.String()
-		e.Detail["expires"] = d.Lease.Expires.Format(time.RFC3339)
 		if err := appendAudit(tx, e); err != nil {
 			return err
 		}

@@ -3,7 +3,6 @@ package devices
 import (
 	"context"
 	"fmt"
-	"maps"
 	"time"
 
 	"github.com/google/uuid"
@@ -94,8 +93,7 @@ func (s *Store) Reopen(ctx context.Context, id uuid.UUID, tokenHash []byte, newI
 			d.ProvisionedAt, d.AppliedConfigVersion, d.Health = time.Time{}, 0, ""
 			return nil
 		}
-		e := ev
-		e.Detail = maps.Clone(ev.Detail)
+		e := ev.with()
 		if newID != uuid.Nil {
 			// Re-key: the old record and its index entries go, the new ID
 			// takes the serial (and, in the index, everything else).
@@ -111,10 +109,7 @@ func (s *Store) Reopen(ctx context.Context, id uuid.UUID, tokenHash []byte, newI
 			if err := putDevice(tx, nil, &d); err != nil {
 				return err
 			}
-			if e.Detail == nil {
-				e.Detail = map[string]string{}
-			}
-			e.Detail["previous_device_id"], e.Detail["device_id"] = id.String(), newID.String()
+			e = e.with("previous_device_id", id.String(), "device_id", newID.String())
 		} else if d, err = mutate(tx, d, now, reopen); err != nil {
 			return err
 		}

@@ -3,10 +3,7 @@ package devices
 import (
 	"context"
 	"fmt"
-	"maps"
 	"time"
-
-	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices/kv"
 )
@@ -69,14 +66,16 @@ func (s *Store) SiteDeviceCount(ctx context.Context, name string) (n int, err er
 
 // UpdateSite applies fn to the stored site, re-validates it and bumps its
 // version. The name cannot change, and the address pool cannot change while
-// any address of it is leased. Every enrolled (provisioned or active) device
-// of the site gets a new config version in the same transaction; their IDs
-// are returned so that the new config can be pushed to them.
-func (s *Store) UpdateSite(ctx context.Context, name string, fn func(*Site) error, ev AuditEvent) (Site, []uuid.UUID, error) {
+// any address of it is leased. The same transaction creates the job that
+// gives every enrolled (provisioned or active) device of the site a new
+// config version (JobSiteConfig; run it with RunJobChunk): a crash after
+// the commit leaves the job to resume, never a site whose devices were not
+// told.
+func (s *Store) UpdateSite(ctx context.Context, name string, fn func(*Site) error, ev AuditEvent) (Site, Job, error) {
 	var site Site
-	var affected []uuid.UUID
+	var job Job
+	now := time.Now().UTC()
 	err := s.db.Update(ctx, func(tx kv.Tx) error {
-		affected = affected[:0]
 		old, err := getSite(tx, name)
 		if err != nil {
 			return err
@@ -99,37 +98,16 @@ func (s *Store) UpdateSite(ctx context.Context, name string, fn func(*Site) erro
 			}
 		}
 		site.Version = old.Version + 1
-		site.UpdatedAt = time.Now().UTC()
+		site.UpdatedAt = now
 		if err := putJSON(tx, bucketSites, []byte(name), site); err != nil {
 			return err
 		}
-		ids, err := collect(tx, Filter{Site: name})
-		if err != nil {
+		if job, err = createJob(tx, Job{Kind: JobSiteConfig, Site: name, Event: ev}, now); err != nil {
 			return err
 		}
-		for _, id := range ids {
-			d, err := getDevice(tx, id)
-			if err != nil {
-				return err
-			}
-			if d.State != StateProvisioned && d.State != StateActive {
-				continue
-			}
-			if _, err := mutate(tx, d, site.UpdatedAt, func(d *Device) error { d.ConfigVersion++; return nil }); err != nil {
-				return err
-			}
-			affected = append(affected, d.ID)
-		}
-		e := ev
-		e.Detail = maps.Clone(ev.Detail)
-		if e.Detail == nil {
-			e.Detail = map[string]string{}
-		}
-		e.Detail["version"] = fmt.Sprint(site.Version)
-		e.Detail["devices_reconfigured"] = fmt.Sprint(len(affected))
-		return appendAudit(tx, e)
+		return appendAudit(tx, ev.with("version", fmt.Sprint(site.Version), "job", job.ID))
 	})
-	return site, affected, err
+	return site, job, err
 }
 
 // Convergence counts a site's enrolled devices and how many of them reported

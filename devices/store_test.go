@@ -240,9 +240,16 @@ func TestSiteInUse(t *testing.T) {
 		t.Errorf("change a pool with leases: %v, want ErrSiteInUse", err)
 	}
 	before, _ := s.Device(context.Background(), d.ID)
-	up, affected, err := s.UpdateSite(context.Background(), "p", func(x *devices.Site) error { x.SSID = "new"; return nil }, devices.AuditEvent{})
+	up, job, err := s.UpdateSite(context.Background(), "p", func(x *devices.Site) error { x.SSID = "new"; return nil }, devices.AuditEvent{})
+	if job.Kind != devices.JobSiteConfig || job.State != devices.JobRunning || job.Total != 1 {
+		t.Fatalf("the site change's job: %+v", job)
+	}
+	if still, _ := s.Device(context.Background(), d.ID); still.ConfigVersion != before.ConfigVersion {
+		t.Error("the site change bumped devices itself: that is the job's work")
+	}
+	job, affected, _ := s.RunJobChunk(context.Background(), job.ID, 10, time.Now())
 	after, _ := s.Device(context.Background(), d.ID)
-	if len(affected) != 1 || affected[0] != d.ID || after.ConfigVersion != before.ConfigVersion+1 {
+	if job.State != devices.JobDone || len(affected) != 1 || affected[0].ID != d.ID || after.ConfigVersion != before.ConfigVersion+1 {
 		t.Errorf("site change reconfigured %v; device version %d -> %d", affected, before.ConfigVersion, after.ConfigVersion)
 	}
 	if err != nil || up.Version != 2 {

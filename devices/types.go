@@ -37,7 +37,10 @@ type Device struct {
 	// the claim that uses it (single use).
 	ClaimCodeHash   []byte `json:"claim_code_hash,omitempty"`
 	FirmwareVersion string `json:"firmware_version,omitempty"`
-	MAC             string `json:"mac,omitempty"`
+	// FirmwarePin targets the device to this version whatever the rollouts
+	// say ("" follows them); it stays with the device through a re-key.
+	FirmwarePin string `json:"firmware_pin,omitempty"`
+	MAC         string `json:"mac,omitempty"`
 	// Issued identity: the current certificate and the key it certifies.
 	CertSerial    string    `json:"cert_serial,omitempty"` // hex
 	CertDER       []byte    `json:"cert_der,omitempty"`

@@ -12,11 +12,19 @@
 // device's config. A device that repeats its request with the same key
 // within the retry window gets the same answer again.
 //
-// [Fleet] applies operators' changes (sites, factory batches) with
-// validation and audit events. [ParseManifest] reads factory manifests.
+// [Fleet] applies operators' changes (sites, factory batches, revocations,
+// reconfigurations) with validation and audit events; what touches many
+// devices runs as a job of chunks (devices.Job) that a restart resumes
+// ([Fleet.ResumeJobs]). [Rollouts] changes firmware targets, [Access] API
+// tokens and server certificates. [ParseManifest] reads factory manifests.
+// Every method that reaches the inventory takes a context.
 //
 // The package declares the small interfaces it needs ([Store], [Registry],
-// [Signer], [Clock]); package devices and package pki implement them.
+// [TokenStore], [RolloutStore], [Signer], [Clock], [Images]) and what it
+// tells of its changes ([Notifier], [FleetEvents]); package devices and
+// package pki implement the first, the server's front ends hear the rest.
+// It links no storage engine and no CA library: the certificate profile it
+// needs is package pki/profile.
 //
 // # Caveats
 //

@@ -76,8 +76,8 @@ func newFixture(t testing.TB, cfg enroll.Config) *fixture {
 		t.Fatal(err)
 	}
 	cfg.Secrets = sealer
-	f.svc = enroll.New(cfg, store, f.signer, f.clock, quiet)
-	f.fleet = enroll.NewFleet(enroll.FleetConfig{}, store, sealer, quiet)
+	f.svc = enroll.New(cfg, enroll.Ports{Store: store, Signer: f.signer, Clock: f.clock}, quiet)
+	f.fleet = enroll.NewFleet(enroll.FleetConfig{}, store, sealer, nil, quiet)
 	return f
 }
 
@@ -322,7 +322,7 @@ func TestAdmissionControl(t *testing.T) {
 	f := newFixture(t, enroll.Config{})
 	f.site(t, "hq", "10.0.0.0/24")
 	bs := &blockingSigner{CA: f.ca, entered: make(chan struct{}, 3), release: make(chan struct{})}
-	svc := enroll.New(enroll.Config{MaxInFlight: 2, OverloadRetry: time.Second}, f.store, bs, f.clock, quiet)
+	svc := enroll.New(enroll.Config{MaxInFlight: 2, OverloadRetry: time.Second}, enroll.Ports{Store: f.store, Signer: bs, Clock: f.clock}, quiet)
 	reqs := make([]enroll.Request, 3)
 	for i := range reqs {
 		serial, tok := f.device(t, "hq")

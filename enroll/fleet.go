@@ -24,7 +24,7 @@ import (
 // Registry is the part of the inventory that fleet operations change.
 type Registry interface {
 	CreateSite(ctx context.Context, site devices.Site, ev devices.AuditEvent) (devices.Site, error)
-	UpdateSite(ctx context.Context, name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, []uuid.UUID, error)
+	UpdateSite(ctx context.Context, name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, devices.Job, error)
 	DeleteSite(ctx context.Context, name string, ev devices.AuditEvent) error
 	ImportBatch(ctx context.Context, b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent) (devices.Batch, []devices.RowResult, error)
 	Device(ctx context.Context, id uuid.UUID) (devices.Device, error)
@@ -39,6 +39,8 @@ type Registry interface {
 	Job(ctx context.Context, id string) (devices.Job, error)
 	Jobs(ctx context.Context) ([]devices.Job, error)
 	ChunkSize() int
+	FinishImport(ctx context.Context, id string) (devices.Batch, []devices.RowResult, error)
+	AbandonImport(ctx context.Context, id string, now time.Time) error
 }
 
 // SetOverride changes (or, with nil, clears) the config override of the
@@ -113,15 +115,13 @@ func (f *Fleet) runJob(ctx context.Context, id string) (devices.Job, []devices.D
 		}
 		all = append(all, changed...)
 		if len(changed) > 0 {
-			switch job.Kind {
-			case devices.JobRevoke:
-				for _, fn := range f.onRevoke {
-					fn(changed)
-				}
+			switch {
+			case f.events == nil:
+			case job.Kind == devices.JobRevoke:
+				f.events.Revoked(ctx, changed)
 			default:
-				ids := enrolledIDs(changed)
-				for _, fn := range f.onConfig {
-					fn(ctx, ids)
+				if ids := enrolledIDs(changed); len(ids) > 0 {
+					f.events.Reconfigured(ctx, ids)
 				}
 			}
 		}
@@ -139,6 +139,15 @@ func (f *Fleet) ResumeJobs(ctx context.Context) error {
 	}
 	slices.Reverse(jobs) // running ones came first, newest first
 	for _, j := range jobs {
+		if j.State == devices.JobStaging {
+			// An import whose rows were still being written: its caller
+			// got an error and imports again.
+			f.log.Warn("abandoning an import interrupted while staging", "job", j.ID, "rows", j.Total)
+			if err := f.reg.AbandonImport(ctx, j.ID, time.Now()); err != nil {
+				return err
+			}
+			continue
+		}
 		if j.State != devices.JobRunning {
 			continue
 		}
@@ -149,6 +158,11 @@ func (f *Fleet) ResumeJobs(ctx context.Context) error {
 		_, _, err := f.runJob(ctx, j.ID)
 		if j.Kind == devices.JobRevoke {
 			f.revokeMu.Unlock()
+		}
+		if err == nil && j.Kind == devices.JobImport {
+			var b devices.Batch
+			b, _, err = f.reg.FinishImport(ctx, j.ID)
+			f.log.Info("resumed import finished", "job", j.ID, "batch", b.ID, "created", b.Count)
 		}
 		if err != nil {
 			return err
@@ -178,21 +192,25 @@ func enrolledIDs(ds []devices.Device) []uuid.UUID {
 // Fleet runs the operator's changes to sites, factory batches and device
 // revocation, each validated and audited.
 type Fleet struct {
-	cfg      FleetConfig
-	reg      Registry
-	log      *slog.Logger
-	secrets  Secrets
-	onRevoke []func([]devices.Device)
-	onConfig []func(context.Context, []uuid.UUID)
+	cfg     FleetConfig
+	reg     Registry
+	log     *slog.Logger
+	secrets Secrets
+	events  FleetEvents
 
 	claimsBySerial *throttle
 	claimsByActor  *throttle
 	revokeMu       sync.Mutex
 }
 
-// OnRevoke registers fn to run after devices were revoked (regenerate the
-// CRL, cut live sessions). Call it before serving.
-func (f *Fleet) OnRevoke(fn func([]devices.Device)) { f.onRevoke = append(f.onRevoke, fn) }
+// FleetEvents hears what fleet operations changed, as soon as each chunk
+// of a job has committed, so that the front ends act on it.
+type FleetEvents interface {
+	// Revoked: regenerate the CRL, cut the devices' live sessions.
+	Revoked(ctx context.Context, devs []devices.Device)
+	// Reconfigured: these enrolled devices have a new config version; push it.
+	Reconfigured(ctx context.Context, ids []uuid.UUID)
+}
 
 // checkSelection refuses an empty selection, and anything outside the sites
 // of an actor limited to sites (which may never select a batch).
@@ -224,7 +242,7 @@ const MaxReasonBytes = 200
 
 // Revoke revokes the selected devices with a reason, in a job of chunks:
 // certificate on the revocation list, lease released, state revoked, one
-// audit event each; after each chunk the OnRevoke listeners run. An actor
+// audit event each; after each chunk FleetEvents.Revoked runs. An actor
 // limited to sites may only revoke devices of its sites (and no batches).
 // It returns the finished job and the devices it revoked.
 func (f *Fleet) Revoke(ctx context.Context, a Actor, sel devices.Selector, reason string) (devices.Job, []devices.Device, error) {
@@ -287,8 +305,9 @@ type FleetConfig struct {
 }
 
 // NewFleet returns a Fleet over reg.
-func NewFleet(cfg FleetConfig, reg Registry, secrets Secrets, log *slog.Logger) *Fleet {
-	return &Fleet{cfg: cfg, reg: reg, secrets: secrets, log: log,
+// events may be nil (nobody hears of the changes).
+func NewFleet(cfg FleetConfig, reg Registry, secrets Secrets, events FleetEvents, log *slog.Logger) *Fleet {
+	return &Fleet{cfg: cfg, reg: reg, secrets: secrets, events: events, log: log,
 		claimsBySerial: newThrottle(5, 10*time.Minute, 30*time.Second, time.Hour),
 		claimsByActor:  newThrottle(20, 10*time.Minute, 30*time.Second, time.Hour)}
 }
@@ -401,7 +420,7 @@ func (f *Fleet) CreateSite(ctx context.Context, a Actor, s devices.Site) (device
 
 // UpdateSite changes a site; fn edits a copy of the stored profile. Every
 // enrolled device of the site gets a new config version, pushed to it at once
-// (OnConfigChange listeners) or when it next connects.
+// (FleetEvents.Reconfigured) or when it next connects.
 func (f *Fleet) UpdateSite(ctx context.Context, a Actor, name string, fn func(*devices.Site) error) (devices.Site, error) {
 	// fn sees the stored (sealed) passphrase; a new one it sets is checked
 	// in clear and sealed.
@@ -420,21 +439,16 @@ func (f *Fleet) UpdateSite(ctx context.Context, a Actor, name string, fn func(*d
 		s.Passphrase, err = seal(f.secrets, s.Passphrase)
 		return err
 	}
-	out, affected, err := f.reg.UpdateSite(ctx, name, sealing, a.event("site.update", name, nil))
+	out, job, err := f.reg.UpdateSite(ctx, name, sealing, a.event("site.update", name, nil))
 	if err != nil {
 		return out, err
 	}
-	f.log.Info("site updated", "site", name, "version", out.Version, "devices", len(affected), "actor", a.Name)
-	for _, fn := range f.onConfig {
-		fn(ctx, affected)
-	}
-	return out, nil
-}
-
-// OnConfigChange registers fn to run with the devices whose config changed.
-// Call it before serving.
-func (f *Fleet) OnConfigChange(fn func(context.Context, []uuid.UUID)) {
-	f.onConfig = append(f.onConfig, fn)
+	// The site's enrolled devices get a new config version, pushed after
+	// each chunk; the job was created with the change, so a crash here
+	// leaves it to resume at the next start.
+	job, _, err = f.runJob(ctx, job.ID)
+	f.log.Info("site updated", "site", name, "version", out.Version, "job", job.ID, "devices", job.Changed, "actor", a.Name)
+	return out, err
 }
 
 // DeleteSite removes a site that no device uses.

@@ -79,16 +79,12 @@ func (s *Service) Config(ctx context.Context, id uuid.UUID) (DeviceConfig, error
 	if err != nil {
 		return DeviceConfig{}, err
 	}
-	return s.render(site, d)
+	return s.render(ctx, site, d)
 }
 
-// AddNotifier registers a transport to tell about configuration changes.
-// Call it before serving.
-func (s *Service) AddNotifier(n Notifier) { s.notifiers = append(s.notifiers, n) }
-
 func (s *Service) notify(id uuid.UUID, cfg DeviceConfig) {
-	for _, n := range s.notifiers {
-		n.ConfigChanged(id, cfg)
+	if s.notifier != nil {
+		s.notifier.ConfigChanged(id, cfg)
 	}
 }
 

@@ -86,12 +86,8 @@ func (s *Service) Renew(ctx context.Context, id uuid.UUID, presented string, csr
 	if err != nil {
 		return Result{}, err
 	}
-	return s.result(d, site, leaf)
+	return s.result(ctx, d, site, leaf)
 }
-
-// OnSuperseded registers fn to run after a renewal superseded a certificate
-// (the CRL must list it). Call it before serving.
-func (s *Service) OnSuperseded(fn func()) { s.onSuperseded = fn }
 
 // parseCSR checks a CSR's form, key type and proof of possession.
 func (s *Service) parseCSR(der []byte) (*x509.CertificateRequest, error) {

@@ -142,20 +142,38 @@ type Service struct {
 	log          *slog.Logger
 	bySerial     *throttle
 	bySource     *throttle
-	notifiers    []Notifier
+	notifier     Notifier
 	onSuperseded func()
 	admit        chan struct{} // one slot per enrollment in progress; nil: unbounded
 	firmware     FirmwareSource
 }
 
-// New returns a Service. clock may be nil for the system clock.
-func New(cfg Config, store Store, signer Signer, clock Clock, log *slog.Logger) *Service {
+// Ports are what a Service is built on: the inventory and the signer, and
+// what it tells of its changes.
+type Ports struct {
+	Store  Store
+	Signer Signer
+	Clock  Clock // nil: the system clock
+	// Firmware, when set, puts each device's firmware target in its config
+	// and the manifest key in every enrollment answer.
+	Firmware FirmwareSource
+	// Notify hears every device config that changed (nil: nobody).
+	Notify Notifier
+	// Superseded runs after a renewal superseded a certificate (the CRL
+	// must list it); nil: nothing.
+	Superseded func()
+}
+
+// New returns a Service.
+func New(cfg Config, p Ports, log *slog.Logger) *Service {
 	cfg.setDefaults()
+	clock := p.Clock
 	if clock == nil {
 		clock = systemClock{}
 	}
 	return &Service{
-		cfg: cfg, store: store, signer: signer, clock: clock, log: log,
+		cfg: cfg, store: p.Store, signer: p.Signer, clock: clock, log: log,
+		notifier: p.Notify, onSuperseded: p.Superseded, firmware: p.Firmware,
 		bySerial: newThrottle(cfg.MaxFailures, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax),
 		// A source (a NAT, a factory line) may front many devices: allow it more.
 		bySource: newThrottle(cfg.MaxFailures*4, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax),
@@ -211,14 +229,10 @@ type FirmwareTarget struct {
 // FirmwareSource says which image a device should run.
 type FirmwareSource interface {
 	// Target is the device's target, nil when nothing targets it.
-	Target(d devices.Device) (*FirmwareTarget, error)
+	Target(ctx context.Context, d devices.Device) (*FirmwareTarget, error)
 	// PublicKeyPEM is the key devices verify manifests with.
 	PublicKeyPEM() []byte
 }
-
-// SetFirmware makes every config carry the device's firmware target and
-// every enrollment answer the firmware key. Call it before serving.
-func (s *Service) SetFirmware(f FirmwareSource) { s.firmware = f }
 
 // DeviceConfig is a site profile rendered for one device.
 type DeviceConfig struct {
@@ -418,7 +432,7 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 	}
 	s.log.Info("device enrolled", "serial", d.Serial, "device_id", d.ID, "site", d.Site,
 		"address", stored.Lease.Addr, "transport", req.Transport)
-	res, err := s.result(stored, site, leaf)
+	res, err := s.result(ctx, stored, site, leaf)
 	if err == nil {
 		s.notify(stored.ID, res.Config)
 	}
@@ -435,14 +449,14 @@ func (s *Service) replay(ctx context.Context, d devices.Device) (Result, error) 
 	if err != nil {
 		return Result{}, fmt.Errorf("replay %s: %w", d.Serial, err)
 	}
-	return s.result(d, site, leaf)
+	return s.result(ctx, d, site, leaf)
 }
 
-func (s *Service) result(d devices.Device, site devices.Site, leaf *x509.Certificate) (Result, error) {
+func (s *Service) result(ctx context.Context, d devices.Device, site devices.Site, leaf *x509.Certificate) (Result, error) {
 	if d.Lease == nil {
 		return Result{}, fmt.Errorf("device %s: %w", d.Serial, devices.ErrNoLease)
 	}
-	cfg, err := s.render(site, d)
+	cfg, err := s.render(ctx, site, d)
 	if err != nil {
 		return Result{}, err
 	}
@@ -460,7 +474,7 @@ func (s *Service) result(d devices.Device, site devices.Site, leaf *x509.Certifi
 
 // render opens the sealed passphrases of a site and a device's override and
 // renders the device's config.
-func (s *Service) render(site devices.Site, d devices.Device) (DeviceConfig, error) {
+func (s *Service) render(ctx context.Context, site devices.Site, d devices.Device) (DeviceConfig, error) {
 	var err error
 	if site.Passphrase, err = open(s.cfg.Secrets, site.Passphrase); err != nil {
 		return DeviceConfig{}, fmt.Errorf("site %s passphrase: %w", site.Name, err)
@@ -474,7 +488,7 @@ func (s *Service) render(site devices.Site, d devices.Device) (DeviceConfig, err
 	}
 	cfg := Render(site, d)
 	if s.firmware != nil {
-		if cfg.Firmware, err = s.firmware.Target(d); err != nil {
+		if cfg.Firmware, err = s.firmware.Target(ctx, d); err != nil {
 			return DeviceConfig{}, fmt.Errorf("firmware target of %s: %w", d.Serial, err)
 		}
 	}
@@ -544,7 +558,7 @@ func (s *Service) RenewLease(ctx context.Context, id uuid.UUID, source netip.Add
 	if err != nil {
 		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
 	}
-	cfg, err := s.render(site, d)
+	cfg, err := s.render(ctx, site, d)
 	if err != nil {
 		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
 	}

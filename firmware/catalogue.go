@@ -98,6 +98,13 @@ func Open(dir string, passphrase []byte) (*Catalogue, error) {
 	return c, nil
 }
 
+// Has returns nil when the catalogue holds version of model, else an error
+// wrapping ErrNotFound.
+func (c *Catalogue) Has(model, version string) error {
+	_, _, err := c.Get(model, version)
+	return err
+}
+
 // PublicKey is the key devices verify manifests with.
 func (c *Catalogue) PublicKey() ed25519.PublicKey { return c.pub }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -190,51 +191,74 @@ func TestCompareVersions(t *testing.T) {
 	}
 }
 
-func TestRollouts(t *testing.T) {
-	c, err := Open(t.TempDir(), pass)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range []string{"1.0", "1.1", "1.2"} {
-		if _, _, err := c.Add(bytes.NewReader(image(100)), Meta{Model: "TH1", Version: v}); err != nil {
-			t.Fatal(err)
+// rolloutTable stands in for the inventory's rollouts.
+type rolloutTable struct{ rs []devices.Rollout }
+
+func (tb *rolloutTable) find(model, site string) *devices.Rollout {
+	for i := range tb.rs {
+		if tb.rs[i].Model == model && tb.rs[i].Site == site {
+			return &tb.rs[i]
 		}
 	}
-	tg, err := c.OpenTargets()
+	return nil
+}
+
+func (tb *rolloutTable) put(r devices.Rollout, err error) error {
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
+	if old := tb.find(r.Model, r.Site); old != nil {
+		*old = r
+	} else {
+		tb.rs = append(tb.rs, r)
+	}
+	return nil
+}
+
+func (tb *rolloutTable) set(model, site, version string, percent int) error {
+	return tb.put(NextRollout(tb.find(model, site), model, site, version, percent, time.Now()))
+}
+
+func (tb *rolloutTable) state(model, site, state string) error {
+	return tb.put(WithState(tb.find(model, site), model, site, state, time.Now()))
+}
+
+func TestRollouts(t *testing.T) {
+	tb := &rolloutTable{}
 	ids := make([]uuid.UUID, 2000)
 	for i := range ids {
 		ids[i] = uuid.New()
 	}
+	target := func(id uuid.UUID, site, pin string) (string, string) {
+		return Target(devices.Device{ID: id, Model: "TH1", Site: site, FirmwarePin: pin}, tb.rs)
+	}
 	count := func(site, version string) (n int) {
 		for _, id := range ids {
-			if v, _ := tg.For(id, "TH1", site); v == version {
+			if v, _ := target(id, site, ""); v == version {
 				n++
 			}
 		}
 		return n
 	}
-	if v, _ := tg.For(ids[0], "TH1", "hq"); v != "" {
+	if v, _ := target(ids[0], "hq", ""); v != "" {
 		t.Fatalf("untargeted device: %q", v)
 	}
-	if _, err := tg.Set("TH1", "", "9.9", 100); !errors.Is(err, ErrNotFound) {
-		t.Errorf("a version not in the catalogue: %v", err)
+	if err := tb.set("TH1", "", "1.0", 0); !errors.Is(err, ErrInvalid) {
+		t.Errorf("0%%: %v", err)
 	}
-	if _, err := tg.Set("TH1", "", "1.0", 100); err != nil {
+	if err := tb.set("TH1", "", "1.0", 100); err != nil {
 		t.Fatal(err)
 	}
 	if n := count("hq", "1.0"); n != len(ids) {
 		t.Fatalf("1.0 at 100%%: %d", n)
 	}
 	// 1.1 to 10% of hq: about 200 devices; the rest keep 1.0.
-	if _, err := tg.Set("TH1", "hq", "1.1", 10); err != nil {
+	if err := tb.set("TH1", "hq", "1.1", 10); err != nil {
 		t.Fatal(err)
 	}
 	at10 := map[uuid.UUID]bool{}
 	for _, id := range ids {
-		if v, why := tg.For(id, "TH1", "hq"); v == "1.1" && why == "rollout" {
+		if v, why := target(id, "hq", ""); v == "1.1" && why == "rollout" {
 			at10[id] = true
 		}
 	}
@@ -245,11 +269,11 @@ func TestRollouts(t *testing.T) {
 		t.Error("the hq rollout reached another site")
 	}
 	// 50%: a superset of the 10%.
-	if _, err := tg.Set("TH1", "hq", "1.1", 50); err != nil {
+	if err := tb.set("TH1", "hq", "1.1", 50); err != nil {
 		t.Fatal(err)
 	}
 	for id := range at10 {
-		if v, _ := tg.For(id, "TH1", "hq"); v != "1.1" {
+		if v, _ := target(id, "hq", ""); v != "1.1" {
 			t.Fatal("raising the share dropped a device")
 		}
 	}
@@ -257,40 +281,31 @@ func TestRollouts(t *testing.T) {
 		t.Errorf("50%%: %d", n)
 	}
 	// Paused: the share is frozen until resumed.
-	if _, err := tg.SetState("TH1", "hq", Paused); err != nil {
+	if err := tb.state("TH1", "hq", devices.RolloutPaused); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tg.Set("TH1", "hq", "1.1", 80); !errors.Is(err, ErrNotAllowed) {
+	if err := tb.set("TH1", "hq", "1.1", 80); !errors.Is(err, ErrNotAllowed) {
 		t.Errorf("raising a paused rollout: %v", err)
 	}
-	if _, err := tg.SetState("TH1", "hq", Active); err != nil {
+	if err := tb.state("TH1", "hq", devices.RolloutActive); err != nil {
 		t.Fatal(err)
 	}
 	// A pin wins over rollouts.
-	if err := tg.Pin(ids[0], "TH1", "1.2"); err != nil {
-		t.Fatal(err)
-	}
-	if v, why := tg.For(ids[0], "TH1", "hq"); v != "1.2" || why != "pin" {
+	if v, why := target(ids[0], "hq", "1.2"); v != "1.2" || why != "pin" {
 		t.Errorf("pinned device: %s %s", v, why)
 	}
-	tg.Pin(ids[0], "TH1", "")
 	// Abort: everyone back to 1.0, and it stays aborted.
-	if _, err := tg.SetState("TH1", "hq", Aborted); err != nil {
+	if err := tb.state("TH1", "hq", devices.RolloutAborted); err != nil {
 		t.Fatal(err)
 	}
 	if n := count("hq", "1.0"); n != len(ids) {
 		t.Errorf("after the abort %d of %d on 1.0", n, len(ids))
 	}
-	if _, err := tg.SetState("TH1", "hq", Active); !errors.Is(err, ErrNotAllowed) {
+	if err := tb.state("TH1", "hq", devices.RolloutActive); !errors.Is(err, ErrNotAllowed) {
 		t.Errorf("resuming an aborted rollout: %v", err)
 	}
-	// The targets survive a restart.
-	tg2, err := c.OpenTargets()
-	if err != nil || len(tg2.Rollouts()) != 2 {
-		t.Fatalf("reopened: %v %v", tg2.Rollouts(), err)
-	}
-	if v, _ := tg2.For(ids[1], "TH1", "hq"); v != "1.0" {
-		t.Errorf("after reopening: %q", v)
+	if err := tb.state("TH1", "lab", devices.RolloutPaused); !errors.Is(err, ErrNotFound) {
+		t.Errorf("pausing no rollout: %v", err)
 	}
 }
 

@@ -519,6 +519,10 @@ func (e *env) jobs(args []string, stderr io.Writer) error {
 	line := func(w io.Writer, j devices.Job) {
 		what := j.Selector.Site
 		switch {
+		case j.Kind == devices.JobImport && j.Batch != nil:
+			what = "batch " + j.Batch.ID
+		case j.Kind == devices.JobSiteConfig:
+			what = "site " + j.Site
 		case j.Kind == devices.JobRetarget:
 			what = j.Model + "@" + j.Site
 		case j.Selector.Batch != "":

@@ -10,7 +10,7 @@ import (
 	"os"
 	"sort"
 
-	"github.com/provisiond/provisiond/firmware"
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/transport/httpapi"
 )
 
@@ -90,7 +90,7 @@ func (e *env) firmware(sub string, args []string, stderr io.Writer) error {
 		if *model == "" || *version == "" {
 			return errors.New("firmware rollout --model M --version V [--site S] [--percent P]")
 		}
-		var r firmware.Rollout
+		var r devices.Rollout
 		if err := e.client.Do(e.ctx, http.MethodPut, "/api/v1/firmware/rollouts",
 			httpapi.RolloutRequest{Model: *model, Site: *site, Version: *version, Percent: *percent}, &r); err != nil {
 			return err
@@ -102,8 +102,8 @@ func (e *env) firmware(sub string, args []string, stderr io.Writer) error {
 		if *model == "" {
 			return fmt.Errorf("firmware %s --model M [--site S]", sub)
 		}
-		state := map[string]string{"pause": firmware.Paused, "resume": firmware.Active, "abort": firmware.Aborted}[sub]
-		var r firmware.Rollout
+		state := map[string]string{"pause": devices.RolloutPaused, "resume": devices.RolloutActive, "abort": devices.RolloutAborted}[sub]
+		var r devices.Rollout
 		if err := e.client.Do(e.ctx, http.MethodPost, "/api/v1/firmware/rollouts/state",
 			httpapi.RolloutStateRequest{Model: *model, Site: *site, State: state}, &r); err != nil {
 			return err

@@ -242,6 +242,21 @@ func TestRevokeAndReopen(t *testing.T) {
 	if out, err := provctl(t, data, "revoke", "--site", "hq", "--reason", "site closed"); err != nil || !strings.Contains(out, "2 devices revoked") {
 		t.Errorf("revoke a site (one already revoked): %v %s", err, out)
 	}
+	// The site's revocation is a job: listed first (the newest), with its
+	// progress, and shown alone by its ID.
+	out, err = provctl(t, data, "jobs")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if err != nil || len(lines) < 3 || !strings.Contains(lines[0], "revoke") || !strings.Contains(lines[0], "done") ||
+		!strings.Contains(lines[0], "3/3 done, 2 changed") || !strings.Contains(lines[0], "hq") {
+		t.Fatalf("jobs: %v\n%s", err, out)
+	}
+	id := strings.Fields(lines[0])[0]
+	if out, err := provctl(t, data, "jobs", id); err != nil || !strings.HasPrefix(out, id) {
+		t.Errorf("jobs %s: %v %s", id, err, out)
+	}
+	if _, err := provctl(t, data, "jobs", "no-such-job"); err == nil {
+		t.Error("an unknown job was shown")
+	}
 	bundle := filepath.Join(t.TempDir(), "again.json")
 	if out, err := provctl(t, data, "reopen", bundles[0].Serial, "--out", bundle); err != nil || !strings.Contains(out, "state claimed") {
 		t.Fatalf("reopen: %v %s", err, out)
@@ -505,5 +520,32 @@ func TestFirmwareCLI(t *testing.T) {
 	out, _ := provctl(t, data, "-o", "json", "firmware", "list")
 	if !strings.Contains(out, `"public_key": "-----BEGIN PUBLIC KEY-----`) {
 		t.Errorf("firmware list -o json: %s", out)
+	}
+}
+
+// TestAuditNewestFirst: provctl audit shows the newest events first and
+// pages back with the cursor it prints.
+func TestAuditNewestFirst(t *testing.T) {
+	env := servertest.Start(t)
+	for _, name := range []string{"first", "second", "third"} {
+		env.Site(name, "10.20.0.0/24")
+	}
+	out, err := provctl(t, env.DataDir, "audit", "--limit", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "site.create") || !strings.Contains(lines[0], "third") ||
+		!strings.Contains(lines[1], "second") || !strings.HasPrefix(lines[2], "older: provctl audit --before ") {
+		t.Fatalf("the newest two events:\n%s", out)
+	}
+	cursor := strings.Fields(lines[2])[4]
+	out, err = provctl(t, env.DataDir, "audit", "--before", cursor, "--limit", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	if !strings.Contains(lines[0], "first") || !strings.Contains(lines[1], "token.create") {
+		t.Errorf("the page before:\n%s", out)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -53,8 +54,10 @@ func TestJobResumedAfterKill(t *testing.T) {
 	var job devices.Job
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
 		var list httpapi.JobList
-		if err := c.Do(ctx, http.MethodGet, "/api/v1/jobs", nil, &list); err == nil && len(list.Jobs) > 0 && list.Jobs[0].Done >= 100 {
-			job = list.Jobs[0]
+		_ = c.Do(ctx, http.MethodGet, "/api/v1/jobs", nil, &list)
+		i := slices.IndexFunc(list.Jobs, func(j devices.Job) bool { return j.Kind == devices.JobRevoke && j.Done >= 100 })
+		if i >= 0 {
+			job = list.Jobs[i]
 			break
 		}
 		if time.Now().After(deadline) {

@@ -110,6 +110,21 @@ func TxOps(db DB) int {
 	return 0
 }
 
+// Peeker is implemented by transactions that can hand out a stored value
+// without copying it (bbolt's memory map). The bytes are valid until the
+// transaction writes or ends: decode them at once.
+type Peeker interface {
+	Peek(bucket, key []byte) ([]byte, error)
+}
+
+// Peek is tx's Peek when it has one, else Get.
+func Peek(tx Tx, bucket, key []byte) ([]byte, error) {
+	if p, ok := tx.(Peeker); ok {
+		return p.Peek(bucket, key)
+	}
+	return tx.Get(bucket, key)
+}
+
 // Batch runs fn through db's Batch when the engine has one, else Update.
 func Batch(ctx context.Context, db DB, fn func(Tx) error) error {
 	if b, ok := db.(Batcher); ok {

@@ -19,7 +19,9 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/firmware"
+	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
@@ -221,7 +223,7 @@ func TestFirmwareRollout(t *testing.T) {
 	img := make([]byte, 300_000)
 	rand.Read(img)
 	env.AddFirmware("TEST", "2.0.0", img)
-	var ro firmware.Rollout
+	var ro devices.Rollout
 	if err := env.Client.Do(ctxT(t), "PUT", "/api/v1/firmware/rollouts", httpapi.RolloutRequest{Model: "TEST", Site: "hq", Version: "2.0.0", Percent: 50}, &ro); err != nil {
 		t.Fatal(err)
 	}
@@ -328,5 +330,35 @@ func TestSoakFleetUpdatesFirmware(t *testing.T) {
 	}, "six devices on 3.0")
 	if st := fleet.Stats(); st.FirmwareRefused != 0 || st.Online != 6 {
 		t.Errorf("soak stats: %+v", st)
+	}
+}
+
+// TestLegacyTargetsMoved: a data directory from before rollouts lived in
+// the inventory (firmware/targets.json) starts with its rollouts in the
+// inventory, and the file is set aside.
+func TestLegacyTargetsMoved(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, server.FirmwareDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	legacy := `{"rollouts": [{"id": "0a1b2c3d4e5f6071", "model": "TH1", "version": "1.1", "previous": "1.0", "percent": 25, "state": "paused", "updated": "2026-11-01T10:00:00Z"}],
+	  "pins": {"` + uuid.NewString() + `": "1.0"}}`
+	path := filepath.Join(dir, server.FirmwareDir, "targets.json")
+	if err := os.WriteFile(path, []byte(legacy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := servertest.Start(t, func(c *server.Config) { c.DataDir = dir })
+	var fw httpapi.FirmwareView
+	if err := env.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &fw); err != nil {
+		t.Fatal(err)
+	}
+	if len(fw.Rollouts) != 1 || fw.Rollouts[0].ID != "0a1b2c3d4e5f6071" || fw.Rollouts[0].State != devices.RolloutPaused || fw.Rollouts[0].Percent != 25 {
+		t.Fatalf("rollouts after the move: %+v", fw.Rollouts)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("targets.json still in place: %v", err)
+	}
+	if _, err := os.Stat(path + ".imported"); err != nil {
+		t.Errorf("targets.json.imported: %v", err)
 	}
 }

@@ -91,8 +91,13 @@ type Config struct {
 	// Clock tells the time to the workflows (lease expiry, retry and
 	// renewal windows); nil is the system clock. Tests move it forward
 	// instead of sleeping. Not a flag.
-	Clock     enroll.Clock `json:"-"`
-	DebugAddr string       // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
+	Clock enroll.Clock `json:"-"`
+	// Front ends mounted from outside: CoAP resources on the DTLS listener
+	// and HTTPS routes beside the API (guarded by role like its own). Not
+	// flags: a new protocol's package supplies them.
+	CoAPResources []coap.Resource `json:"-"`
+	Routes        []httpapi.Route `json:"-"`
+	DebugAddr     string          // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
 
 // OpenInventory opens the inventory in the bbolt file at path (the
@@ -215,6 +220,7 @@ type Server struct {
 	crl      atomic.Pointer[[]byte] // current DER CRL
 	crlDirty chan struct{}          // a renewal superseded a certificate
 	fwSrc    *firmwareSource        // firmware targets and images
+	relay    *relay                 // the workflows' news, to the front ends
 	stop     chan struct{}
 
 	once sync.Once
@@ -285,8 +291,26 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 	cfg.Enroll.Secrets = sealer
-	svc := enroll.New(cfg.Enroll, s.store, ca, cfg.Clock, log)
-	fleet := enroll.NewFleet(cfg.Fleet, s.store, sealer, log)
+	fwCat, err := firmware.Open(filepath.Join(cfg.DataDir, FirmwareDir), []byte(pass))
+	if err != nil {
+		return nil, err
+	}
+	if err := importLegacyTargets(ctx, fwCat, s.store, log); err != nil {
+		return nil, err
+	}
+	// Images are downloaded where the listeners are (known once they are up).
+	fwSrc := &firmwareSource{cat: fwCat, store: s.store, open: map[string]*os.File{}, uris: func(digest string) []string {
+		return []string{"https://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.httpLn.Addr())) + "/fw/" + digest,
+			"coaps://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.coap.SecureAddr())) + "/fw/" + digest}
+	}}
+	s.fwSrc = fwSrc
+	// The workflows tell the relay what changed; it reaches the front ends,
+	// which are built after the workflows they serve.
+	s.relay = &relay{s: s}
+	svc := enroll.New(cfg.Enroll, enroll.Ports{Store: s.store, Signer: ca, Clock: cfg.Clock, Firmware: fwSrc,
+		Notify: s.relay, Superseded: s.relay.superseded}, log)
+	s.relay.svc = svc
+	fleet := enroll.NewFleet(cfg.Fleet, s.store, sealer, s.relay, log)
 	if err := s.refreshCRL(ctx); err != nil {
 		return nil, err
 	}
@@ -317,60 +341,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		coapAddr = cfg.CoAPAddr
 	}
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
-		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes}, svc, ca.Root(), log)
-	fwCat, err := firmware.Open(filepath.Join(cfg.DataDir, FirmwareDir), []byte(pass))
-	if err != nil {
-		return nil, err
-	}
-	fwTargets, err := fwCat.OpenTargets()
-	if err != nil {
-		return nil, err
-	}
-	fwSrc := &firmwareSource{cat: fwCat, targets: fwTargets, store: s.store, open: map[string]*os.File{}, uris: func(digest string) []string {
-		return []string{"https://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.httpLn.Addr())) + "/fw/" + digest,
-			"coaps://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.coap.SecureAddr())) + "/fw/" + digest}
-	}}
-	s.fwSrc = fwSrc
-	svc.SetFirmware(fwSrc)
-	s.coap.SetFirmware(fwSrc)
-	s.coap.SetCRL(s.CRL)
-	s.coap.SetObserver(s.observe)
+		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes,
+		CRL: s.CRL, ConfigSource: svc.Config, Report: svc.ReportState, Firmware: fwSrc, Observe: s.observe,
+		Resources: cfg.CoAPResources}, svc, ca.Root(), log)
+	s.relay.notifiers = append(s.relay.notifiers, s.coap)
 	if err := s.coap.Start(); err != nil {
 		return nil, err
 	}
 	if err := s.startMQTT(svc, serverCert, clientCAs); err != nil {
 		return nil, err
 	}
-	s.coap.SetConfigSource(svc.Config, svc.ReportState)
-	svc.AddNotifier(s.coap)
-	fleet.OnConfigChange(svc.PushConfig)
-	svc.OnSuperseded(func() {
-		select {
-		case s.crlDirty <- struct{}{}:
-		default: // a refresh is already due
-		}
-	})
-	// After a revocation: a new CRL, and the devices' live sessions cut.
-	fleet.OnRevoke(func(revoked []devices.Device) {
-		s.metrics.Revoked(len(revoked))
-		if err := s.refreshCRL(ctx); err != nil {
-			s.log.Error("regenerate CRL", "err", err)
-		}
-		for _, d := range revoked {
-			s.coap.CutDevice(d.ID)
-			switch {
-			case s.broker != nil:
-				s.broker.CutDevice(d.ID)
-			case s.remote != nil:
-				s.remote.CutDevice(d.ID)
-			}
-		}
-	})
 
-	api := httpapi.New(s.store, fleet, access, s, s.info, log)
-	api.SetOps(s.metrics.Handler(), s.Ready, s.Backup)
-	api.SetWeb(web.Handler())
-	api.SetFirmware(fwSrc.cat, fwSrc.targets, svc.Authorize, fleet.Retarget)
+	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleet, Access: access, Revocation: s, Info: s.info,
+		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Pages: web.Handler(),
+		Firmware: &httpapi.Firmware{Catalogue: fwCat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
+		Routes:   cfg.Routes}, log)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
@@ -564,8 +549,7 @@ func (s *Server) OCSP(ctx context.Context, req []byte) ([]byte, error) {
 
 // startMQTT runs the embedded broker, or connects to the external one.
 func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificate, clientCAs *x509.CertPool) error {
-	h := mqtt.NewHandler(svc, svc, s.log)
-	h.SetObserver(s.observe)
+	h := mqtt.NewHandler(svc, svc, s.observe, s.log)
 	if s.cfg.MQTTBroker != "" {
 		roots := s.ca.Roots()
 		if s.cfg.MQTTCAFile != "" {
@@ -598,7 +582,7 @@ func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificat
 		if err != nil {
 			return err
 		}
-		svc.AddNotifier(h)
+		s.relay.notifiers = append(s.relay.notifiers, h)
 		return nil
 	}
 	if s.cfg.MQTTAddr == "" && s.cfg.MQTTPlainAddr == "" {
@@ -613,7 +597,7 @@ func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificat
 	if err := s.broker.Start(); err != nil {
 		return err
 	}
-	svc.AddNotifier(h)
+	s.relay.notifiers = append(s.relay.notifiers, h)
 	return nil
 }
 
@@ -867,14 +851,29 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// importLegacyTargets moves the rollouts and pins that versions before the
+// inventory kept in the catalogue's targets.json into the inventory, once:
+// the file is renamed to targets.json.imported after.
+func importLegacyTargets(ctx context.Context, cat *firmware.Catalogue, store *devices.Store, log *slog.Logger) error {
+	rollouts, pins, path, ok, err := cat.LegacyTargets()
+	if err != nil || !ok {
+		return err
+	}
+	nr, np, err := store.ImportTargets(ctx, rollouts, pins, time.Now(), devices.AuditEvent{Actor: "system", Action: "firmware.targets.import", Target: path})
+	if err != nil {
+		return fmt.Errorf("move %s into the inventory: %w", path, err)
+	}
+	log.Info("firmware rollouts and pins moved into the inventory", "file", path, "rollouts", nr, "pins", np)
+	return os.Rename(path, path+".imported")
+}
+
 // firmwareSource tells the enrollment service which image a device should
 // run (enroll.FirmwareSource), from the catalogue and its targets, and
 // hands images to devices over CoAP (coap.FirmwareImages).
 type firmwareSource struct {
-	cat     *firmware.Catalogue
-	targets *firmware.Targets
-	store   *devices.Store
-	uris    func(digest string) []string // where devices download an image
+	cat   *firmware.Catalogue
+	store *devices.Store
+	uris  func(digest string) []string // where devices download an image
 
 	mu   sync.Mutex
 	open map[string]*os.File // images are immutable: each is opened once, for ReadAt by every download
@@ -916,8 +915,12 @@ func (f *firmwareSource) close() {
 	}
 }
 
-func (f *firmwareSource) Target(d devices.Device) (*enroll.FirmwareTarget, error) {
-	v, _ := f.targets.For(d.ID, d.Model, d.Site)
+func (f *firmwareSource) Target(ctx context.Context, d devices.Device) (*enroll.FirmwareTarget, error) {
+	rollouts, err := f.store.Rollouts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v, _ := firmware.Target(d, rollouts)
 	if v == "" {
 		return nil, nil
 	}

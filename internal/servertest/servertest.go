@@ -78,7 +78,7 @@ func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 		m(&cfg)
 	}
 	logs := &lockedBuffer{}
-	srv, err := server.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(tWriter{t, logs}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	srv, err := server.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(tWriter{t: t, copy: logs, gate: newLogGate(t)}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatalf("start provisiond: %v", err)
 	}
@@ -106,14 +106,33 @@ func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 
 // Logger writes the server's logs through t.Log at debug level, visible with -v or on failure.
 func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(tWriter{t: t, gate: newLogGate(t)}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // tWriter writes log lines through t.Log and, when copy is set, keeps them
-// (for Env.Logs).
+// (for Env.Logs). Once the test's cleanups are done it drops lines: a
+// library goroutine (mochi's event loop) may still log after its server
+// has shut down, and t.Log after the test is over is a data race.
 type tWriter struct {
 	t    testing.TB
 	copy *lockedBuffer
+	gate *logGate
+}
+
+// logGate closes a tWriter when its test ends.
+type logGate struct {
+	mu     sync.Mutex
+	closed bool
+}
+
+func newLogGate(t testing.TB) *logGate {
+	g := &logGate{}
+	t.Cleanup(func() { // registered first: runs after every other cleanup
+		g.mu.Lock()
+		g.closed = true
+		g.mu.Unlock()
+	})
+	return g
 }
 
 func (w tWriter) Write(p []byte) (int, error) {
@@ -121,6 +140,13 @@ func (w tWriter) Write(p []byte) (int, error) {
 		// A fuzz target may not log through F, and a long fuzz run would
 		// pile up logs: a fuzzed server's logs are dropped.
 		return len(p), nil
+	}
+	if w.gate != nil {
+		w.gate.mu.Lock()
+		defer w.gate.mu.Unlock()
+		if w.gate.closed {
+			return len(p), nil
+		}
 	}
 	w.t.Helper()
 	w.t.Log(strings.TrimRight(string(p), "\n"))

@@ -2,7 +2,6 @@ package coap
 
 import (
 	"bytes"
-	"context"
 	"encoding/hex"
 	"sync"
 
@@ -29,13 +28,6 @@ type observer struct {
 	token  message.Token
 	format wire.Format
 	seq    uint32
-}
-
-// SetConfigSource enables /config (with Observe) and /state for enrolled
-// devices on mutual DTLS. Call it before Start.
-func (s *Server) SetConfigSource(config func(context.Context, uuid.UUID) (enroll.DeviceConfig, error),
-	report func(ctx context.Context, id uuid.UUID, rep enroll.StateReport, source string) error) {
-	s.configOf, s.report = config, report
 }
 
 func (s *Server) peerOf(w mux.ResponseWriter, f wire.Format) (peer, bool) {
@@ -68,10 +60,10 @@ func (s *Server) getConfig(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Me
 		return
 	}
 	p, ok := s.peerOf(w, f)
-	if !ok || s.configOf == nil {
+	if !ok || s.cfg.ConfigSource == nil {
 		return
 	}
-	cfg, err := s.configOf(m.Context(), p.id)
+	cfg, err := s.cfg.ConfigSource(m.Context(), p.id)
 	if err != nil {
 		reply(w, h.Error(f, err))
 		return
@@ -127,7 +119,7 @@ func (s *Server) postState(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Me
 	if !ok {
 		return
 	}
-	if s.report == nil {
+	if s.cfg.Report == nil {
 		reply(w, bootstrap.Answer{Status: bootstrap.NotFound, Body: []byte("state reports are not enabled")})
 		return
 	}
@@ -136,7 +128,7 @@ func (s *Server) postState(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Me
 		reply(w, h.Error(f, enroll.ErrInvalid))
 		return
 	}
-	if err := s.report(m.Context(), p.id, enroll.StateReport{ConfigVersion: rep.ConfigVersion, FirmwareVersion: rep.FirmwareVersion,
+	if err := s.cfg.Report(m.Context(), p.id, enroll.StateReport{ConfigVersion: rep.ConfigVersion, FirmwareVersion: rep.FirmwareVersion,
 		Health: rep.Health}, sourceOf(w).String()); err != nil {
 		reply(w, h.Error(f, err))
 		return

@@ -25,10 +25,6 @@ type FirmwareImages interface {
 // the image (no such digest, or another model's).
 var ErrNoImage = errors.New("no image of the device's model has that digest")
 
-// SetFirmware serves GET /fw/{digest} to enrolled devices. Call it before
-// Start.
-func (s *Server) SetFirmware(f FirmwareImages) { s.firmware = f }
-
 // getFirmware answers the whole image; go-coap sends it block-wise (Block2,
 // RFC 7959) in blocks of up to 1024 bytes, and a GET that asks for block N
 // gets the image from block N on, which is how a device resumes.
@@ -45,11 +41,11 @@ func (s *Server) getFirmware(w mux.ResponseWriter, m *mux.Message) {
 	if m.RouteParams != nil {
 		digest = m.RouteParams.Vars["digest"]
 	}
-	if s.firmware == nil {
+	if s.cfg.Firmware == nil {
 		_ = w.SetResponse(codes.NotFound, message.TextPlain, textBody("firmware is not enabled on this server"))
 		return
 	}
-	img, err := s.firmware.DeviceImage(m.Context(), p.id, digest)
+	img, err := s.cfg.Firmware.DeviceImage(m.Context(), p.id, digest)
 	if err != nil {
 		code := codes.InternalServerError
 		if errors.Is(err, ErrNoImage) {

@@ -86,6 +86,36 @@ type Config struct {
 	// handshake of CPU.
 	MaxHandshakes      int
 	HandshakeQueueWait time.Duration
+
+	// What the device-facing resources serve; nil leaves a resource
+	// answering 4.04 (or 5.01 for state reports).
+	CRL          func() []byte                                                                     // GET /crl: the current DER CRL
+	ConfigSource func(ctx context.Context, id uuid.UUID) (enroll.DeviceConfig, error)              // GET /config (with Observe)
+	Report       func(ctx context.Context, id uuid.UUID, rep enroll.StateReport, src string) error // POST /state
+	Firmware     FirmwareImages                                                                    // GET /fw/{digest}, block-wise
+	// Observe hears every enrollment request's result and duration (metrics).
+	Observe func(transport, result string, d time.Duration)
+
+	// Resources are handlers mounted from outside (another front end, such
+	// as EST-coaps): each on the DTLS listener, and on plain CoAP too when
+	// Insecure says so. A handler finds the device's verified identity with
+	// Peer.
+	Resources []Resource
+}
+
+// Resource is a CoAP resource a front end mounts on the listeners.
+type Resource struct {
+	Path     string // e.g. "/.well-known/est/sen"; go-coap's mux patterns
+	Handler  mux.Handler
+	Insecure bool // also on plain CoAP (development only)
+}
+
+// Peer returns the device identity the DTLS session of w was authenticated
+// with (a device certificate from provisiond's CA), or false on a session
+// without one.
+func Peer(w mux.ResponseWriter) (id uuid.UUID, certSerial string, ok bool) {
+	p, ok := w.Conn().Context().Value(peerKey{}).(peer)
+	return p.id, p.certSerial, ok
 }
 
 // Server is the CoAP front end.
@@ -100,11 +130,7 @@ type Server struct {
 	life context.Context
 	stop context.CancelFunc
 
-	crl      func() []byte // current DER CRL, for GET /crl
-	configOf func(context.Context, uuid.UUID) (enroll.DeviceConfig, error)
-	report   func(ctx context.Context, id uuid.UUID, rep enroll.StateReport, source string) error
-	obs      observers
-	firmware FirmwareImages
+	obs observers
 
 	mu        sync.Mutex
 	sessions  map[uuid.UUID]map[*udpclient.Conn]struct{} // mutual-DTLS sessions per device
@@ -138,18 +164,13 @@ func New(cfg Config, enroller bootstrap.Enroller, root *x509.Certificate, log *s
 		stop:      stop,
 		cfg:       cfg,
 		log:       log,
-		secure:    &bootstrap.Handler{Enroller: enroller, Transport: "coaps", Log: log},
-		insecure:  &bootstrap.Handler{Enroller: enroller, Transport: "coap", Log: log},
+		secure:    &bootstrap.Handler{Enroller: enroller, Transport: "coaps", Log: log, Observe: cfg.Observe},
+		insecure:  &bootstrap.Handler{Enroller: enroller, Transport: "coap", Log: log, Observe: cfg.Observe},
 		root:      root.Raw,
 		sessions:  map[uuid.UUID]map[*udpclient.Conn]struct{}{},
 		gate:      handshake.NewGate(cfg.MaxHandshakes, cfg.HandshakeQueueWait, cfg.HandshakeQueueWait),
 		serveErrs: make(chan error, 2),
 	}
-}
-
-// SetObserver reports every enrollment request's result and duration (metrics).
-func (s *Server) SetObserver(fn func(transport, result string, d time.Duration)) {
-	s.secure.Observe, s.insecure.Observe = fn, fn
 }
 
 // Sessions counts live mutual-DTLS device sessions.
@@ -165,9 +186,6 @@ func (s *Server) Sessions() int {
 
 // Handshakes reports the DTLS handshake gate.
 func (s *Server) Handshakes() handshake.Stats { return s.gate.Stats() }
-
-// SetCRL makes GET /crl serve what crl returns. Call it before Start.
-func (s *Server) SetCRL(crl func() []byte) { s.crl = crl }
 
 // CutDevice closes every DTLS session authenticated with the device's
 // certificate (after revocation). New handshakes are refused by Authorize.
@@ -235,6 +253,11 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 	_ = r.Handle("/renew", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.renew(h, w, m) }))
 	_ = r.Handle("/lease", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.lease(h, w, m) }))
 	_ = r.Handle("/fw/{digest}", mux.HandlerFunc(s.getFirmware))
+	for _, res := range s.cfg.Resources {
+		if h == s.secure || res.Insecure {
+			_ = r.Handle(res.Path, res.Handler)
+		}
+	}
 	return r
 }
 
@@ -533,9 +556,9 @@ func (s *Server) getCRL(w mux.ResponseWriter, m *mux.Message) {
 		methodNotAllowed(w, "GET")
 		return
 	}
-	if s.crl == nil {
+	if s.cfg.CRL == nil {
 		_ = w.SetResponse(codes.ServiceUnavailable, message.TextPlain, bytes.NewReader([]byte("no CRL")))
 		return
 	}
-	_ = w.SetResponse(codes.Content, message.AppOctets, bytes.NewReader(s.crl()))
+	_ = w.SetResponse(codes.Content, message.AppOctets, bytes.NewReader(s.cfg.CRL()))
 }

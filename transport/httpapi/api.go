@@ -63,6 +63,41 @@ type Info struct {
 	Version   string   `json:"version"`
 }
 
+// Config is what the API is built on. Inventory, Fleet, Access,
+// Revocation and Info are required; the rest may be left out.
+type Config struct {
+	Inventory  Inventory
+	Fleet      Fleet
+	Access     Access
+	Revocation Revocation
+	Info       func() Info
+
+	Metrics http.Handler                           // GET /metrics; nil: 404
+	Ready   func(context.Context) error            // GET /readyz; nil: always ready
+	Backup  func(context.Context, io.Writer) error // GET /api/v1/backup; nil: 404
+	Pages   http.Handler                           // the web pages (installer, console) served beside the API
+	// Firmware enables the firmware routes (nil: they answer 404).
+	Firmware *Firmware
+	// Routes are mounted from outside (another front end, such as EST):
+	// guarded by role and site like the API's own, and listed by Routes.
+	Routes []Route
+}
+
+// Firmware is what the firmware routes use.
+type Firmware struct {
+	Catalogue FirmwareCatalogue
+	Targets   FirmwareTargets
+	Authorize DeviceAuthorizer
+}
+
+// Route is an HTTPS route and who may call it.
+type Route struct {
+	Pattern string       // "METHOD /path", net/http's ServeMux pattern
+	Role    devices.Role // minimum role; "" = public (the handler authenticates)
+	Global  bool         // refused to tokens limited to sites
+	Handle  func(w http.ResponseWriter, r *http.Request, actor enroll.Actor)
+}
+
 // API serves the routes.
 type API struct {
 	inv        Inventory
@@ -77,14 +112,20 @@ type API struct {
 	mux        *http.ServeMux
 	web        http.Handler
 	fw         *firmwareDeps
+	mounted    []Route
 }
 
 // MaxBodyBytes bounds a request body (a batch of 100,000 rows fits).
 const MaxBodyBytes = 32 << 20
 
 // New returns the API handler.
-func New(inv Inventory, fleet Fleet, access Access, rev Revocation, info func() Info, log *slog.Logger) *API {
-	a := &API{inv: inv, fleet: fleet, access: access, revocation: rev, info: info, log: log, mux: http.NewServeMux()}
+func New(cfg Config, log *slog.Logger) *API {
+	a := &API{inv: cfg.Inventory, fleet: cfg.Fleet, access: cfg.Access, revocation: cfg.Revocation, info: cfg.Info,
+		metrics: cfg.Metrics, ready: cfg.Ready, backup: cfg.Backup, web: cfg.Pages, mounted: cfg.Routes,
+		log: log, mux: http.NewServeMux()}
+	if f := cfg.Firmware; f != nil {
+		a.fw = &firmwareDeps{cat: f.Catalogue, targets: f.Targets, authorize: f.Authorize}
+	}
 	for _, r := range a.routes() {
 		a.mux.Handle(r.pattern, a.guard(r))
 	}
@@ -115,11 +156,9 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeError(w, http.StatusNotFound, "not_found", "no such route")
 }
 
-// SetWeb serves the browser pages (package web) beside the API: GET of /,
-// /claim, /console and /ui/... The pages are public; what they show comes
-// from the API with the user's token.
-func (a *API) SetWeb(h http.Handler) { a.web = h }
-
+// isPage tells the browser pages (Config.Pages, package web) from the
+// API: GET of /, /claim, /console and /ui/... The pages are public; what
+// they show comes from the API with the user's token.
 func isPage(r *http.Request) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return false
@@ -156,16 +195,28 @@ type RouteInfo struct {
 	Global  bool         // refused to site-limited tokens
 }
 
-// Routes lists every route and its access rule.
-func Routes() []RouteInfo {
+// Routes lists the API's own routes and their access rules.
+func Routes() []RouteInfo { return (&API{}).Routes() }
+
+// Routes lists every route a serves, mounted ones included, and its access
+// rule.
+func (a *API) Routes() []RouteInfo {
 	var out []RouteInfo
-	for _, r := range (&API{}).routes() {
+	for _, r := range a.routes() {
 		out = append(out, RouteInfo{Pattern: r.pattern, Role: r.role, Global: r.global})
 	}
 	return out
 }
 
 func (a *API) routes() []route {
+	rs := a.ownRoutes()
+	for _, m := range a.mounted {
+		rs = append(rs, route{m.Pattern, m.Role, m.Global, m.Handle})
+	}
+	return rs
+}
+
+func (a *API) ownRoutes() []route {
 	const global = true
 	health := func(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
 		writeJSON(w, 200, map[string]string{"status": "ok"})

@@ -26,13 +26,15 @@ type FirmwareCatalogue interface {
 	PublicKeyPEM() []byte
 }
 
-// FirmwareTargets are the rollouts and pins (firmware.Targets).
+// FirmwareTargets are the rollout and pin workflows (enroll.Rollouts).
 type FirmwareTargets interface {
-	Set(model, site, version string, percent int) (firmware.Rollout, error)
-	SetState(model, site, state string) (firmware.Rollout, error)
-	Pin(id uuid.UUID, model, version string) error
-	Rollouts() []firmware.Rollout
+	List(ctx context.Context) ([]devices.Rollout, error)
+	Set(ctx context.Context, a enroll.Actor, model, site, version string, percent int) (devices.Rollout, error)
+	SetState(ctx context.Context, a enroll.Actor, model, site, state string) (devices.Rollout, error)
+	Pin(ctx context.Context, a enroll.Actor, id uuid.UUID, version string) (devices.Device, error)
 }
+
+var _ FirmwareTargets = (*enroll.Rollouts)(nil)
 
 // DeviceAuthorizer checks that a verified device certificate is the
 // device's current one and that the device is not revoked.
@@ -42,24 +44,6 @@ type firmwareDeps struct {
 	cat       FirmwareCatalogue
 	targets   FirmwareTargets
 	authorize DeviceAuthorizer
-	retarget  func(ctx context.Context, a enroll.Actor, model, site string) (int, error) // a target changed: push configs
-}
-
-// SetFirmware enables the firmware routes. retarget is called after a
-// rollout or pin changes, with the model and site ("" for every site)
-// whose devices' target may have moved: it gives them a new config
-// version and pushes it.
-func (a *API) SetFirmware(cat FirmwareCatalogue, targets FirmwareTargets, authorize DeviceAuthorizer, retarget func(ctx context.Context, a enroll.Actor, model, site string) (int, error)) {
-	a.fw = &firmwareDeps{cat: cat, targets: targets, authorize: authorize, retarget: retarget}
-}
-
-// pushTargets asks for the new targets to be pushed; the change itself is
-// already saved, so a failure here is logged, and the next config any of
-// those devices fetches carries the new target anyway.
-func (a *API) pushTargets(ctx context.Context, actor enroll.Actor, model, site string) {
-	if _, err := a.fw.retarget(ctx, actor, model, site); err != nil {
-		a.log.Error("push firmware targets", "model", model, "site", site, "err", err)
-	}
 }
 
 // FirmwareView is the catalogue, the rollouts and the signing key.
@@ -72,7 +56,7 @@ type FirmwareView struct {
 // RolloutView is a rollout with its progress: the devices of the model (at
 // the site) by the version they report.
 type RolloutView struct {
-	firmware.Rollout
+	devices.Rollout
 	Devices   int            `json:"devices"`
 	OnVersion int            `json:"on_version"`
 	Reported  map[string]int `json:"reported"` // version -> devices ("" for none reported)
@@ -108,7 +92,7 @@ type PinRequest struct {
 var errNoFirmware = fmt.Errorf("%w: firmware is not enabled on this server", devices.ErrNotFound)
 
 // noFirmware answers 404 when the server has no firmware catalogue
-// (SetFirmware was not called).
+// (Config.Firmware was nil).
 func (a *API) noFirmware(w http.ResponseWriter) bool {
 	if a.fw == nil {
 		a.fail(w, errNoFirmware)
@@ -127,8 +111,13 @@ func (a *API) listFirmware(w http.ResponseWriter, r *http.Request, actor enroll.
 		a.fail(w, err)
 		return
 	}
+	rollouts, err := a.fw.targets.List(ctx)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
 	out := FirmwareView{PublicKey: string(a.fw.cat.PublicKeyPEM()), Images: imgs, Rollouts: []RolloutView{}}
-	for _, r := range a.fw.targets.Rollouts() {
+	for _, r := range rollouts {
 		if r.Site != "" && !actor.CanSite(r.Site) {
 			continue
 		}
@@ -193,13 +182,11 @@ func (a *API) setRollout(w http.ResponseWriter, r *http.Request, actor enroll.Ac
 			return
 		}
 	}
-	ro, err := a.fw.targets.Set(req.Model, req.Site, req.Version, req.Percent)
+	ro, err := a.fw.targets.Set(r.Context(), actor, req.Model, req.Site, req.Version, req.Percent)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	a.audit(r.Context(), actor, "firmware.rollout", req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version, "percent": strconv.Itoa(ro.Percent), "previous": ro.Previous})
-	a.pushTargets(r.Context(), actor, req.Model, req.Site)
 	writeJSON(w, 200, ro)
 }
 
@@ -212,13 +199,11 @@ func (a *API) setRolloutState(w http.ResponseWriter, r *http.Request, actor enro
 		a.fail(w, err)
 		return
 	}
-	ro, err := a.fw.targets.SetState(req.Model, req.Site, req.State)
+	ro, err := a.fw.targets.SetState(r.Context(), actor, req.Model, req.Site, req.State)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	a.audit(r.Context(), actor, "firmware.rollout."+req.State, req.Model+"@"+siteOrAll(req.Site), map[string]string{"version": ro.Version})
-	a.pushTargets(r.Context(), actor, req.Model, req.Site)
 	writeJSON(w, 200, ro)
 }
 
@@ -239,20 +224,11 @@ func (a *API) pinFirmware(w http.ResponseWriter, r *http.Request, actor enroll.A
 		a.fail(w, err)
 		return
 	}
-	if err := a.fw.targets.Pin(d.ID, d.Model, req.Version); err != nil {
+	if _, err := a.fw.targets.Pin(r.Context(), actor, d.ID, req.Version); err != nil {
 		a.fail(w, err)
 		return
 	}
-	a.audit(r.Context(), actor, "firmware.pin", d.Serial, map[string]string{"version": req.Version})
-	a.pushTargets(r.Context(), actor, d.Model, d.Site) // the device's model at its site: a new config version for each
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func siteOrAll(s string) string {
-	if s == "" {
-		return "*"
-	}
-	return s
 }
 
 // downloadFirmware serves an image to a device over mutual TLS: the

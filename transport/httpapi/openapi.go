@@ -13,7 +13,6 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
-	"github.com/provisiond/provisiond/firmware"
 )
 
 // routeDoc documents a route for the OpenAPI document.
@@ -70,8 +69,8 @@ var docs = map[string]routeDoc{
 	"POST /api/v1/claims":                  {"Claim a device for a site with its label's claim code", ClaimRequest{}, DeviceView{}, 200},
 	"GET /api/v1/firmware":                 {"The firmware catalogue, the rollouts with their progress, and the public key that signs manifests", nil, FirmwareView{}, 200},
 	"POST /api/v1/firmware":                {"Add an image (application/octet-stream body, up to 256 MiB; query: model, version, min_bootloader, min_hardware, notes); the server signs its manifest", nil, FirmwareAdded{}, 201},
-	"PUT /api/v1/firmware/rollouts":        {"Target a version of a model to a share of its devices, at one site or every site", RolloutRequest{}, firmware.Rollout{}, 200},
-	"POST /api/v1/firmware/rollouts/state": {"Pause, resume or abort a rollout", RolloutStateRequest{}, firmware.Rollout{}, 200},
+	"PUT /api/v1/firmware/rollouts":        {"Target a version of a model to a share of its devices, at one site or every site", RolloutRequest{}, devices.Rollout{}, 200},
+	"POST /api/v1/firmware/rollouts/state": {"Pause, resume or abort a rollout", RolloutStateRequest{}, devices.Rollout{}, 200},
 	"PUT /api/v1/devices/{ref}/firmware":   {"Pin one device to a version (empty: follow the rollouts)", PinRequest{}, nil, 204},
 	"GET /fw/{digest}":                     {"Download an image by its SHA-256; mutual TLS with the device certificate; Range requests resume", nil, nil, 200},
 	"POST /api/v1/qr-decode":               {"Read the QR code in a camera frame (image/png or image/jpeg body, up to 4 MiB); 422 when there is none", nil, QRText{}, 200},

@@ -1,18 +1,10 @@
 package httpapi
 
 import (
-	"context"
-	"io"
 	"net/http"
 
 	"github.com/provisiond/provisiond/enroll"
 )
-
-// SetOps adds the operations routes: metrics (Prometheus), readiness and
-// online backup. Call it before serving.
-func (a *API) SetOps(metrics http.Handler, ready func(context.Context) error, backup func(context.Context, io.Writer) error) {
-	a.metrics, a.ready, a.backup = metrics, ready, backup
-}
 
 func (a *API) getMetrics(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
 	if a.metrics == nil {

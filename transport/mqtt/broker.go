@@ -76,7 +76,7 @@ func NewBroker(cfg BrokerConfig, h *Handler, log *slog.Logger) *Broker {
 	srv := mochi.New(&mochi.Options{InlineClient: true, Capabilities: caps, Logger: log.With("component", "mqtt")})
 	b := &Broker{cfg: cfg, srv: srv, handler: h, log: log, failed: make(chan error, 1)}
 	b.life, b.stop = context.WithCancel(context.Background())
-	h.SetPublisher(b)
+	h.pub = b // the broker is where this handler answers
 	return b
 }
 

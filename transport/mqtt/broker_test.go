@@ -110,7 +110,7 @@ func startBroker(t *testing.T, authorize Authorizer) *brokerEnv {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ops := &configOps{version: 1}
 	b := NewBroker(BrokerConfig{Addr: "127.0.0.1:0", ClientCAs: ca.pool, Authorize: authorize,
-		Certificate: func() (*tls.Certificate, error) { return &server, nil }}, NewHandler(nil, ops, log), log)
+		Certificate: func() (*tls.Certificate, error) { return &server, nil }}, NewHandler(nil, ops, nil, log), log)
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,8 @@ func TestRevocationDuringConnect(t *testing.T) {
 // asked for.
 func TestListenerFailureReported(t *testing.T) {
 	e := startBroker(t, func(context.Context, uuid.UUID, string) error { return nil })
-	if e.b.Err() != e.b.Err() {
+	first, second := e.b.Err(), e.b.Err()
+	if first != second {
 		t.Fatal("Err hands out a new channel per call")
 	}
 	e.b.tls.mu.Lock()

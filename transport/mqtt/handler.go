@@ -46,18 +46,12 @@ type Handler struct {
 	log  *slog.Logger
 }
 
-// NewHandler returns a handler; SetPublisher must be called before use.
-func NewHandler(enroller bootstrap.Enroller, ops Operations, log *slog.Logger) *Handler {
-	return &Handler{boot: &bootstrap.Handler{Enroller: enroller, Transport: "mqtt", Log: log}, ops: ops, log: log}
+// NewHandler returns a handler for NewBroker or DialRemote, which give it
+// the connection it publishes its answers on. observe, when not nil, hears
+// every enrollment request's result and duration (metrics).
+func NewHandler(enroller bootstrap.Enroller, ops Operations, observe func(transport, result string, d time.Duration), log *slog.Logger) *Handler {
+	return &Handler{boot: &bootstrap.Handler{Enroller: enroller, Transport: "mqtt", Log: log, Observe: observe}, ops: ops, log: log}
 }
-
-// SetObserver reports every enrollment request's result and duration (metrics).
-func (h *Handler) SetObserver(fn func(transport, result string, d time.Duration)) {
-	h.boot.Observe = fn
-}
-
-// SetPublisher tells the handler where to publish answers.
-func (h *Handler) SetPublisher(p Publisher) { h.pub = p }
 
 // Handle processes a message published on a server-bound topic. src is the
 // device's address when known (embedded broker), the zero value otherwise.

@@ -93,7 +93,7 @@ func DialRemote(ctx context.Context, cfg RemoteConfig, h *Handler, log *slog.Log
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	h.SetPublisher(r)
+	h.pub = r // the remote broker is where this handler answers
 	r.client = paho.NewClient(opts)
 	tok := r.client.Connect()
 	if tok.WaitTimeout(3*time.Second) && tok.Error() != nil {

@@ -48,6 +48,7 @@ var (
 	_ kv.Batcher     = (*DB)(nil)
 	_ kv.Checker     = (*DB)(nil)
 	_ kv.Snapshotter = (*DB)(nil)
+	_ kv.Peeker      = (*tx)(nil)
 )
 
 // Open opens or creates the bbolt file at path (its directory is created 0700).
@@ -156,11 +157,31 @@ func mapErr(err error) error {
 	return err
 }
 
-// tx adapts a bbolt transaction; it looks each bucket up once.
+// tx adapts a bbolt transaction; it looks each bucket up once and keeps
+// the cursors of finished scans for the next (an index join seeks once per
+// step).
 type tx struct {
 	ctx     context.Context
 	tx      *bolt.Tx
 	buckets map[string]*bolt.Bucket
+	spare   map[*bolt.Bucket]*bolt.Cursor
+}
+
+// cursor returns a cursor over b: a spare one, or a new one while a scan
+// of b is still running (scans may nest).
+func (t *tx) cursor(b *bolt.Bucket) *bolt.Cursor {
+	if c, ok := t.spare[b]; ok {
+		delete(t.spare, b)
+		return c
+	}
+	return b.Cursor()
+}
+
+func (t *tx) release(b *bolt.Bucket, c *bolt.Cursor) {
+	if t.spare == nil {
+		t.spare = make(map[*bolt.Bucket]*bolt.Cursor, 4)
+	}
+	t.spare[b] = c
 }
 
 func newTx(ctx context.Context, t *bolt.Tx) *tx { return &tx{ctx: ctx, tx: t} }
@@ -200,6 +221,16 @@ func (t *tx) Get(bucket, key []byte) ([]byte, error) {
 		return nil, nil
 	}
 	return bytes.Clone(v), nil // bbolt's bytes live in its memory map
+}
+
+// Peek is Get without the copy: the bytes point into bbolt's memory map
+// and are valid until the transaction writes or ends.
+func (t *tx) Peek(bucket, key []byte) ([]byte, error) {
+	b, err := t.bucket(bucket, false)
+	if b == nil || err != nil {
+		return nil, err
+	}
+	return b.Get(key), nil
 }
 
 func (t *tx) Put(bucket, key, value []byte) error {
@@ -250,7 +281,8 @@ func (t *tx) Ascend(bucket, prefix, from []byte, fn func(k, v []byte) (bool, err
 	if b == nil || err != nil {
 		return err
 	}
-	c := b.Cursor()
+	c := t.cursor(b)
+	defer t.release(b, c)
 	start := prefix
 	if bytes.Compare(from, prefix) > 0 {
 		start = from
@@ -272,7 +304,8 @@ func (t *tx) Descend(bucket, prefix, from []byte, fn func(k, v []byte) (bool, er
 	if b == nil || err != nil {
 		return err
 	}
-	c := b.Cursor()
+	c := t.cursor(b)
+	defer t.release(b, c)
 	var k, v []byte
 	switch {
 	case from != nil && bytes.HasPrefix(from, prefix):

@@ -228,6 +228,23 @@ func testCopyOut(t *testing.T, db kv.DB) {
 	if string(v) != "value" {
 		t.Fatalf("after the caller reused its buffers: k = %q, want value", v)
 	}
+	// Peek (where the engine has it) sees what Get sees.
+	err = db.View(context.Background(), func(tx kv.Tx) error {
+		for _, k := range []string{"k", "absent"} {
+			want, err := tx.Get(bk, []byte(k))
+			if err != nil {
+				return err
+			}
+			got, err := kv.Peek(tx, bk, []byte(k))
+			if err != nil || !bytes.Equal(got, want) || (got == nil) != (want == nil) {
+				return fmt.Errorf("Peek(%q) = %q, %v; Get gave %q", k, got, err, want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if get(t, db, "X") != nil {
 		t.Fatal("the reused key buffer was stored")
 	}

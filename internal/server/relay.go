@@ -1,0 +1,61 @@
+package server
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+)
+
+// relay carries the workflows' news to the front ends. The workflows are
+// built first (the front ends need them to answer devices), so they are
+// given the relay, and the server adds each front end to it as it builds
+// it, before any listener serves.
+type relay struct {
+	s         *Server
+	svc       *enroll.Service
+	notifiers []enroll.Notifier // the CoAP server (Observe), the MQTT handler (retained configs)
+}
+
+var (
+	_ enroll.Notifier    = (*relay)(nil)
+	_ enroll.FleetEvents = (*relay)(nil)
+)
+
+// ConfigChanged hands a device's new config to every front end.
+func (r *relay) ConfigChanged(id uuid.UUID, cfg enroll.DeviceConfig) {
+	for _, n := range r.notifiers {
+		n.ConfigChanged(id, cfg)
+	}
+}
+
+// Reconfigured renders the devices' new configs and pushes them.
+func (r *relay) Reconfigured(ctx context.Context, ids []uuid.UUID) { r.svc.PushConfig(ctx, ids) }
+
+// Revoked reissues the CRL and cuts the devices' live sessions.
+func (r *relay) Revoked(ctx context.Context, revoked []devices.Device) {
+	s := r.s
+	s.metrics.Revoked(len(revoked))
+	if err := s.refreshCRL(ctx); err != nil {
+		s.log.Error("regenerate CRL", "err", err)
+	}
+	for _, d := range revoked {
+		s.coap.CutDevice(d.ID)
+		switch {
+		case s.broker != nil:
+			s.broker.CutDevice(d.ID)
+		case s.remote != nil:
+			s.remote.CutDevice(d.ID)
+		}
+	}
+}
+
+// superseded marks the CRL due: a renewal superseded a certificate.
+func (r *relay) superseded() {
+	select {
+	case r.s.crlDirty <- struct{}{}:
+	default: // a refresh is already due
+	}
+}
