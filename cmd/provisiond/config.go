@@ -70,6 +70,9 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.CertLifetime, "cert-lifetime", cfg.CertLifetime, "device certificate lifetime")
 	fs.StringVar(&cfg.CertTemplate, "cert-template", cfg.CertTemplate, "x509util template file for device certificates (default built in)")
 	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", cfg.MaxHandshakes, "DTLS and MQTT TLS handshakes worked on at once, per listener; more wait up to 5s for a slot, then are dropped")
+	fs.DurationVar(&cfg.HandshakeWait, "handshake-wait", cfg.HandshakeWait, "how long a new DTLS or MQTT TLS session waits for a handshake slot before it is dropped")
+	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", cfg.HandshakeTimeout, "the longest one DTLS or TLS handshake may take")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "close a DTLS session idle this long")
 	fs.DurationVar(&cfg.StoreBatchWait, "store-batch-wait", cfg.StoreBatchWait, "how long enrollment commits wait to share one fsync (bbolt)")
 	fs.IntVar(&cfg.Fleet.JobChunk, "job-chunk", cfg.Fleet.JobChunk, "devices per transaction of a bulk job (revocation, reconfiguration, retarget); 0: as many as the store takes in one")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", cfg.DebugAddr, "serve net/http/pprof here, e.g. 127.0.0.1:6060 (no authentication: keep it on loopback)")
@@ -118,6 +121,8 @@ func loadConfig(args []string, stdout, stderr io.Writer) (server.Config, options
 		return cfg, o, fmt.Errorf("max-handshakes: %d: at least 1", cfg.MaxHandshakes)
 	case cfg.Fleet.JobChunk < 0:
 		return cfg, o, fmt.Errorf("job-chunk: %d: 0 (the store's choice) or more devices", cfg.Fleet.JobChunk)
+	case cfg.HandshakeWait <= 0 || cfg.HandshakeTimeout <= 0 || cfg.IdleTimeout <= 0:
+		return cfg, o, fmt.Errorf("handshake-wait, handshake-timeout, idle-timeout: each must be positive (%s, %s, %s)", cfg.HandshakeWait, cfg.HandshakeTimeout, cfg.IdleTimeout)
 	case cfg.StoreBatchWait < 0 || cfg.StoreBatchWait > time.Second:
 		return cfg, o, fmt.Errorf("store-batch-wait: %s: between 0 and 1s", cfg.StoreBatchWait)
 	}

@@ -67,27 +67,33 @@ const PassphraseEnv = "PROVISIOND_CA_PASSPHRASE"
 
 // Config is everything the service needs to start. Defaults() fills it.
 type Config struct {
-	DataDir        string
-	CoAPSAddr      string // "" disables DTLS (not recommended)
-	CoAPAddr       string // plain CoAP; only with InsecureCoAP
-	InsecureCoAP   bool
-	HTTPAddr       string
-	MQTTAddr       string // embedded broker, MQTT over TLS; "" disables it
-	MQTTPlainAddr  string // embedded broker, plain MQTT; only with InsecureMQTT
-	InsecureMQTT   bool
-	MQTTBroker     string   // external broker URL (mqtts://host:port): replaces the embedded one
-	MQTTCAFile     string   // PEM roots for the external broker's certificate (default: provisiond's root)
-	MQTTBootstrap  string   // the external broker URL devices bootstrap on (default MQTTBroker)
-	MQTTClientID   string   // this replica's client ID on the external broker (default provisiond-<hostname>)
-	AdvertiseHost  string   // host devices use to reach the service (bundles, certificates)
-	ServerNames    []string // extra DNS names / IPs for the server certificate
-	CAPassphrase   string   // when empty: the generated one in the data directory (a new CA only)
-	CertLifetime   time.Duration
-	CertTemplate   string // file with an x509util template; empty = built-in
-	Enroll         enroll.Config
-	Fleet          enroll.FleetConfig
-	MaxHandshakes  int // DTLS and MQTT TLS handshakes in progress at once, per listener (default 64)
-	StoreBatchWait time.Duration
+	DataDir       string
+	CoAPSAddr     string // "" disables DTLS (not recommended)
+	CoAPAddr      string // plain CoAP; only with InsecureCoAP
+	InsecureCoAP  bool
+	HTTPAddr      string
+	MQTTAddr      string // embedded broker, MQTT over TLS; "" disables it
+	MQTTPlainAddr string // embedded broker, plain MQTT; only with InsecureMQTT
+	InsecureMQTT  bool
+	MQTTBroker    string   // external broker URL (mqtts://host:port): replaces the embedded one
+	MQTTCAFile    string   // PEM roots for the external broker's certificate (default: provisiond's root)
+	MQTTBootstrap string   // the external broker URL devices bootstrap on (default MQTTBroker)
+	MQTTClientID  string   // this replica's client ID on the external broker (default provisiond-<hostname>)
+	AdvertiseHost string   // host devices use to reach the service (bundles, certificates)
+	ServerNames   []string // extra DNS names / IPs for the server certificate
+	CAPassphrase  string   // when empty: the generated one in the data directory (a new CA only)
+	CertLifetime  time.Duration
+	CertTemplate  string // file with an x509util template; empty = built-in
+	Enroll        enroll.Config
+	Fleet         enroll.FleetConfig
+	MaxHandshakes int // DTLS and MQTT TLS handshakes in progress at once, per listener (default 64)
+	// HandshakeWait is how long a new session waits for a handshake slot
+	// before it is dropped; HandshakeTimeout bounds one handshake;
+	// IdleTimeout closes a DTLS session idle this long.
+	HandshakeWait    time.Duration
+	HandshakeTimeout time.Duration
+	IdleTimeout      time.Duration
+	StoreBatchWait   time.Duration
 	// Clock tells the time to the workflows (lease expiry, retry and
 	// renewal windows); nil is the system clock. Tests move it forward
 	// instead of sleeping. Not a flag.
@@ -156,15 +162,18 @@ func copyBefore(ctx context.Context, db *boltkv.DB, path string, due []string) e
 // Defaults returns the embedded defaults that `go run ./cmd/provisiond` uses.
 func Defaults() Config {
 	return Config{
-		DataDir:        "./data",
-		CoAPSAddr:      ":5684",
-		HTTPAddr:       ":8443",
-		MQTTAddr:       ":8883",
-		AdvertiseHost:  "localhost",
-		CertLifetime:   90 * 24 * time.Hour,
-		MaxHandshakes:  handshake.DefaultSlots,
-		StoreBatchWait: boltkv.DefaultMaxBatchDelay,
-		Enroll:         enroll.DefaultConfig(),
+		DataDir:          "./data",
+		CoAPSAddr:        ":5684",
+		HTTPAddr:         ":8443",
+		MQTTAddr:         ":8883",
+		AdvertiseHost:    "localhost",
+		CertLifetime:     90 * 24 * time.Hour,
+		MaxHandshakes:    handshake.DefaultSlots,
+		HandshakeWait:    5 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		IdleTimeout:      60 * time.Second,
+		StoreBatchWait:   boltkv.DefaultMaxBatchDelay,
+		Enroll:           enroll.DefaultConfig(),
 	}
 }
 
@@ -342,6 +351,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes,
+		HandshakeQueueWait: cfg.HandshakeWait, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
 		CRL: s.CRL, ConfigSource: svc.Config, Report: svc.ReportState, Firmware: fwSrc, Observe: s.observe,
 		Resources: cfg.CoAPResources}, svc, ca.Root(), log)
 	s.relay.notifiers = append(s.relay.notifiers, s.coap)
@@ -593,7 +603,8 @@ func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificat
 		plain = s.cfg.MQTTPlainAddr
 	}
 	s.broker = mqtt.NewBroker(mqtt.BrokerConfig{Addr: s.cfg.MQTTAddr, InsecureAddr: plain, Certificate: serverCert.Get,
-		ClientCAs: clientCAs, Authorize: mqtt.Authorizer(svc.Authorize), MaxHandshakes: s.cfg.MaxHandshakes}, h, s.log)
+		ClientCAs: clientCAs, Authorize: mqtt.Authorizer(svc.Authorize), MaxHandshakes: s.cfg.MaxHandshakes,
+		HandshakeQueueWait: s.cfg.HandshakeWait, HandshakeTimeout: s.cfg.HandshakeTimeout}, h, s.log)
 	if err := s.broker.Start(); err != nil {
 		return err
 	}

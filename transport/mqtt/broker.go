@@ -37,9 +37,11 @@ type BrokerConfig struct {
 	ClientCAs    *x509.CertPool                   // verifies device certificates
 	Authorize    Authorizer                       // checks a device certificate against the inventory
 	// MaxHandshakes bounds TLS handshakes (and bootstrap sessions not yet
-	// answered) in progress; more wait up to 5 s for a slot (package
-	// handshake). Default 64.
-	MaxHandshakes int
+	// answered) in progress; more wait up to HandshakeQueueWait (default
+	// 5s) for a slot (package handshake). Default 64.
+	MaxHandshakes      int
+	HandshakeQueueWait time.Duration
+	HandshakeTimeout   time.Duration // one TLS handshake; default 10s
 }
 
 // Broker is the embedded MQTT broker with provisiond's access rules.
@@ -109,8 +111,15 @@ func (b *Broker) Start() error {
 		if n <= 0 {
 			n = handshake.DefaultSlots
 		}
-		b.gate = handshake.NewGate(n, 5*time.Second, 5*time.Second)
-		b.tls = &tlsListener{id: "mqtts", addr: b.cfg.Addr, gate: b.gate, timeout: 10 * time.Second, ended: b.access.ended, failed: b.failed, cfg: &tls.Config{
+		wait, timeout := b.cfg.HandshakeQueueWait, b.cfg.HandshakeTimeout
+		if wait <= 0 {
+			wait = 5 * time.Second
+		}
+		if timeout <= 0 {
+			timeout = 10 * time.Second
+		}
+		b.gate = handshake.NewGate(n, wait, wait)
+		b.tls = &tlsListener{id: "mqtts", addr: b.cfg.Addr, gate: b.gate, timeout: timeout, ended: b.access.ended, failed: b.failed, cfg: &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			ClientAuth: tls.VerifyClientCertIfGiven,
 			ClientCAs:  b.cfg.ClientCAs,
