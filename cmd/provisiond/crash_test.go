@@ -37,13 +37,7 @@ func TestCrashSafety(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("CRASH_KILLS")); err == nil && v > 0 {
 		kills = v
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "provisiond")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	data := filepath.Join(dir, "data")
-	p := &process{t: t, bin: bin, data: data, coaps: freePort(t, "udp"), https: freePort(t, "tcp"), mqtts: freePort(t, "tcp")}
+	p := newProcess(t)
 	p.start()
 	defer p.stop(syscall.SIGKILL)
 
@@ -81,7 +75,7 @@ func TestCrashSafety(t *testing.T) {
 	t.Logf("storm through %d kills: %v", kills, r.sum)
 	p.stop(syscall.SIGTERM)
 
-	s, err := server.OpenInventory(context.Background(), filepath.Join(data, "inventory.db"), boltkv.Options{})
+	s, err := server.OpenInventory(context.Background(), filepath.Join(p.data, "inventory.db"), boltkv.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +111,19 @@ func TestCrashSafety(t *testing.T) {
 	if inUse, err := s.LeasesInUse(context.Background(), "hq", time.Now()); err != nil || inUse != n {
 		t.Errorf("leases in use: %d (%v), want %d", inUse, err, n)
 	}
+}
+
+// newProcess builds provisiond into a temporary directory and returns a
+// process to run it there, with its data directory beside it.
+func newProcess(t *testing.T, flags ...string) *process {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "provisiond")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return &process{t: t, bin: bin, data: filepath.Join(dir, "data"), coaps: freePort(t, "udp"), https: freePort(t, "tcp"),
+		mqtts: freePort(t, "tcp"), extra: flags}
 }
 
 // process is a provisiond child process on fixed loopback ports, so that

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -25,14 +24,7 @@ func TestJobResumedAfterKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills a provisiond process")
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "provisiond")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	data := filepath.Join(dir, "data")
-	p := &process{t: t, bin: bin, data: data, coaps: freePort(t, "udp"), https: freePort(t, "tcp"), mqtts: freePort(t, "tcp"),
-		extra: []string{"--job-chunk", "10"}}
+	p := newProcess(t, "--job-chunk", "10")
 	p.start()
 	defer p.stop(syscall.SIGKILL)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -84,7 +76,7 @@ func TestJobResumedAfterKill(t *testing.T) {
 	}
 	p.stop(syscall.SIGTERM)
 
-	s, err := server.OpenInventory(ctx, filepath.Join(data, server.InventoryFile), boltkv.Options{})
+	s, err := server.OpenInventory(ctx, filepath.Join(p.data, server.InventoryFile), boltkv.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
