@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -167,6 +168,10 @@ func printConfig(w io.Writer, fs *flag.FlagSet, cfg server.Config) error {
 			}
 			continue
 		}
+		if _, isBool := fs.Lookup(n).Value.(interface{ IsBoolFlag() bool }); isBool || isNumber(v) {
+			fmt.Fprintf(&b, "%s: %s\n", n, v) // YAML reads these back as the flag's own text
+			continue
+		}
 		raw, err := yaml.Marshal(v)
 		if err != nil {
 			return err
@@ -182,6 +187,11 @@ func printConfig(w io.Writer, fs *flag.FlagSet, cfg server.Config) error {
 
 // errPrinted ends run after --print-config, without an error.
 var errPrinted = errors.New("printed the configuration")
+
+func isNumber(v string) bool {
+	_, err := strconv.ParseInt(v, 10, 64)
+	return err == nil
+}
 
 func validHostName(n string) bool {
 	if n == "" || len(n) > 253 {

@@ -155,7 +155,7 @@ func TestPrintConfig(t *testing.T) {
 	if strings.Contains(text, "secret-passphrase") || !strings.Contains(text, "# ca-passphrase: (set, not shown)") {
 		t.Fatalf("printed config shows or forgets the secret:\n%s", text)
 	}
-	for _, want := range []string{"retry-window: 7m0s\n", "max-failures: \"9\"\n", "server-names: a.example,b.example\n"} {
+	for _, want := range []string{"retry-window: 7m0s\n", "max-failures: 9\n", "allow-p384: false\n", "server-names: a.example,b.example\n"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("printed config lacks %q:\n%s", want, text)
 		}
