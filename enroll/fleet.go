@@ -126,6 +126,9 @@ func (f *Fleet) runJob(ctx context.Context, id string) (devices.Job, []devices.D
 			}
 		}
 		if job.State == devices.JobDone {
+			if f.events != nil {
+				f.events.JobDone(ctx, job)
+			}
 			return job, all, nil
 		}
 	}
@@ -206,10 +209,12 @@ type Fleet struct {
 // FleetEvents hears what fleet operations changed, as soon as each chunk
 // of a job has committed, so that the front ends act on it.
 type FleetEvents interface {
-	// Revoked: regenerate the CRL, cut the devices' live sessions.
+	// Revoked: cut the devices' live sessions (after each chunk).
 	Revoked(ctx context.Context, devs []devices.Device)
 	// Reconfigured: these enrolled devices have a new config version; push it.
 	Reconfigured(ctx context.Context, ids []uuid.UUID)
+	// JobDone: a job has run to its end (a revocation's CRL is due now).
+	JobDone(ctx context.Context, job devices.Job)
 }
 
 // checkSelection refuses an empty selection, and anything outside the sites

@@ -34,13 +34,13 @@ func (r *relay) ConfigChanged(id uuid.UUID, cfg enroll.DeviceConfig) {
 // Reconfigured renders the devices' new configs and pushes them.
 func (r *relay) Reconfigured(ctx context.Context, ids []uuid.UUID) { r.svc.PushConfig(ctx, ids) }
 
-// Revoked reissues the CRL and cuts the devices' live sessions.
-func (r *relay) Revoked(ctx context.Context, revoked []devices.Device) {
+// Revoked cuts the devices' live sessions at once and marks the CRL due:
+// the CRL loop reissues it at most every 200 ms while a long job runs, and
+// JobDone reissues it when the job ends (not once per chunk).
+func (r *relay) Revoked(_ context.Context, revoked []devices.Device) {
 	s := r.s
 	s.metrics.Revoked(len(revoked))
-	if err := s.refreshCRL(ctx); err != nil {
-		s.log.Error("regenerate CRL", "err", err)
-	}
+	r.superseded()
 	for _, d := range revoked {
 		s.coap.CutDevice(d.ID)
 		switch {
@@ -48,6 +48,16 @@ func (r *relay) Revoked(ctx context.Context, revoked []devices.Device) {
 			s.broker.CutDevice(d.ID)
 		case s.remote != nil:
 			s.remote.CutDevice(d.ID)
+		}
+	}
+}
+
+// JobDone reissues the CRL when a revocation ends, before its caller hears
+// that it is done.
+func (r *relay) JobDone(ctx context.Context, job devices.Job) {
+	if job.Kind == devices.JobRevoke && job.Changed > 0 {
+		if err := r.s.refreshCRL(ctx); err != nil {
+			r.s.log.Error("regenerate CRL", "err", err)
 		}
 	}
 }
