@@ -372,10 +372,7 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditHead, error) {
 // events are not changed, so their hashes verify as they did. Each chunk
 // deletes what it moved, so a crash part-way resumes where it stopped.
 func migrateAudit(ctx context.Context, db kv.DB) error {
-	per := auditMoveChunk
-	if n := kv.TxOps(db); n > 0 {
-		per = max(1, (n-2)/4) // per event: the log, history out and in, the old key
-	}
+	per := kv.PerTx(db, 4, 2, auditMoveChunk) // per event: the log, history out and in, the old key
 	for {
 		done := false
 		err := db.Update(ctx, func(tx kv.Tx) error {

@@ -91,10 +91,7 @@ func (s *Store) StartImport(ctx context.Context, batch Batch, rows []ImportRow, 
 	b := batch
 	job := Job{ID: uuid.NewString(), Kind: JobImport, State: JobStaging, Batch: &b, Event: ev, Total: len(rows),
 		CreatedAt: now.UTC(), UpdatedAt: now.UTC()}
-	per := 1000
-	if n := kv.TxOps(s.db); n > 0 {
-		per = max(1, n-2)
-	}
+	per := kv.PerTx(s.db, 1, 2, 1000) // a row each, and the job record
 	for i := 0; i < len(rows) || i == 0; i += per {
 		part := rows[i:min(i+per, len(rows))]
 		last := i+per >= len(rows)
@@ -234,10 +231,7 @@ func (s *Store) FinishImport(ctx context.Context, id string) (Batch, []RowResult
 
 // DropJobRows deletes what an import job kept beside it, in chunks.
 func (s *Store) DropJobRows(ctx context.Context, id string) error {
-	per := 1000
-	if n := kv.TxOps(s.db); n > 0 {
-		per = n
-	}
+	per := kv.PerTx(s.db, 1, 0, 1000)
 	for {
 		var keys [][]byte
 		err := s.db.View(ctx, func(tx kv.Tx) error {

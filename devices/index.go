@@ -182,10 +182,7 @@ func buildIndex(ctx context.Context, db kv.DB) error {
 		finished := n < indexChunk
 		// Sorted keys go in transactions as large as the engine takes (bbolt:
 		// the whole chunk).
-		per := len(keys) + 1
-		if n := kv.TxOps(db); n > 0 {
-			per = n - 1
-		}
+		per := kv.PerTx(db, 1, 1, len(keys)+1) // and the version mark
 		for i := 0; i < len(keys) || i == 0; i += per {
 			part := keys[i:min(i+per, len(keys))]
 			final := finished && i+per >= len(keys)

@@ -88,10 +88,7 @@ var jobChunk = 500
 // engine's bound on one transaction (a revocation writes about 12 keys per
 // device), else 500.
 func JobChunk(db kv.DB) int {
-	if n := kv.TxOps(db); n > 0 {
-		return max(1, (n-4)/12)
-	}
-	return jobChunk
+	return kv.PerTx(db, 12, 4, jobChunk)
 }
 
 // ChunkSize is JobChunk of the store's engine.

@@ -26,7 +26,6 @@ type Registry interface {
 	CreateSite(ctx context.Context, site devices.Site, ev devices.AuditEvent) (devices.Site, error)
 	UpdateSite(ctx context.Context, name string, fn func(*devices.Site) error, ev devices.AuditEvent) (devices.Site, devices.Job, error)
 	DeleteSite(ctx context.Context, name string, ev devices.AuditEvent) error
-	ImportBatch(ctx context.Context, b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent) (devices.Batch, []devices.RowResult, error)
 	Device(ctx context.Context, id uuid.UUID) (devices.Device, error)
 	Reopen(ctx context.Context, id uuid.UUID, tokenHash []byte, newID uuid.UUID, now time.Time, ev devices.AuditEvent) (devices.Device, error)
 	DeviceBySerial(ctx context.Context, serial string) (devices.Device, error)
@@ -39,6 +38,7 @@ type Registry interface {
 	Job(ctx context.Context, id string) (devices.Job, error)
 	Jobs(ctx context.Context) ([]devices.Job, error)
 	ChunkSize() int
+	StartImport(ctx context.Context, b devices.Batch, rows []devices.ImportRow, ev devices.AuditEvent, now time.Time) (devices.Job, error)
 	FinishImport(ctx context.Context, id string) (devices.Batch, []devices.RowResult, error)
 	AbandonImport(ctx context.Context, id string, now time.Time) error
 }
@@ -515,8 +515,17 @@ func (f *Fleet) ImportBatch(ctx context.Context, a Actor, spec BatchSpec, rows [
 	}
 	batch := devices.Batch{ID: uuid.NewString(), Model: spec.Model, Site: spec.Site, Source: spec.Source, CreatedBy: a.Name}
 	if len(good) > 0 {
-		b, res, err := f.reg.ImportBatch(ctx, batch, good, a.event("batch.import", batch.ID,
-			map[string]string{"source": spec.Source, "model": spec.Model, "site": spec.Site}))
+		// A job like every bulk change: the same runner, chunk size and
+		// resumption after a crash.
+		job, err := f.reg.StartImport(ctx, batch, good, a.event("batch.import", batch.ID,
+			map[string]string{"source": spec.Source, "model": spec.Model, "site": spec.Site}), time.Now())
+		if err != nil {
+			return devices.Batch{}, nil, err
+		}
+		if _, _, err := f.runJob(ctx, job.ID); err != nil {
+			return devices.Batch{}, nil, err
+		}
+		b, res, err := f.reg.FinishImport(ctx, job.ID)
 		if err != nil {
 			return devices.Batch{}, nil, err
 		}

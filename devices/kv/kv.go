@@ -110,6 +110,16 @@ func TxOps(db DB) int {
 	return 0
 }
 
+// PerTx is how many items, each costing each writes, fit in one of db's
+// transactions beside fixed other writes (at least 1); unbounded when the
+// engine has no bound.
+func PerTx(db DB, each, fixed, unbounded int) int {
+	if n := TxOps(db); n > 0 {
+		return max(1, (n-fixed)/each)
+	}
+	return unbounded
+}
+
 // Peeker is implemented by transactions that can hand out a stored value
 // without copying it (bbolt's memory map). The bytes are valid until the
 // transaction writes or ends: decode them at once.

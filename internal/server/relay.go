@@ -40,7 +40,7 @@ func (r *relay) Reconfigured(ctx context.Context, ids []uuid.UUID) { r.svc.PushC
 func (r *relay) Revoked(_ context.Context, revoked []devices.Device) {
 	s := r.s
 	s.metrics.Revoked(len(revoked))
-	r.superseded()
+	r.crlDue()
 	for _, d := range revoked {
 		s.coap.CutDevice(d.ID)
 		switch {
@@ -62,8 +62,9 @@ func (r *relay) JobDone(ctx context.Context, job devices.Job) {
 	}
 }
 
-// superseded marks the CRL due: a renewal superseded a certificate.
-func (r *relay) superseded() {
+// crlDue marks the CRL due (a renewal superseded a certificate, a
+// revocation job is running); the CRL loop reissues it within 200 ms.
+func (r *relay) crlDue() {
 	select {
 	case r.s.crlDirty <- struct{}{}:
 	default: // a refresh is already due

@@ -317,7 +317,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	// which are built after the workflows they serve.
 	s.relay = &relay{s: s}
 	svc := enroll.New(cfg.Enroll, enroll.Ports{Store: s.store, Signer: ca, Clock: cfg.Clock, Firmware: fwSrc,
-		Notify: s.relay, Superseded: s.relay.superseded}, log)
+		Notify: s.relay, Superseded: s.relay.crlDue}, log)
 	s.relay.svc = svc
 	fleet := enroll.NewFleet(cfg.Fleet, s.store, sealer, s.relay, log)
 	if err := s.refreshCRL(ctx); err != nil {
