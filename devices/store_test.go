@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,10 +16,26 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/devices/kv/boltkv"
+	"github.com/provisiond/provisiond/devices/kv/etcdkv"
+	"github.com/provisiond/provisiond/internal/etcdtest"
 )
 
+func TestMain(m *testing.M) { os.Exit(etcdtest.Main(m)) }
+
+var prefixes atomic.Int64
+
+// open opens an empty inventory: a bbolt file, or a keyspace of its own on
+// the package's etcd when PROVISIOND_TEST_STORE=etcd.
 func open(t testing.TB) *devices.Store {
 	t.Helper()
+	if c := etcdtest.Shared(); c != nil {
+		db := etcdkv.New(c.Client(t), etcdkv.Options{Prefix: fmt.Sprintf("/devices-test/%d/", prefixes.Add(1))})
+		s, err := devices.New(context.Background(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
 	s, err := openPath(filepath.Join(t.TempDir(), "inv.db"), boltkv.Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -150,4 +150,13 @@ var (
 	ErrReadOnly = errors.New("kv: write in a read-only transaction")
 	// ErrClosed is returned when the store was closed.
 	ErrClosed = errors.New("kv: store closed")
+	// ErrConflict is returned by an optimistic engine when a function kept
+	// losing races with other writers until the engine gave up.
+	ErrConflict = errors.New("kv: transaction kept conflicting with other writers")
+	// ErrTooLarge is returned when a transaction holds more writes than
+	// the engine takes in one (see Bounded).
+	ErrTooLarge = errors.New("kv: transaction too large")
+	// ErrUnavailable is returned when a networked engine cannot reach a
+	// working store in time (etcd without quorum): try again later.
+	ErrUnavailable = errors.New("kv: store unavailable")
 )

@@ -36,6 +36,8 @@ func Run(t *testing.T, open func(t *testing.T) kv.DB) {
 		{"ReadOnlyView", testReadOnly},
 		{"RacingWritersOnOneKey", testRacingWriters},
 		{"PhantomInsertDetected", testPhantom},
+		{"DeleteInScannedRangeDetected", testPhantomDelete},
+		{"OwnWritesVisible", testOwnWrites},
 		{"RetriedFunctionLeavesNoTrace", testRetryNoTrace},
 		{"ContextCancelled", testContext},
 		{"ScanStopsEarly", testScanStops},
@@ -469,6 +471,120 @@ func testPhantom(t *testing.T, db kv.DB) {
 	}
 }
 
+// testPhantomDelete: each writer counts the keys of a range, removes its
+// own key from it and records the count it saw. Serialized, the counts are
+// writers, writers-1, ..., 1; an engine that let a writer miss another's
+// delete would record one count twice.
+func testPhantomDelete(t *testing.T, db kv.DB) {
+	const writers = 16
+	var kvs []string
+	for i := range writers {
+		kvs = append(kvs, fmt.Sprintf("del/%02d", i), "x")
+	}
+	put(t, db, kvs...)
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			err := kv.Batch(context.Background(), db, func(tx kv.Tx) error {
+				n := 0
+				if err := tx.Ascend(bk, []byte("del/"), nil, func(_, _ []byte) (bool, error) {
+					n++
+					return true, nil
+				}); err != nil {
+					return err
+				}
+				if err := tx.Delete(bk, fmt.Appendf(nil, "del/%02d", i)); err != nil {
+					return err
+				}
+				return tx.Put(bk, fmt.Appendf(nil, "count/%02d", n), fmt.Appendf(nil, "%d", i))
+			})
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := scan(t, db, false, "del/", ""); len(got) != 0 {
+		t.Fatalf("%d keys left in the range (%q), want none", len(got), got)
+	}
+	if got := scan(t, db, false, "count/", ""); len(got) != writers {
+		t.Fatalf("%d distinct counts for %d serialized deletes (%q): a writer missed another's delete", len(got), writers, got)
+	}
+}
+
+// testOwnWrites: inside an Update, Get and scans see the transaction's own
+// puts and deletes, in key order among the stored keys, over ranges longer
+// than any engine's first page.
+func testOwnWrites(t *testing.T, db kv.DB) {
+	var kvs []string
+	for i := 0; i < 300; i += 2 {
+		kvs = append(kvs, fmt.Sprintf("own/%03d", i), "stored")
+	}
+	for c := 0; c < len(kvs); c += 2 * kv.MaxOpsPerTx {
+		put(t, db, kvs[c:min(c+2*kv.MaxOpsPerTx, len(kvs))]...)
+	}
+	var want []string
+	for i := range 300 {
+		switch {
+		case i%10 == 0: // stored, deleted below
+		case i%2 == 0:
+			want = append(want, fmt.Sprintf("own/%03d=stored", i))
+		case i%3 == 0: // odd: written below
+			want = append(want, fmt.Sprintf("own/%03d=mine", i))
+		}
+	}
+	desc := slices.Clone(want)
+	slices.Reverse(desc)
+	err := db.Update(context.Background(), func(tx kv.Tx) error {
+		for i := range 300 {
+			k := fmt.Appendf(nil, "own/%03d", i)
+			switch {
+			case i%10 == 0:
+				if err := tx.Delete(bk, k); err != nil {
+					return err
+				}
+			case i%2 == 1 && i%3 == 0:
+				if err := tx.Put(bk, k, []byte("mine")); err != nil {
+					return err
+				}
+			}
+		}
+		if v, err := tx.Get(bk, []byte("own/003")); err != nil || string(v) != "mine" {
+			return fmt.Errorf("get of an own put: %q, %v", v, err)
+		}
+		if v, err := tx.Get(bk, []byte("own/010")); err != nil || v != nil {
+			return fmt.Errorf("get of an own delete: %q, %v", v, err)
+		}
+		for _, dir := range []struct {
+			walk func([]byte, []byte, []byte, func(k, v []byte) (bool, error)) error
+			want []string
+		}{{tx.Ascend, want}, {tx.Descend, desc}} {
+			var got []string
+			if err := dir.walk(bk, []byte("own/"), nil, func(k, v []byte) (bool, error) {
+				got = append(got, string(k)+"="+string(v))
+				return true, nil
+			}); err != nil {
+				return err
+			}
+			if !slices.Equal(got, dir.want) {
+				return fmt.Errorf("scan in the transaction:\n got %q\nwant %q", got, dir.want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := scan(t, db, false, "own/", ""); len(got) != len(want) {
+		t.Fatalf("after commit: %d keys, want %d", len(got), len(want))
+	}
+}
+
 // testRetryNoTrace: functions of one commit group, one of which fails, run
 // again; only the runs that committed leave writes, and the failing one none.
 func testRetryNoTrace(t *testing.T, db kv.DB) {
@@ -549,11 +665,13 @@ func testContext(t *testing.T, db kv.DB) {
 	}
 	// Cancelled during a long scan: the scan stops with the context's error
 	// and the transaction commits nothing.
-	var kvs []string
-	for i := range 3000 {
-		kvs = append(kvs, fmt.Sprintf("scan/%05d", i), "")
+	for c := 0; c < 3000; c += kv.MaxOpsPerTx {
+		var kvs []string
+		for i := c; i < min(c+kv.MaxOpsPerTx, 3000); i++ {
+			kvs = append(kvs, fmt.Sprintf("scan/%05d", i), "")
+		}
+		put(t, db, kvs...)
 	}
-	put(t, db, kvs...)
 	ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
 	seen := 0
