@@ -18,4 +18,6 @@ var (
 	ErrNoLease = errors.New("device holds no lease")
 	// ErrInvalid is returned when a record fails validation; the message says which field.
 	ErrInvalid = errors.New("invalid")
+	// ErrOtherCA is returned by BindCA when the inventory belongs to another CA.
+	ErrOtherCA = errors.New("the inventory belongs to another CA")
 )

@@ -474,3 +474,25 @@ func listJSON[T any](ctx context.Context, s *Store, bucket []byte) ([]T, error) 
 	})
 	return out, err
 }
+
+var keyCARoot = []byte("ca_root")
+
+// BindCA ties the inventory to the CA whose root certificate hashes to
+// fingerprint: the first call records it, later calls with another root fail
+// with ErrOtherCA. Replicas sharing one inventory must share its CA (a
+// device certificate from one must be good on every other).
+func (s *Store) BindCA(ctx context.Context, fingerprint []byte) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error {
+		v, err := tx.Get(bucketMeta, keyCARoot)
+		if err != nil {
+			return err
+		}
+		switch {
+		case v == nil:
+			return tx.Put(bucketMeta, keyCARoot, fingerprint)
+		case !bytes.Equal(v, fingerprint):
+			return fmt.Errorf("%w: its root's SHA-256 is %x, this CA's is %x", ErrOtherCA, v, fingerprint)
+		}
+		return nil
+	})
+}

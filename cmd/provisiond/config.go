@@ -33,7 +33,7 @@ type options struct {
 }
 
 // secretFlags are never printed.
-var secretFlags = map[string]bool{"ca-passphrase": true}
+var secretFlags = map[string]bool{"ca-passphrase": true, "etcd-password": true}
 
 // newFlags declares every setting on a flag set, each bound to its field and
 // defaulting to what cfg holds.
@@ -75,6 +75,12 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", cfg.HandshakeTimeout, "the longest one DTLS or TLS handshake may take")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "close a DTLS session idle this long")
 	fs.DurationVar(&cfg.StoreBatchWait, "store-batch-wait", cfg.StoreBatchWait, "how long enrollment commits wait to share one fsync (bbolt)")
+	fs.StringVar(&cfg.Store, "store", cfg.Store, "where the inventory lives: empty for the bbolt file in the data directory, or etcd://host:port[,host:port...][/prefix] (etcds:// with TLS) for a cluster of replicas")
+	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", cfg.Etcd.CAFile, "PEM file with the roots of etcd's server certificates (etcds://)")
+	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", cfg.Etcd.CertFile, "client certificate for etcd (PEM), when etcd asks for one")
+	fs.StringVar(&cfg.Etcd.KeyFile, "etcd-key", cfg.Etcd.KeyFile, "the client certificate's key (PEM)")
+	fs.StringVar(&cfg.Etcd.Username, "etcd-username", cfg.Etcd.Username, "etcd user, when etcd authentication is on")
+	fs.StringVar(&cfg.Etcd.Password, "etcd-password", cfg.Etcd.Password, "etcd user's password; give it as PROVISIOND_ETCD_PASSWORD (a flag shows in ps)")
 	fs.IntVar(&cfg.Fleet.JobChunk, "job-chunk", cfg.Fleet.JobChunk, "devices per transaction of a bulk job (revocation, reconfiguration, retarget); 0: as many as the store takes in one")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", cfg.DebugAddr, "serve net/http/pprof here, e.g. 127.0.0.1:6060 (no authentication: keep it on loopback)")
 

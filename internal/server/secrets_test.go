@@ -9,7 +9,11 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/devices/kv/etcdkv"
+	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/pki/seal"
@@ -142,10 +146,7 @@ func TestPassphrasesSealedAtRest(t *testing.T) {
 	if err := env.Server.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(env.DataDir, server.InventoryFile))
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := storedBytes(t, env)
 	for _, p := range []string{p1, p2, p3} {
 		if bytes.Contains(raw, []byte(p)) {
 			t.Errorf("the inventory file holds %q in clear", p)
@@ -154,4 +155,30 @@ func TestPassphrasesSealedAtRest(t *testing.T) {
 	if !bytes.Contains(raw, []byte(seal.Prefix)) {
 		t.Error("no sealed value in the inventory file")
 	}
+}
+
+// storedBytes is everything the inventory holds at rest: the bbolt file, or
+// every key and value of its etcd keyspace.
+func storedBytes(t *testing.T, env *servertest.Env) []byte {
+	t.Helper()
+	if c := etcdtest.Shared(); c != nil {
+		target, err := etcdkv.ParseURL(env.Config.Store)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Client(t).Get(context.Background(), target.Prefix, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var all []byte
+		for _, kv := range resp.Kvs {
+			all = append(append(all, kv.Key...), kv.Value...)
+		}
+		return all
+	}
+	raw, err := os.ReadFile(filepath.Join(env.DataDir, server.InventoryFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }

@@ -8,6 +8,7 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -35,6 +36,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/devices/kv/boltkv"
+	"github.com/provisiond/provisiond/devices/kv/etcdkv"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/firmware"
 	"github.com/provisiond/provisiond/internal/handshake"
@@ -52,13 +54,16 @@ var Version = "0.1.0-dev"
 
 // Files inside the data directory.
 const (
-	InventoryFile  = "inventory.db"
-	CADir          = "ca"
-	FirmwareDir    = "firmware" // the firmware catalogue (package firmware)
-	PassphraseFile = "ca.passphrase"
-	AdminTokenFile = httpapi.AdminTokenFile
-	RootFile       = httpapi.RootFile
-	ServerInfoFile = httpapi.ServerInfoFile // where the running server's API listens, for provctl --data
+	InventoryFile = "inventory.db"
+	// EtcdSnapshotFile is the backup's inventory when it lives in etcd:
+	// etcd's snapshot (etcdutl snapshot restore), see docs/cluster.md.
+	EtcdSnapshotFile = "etcd.snapshot"
+	CADir            = "ca"
+	FirmwareDir      = "firmware" // the firmware catalogue (package firmware)
+	PassphraseFile   = "ca.passphrase"
+	AdminTokenFile   = httpapi.AdminTokenFile
+	RootFile         = httpapi.RootFile
+	ServerInfoFile   = httpapi.ServerInfoFile // where the running server's API listens, for provctl --data
 )
 
 // PassphraseEnv names the environment variable that provisiond reads the CA
@@ -94,6 +99,11 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
 	StoreBatchWait   time.Duration
+	// Store is where the inventory lives: "" for the bbolt file in the
+	// data directory, or etcd://host:port[,host:port...][/prefix] (etcds://
+	// with TLS) for a cluster shared by several replicas.
+	Store string
+	Etcd  EtcdConfig
 	// Clock tells the time to the workflows (lease expiry, retry and
 	// renewal windows); nil is the system clock. Tests move it forward
 	// instead of sleeping. Not a flag.
@@ -104,6 +114,25 @@ type Config struct {
 	CoAPResources []coap.Resource `json:"-"`
 	Routes        []httpapi.Route `json:"-"`
 	DebugAddr     string          // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
+}
+
+// OpenStore opens the inventory cfg names: the bbolt file in the data
+// directory, or the etcd cluster of cfg.Store.
+func OpenStore(ctx context.Context, cfg Config) (*devices.Store, error) {
+	if cfg.Store == "" {
+		return OpenInventory(ctx, filepath.Join(cfg.DataDir, InventoryFile), boltkv.Options{MaxBatchDelay: cfg.StoreBatchWait})
+	}
+	db, err := etcdkv.Dial(ctx, cfg.Store, etcdkv.DialConfig{CAFile: cfg.Etcd.CAFile, CertFile: cfg.Etcd.CertFile,
+		KeyFile: cfg.Etcd.KeyFile, Username: cfg.Etcd.Username, Password: cfg.Etcd.Password})
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	st, err := devices.New(ctx, db)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return st, nil
 }
 
 // OpenInventory opens the inventory in the bbolt file at path (the
@@ -196,6 +225,13 @@ func (c Config) Validate() error {
 		return errors.New("cert-lifetime: at least 1h")
 	case c.AdvertiseHost == "":
 		return errors.New("advertise-host: required")
+	case c.Store != "" && !strings.HasPrefix(c.Store, "etcd://") && !strings.HasPrefix(c.Store, "etcds://"):
+		return fmt.Errorf("store: %q: want etcd://host:port[,host:port...] (or etcds://), or nothing for the bbolt file in the data directory", c.Store)
+	}
+	if c.Store != "" {
+		if _, err := etcdkv.ParseURL(c.Store); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
 	}
 	for name, addr := range map[string]string{"coaps-addr": c.CoAPSAddr, "coap-addr": c.CoAPAddr, "http-addr": c.HTTPAddr,
 		"mqtt-addr": c.MQTTAddr, "mqtt-plain-addr": c.MQTTPlainAddr} {
@@ -207,6 +243,15 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// EtcdConfig is how a replica authenticates to etcd (Store etcds://...).
+type EtcdConfig struct {
+	CAFile   string // PEM roots for etcd's certificates
+	CertFile string // client certificate and key, when etcd asks for one
+	KeyFile  string
+	Username string // etcd's own authentication, when enabled
+	Password string `json:"-"`
 }
 
 // Server is a running provisiond.
@@ -232,6 +277,7 @@ type Server struct {
 	relay    *relay                 // the workflows' news, to the front ends
 	stop     chan struct{}
 
+	lock *os.File // the data directory's lock (LockFile)
 	once sync.Once
 	bg   sync.WaitGroup // background loops, waited for before the store closes
 }
@@ -252,7 +298,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			_ = s.Shutdown(context.Background())
 		}
 	}()
-	s.store, err = OpenInventory(ctx, filepath.Join(cfg.DataDir, InventoryFile), boltkv.Options{MaxBatchDelay: cfg.StoreBatchWait})
+	if s.lock, err = lockDataDir(cfg.DataDir, time.Second); err != nil {
+		return nil, err
+	}
+	s.store, err = OpenStore(ctx, cfg)
 	if errors.Is(err, boltkv.ErrLocked) {
 		return nil, fmt.Errorf("data directory %s is in use by another provisiond (its inventory is locked); stop it or use --data", cfg.DataDir)
 	}
@@ -279,6 +328,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.ca = ca
 	if created {
 		log.Info("created embedded CA", "dir", filepath.Join(cfg.DataDir, CADir), "root", ca.Root().Subject.CommonName)
+	}
+	if cfg.Store != "" {
+		// Replicas sharing an inventory must share its CA: one that was
+		// given another refuses to start rather than issue certificates
+		// the others do not trust.
+		fp := sha256.Sum256(ca.Root().Raw)
+		if err := s.store.BindCA(ctx, fp[:]); err != nil {
+			return nil, fmt.Errorf("store %s: %w (copy the ca/ directory and the passphrase from the first replica; see docs/cluster.md)", cfg.Store, err)
+		}
 	}
 	rootPath := filepath.Join(cfg.DataDir, RootFile)
 	if err := atomicfile.Write(rootPath, ca.RootPEM(), 0o644); err != nil {
@@ -484,7 +542,11 @@ func (s *Server) Backup(ctx context.Context, w io.Writer) error {
 		return fmt.Errorf("back up firmware: %w", err)
 	}
 	if err := s.store.Backup(ctx, func(size int64, write func(io.Writer) error) error {
-		if err := tw.WriteHeader(&tar.Header{Name: InventoryFile, Mode: 0o600, Size: size, ModTime: now}); err != nil {
+		name := InventoryFile
+		if s.cfg.Store != "" {
+			name = EtcdSnapshotFile
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: size, ModTime: now}); err != nil {
 			return err
 		}
 		return write(tw)
@@ -857,6 +919,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if s.store != nil {
 			errs = append(errs, s.store.Close())
+		}
+		if s.lock != nil {
+			errs = append(errs, s.lock.Close()) // closing releases the flock
 		}
 	})
 	return errors.Join(errs...)

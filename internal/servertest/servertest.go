@@ -7,6 +7,7 @@ package servertest
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -64,6 +66,8 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+var storeSeq atomic.Int64
+
 // Start runs provisiond until the test ends. mod may adjust the configuration.
 func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 	t.Helper()
@@ -74,6 +78,11 @@ func Start(t testing.TB, mod ...func(*server.Config)) *Env {
 	cfg.CAPassphrase = "test-passphrase-0123456789"
 	clock := &Clock{}
 	cfg.Clock = clock
+	if c := etcdtest.Shared(); c != nil {
+		// PROVISIOND_TEST_STORE=etcd: the inventory in a keyspace of its
+		// own on the package's etcd.
+		cfg.Store = fmt.Sprintf("%s/servertest-%d", c.URL(), storeSeq.Add(1))
+	}
 	for _, m := range mod {
 		m(&cfg)
 	}

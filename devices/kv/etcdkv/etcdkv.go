@@ -109,6 +109,7 @@ type DB struct {
 	leaseAt time.Time
 
 	closed atomic.Bool
+	owned  bool // Dial made the client: Close closes it
 	stats  struct{ commits, reruns, reads, txns, fenced atomic.Int64 }
 }
 
@@ -166,10 +167,13 @@ func (db *DB) Stats() Stats {
 	}
 }
 
-// Close marks the DB closed; the client stays open (its owner closes it).
+// Close marks the DB closed. A client given to New stays open (its owner
+// closes it); one Dial made is closed.
 func (db *DB) Close() error {
-	db.closed.Store(true)
-	return nil
+	if db.closed.Swap(true) || !db.owned {
+		return nil
+	}
+	return db.cli.Close()
 }
 
 // View runs fn on one snapshot of the keyspace.
