@@ -13,8 +13,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/provisiond/provisiond/devices"
-	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/devices/kv/boltkv"
+	"github.com/provisiond/provisiond/internal/etcdtest"
 )
 
 // indexFleet loads n devices with attributes drawn from small sets, so that

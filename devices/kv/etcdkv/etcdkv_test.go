@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/provisiond/provisiond/devices/kv"
 	"github.com/provisiond/provisiond/devices/kv/etcdkv"
