@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -32,7 +34,7 @@ var (
 	// Buckets lists every bucket the inventory uses, for engines that create
 	// them up front (boltkv.Options.Buckets).
 	Buckets = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
-		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked,
+		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked, bucketShared,
 		bucketHistory, bucketIndex, bucketJobs, bucketJobRows, bucketServerCerts, bucketRollouts, bucketLegacyAudit}
 )
 
@@ -495,4 +497,54 @@ func (s *Store) BindCA(ctx context.Context, fingerprint []byte) error {
 		}
 		return nil
 	})
+}
+
+// bucketShared holds what every replica of a cluster needs from a data
+// directory: the CA's certificates and encrypted keys, the firmware signing
+// key (encrypted). Name -> file content.
+var bucketShared = []byte("shared")
+
+// SharedFiles returns the stored files of names that exist.
+func (s *Store) SharedFiles(ctx context.Context, names []string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		clear(out)
+		for _, n := range names {
+			v, err := tx.Get(bucketShared, []byte(n))
+			if err != nil {
+				return err
+			}
+			if v != nil {
+				out[n] = v
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ShareFiles stores files, all or none: when any of them is stored already
+// (another replica was first) it stores nothing and returns false.
+func (s *Store) ShareFiles(ctx context.Context, files map[string][]byte, ev AuditEvent) (bool, error) {
+	stored := false
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		stored = false
+		names := make([]string, 0, len(files))
+		for n := range files {
+			v, err := tx.Get(bucketShared, []byte(n))
+			if err != nil || v != nil {
+				return err
+			}
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			if err := tx.Put(bucketShared, []byte(n), files[n]); err != nil {
+				return err
+			}
+		}
+		stored = true
+		return appendAudit(tx, ev.with("files", strings.Join(names, " ")))
+	})
+	return stored, err
 }

@@ -1,23 +1,25 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
-	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
 )
 
-// Two replicas on one etcd inventory: what one enrolls the other lists, and
-// a replica started with another CA refuses the inventory rather than issue
-// certificates the first does not trust.
+// Two replicas on one etcd inventory share its CA and firmware key through
+// the store; what one enrolls the other lists; a replica with a CA of its
+// own, the wrong passphrase or none is refused.
 func TestReplicasShareOneInventory(t *testing.T) {
 	cluster := etcdtest.Start(t, etcdtest.Options{NoFsync: true})
 	store := cluster.URL() + "/replicas"
@@ -28,10 +30,20 @@ func TestReplicasShareOneInventory(t *testing.T) {
 		t.Fatalf("through A: %+v", sum)
 	}
 
-	// B gets A's CA (its directory and the cluster's passphrase).
-	dirB := t.TempDir()
-	copyDir(t, filepath.Join(a.DataDir, server.CADir), filepath.Join(dirB, server.CADir))
-	b := servertest.Start(t, func(c *server.Config) { c.Store, c.DataDir = store, dirB })
+	// B starts on an empty data directory with the cluster's passphrase:
+	// it takes the CA and the firmware signing key from the store.
+	b := servertest.Start(t, func(c *server.Config) { c.Store = store })
+	if !bytes.Equal(b.Server.CA().Root().Raw, a.Server.CA().Root().Raw) ||
+		!bytes.Equal(b.Server.CA().Intermediate().Raw, a.Server.CA().Intermediate().Raw) {
+		t.Fatal("B has a CA of its own")
+	}
+	var fwA, fwB httpapi.FirmwareView
+	if err := a.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &fwA); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &fwB); err != nil || fwA.PublicKey != fwB.PublicKey {
+		t.Fatalf("firmware signing keys: A %s, B %s (%v)", fwA.PublicKey, fwB.PublicKey, err)
+	}
 	list, _, err := b.Server.Store().Devices(context.Background(), devices.Filter{State: devices.StateProvisioned})
 	if err != nil || len(list) != 2 {
 		t.Fatalf("B lists %d provisioned devices (%v), want the 2 enrolled through A", len(list), err)
@@ -51,32 +63,27 @@ func TestReplicasShareOneInventory(t *testing.T) {
 		seen[d.Lease.Addr.String()] = true
 	}
 
-	// C has a CA of its own: it must not start on this inventory.
+	// C's data directory has a CA of its own: C refuses to start rather
+	// than overwrite it or issue certificates the others do not trust.
 	cfg := a.Config
 	cfg.DataDir = t.TempDir()
+	if _, _, err := pki.Open(pki.Config{Dir: filepath.Join(cfg.DataDir, server.CADir), Passphrase: []byte(cfg.CAPassphrase),
+		DeviceLifetime: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = server.Start(context.Background(), cfg, servertest.Logger(t))
-	if !errors.Is(err, devices.ErrOtherCA) || !strings.Contains(err.Error(), "cluster.md") {
-		t.Fatalf("a replica with another CA: %v, want ErrOtherCA", err)
+	if err == nil || !strings.Contains(err.Error(), "differs from the cluster's") {
+		t.Fatalf("a replica with another CA: %v", err)
+	}
+	// D has the wrong passphrase: the cluster's keys do not open.
+	cfg.DataDir, cfg.CAPassphrase = t.TempDir(), "another-passphrase-0123456789"
+	if _, err = server.Start(context.Background(), cfg, servertest.Logger(t)); err == nil {
+		t.Fatal("a replica with the wrong passphrase started")
+	}
+	// E gives none: a replica may not make one up.
+	cfg.DataDir, cfg.CAPassphrase = t.TempDir(), ""
+	if _, err = server.Start(context.Background(), cfg, servertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "passphrase") {
+		t.Fatalf("a replica without a passphrase: %v", err)
 	}
 }
 
-func copyDir(t *testing.T, from, to string) {
-	t.Helper()
-	err := filepath.WalkDir(from, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(from, p)
-		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(to, rel), 0o700)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(to, rel), b, 0o600)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}

@@ -320,8 +320,22 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		}
 		tmpl = string(b)
 	}
-	ca, created, err := pki.Open(pki.Config{Dir: filepath.Join(cfg.DataDir, CADir), Passphrase: []byte(pass),
-		DeviceLifetime: cfg.CertLifetime, DeviceTemplate: tmpl})
+	caCfg := pki.Config{Dir: filepath.Join(cfg.DataDir, CADir), Passphrase: []byte(pass),
+		DeviceLifetime: cfg.CertLifetime, DeviceTemplate: tmpl}
+	if cfg.Store != "" {
+		// A cluster's CA and firmware key live in the store; the first
+		// replica puts its own there (or a new one), the others take them.
+		create := map[string]func() error{
+			CADir:       func() error { _, _, err := pki.Open(caCfg); return err },
+			FirmwareDir: func() error { _, err := firmware.Open(filepath.Join(cfg.DataDir, FirmwareDir), []byte(pass)); return err },
+		}
+		for _, d := range sharedDirs {
+			if err := s.shareFiles(ctx, d.dir, d.names, d.what, create[d.dir]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	ca, created, err := pki.Open(caCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -335,7 +349,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		// the others do not trust.
 		fp := sha256.Sum256(ca.Root().Raw)
 		if err := s.store.BindCA(ctx, fp[:]); err != nil {
-			return nil, fmt.Errorf("store %s: %w (copy the ca/ directory and the passphrase from the first replica; see docs/cluster.md)", cfg.Store, err)
+			return nil, fmt.Errorf("store %s: %w (see docs/cluster.md)", cfg.Store, err)
 		}
 	}
 	rootPath := filepath.Join(cfg.DataDir, RootFile)
@@ -738,6 +752,11 @@ func (s *Server) writeServerInfo() error {
 func (s *Server) passphrase() (string, error) {
 	if s.cfg.CAPassphrase != "" {
 		return s.cfg.CAPassphrase, nil
+	}
+	if s.cfg.Store != "" {
+		// The keys in the store are encrypted with it: every replica needs
+		// the same one, so none may make up its own.
+		return "", fmt.Errorf("store %s: give the cluster's CA passphrase (%s); every replica needs the same one", s.cfg.Store, PassphraseEnv)
 	}
 	path := filepath.Join(s.cfg.DataDir, PassphraseFile)
 	b, err := os.ReadFile(path)
