@@ -332,6 +332,33 @@ func (s *Store) PutToken(ctx context.Context, hash []byte, t Token, ev AuditEven
 	})
 }
 
+// PutTokenOnce stores t under hash unless a token named t.Name exists (the
+// cluster's bootstrap admin token, which the first replica makes); false
+// when one does.
+func (s *Store) PutTokenOnce(ctx context.Context, hash []byte, t Token, ev AuditEvent) (bool, error) {
+	stored := false
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		stored = false
+		named := false
+		if err := tx.Ascend(bucketTokens, nil, nil, func(_, v []byte) (bool, error) {
+			var x Token
+			if err := json.Unmarshal(v, &x); err != nil {
+				return false, fmt.Errorf("decode token: %w", err)
+			}
+			named = x.Name == t.Name
+			return !named, nil
+		}); err != nil || named {
+			return err
+		}
+		if err := putJSON(tx, bucketTokens, hash, t); err != nil {
+			return err
+		}
+		stored = true
+		return appendAudit(tx, ev)
+	})
+	return stored, err
+}
+
 // TokenByHash returns the token stored under hash.
 func (s *Store) TokenByHash(ctx context.Context, hash []byte) (Token, error) {
 	var t Token

@@ -22,6 +22,7 @@ import (
 // certificates of other services need.
 type TokenStore interface {
 	PutToken(ctx context.Context, hash []byte, t devices.Token, ev devices.AuditEvent) error
+	PutTokenOnce(ctx context.Context, hash []byte, t devices.Token, ev devices.AuditEvent) (bool, error)
 	TokenByHash(ctx context.Context, hash []byte) (devices.Token, error)
 	Tokens(ctx context.Context) ([]devices.Token, error)
 	DeleteToken(ctx context.Context, id string, ev devices.AuditEvent) error
@@ -80,6 +81,19 @@ func (x *Access) EnsureToken(ctx context.Context, a Actor, secret, name string, 
 		return t, err
 	}
 	return x.putToken(ctx, a, secret, name, role, nil)
+}
+
+// EnsureTokenOnce is EnsureToken for a token a cluster has one of (the
+// bootstrap admin token): when the secret is unknown and a token of that
+// name exists (another replica made it), it stores nothing and returns false.
+func (x *Access) EnsureTokenOnce(ctx context.Context, a Actor, secret, name string, role devices.Role) (bool, error) {
+	_, err := x.store.TokenByHash(ctx, HashTokenSecret(secret))
+	if err == nil || !errors.Is(err, devices.ErrNotFound) {
+		return false, err
+	}
+	t := devices.Token{ID: uuid.NewString()[:8], Name: name, Role: role, CreatedAt: time.Now().UTC(), CreatedBy: a.Name}
+	return x.store.PutTokenOnce(ctx, HashTokenSecret(secret), t,
+		a.event("token.create", t.ID, map[string]string{"role": string(role), "name": name}))
 }
 
 func (x *Access) putToken(ctx context.Context, a Actor, secret, name string, role devices.Role, sites []string) (devices.Token, error) {

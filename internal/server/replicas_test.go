@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -32,7 +33,29 @@ func TestReplicasShareOneInventory(t *testing.T) {
 
 	// B starts on an empty data directory with the cluster's passphrase:
 	// it takes the CA and the firmware signing key from the store.
-	b := servertest.Start(t, func(c *server.Config) { c.Store = store })
+	// Its first start mints no admin token of its own (the cluster has
+	// one); an operator copies the first replica's to use provctl --data.
+	dirB := t.TempDir()
+	cfgB := a.Config
+	cfgB.DataDir = dirB
+	first, err := server.Start(context.Background(), cfgB, servertest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dirB, server.AdminTokenFile)); !os.IsNotExist(err) {
+		t.Fatalf("the second replica wrote an admin token: %v", err)
+	}
+	tokens, err := a.Server.Store().Tokens(context.Background())
+	if err != nil || len(tokens) != 1 {
+		t.Fatalf("the cluster has %d tokens (%v), want the one bootstrap admin token", len(tokens), err)
+	}
+	if err := os.WriteFile(filepath.Join(dirB, server.AdminTokenFile), []byte(a.AdminToken()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := servertest.Start(t, func(c *server.Config) { c.Store, c.DataDir = store, dirB })
 	if !bytes.Equal(b.Server.CA().Root().Raw, a.Server.CA().Root().Raw) ||
 		!bytes.Equal(b.Server.CA().Intermediate().Raw, a.Server.CA().Intermediate().Raw) {
 		t.Fatal("B has a CA of its own")

@@ -780,10 +780,12 @@ func (s *Server) passphrase() (string, error) {
 	return pass, nil
 }
 
-// adminToken makes sure data/admin.token exists and is a valid admin token.
+// bootstrapAdminName names the admin token the first start mints.
+const bootstrapAdminName = "admin (bootstrap)"
+
 // adminToken makes sure the data directory holds an admin token the
-// inventory knows: the first start mints one (a cluster's first replica
-// will, issue 13), later starts find theirs.
+// inventory knows: the first start mints one (in a cluster, the first
+// replica's first start), later starts find theirs.
 func (s *Server) adminToken(ctx context.Context, access *enroll.Access) error {
 	path := filepath.Join(s.cfg.DataDir, AdminTokenFile)
 	b, err := os.ReadFile(path)
@@ -796,7 +798,21 @@ func (s *Server) adminToken(ctx context.Context, access *enroll.Access) error {
 	default:
 		return fmt.Errorf("read admin token: %w", err)
 	}
-	if _, err := access.EnsureToken(ctx, enroll.Actor{Name: "system"}, secret, "admin (bootstrap)", devices.RoleAdmin); err != nil {
+	if s.cfg.Store != "" && err != nil {
+		// A cluster has one bootstrap admin token, made by the replica
+		// that starts first; the others do not mint one of their own.
+		created, err := access.EnsureTokenOnce(ctx, enroll.Actor{Name: "system"}, secret, bootstrapAdminName, devices.RoleAdmin)
+		if err != nil {
+			return err
+		}
+		if !created {
+			s.log.Info("the cluster's bootstrap admin token was made by another replica; copy its "+AdminTokenFile+
+				" here for provctl --data, or create tokens with provctl token create", "dir", s.cfg.DataDir)
+			return nil
+		}
+		return atomicfile.Write(path, []byte(secret+"\n"), 0o600)
+	}
+	if _, err := access.EnsureToken(ctx, enroll.Actor{Name: "system"}, secret, bootstrapAdminName, devices.RoleAdmin); err != nil {
 		return err
 	}
 	return atomicfile.Write(path, []byte(secret+"\n"), 0o600)
