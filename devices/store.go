@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,7 +35,7 @@ var (
 	// Buckets lists every bucket the inventory uses, for engines that create
 	// them up front (boltkv.Options.Buckets).
 	Buckets = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
-		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked, bucketShared,
+		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked, bucketShared, bucketCRL,
 		bucketHistory, bucketIndex, bucketJobs, bucketJobRows, bucketServerCerts, bucketRollouts, bucketLegacyAudit}
 )
 
@@ -574,4 +575,61 @@ func (s *Store) ShareFiles(ctx context.Context, files map[string][]byte, ev Audi
 		return appendAudit(tx, ev.with("files", strings.Join(names, " ")))
 	})
 	return stored, err
+}
+
+var (
+	bucketCRL = []byte("crl")     // the cluster's current CRL, and its number sequence
+	keyCRL    = []byte("current") // 8-byte number, then the DER list
+	keyCRLSeq = []byte("last")    // the last number reserved
+)
+
+// NextCRLNumber reserves a CRL number no CRL of this inventory had before:
+// at least floor (the single-node server numbers CRLs by time, so a
+// cluster does too) and above every number reserved so far, by any replica.
+func (s *Store) NextCRLNumber(ctx context.Context, floor uint64) (uint64, error) {
+	var n uint64
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		v, err := tx.Get(bucketCRL, keyCRLSeq)
+		if err != nil {
+			return err
+		}
+		n = floor
+		if len(v) == 8 {
+			n = max(n, binary.BigEndian.Uint64(v)+1)
+		}
+		return tx.Put(bucketCRL, keyCRLSeq, binary.BigEndian.AppendUint64(nil, n))
+	})
+	return n, err
+}
+
+// PutCRL stores a signed CRL as the current one unless a CRL with a higher
+// number is stored already; false then.
+func (s *Store) PutCRL(ctx context.Context, number uint64, der []byte) (bool, error) {
+	stored := false
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		stored = false
+		v, err := tx.Get(bucketCRL, keyCRL)
+		if err != nil {
+			return err
+		}
+		if len(v) >= 8 && binary.BigEndian.Uint64(v) >= number {
+			return nil
+		}
+		stored = true
+		return tx.Put(bucketCRL, keyCRL, append(binary.BigEndian.AppendUint64(nil, number), der...))
+	})
+	return stored, err
+}
+
+// CRL returns the stored CRL and its number; 0 and nil when there is none.
+func (s *Store) CRL(ctx context.Context) (uint64, []byte, error) {
+	var v []byte
+	err := s.db.View(ctx, func(tx kv.Tx) (err error) {
+		v, err = tx.Get(bucketCRL, keyCRL)
+		return err
+	})
+	if err != nil || len(v) < 8 {
+		return 0, nil, err
+	}
+	return binary.BigEndian.Uint64(v), v[8:], nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -292,5 +293,48 @@ func TestOpenIsExclusive(t *testing.T) {
 	}
 	if err := s.Check(context.Background()); err != nil {
 		t.Error(err)
+	}
+}
+
+// CRL numbers are one increasing sequence whoever reserves them, and a
+// stored CRL is never replaced by one with a lower number.
+func TestCRLNumbersAndStoredCRL(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	for range 8 {
+		wg.Go(func() {
+			for range 10 {
+				n, err := s.NextCRLNumber(ctx, 1000)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if seen[n] || n < 1000 {
+					t.Errorf("CRL number %d reserved twice or below the floor", n)
+				}
+				seen[n] = true
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if n, _ := s.NextCRLNumber(ctx, 0); n != 1080 {
+		t.Fatalf("after 80 numbers from 1000 the next is %d, want 1080", n)
+	}
+	if n, _ := s.NextCRLNumber(ctx, 5000); n != 5000 {
+		t.Fatalf("a higher floor: %d, want 5000", n)
+	}
+	if ok, err := s.PutCRL(ctx, 7, []byte("seven")); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if ok, err := s.PutCRL(ctx, 6, []byte("six")); ok || err != nil {
+		t.Fatalf("an older CRL replaced a newer one: %v %v", ok, err)
+	}
+	if n, der, err := s.CRL(ctx); n != 7 || string(der) != "seven" || err != nil {
+		t.Fatalf("stored CRL %d %q %v", n, der, err)
 	}
 }

@@ -135,13 +135,18 @@ func (f *Fleet) runJob(ctx context.Context, id string) (devices.Job, []devices.D
 }
 
 // ResumeJobs finishes the jobs a stop or a crash interrupted, oldest first.
-func (f *Fleet) ResumeJobs(ctx context.Context) error {
+// With staleAfter > 0 (a cluster, whose other replicas run jobs too) it
+// takes only jobs that made no progress for that long: their replica died.
+func (f *Fleet) ResumeJobs(ctx context.Context, staleAfter time.Duration) error {
 	jobs, err := f.reg.Jobs(ctx)
 	if err != nil {
 		return err
 	}
 	slices.Reverse(jobs) // running ones came first, newest first
 	for _, j := range jobs {
+		if staleAfter > 0 && time.Since(j.UpdatedAt) < staleAfter {
+			continue // perhaps another replica's, still at work
+		}
 		if j.State == devices.JobStaging {
 			// An import whose rows were still being written: its caller
 			// got an error and imports again.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/provisiond/provisiond/internal/atomicfile"
 
@@ -680,5 +681,42 @@ func (e *env) configure(args []string, stderr io.Writer) error {
 	}
 	return e.print(res, func(w io.Writer) {
 		fmt.Fprintf(w, "%d devices changed; new config pushed to %d enrolled devices\n", res.Changed, res.Pushed)
+	})
+}
+
+// clusterStatus shows the cluster: provctl cluster status.
+func (e *env) clusterStatus(args []string) error {
+	if len(args) > 0 {
+		return errors.New("cluster status: takes no arguments")
+	}
+	var st httpapi.ClusterStatus
+	if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/cluster", nil, &st); err != nil {
+		return err
+	}
+	return e.print(st, func(w io.Writer) {
+		fmt.Fprintf(w, "replicas: %d (answered by %s)\n", len(st.Replicas), st.Self)
+		for _, r := range st.Replicas {
+			role := ""
+			if r.ID == st.Leader {
+				role = "  leader"
+			}
+			fmt.Fprintf(w, "  %s  %-20s %s  %s  up since %s%s\n", r.ID, r.Host, r.API, r.Version, r.Started.Format(time.RFC3339), role)
+		}
+		if st.Leader == "" {
+			fmt.Fprintln(w, "  no replica is elected (cluster-wide work waits)")
+		}
+		fmt.Fprintf(w, "etcd: %d members, inventory %d keys\n", len(st.Etcd), st.Keys)
+		for _, m := range st.Etcd {
+			health := "healthy"
+			if !m.Healthy {
+				health = "UNHEALTHY: " + m.Error
+			}
+			lead := ""
+			if m.Leader {
+				lead = "  leader"
+			}
+			fmt.Fprintf(w, "  %-10s %s  %s  db %.1f MiB (%.1f MiB in use)  %s%s\n", m.Name, m.Endpoint, m.Version,
+				float64(m.DBSize)/(1<<20), float64(m.DBSizeInUse)/(1<<20), health, lead)
+		}
 	})
 }

@@ -25,6 +25,7 @@ var commands = map[string][]string{
 	"firmware":   {"add", "list", "rollout", "pause", "resume", "abort", "pin"},
 	"token":      {"create", "list", "revoke"},
 	"info":       nil,
+	"cluster":    {"status"},
 	"completion": {"bash", "zsh", "fish"},
 }
 

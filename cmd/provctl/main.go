@@ -60,6 +60,7 @@ commands:
   firmware pause|resume|abort --model M [--site S] | firmware pin SERIAL|ID --version V
   token create NAME --role admin|operator|installer|viewer [--sites S,S] | token list | token revoke ID
   info
+  cluster status                     replicas sharing the inventory in etcd, the elected one, etcd health and size
   completion bash|zsh|fish           a shell completion script: source <(provctl completion bash)
 
 global flags:
@@ -137,6 +138,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.reopen(rest, stderr)
 	case cmd == "jobs":
 		return e.jobs(rest, stderr)
+	case cmd == "cluster" && sub == "status":
+		return e.clusterStatus(rest[1:])
 	case cmd == "token" && sub != "":
 		return e.token(sub, rest[1:], stderr)
 	case cmd == "firmware" && sub != "":

@@ -7,6 +7,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/cluster"
 )
 
 // relay carries the workflows' news to the front ends. The workflows are
@@ -31,23 +32,40 @@ func (r *relay) ConfigChanged(id uuid.UUID, cfg enroll.DeviceConfig) {
 	}
 }
 
-// Reconfigured renders the devices' new configs and pushes them.
-func (r *relay) Reconfigured(ctx context.Context, ids []uuid.UUID) { r.svc.PushConfig(ctx, ids) }
+// Reconfigured renders the devices' new configs and pushes them, here and
+// (through the cluster) on every other replica.
+func (r *relay) Reconfigured(ctx context.Context, ids []uuid.UUID) {
+	r.svc.PushConfig(ctx, ids)
+	r.s.publish(cluster.Reconfigured, ids)
+}
 
-// Revoked cuts the devices' live sessions at once and marks the CRL due:
+// Revoked cuts the devices' live sessions at once, here and (through the
+// cluster) on every other replica, and marks the CRL due:
 // the CRL loop reissues it at most every 200 ms while a long job runs, and
 // JobDone reissues it when the job ends (not once per chunk).
 func (r *relay) Revoked(_ context.Context, revoked []devices.Device) {
 	s := r.s
 	s.metrics.Revoked(len(revoked))
 	r.crlDue()
-	for _, d := range revoked {
-		s.coap.CutDevice(d.ID)
+	ids := make([]uuid.UUID, len(revoked))
+	for i, d := range revoked {
+		ids[i] = d.ID
+	}
+	r.cut(ids)
+	s.publish(cluster.Revoked, ids)
+}
+
+// cut ends the devices' sessions held here (DTLS, MQTT) and clears their
+// retained configs.
+func (r *relay) cut(ids []uuid.UUID) {
+	s := r.s
+	for _, id := range ids {
+		s.coap.CutDevice(id)
 		switch {
 		case s.broker != nil:
-			s.broker.CutDevice(d.ID)
+			s.broker.CutDevice(id)
 		case s.remote != nil:
-			s.remote.CutDevice(d.ID)
+			s.remote.CutDevice(id)
 		}
 	}
 }

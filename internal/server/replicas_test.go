@@ -109,4 +109,3 @@ func TestReplicasShareOneInventory(t *testing.T) {
 		t.Fatalf("a replica without a passphrase: %v", err)
 	}
 }
-

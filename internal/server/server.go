@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/provisiond/provisiond/internal/atomicfile"
+	"github.com/provisiond/provisiond/internal/cluster"
 
 	"github.com/google/uuid"
 
@@ -119,20 +120,27 @@ type Config struct {
 // OpenStore opens the inventory cfg names: the bbolt file in the data
 // directory, or the etcd cluster of cfg.Store.
 func OpenStore(ctx context.Context, cfg Config) (*devices.Store, error) {
+	st, _, err := openStore(ctx, cfg)
+	return st, err
+}
+
+// openStore is OpenStore that also returns the etcd engine (nil on bbolt).
+func openStore(ctx context.Context, cfg Config) (*devices.Store, *etcdkv.DB, error) {
 	if cfg.Store == "" {
-		return OpenInventory(ctx, filepath.Join(cfg.DataDir, InventoryFile), boltkv.Options{MaxBatchDelay: cfg.StoreBatchWait})
+		st, err := OpenInventory(ctx, filepath.Join(cfg.DataDir, InventoryFile), boltkv.Options{MaxBatchDelay: cfg.StoreBatchWait})
+		return st, nil, err
 	}
 	db, err := etcdkv.Dial(ctx, cfg.Store, etcdkv.DialConfig{CAFile: cfg.Etcd.CAFile, CertFile: cfg.Etcd.CertFile,
 		KeyFile: cfg.Etcd.KeyFile, Username: cfg.Etcd.Username, Password: cfg.Etcd.Password})
 	if err != nil {
-		return nil, fmt.Errorf("store: %w", err)
+		return nil, nil, fmt.Errorf("store: %w", err)
 	}
 	st, err := devices.New(ctx, db)
 	if err != nil {
 		_ = db.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return st, nil
+	return st, db, nil
 }
 
 // OpenInventory opens the inventory in the bbolt file at path (the
@@ -277,7 +285,9 @@ type Server struct {
 	relay    *relay                 // the workflows' news, to the front ends
 	stop     chan struct{}
 
-	lock *os.File // the data directory's lock (LockFile)
+	lock *os.File      // the data directory's lock (LockFile)
+	etcd *etcdkv.DB    // the inventory's etcd engine; nil on bbolt
+	node *cluster.Node // this replica's membership; nil alone
 	once sync.Once
 	bg   sync.WaitGroup // background loops, waited for before the store closes
 }
@@ -301,7 +311,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.lock, err = lockDataDir(cfg.DataDir, time.Second); err != nil {
 		return nil, err
 	}
-	s.store, err = OpenStore(ctx, cfg)
+	s.store, s.etcd, err = openStore(ctx, cfg)
 	if errors.Is(err, boltkv.ErrLocked) {
 		return nil, fmt.Errorf("data directory %s is in use by another provisiond (its inventory is locked); stop it or use --data", cfg.DataDir)
 	}
@@ -326,8 +336,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		// A cluster's CA and firmware key live in the store; the first
 		// replica puts its own there (or a new one), the others take them.
 		create := map[string]func() error{
-			CADir:       func() error { _, _, err := pki.Open(caCfg); return err },
-			FirmwareDir: func() error { _, err := firmware.Open(filepath.Join(cfg.DataDir, FirmwareDir), []byte(pass)); return err },
+			CADir: func() error { _, _, err := pki.Open(caCfg); return err },
+			FirmwareDir: func() error {
+				_, err := firmware.Open(filepath.Join(cfg.DataDir, FirmwareDir), []byte(pass))
+				return err
+			},
 		}
 		for _, d := range sharedDirs {
 			if err := s.shareFiles(ctx, d.dir, d.names, d.what, create[d.dir]); err != nil {
@@ -392,7 +405,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Notify: s.relay, Superseded: s.relay.crlDue}, log)
 	s.relay.svc = svc
 	fleet := enroll.NewFleet(cfg.Fleet, s.store, sealer, s.relay, log)
-	if err := s.refreshCRL(ctx); err != nil {
+	if s.clustered() {
+		// The cluster's current CRL, or a first one.
+		err = s.loadCRL(ctx)
+		if err == nil && s.crl.Load() == nil {
+			err = s.refreshCRL(ctx)
+		}
+	} else {
+		err = s.refreshCRL(ctx)
+	}
+	if err != nil {
 		return nil, err
 	}
 	s.bg.Go(s.crlLoop)
@@ -435,7 +457,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 
 	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleet, Access: access, Revocation: s, Info: s.info,
-		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Pages: web.Handler(),
+		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Cluster: s.clusterAPI(), Pages: web.Handler(),
 		Firmware: &httpapi.Firmware{Catalogue: fwCat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
 		Routes:   cfg.Routes}, log)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
@@ -475,17 +497,25 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	log.Info("provisiond ready",
 		"data", cfg.DataDir, "root_ca", rootPath, "admin_token", filepath.Join(cfg.DataDir, AdminTokenFile),
 		"https", "https://"+s.HTTPAddr().String(), "endpoints", strings.Join(s.info().Endpoints, " "))
-	// Bulk jobs a stop or a crash interrupted go on where they stopped.
-	jobsCtx, cancelJobs := context.WithCancel(context.Background())
-	s.bg.Go(func() {
-		<-s.stop
-		cancelJobs()
-	})
-	s.bg.Go(func() {
-		if err := fleet.ResumeJobs(jobsCtx); err != nil && jobsCtx.Err() == nil {
-			log.Error("resume jobs", "err", err)
+	if s.clustered() {
+		// Other replicas' changes reach the sessions held here; the
+		// elected replica resumes the jobs of replicas that died.
+		if err := s.joinCluster(ctx, svc, fleet); err != nil {
+			return nil, err
 		}
-	})
+	} else {
+		// Bulk jobs a stop or a crash interrupted go on where they stopped.
+		jobsCtx, cancelJobs := context.WithCancel(context.Background())
+		s.bg.Go(func() {
+			<-s.stop
+			cancelJobs()
+		})
+		s.bg.Go(func() {
+			if err := fleet.ResumeJobs(jobsCtx, 0); err != nil && jobsCtx.Err() == nil {
+				log.Error("resume jobs", "err", err)
+			}
+		})
+	}
 	if s.broker != nil {
 		s.forwardErrors(s.coap.Err(), s.broker.Err())
 	} else {
@@ -574,6 +604,17 @@ func (s *Server) Backup(ctx context.Context, w io.Writer) error {
 func (s *Server) refreshCRL(ctx context.Context) error {
 	s.crlMu.Lock()
 	defer s.crlMu.Unlock()
+	now := time.Now()
+	number := uint64(now.UnixNano())
+	if s.clustered() {
+		// One sequence for the cluster, reserved before the list is read:
+		// a CRL read later never carries a lower number.
+		n, err := s.store.NextCRLNumber(ctx, number)
+		if err != nil {
+			return err
+		}
+		number = n
+	}
 	list, err := s.store.RevokedCerts(ctx)
 	if err != nil {
 		return err
@@ -586,10 +627,19 @@ func (s *Server) refreshCRL(ctx context.Context) error {
 		}
 		entries = append(entries, pki.Revoked{Serial: n, RevokedAt: r.RevokedAt})
 	}
-	now := time.Now()
-	der, err := s.ca.CRL(entries, now.UnixNano(), now)
+	der, err := s.ca.CRL(entries, int64(number), now)
 	if err != nil {
 		return err
+	}
+	if s.clustered() {
+		stored, err := s.store.PutCRL(ctx, number, der)
+		if err != nil {
+			return err
+		}
+		if !stored { // another replica's is newer
+			return s.loadCRL(ctx)
+		}
+		s.publish(cluster.CRL, nil)
 	}
 	s.crl.Store(&der)
 	return nil
@@ -615,7 +665,13 @@ func (s *Server) crlLoop() {
 				s.log.Error("regenerate CRL", "err", err)
 			}
 		case <-t.C:
-			if err := s.refreshCRL(context.Background()); err != nil {
+			// In a cluster the elected replica reissues it; the others
+			// reload what it stored (the event may have been missed).
+			refresh := s.refreshCRL
+			if !s.leading() {
+				refresh = s.loadCRL
+			}
+			if err := refresh(context.Background()); err != nil {
 				s.log.Error("regenerate CRL", "err", err)
 			}
 		}
@@ -931,6 +987,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
 	s.once.Do(func() {
 		close(s.stop)
+		if s.node != nil {
+			// Leave at once: another replica takes the cluster-wide work
+			// now, not when this one's session would have expired.
+			errs = append(errs, s.node.Close())
+		}
 		if s.http != nil {
 			errs = append(errs, s.http.Shutdown(ctx))
 		} else if s.httpLn != nil {
@@ -1044,3 +1105,11 @@ func (f *firmwareSource) Target(ctx context.Context, d devices.Device) (*enroll.
 }
 
 func (f *firmwareSource) PublicKeyPEM() []byte { return f.cat.PublicKeyPEM() }
+
+// clusterAPI is GET /api/v1/cluster's source: nil (404) alone.
+func (s *Server) clusterAPI() func(context.Context) (httpapi.ClusterStatus, error) {
+	if !s.clustered() {
+		return nil
+	}
+	return s.clusterStatus
+}

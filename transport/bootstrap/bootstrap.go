@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/provisiond/provisiond/devices/kv"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/transport/wire"
 )
@@ -54,8 +55,14 @@ const (
 	CodeUnsupportedFormat  = "unsupported_format"
 	CodeUnknownDevice      = "unknown_device"
 	CodeOverloaded         = "overloaded"
+	CodeUnavailable        = "unavailable"
 	CodeInternal           = "internal"
 )
+
+// StoreRetry is the retry hint when the inventory's store is unavailable:
+// long enough for etcd to elect a leader or an operator to restore quorum,
+// short enough not to strand a device.
+const StoreRetry = 15 * time.Second
 
 // Code is the CoAP response code of a status, in dotted form ("4.01"). MQTT
 // replies carry it too, so both transports speak the same codes.
@@ -278,6 +285,11 @@ func (h *Handler) Error(f wire.Format, err error) Answer {
 		return h.errorAnswer(f, Unavailable, CodeOverloaded, "too many enrollments in progress; retry after the hint", retry)
 	case errors.Is(err, enroll.ErrUnknownDevice):
 		return h.errorAnswer(f, NotFound, CodeUnknownDevice, "unknown device", 0)
+	case errors.Is(err, kv.ErrUnavailable):
+		// The inventory's store (etcd without quorum) did not answer in
+		// time; nothing was written (or a lost commit was settled).
+		h.Log.Warn("bootstrap request: store unavailable", "transport", h.Transport, "err", err)
+		return h.errorAnswer(f, Unavailable, CodeUnavailable, "the inventory is unavailable; retry after the hint", StoreRetry)
 	}
 	h.Log.Error("bootstrap request failed", "transport", h.Transport, "err", err)
 	return h.errorAnswer(f, Internal, CodeInternal, "internal error", 0)

@@ -184,6 +184,17 @@ func (s *Server) Sessions() int {
 	return n
 }
 
+// DeviceIDs lists the devices that hold a mutual-DTLS session here now.
+func (s *Server) DeviceIDs() []uuid.UUID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]uuid.UUID, 0, len(s.sessions))
+	for id := range s.sessions {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // Handshakes reports the DTLS handshake gate.
 func (s *Server) Handshakes() handshake.Stats { return s.gate.Stats() }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/devices/kv"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/firmware"
 )
@@ -75,7 +76,10 @@ type Config struct {
 	Metrics http.Handler                           // GET /metrics; nil: 404
 	Ready   func(context.Context) error            // GET /readyz; nil: always ready
 	Backup  func(context.Context, io.Writer) error // GET /api/v1/backup; nil: 404
-	Pages   http.Handler                           // the web pages (installer, console) served beside the API
+	// Cluster reports the replicas sharing the inventory (GET
+	// /api/v1/cluster); nil: 404, the inventory is this server's own.
+	Cluster func(context.Context) (ClusterStatus, error)
+	Pages   http.Handler // the web pages (installer, console) served beside the API
 	// Firmware enables the firmware routes (nil: they answer 404).
 	Firmware *Firmware
 	// Routes are mounted from outside (another front end, such as EST):
@@ -107,6 +111,7 @@ type API struct {
 	metrics    http.Handler
 	ready      func(context.Context) error
 	backup     func(context.Context, io.Writer) error
+	cluster    func(context.Context) (ClusterStatus, error)
 	info       func() Info
 	log        *slog.Logger
 	mux        *http.ServeMux
@@ -121,7 +126,7 @@ const MaxBodyBytes = 32 << 20
 // New returns the API handler.
 func New(cfg Config, log *slog.Logger) *API {
 	a := &API{inv: cfg.Inventory, fleet: cfg.Fleet, access: cfg.Access, revocation: cfg.Revocation, info: cfg.Info,
-		metrics: cfg.Metrics, ready: cfg.Ready, backup: cfg.Backup, web: cfg.Pages, mounted: cfg.Routes,
+		metrics: cfg.Metrics, ready: cfg.Ready, backup: cfg.Backup, cluster: cfg.Cluster, web: cfg.Pages, mounted: cfg.Routes,
 		log: log, mux: http.NewServeMux()}
 	if f := cfg.Firmware; f != nil {
 		a.fw = &firmwareDeps{cat: f.Catalogue, targets: f.Targets, authorize: f.Authorize}
@@ -226,6 +231,7 @@ func (a *API) ownRoutes() []route {
 		{"GET /readyz", "", false, a.readyz},
 		{"GET /metrics", devices.RoleViewer, global, a.getMetrics},
 		{"GET /api/v1/backup", devices.RoleAdmin, global, a.getBackup},
+		{"GET /api/v1/cluster", devices.RoleViewer, global, a.getCluster},
 		{"GET /api/v1/ca", "", false, a.getCA},
 		{"GET /api/v1/crl", "", false, a.getCRL},
 		{"POST /ocsp", "", false, a.ocsp},
@@ -371,6 +377,9 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusConflict, "in_use", err.Error())
 	case errors.Is(err, devices.ErrSiteInUse):
 		writeError(w, http.StatusConflict, "in_use", err.Error())
+	case errors.Is(err, kv.ErrUnavailable):
+		w.Header().Set("Retry-After", "15")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "the inventory's store is unavailable; retry later")
 	default:
 		a.log.Error("api request failed", "err", err)
 		writeError(w, http.StatusInternalServerError, "internal", "internal error")

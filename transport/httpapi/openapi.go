@@ -49,6 +49,7 @@ var docs = map[string]routeDoc{
 	"GET /readyz":                          {"Readiness: the store answers, the external broker is connected", nil, status{}, 200},
 	"GET /metrics":                         {"Prometheus metrics (text format)", nil, nil, 200},
 	"GET /api/v1/backup":                   {"Online backup: tar of an inventory snapshot and the CA directory", nil, nil, 200},
+	"GET /api/v1/cluster":                  {"The replicas sharing the inventory in etcd, the elected one, etcd's members (404 on a single node)", nil, ClusterStatus{}, 200},
 	"GET /api/v1/ca":                       {"Root CA certificate (PEM)", nil, nil, 200},
 	"GET /api/v1/crl":                      {"Certificate revocation list (DER)", nil, nil, 200},
 	"POST /ocsp":                           {"OCSP responder (RFC 6960), DER request body", nil, nil, 200},

@@ -24,6 +24,19 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
 	writeJSON(w, 200, map[string]string{"status": "ready"})
 }
 
+func (a *API) getCluster(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
+	if a.cluster == nil {
+		writeError(w, http.StatusNotFound, "not_clustered", "this server's inventory is its own bbolt file, not a cluster's (see docs/cluster.md)")
+		return
+	}
+	st, err := a.cluster(r.Context())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
 func (a *API) getBackup(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
 	if a.backup == nil {
 		writeError(w, http.StatusNotFound, "not_found", "backup is not enabled")

@@ -198,6 +198,19 @@ func (b *Broker) CutDevice(id uuid.UUID) {
 	}
 }
 
+// DeviceIDs lists the devices connected to this broker now.
+func (b *Broker) DeviceIDs() []uuid.UUID {
+	b.access.mu.Lock()
+	defer b.access.mu.Unlock()
+	ids := make([]uuid.UUID, 0, len(b.access.live))
+	for id, cls := range b.access.live {
+		if len(cls) > 0 {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // Sessions counts connected devices (clients with a certificate).
 func (b *Broker) Sessions() int {
 	n := 0

@@ -1,0 +1,159 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/cluster"
+	"github.com/provisiond/provisiond/transport/httpapi"
+)
+
+// Cluster-wide work and its pace.
+const (
+	// jobSweepEvery is how often the leader looks for jobs whose replica
+	// died; jobStaleAfter is how long a job must have made no progress.
+	jobSweepEvery = time.Minute
+	jobStaleAfter = 5 * time.Minute
+)
+
+// clustered reports whether the inventory is shared with other replicas.
+func (s *Server) clustered() bool { return s.etcd != nil }
+
+// leading reports whether this server does the cluster-wide periodic work:
+// always on its own, when elected in a cluster.
+func (s *Server) leading() bool { return s.node == nil || s.node.Leading() }
+
+// joinCluster registers this replica, starts applying the others' events
+// and campaigns for the cluster-wide work.
+func (s *Server) joinCluster(ctx context.Context, svc *enroll.Service, fleet *enroll.Fleet) error {
+	host, _ := os.Hostname()
+	node, err := cluster.Join(ctx, cluster.Config{
+		Client: s.etcd.Client(),
+		Prefix: s.etcd.Prefix(),
+		Self: cluster.Replica{ID: uuid.NewString(), Host: host, Version: Version, Started: time.Now().UTC(),
+			API: "https://" + net.JoinHostPort(s.cfg.AdvertiseHost, port(s.httpLn.Addr()))},
+		Apply:  func(ctx context.Context, ev cluster.Event) { s.applyEvent(ctx, svc, ev) },
+		Resync: func(ctx context.Context) { s.resyncSessions(ctx, svc) },
+		Log:    s.log.With("component", "cluster"),
+	})
+	if err != nil {
+		return err
+	}
+	s.node = node
+	leadCtx, cancel := context.WithCancel(context.Background())
+	s.bg.Go(func() {
+		<-s.stop
+		cancel()
+	})
+	s.bg.Go(func() { node.Lead(leadCtx, func(ctx context.Context) { s.leaderWork(ctx, fleet) }) })
+	return nil
+}
+
+// leaderWork is what one replica of a cluster does while elected: reissue
+// the CRL (at once, then on crlLoop's schedule) and take over the jobs of
+// replicas that died.
+func (s *Server) leaderWork(ctx context.Context, fleet *enroll.Fleet) {
+	if err := s.refreshCRL(ctx); err != nil && ctx.Err() == nil {
+		s.log.Error("regenerate CRL", "err", err)
+	}
+	t := time.NewTicker(jobSweepEvery)
+	defer t.Stop()
+	for {
+		if err := fleet.ResumeJobs(ctx, jobStaleAfter); err != nil && ctx.Err() == nil {
+			s.log.Error("resume jobs", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// publish announces a change to the other replicas (no-op alone). It does
+// not hold up the caller: the change is committed and applied here already.
+func (s *Server) publish(kind string, ids []uuid.UUID) {
+	if s.node == nil {
+		return
+	}
+	ev := cluster.Event{Kind: kind, IDs: ids}
+	s.bg.Go(func() {
+		if err := s.node.Publish(context.Background(), ev); err != nil {
+			s.log.Error("announce to the cluster", "kind", kind, "devices", len(ids), "err", err)
+		}
+	})
+}
+
+// applyEvent applies another replica's change to the sessions held here.
+func (s *Server) applyEvent(ctx context.Context, svc *enroll.Service, ev cluster.Event) {
+	switch ev.Kind {
+	case cluster.Revoked:
+		s.relay.cut(ev.IDs)
+	case cluster.Reconfigured:
+		svc.PushConfig(ctx, ev.IDs)
+	case cluster.CRL:
+		if err := s.loadCRL(ctx); err != nil {
+			s.log.Error("load the cluster's CRL", "err", err)
+		}
+	default:
+		s.log.Warn("cluster event of an unknown kind", "kind", ev.Kind, "from", ev.Origin)
+	}
+}
+
+// resyncSessions brings every session held here up to the inventory after
+// events may have been missed: revoked devices are cut, the others get
+// their current config, and the CRL is reloaded.
+func (s *Server) resyncSessions(ctx context.Context, svc *enroll.Service) {
+	if err := s.loadCRL(ctx); err != nil {
+		s.log.Error("load the cluster's CRL", "err", err)
+	}
+	ids := s.coap.DeviceIDs()
+	if s.broker != nil {
+		ids = append(ids, s.broker.DeviceIDs()...)
+	}
+	var cut, push []uuid.UUID
+	for _, id := range ids {
+		_, err := svc.Config(ctx, id)
+		switch {
+		case errors.Is(err, enroll.ErrRevoked), errors.Is(err, enroll.ErrUnknownDevice):
+			cut = append(cut, id)
+		case err == nil:
+			push = append(push, id)
+		}
+	}
+	s.relay.cut(cut)
+	svc.PushConfig(ctx, push)
+}
+
+// loadCRL takes the cluster's current CRL from the store.
+func (s *Server) loadCRL(ctx context.Context) error {
+	_, der, err := s.store.CRL(ctx)
+	if err != nil || der == nil {
+		return err
+	}
+	s.crl.Store(&der)
+	return nil
+}
+
+// clusterStatus is GET /api/v1/cluster.
+func (s *Server) clusterStatus(ctx context.Context) (httpapi.ClusterStatus, error) {
+	st, err := s.node.Status(ctx)
+	if err != nil {
+		return httpapi.ClusterStatus{}, err
+	}
+	out := httpapi.ClusterStatus{Self: st.Self, Leader: st.Leader, Keys: st.Keys}
+	for _, r := range st.Replicas {
+		out.Replicas = append(out.Replicas, httpapi.ClusterReplica(r))
+	}
+	for _, m := range st.Etcd {
+		out.Etcd = append(out.Etcd, httpapi.EtcdMember{Name: m.Name, Endpoint: m.Endpoint, Healthy: m.Healthy, Leader: m.Leader,
+			Version: m.Version, DBSize: m.DBSize, DBSizeInUse: m.DBSizeInUse, Error: m.Error})
+	}
+	return out, nil
+}

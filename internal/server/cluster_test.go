@@ -1,0 +1,175 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/provisiond/provisiond/internal/etcdtest"
+	"github.com/provisiond/provisiond/internal/server"
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// startReplicas starts n provisiond replicas on one etcd inventory; the
+// first makes the cluster's CA and admin token, which the others are given
+// (the token file is copied, as an operator would).
+func startReplicas(t *testing.T, store string, n int) []*servertest.Env {
+	t.Helper()
+	first := servertest.Start(t, func(c *server.Config) { c.Store = store })
+	envs := []*servertest.Env{first}
+	for range n - 1 {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, server.AdminTokenFile), []byte(first.AdminToken()+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, servertest.Start(t, func(c *server.Config) { c.Store, c.DataDir = store, dir }))
+	}
+	return envs
+}
+
+// via points a device's flash bundle at one replica.
+func via(b wire.Bundle, env *servertest.Env) wire.Bundle {
+	b.Endpoints = slices.Clone(env.Info.Endpoints)
+	return b
+}
+
+func clusterStatus(t *testing.T, env *servertest.Env) httpapi.ClusterStatus {
+	t.Helper()
+	var st httpapi.ClusterStatus
+	if err := env.Client.Do(ctxT(t), "GET", "/api/v1/cluster", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// Three replicas on a three-member etcd: a site push and a revocation made
+// through A reach the sessions held by B and C (through etcd watch), every
+// replica serves the same CRL, one replica leads, and another takes over
+// when it stops.
+func TestClusterPropagatesChanges(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Options{Members: 3, NoFsync: true})
+	envs := startReplicas(t, etcd.URL()+"/propagation", 3)
+	a, b, c := envs[0], envs[1], envs[2]
+	a.Site("hq", "10.50.0.0/24")
+	bundles := a.Mint(3, "hq")
+
+	// d1 holds an MQTT session on B, d2 on C; d3 enrolls over CoAP on C.
+	d1, _ := simulator.NewDevice(via(bundles[0], b))
+	d2, _ := simulator.NewDevice(via(bundles[1], c))
+	d3, _ := simulator.NewDevice(via(bundles[2], c))
+	for _, d := range []*simulator.Device{d1, d2} {
+		if _, err := d.EnrollMQTT(ctxT(t), simulator.MQTTOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d3.Enroll(ctxT(t), simulator.EnrollOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s1, err := d1.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	s2, err := d2.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	for _, s := range []*simulator.Session{s1, s2} {
+		if cfg, err := s.Config(ctxT(t)); err != nil || cfg.ConfigVersion != 1 {
+			t.Fatalf("first config %+v, %v", cfg, err)
+		}
+	}
+
+	// The membership: three replicas, one leader among them, three
+	// healthy etcd members.
+	st := clusterStatus(t, b)
+	var ids []string
+	for _, r := range st.Replicas {
+		ids = append(ids, r.ID)
+	}
+	if len(st.Replicas) != 3 || !slices.Contains(ids, st.Leader) || len(st.Etcd) != 3 {
+		t.Fatalf("cluster status %+v", st)
+	}
+	for _, m := range st.Etcd {
+		if !m.Healthy || m.DBSize == 0 {
+			t.Fatalf("etcd member %+v", m)
+		}
+	}
+
+	// A site change through A reaches the devices online on B and C.
+	ssid := "Cluster-Wi-Fi"
+	start := time.Now()
+	if err := a.Client.Do(ctxT(t), "PATCH", "/api/v1/sites/hq", httpapi.SiteRequest{SSID: &ssid}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range map[string]*simulator.Session{"B": s1, "C": s2} {
+		cfg, err := s.Config(ctxT(t))
+		if err != nil || cfg.ConfigVersion != 2 || cfg.WiFi.SSID != ssid {
+			t.Fatalf("device on %s got %+v, %v; want version 2", name, cfg, err)
+		}
+	}
+	t.Logf("a site push through A reached sessions on B and C in %v", time.Since(start))
+
+	// A revocation through A cuts d1's session on B and no other.
+	start = time.Now()
+	var res httpapi.RevokeResponse
+	if err := a.Client.Do(ctxT(t), "POST", "/api/v1/revocations",
+		httpapi.RevokeRequest{Devices: []string{d1.Bundle.Serial}, Reason: "cluster test"}, &res); err != nil || res.Revoked != 1 {
+		t.Fatalf("revoke: %+v %v", res, err)
+	}
+	waitWithin(t, time.Second, func() bool { return !s1.Client().IsConnectionOpen() }, "d1's MQTT session on B cut")
+	t.Logf("d1's session on B was cut %v after the revocation request to A", time.Since(start))
+	if !s2.Client().IsConnectionOpen() {
+		t.Fatal("d2's session on C was cut too")
+	}
+	// Refused by every replica.
+	for name, env := range map[string]*servertest.Env{"A": a, "B": b, "C": c} {
+		again, _ := simulator.NewDevice(via(d1.Bundle, env))
+		again.Enrollment, again.Key, again.Chain = d1.Enrollment, d1.Key, d1.Chain
+		if _, err := again.ConnectMQTT(ctxT(t), simulator.MQTTOptions{}); err == nil {
+			t.Errorf("replica %s let the revoked device connect", name)
+		}
+	}
+
+	// One CRL for the cluster: the same list, with d1's certificate, on
+	// every replica.
+	leaf := d1.Chain[0]
+	waitFor(t, func() bool {
+		crl := a.Server.CRL()
+		if !bytes.Equal(crl, b.Server.CRL()) || !bytes.Equal(crl, c.Server.CRL()) {
+			return false
+		}
+		l, err := x509.ParseRevocationList(crl)
+		return err == nil && slices.ContainsFunc(l.RevokedCertificateEntries, func(e x509.RevocationListEntry) bool {
+			return e.SerialNumber.Cmp(leaf.SerialNumber) == 0
+		})
+	}, "one CRL with d1's certificate on every replica")
+
+	// The leader stops: another takes over.
+	var leader *servertest.Env
+	for _, env := range envs {
+		if clusterStatus(t, env).Self == st.Leader {
+			leader = env
+		}
+	}
+	if err := leader.Server.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	other := a
+	if leader == a {
+		other = b
+	}
+	waitFor(t, func() bool {
+		st2 := clusterStatus(t, other)
+		return st2.Leader != "" && st2.Leader != st.Leader && len(st2.Replicas) == 2
+	}, "another replica leads")
+}
