@@ -35,7 +35,7 @@ var (
 	// Buckets lists every bucket the inventory uses, for engines that create
 	// them up front (boltkv.Options.Buckets).
 	Buckets = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
-		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked, bucketShared, bucketCRL,
+		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked, bucketShared, bucketCRL, bucketThrottles,
 		bucketHistory, bucketIndex, bucketJobs, bucketJobRows, bucketServerCerts, bucketRollouts, bucketLegacyAudit}
 )
 
@@ -632,4 +632,80 @@ func (s *Store) CRL(ctx context.Context) (uint64, []byte, error) {
 		return 0, nil, err
 	}
 	return binary.BigEndian.Uint64(v), v[8:], nil
+}
+
+// bucketThrottles holds the claim and enrollment throttles of a cluster:
+// throttle key -> Throttle (enroll.ThrottleStore).
+var bucketThrottles = []byte("throttles")
+
+// Throttle returns a throttle key's state.
+func (s *Store) Throttle(ctx context.Context, key string) (Throttle, bool, error) {
+	var t Throttle
+	var ok bool
+	err := s.db.View(ctx, func(tx kv.Tx) (err error) {
+		ok, err = getJSON(tx, bucketThrottles, []byte(key), &t)
+		return err
+	})
+	return t, ok, err
+}
+
+// UpdateThrottle changes a throttle key's state (zero when absent) through
+// fn, deleting it when fn returns false.
+func (s *Store) UpdateThrottle(ctx context.Context, key string, fn func(t *Throttle) bool) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error {
+		var t Throttle
+		if _, err := getJSON(tx, bucketThrottles, []byte(key), &t); err != nil {
+			return err
+		}
+		if !fn(&t) {
+			return tx.Delete(bucketThrottles, []byte(key))
+		}
+		return putJSON(tx, bucketThrottles, []byte(key), t)
+	})
+}
+
+// SweepThrottles deletes throttle records neither blocked at now nor
+// failed within window (the elected replica's periodic work), a chunk of
+// writes per transaction; it returns how many it deleted.
+func (s *Store) SweepThrottles(ctx context.Context, now time.Time, window time.Duration) (int, error) {
+	n := 0
+	chunk := kv.PerTx(s.db, 1, 0, 1000)
+	var from []byte
+	for {
+		var dead [][]byte
+		more := false
+		err := s.db.Update(ctx, func(tx kv.Tx) error {
+			dead, more = dead[:0], false
+			err := tx.Ascend(bucketThrottles, nil, from, func(k, v []byte) (bool, error) {
+				var t Throttle
+				if err := json.Unmarshal(v, &t); err != nil || (now.Sub(t.Last) > window && !now.Before(t.Blocked)) {
+					dead = append(dead, bytes.Clone(k))
+				}
+				if len(dead) == chunk {
+					more = true
+					return false, nil
+				}
+				return true, nil
+			})
+			if err != nil {
+				return err
+			}
+			// Checked and deleted in one transaction: a key that failed
+			// again meanwhile is not lost.
+			for _, k := range dead {
+				if err := tx.Delete(bucketThrottles, k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return n, err
+		}
+		n += len(dead)
+		if !more {
+			return n, nil
+		}
+		from = append(dead[len(dead)-1], 0)
+	}
 }

@@ -338,3 +338,54 @@ func TestCRLNumbersAndStoredCRL(t *testing.T) {
 		t.Fatalf("stored CRL %d %q %v", n, der, err)
 	}
 }
+
+// Throttle records: read, updated and deleted through fn, and swept when
+// neither blocked nor recent (in chunks, checked in the transaction that
+// deletes them).
+func TestThrottleRecords(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	now := time.Now()
+	if _, ok, err := s.Throttle(ctx, "k"); ok || err != nil {
+		t.Fatalf("absent key: %v %v", ok, err)
+	}
+	for i := range 3 {
+		if err := s.UpdateThrottle(ctx, "k", func(x *devices.Throttle) bool { x.Fails++; x.Last = now; return true }); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok, _ := s.Throttle(ctx, "k"); !ok || got.Fails != i+1 {
+			t.Fatalf("after %d failures: %+v", i+1, got)
+		}
+	}
+	if err := s.UpdateThrottle(ctx, "k", func(*devices.Throttle) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.Throttle(ctx, "k"); ok {
+		t.Fatal("a cleared throttle is still there")
+	}
+	// 300 stale, 5 recent, 5 blocked.
+	set := func(key string, x devices.Throttle) {
+		if err := s.UpdateThrottle(ctx, key, func(t *devices.Throttle) bool { *t = x; return true }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 300 {
+		set(fmt.Sprintf("stale-%03d", i), devices.Throttle{Fails: 1, Last: now.Add(-time.Hour)})
+	}
+	for i := range 5 {
+		set(fmt.Sprintf("recent-%d", i), devices.Throttle{Fails: 1, Last: now.Add(-time.Minute)})
+		set(fmt.Sprintf("blocked-%d", i), devices.Throttle{Fails: 9, Last: now.Add(-time.Hour), Blocked: now.Add(time.Hour)})
+	}
+	n, err := s.SweepThrottles(ctx, now, 10*time.Minute)
+	if err != nil || n != 300 {
+		t.Fatalf("swept %d (%v), want the 300 stale records", n, err)
+	}
+	for _, k := range []string{"recent-0", "recent-4", "blocked-0", "blocked-4"} {
+		if _, ok, _ := s.Throttle(ctx, k); !ok {
+			t.Errorf("%s was swept", k)
+		}
+	}
+	if _, ok, _ := s.Throttle(ctx, "stale-150"); ok {
+		t.Error("stale-150 survived the sweep")
+	}
+}

@@ -280,3 +280,12 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	n |= 1<<(32-p.Bits()) - 1
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
+
+// Throttle is a key's failed attempts (a serial's claim tokens, a source
+// address, an installer's claim codes), kept in the inventory when replicas
+// share it.
+type Throttle struct {
+	Fails   int       `json:"fails"`
+	Last    time.Time `json:"last"`
+	Blocked time.Time `json:"blocked"` // blocked until
+}

@@ -312,14 +312,17 @@ type FleetConfig struct {
 	// transaction: 500 on bbolt, about 10 on an engine bounded at 128
 	// writes).
 	JobChunk int
+	// Throttles keeps the claim throttles where every replica sees them;
+	// nil: in this process. Not a setting.
+	Throttles ThrottleStore `json:"-"`
 }
 
 // NewFleet returns a Fleet over reg.
 // events may be nil (nobody hears of the changes).
 func NewFleet(cfg FleetConfig, reg Registry, secrets Secrets, events FleetEvents, log *slog.Logger) *Fleet {
 	return &Fleet{cfg: cfg, reg: reg, secrets: secrets, events: events, log: log,
-		claimsBySerial: newThrottle(5, 10*time.Minute, 30*time.Second, time.Hour),
-		claimsByActor:  newThrottle(20, 10*time.Minute, 30*time.Second, time.Hour)}
+		claimsBySerial: newThrottle("claim-serial", 5, 10*time.Minute, 30*time.Second, time.Hour, cfg.Throttles, log),
+		claimsByActor:  newThrottle("claim-actor", 20, 10*time.Minute, 30*time.Second, time.Hour, cfg.Throttles, log)}
 }
 
 // ErrClaimRejected is returned when a claim code does not match a device that
@@ -342,20 +345,23 @@ func (f *Fleet) Claim(ctx context.Context, a Actor, code, site string) (devices.
 		return devices.Device{}, fmt.Errorf("%w: site %s", ErrForbidden, site)
 	}
 	now := time.Now()
+	serialSeen := false
 	for _, t := range []struct {
 		th  *throttle
 		key string
 	}{{f.claimsBySerial, c.Serial}, {f.claimsByActor, a.Name}} {
-		if ok, wait := t.th.allow(t.key, now); !ok {
+		ok, wait, seen := t.th.allow(ctx, t.key, now)
+		if !ok {
 			return devices.Device{}, &RetryError{Err: ErrThrottled, After: wait}
 		}
+		serialSeen = serialSeen || (seen && t.th == f.claimsBySerial)
 	}
 	if _, err := f.reg.Site(ctx, site); err != nil {
 		return devices.Device{}, err
 	}
 	fail := func() (devices.Device, error) {
-		f.claimsBySerial.fail(c.Serial, now)
-		f.claimsByActor.fail(a.Name, now)
+		f.claimsBySerial.fail(ctx, c.Serial, now)
+		f.claimsByActor.fail(ctx, a.Name, now)
 		f.log.Info("claim refused", "serial", c.Serial, "actor", a.Name, "source", a.Source)
 		return devices.Device{}, ErrClaimRejected
 	}
@@ -382,7 +388,7 @@ func (f *Fleet) Claim(ctx context.Context, a Actor, code, site string) (devices.
 	if err != nil {
 		return devices.Device{}, err
 	}
-	f.claimsBySerial.succeed(c.Serial)
+	f.claimsBySerial.succeed(ctx, c.Serial, serialSeen)
 	f.log.Info("device claimed", "serial", d.Serial, "site", site, "actor", a.Name, "source", a.Source)
 	return d, nil
 }

@@ -162,6 +162,9 @@ type Ports struct {
 	// Superseded runs after a renewal superseded a certificate (the CRL
 	// must list it); nil: nothing.
 	Superseded func()
+	// Throttles keeps the failure counts where every replica sees them;
+	// nil: in this process (a single node).
+	Throttles ThrottleStore
 }
 
 // New returns a Service.
@@ -174,9 +177,9 @@ func New(cfg Config, p Ports, log *slog.Logger) *Service {
 	return &Service{
 		cfg: cfg, store: p.Store, signer: p.Signer, clock: clock, log: log,
 		notifier: p.Notify, onSuperseded: p.Superseded, firmware: p.Firmware,
-		bySerial: newThrottle(cfg.MaxFailures, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax),
+		bySerial: newThrottle("enroll-serial", cfg.MaxFailures, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax, p.Throttles, log),
 		// A source (a NAT, a factory line) may front many devices: allow it more.
-		bySource: newThrottle(cfg.MaxFailures*4, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax),
+		bySource: newThrottle("enroll-source", cfg.MaxFailures*4, cfg.FailureWindow, cfg.ThrottleBase, cfg.ThrottleMax, p.Throttles, log),
 		admit:    admission(cfg.MaxInFlight),
 	}
 }
@@ -281,26 +284,34 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 	// Behind an external MQTT broker the device's address is unknown: then
 	// only the per-serial throttle applies.
 	srcKey := ""
+	var th throttled
 	if req.Source.IsValid() {
 		srcKey = req.Source.Addr().String()
-		if ok, wait := s.bySource.allow(srcKey, now); !ok {
+		ok, wait, seen := s.bySource.allow(ctx, srcKey, now)
+		if !ok {
 			return Result{}, &RetryError{Err: ErrThrottled, After: wait}
 		}
+		th.source = seen
 	}
-	if ok, wait := s.bySerial.allow(req.Serial, now); !ok {
+	ok, wait, seen := s.bySerial.allow(ctx, req.Serial, now)
+	if !ok {
 		return Result{}, &RetryError{Err: ErrThrottled, After: wait}
 	}
+	th.serial = seen
 	csr, err := s.validate(req)
 	if err != nil {
 		return Result{}, err
 	}
-	d, err := s.authenticate(ctx, req, now, srcKey)
+	d, err := s.authenticate(ctx, req, now, srcKey, th)
 	if err != nil {
 		return Result{}, err
 	}
 	keyHash := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
 	for range 3 {
 		res, err := s.enrollOnce(ctx, req, csr, keyHash[:], d, now)
+		if err == nil && srcKey != "" {
+			s.bySource.succeed(ctx, srcKey, th.source)
+		}
 		if !errors.Is(err, devices.ErrConflict) {
 			return res, err
 		}
@@ -330,7 +341,11 @@ func (s *Service) validate(req Request) (*x509.CertificateRequest, error) {
 // comparison costs the same whether or not the serial exists.
 var decoyHash = sha256.Sum256([]byte("provisiond decoy token hash"))
 
-func (s *Service) authenticate(ctx context.Context, req Request, now time.Time, srcKey string) (devices.Device, error) {
+// throttled says which throttles had failures on record for a request (a
+// success then clears them).
+type throttled struct{ serial, source bool }
+
+func (s *Service) authenticate(ctx context.Context, req Request, now time.Time, srcKey string, th throttled) (devices.Device, error) {
 	d, err := s.store.DeviceBySerial(ctx, req.Serial)
 	known := err == nil
 	if err != nil && !errors.Is(err, devices.ErrNotFound) {
@@ -342,14 +357,14 @@ func (s *Service) authenticate(ctx context.Context, req Request, now time.Time, 
 	}
 	got := HashToken(req.ClaimToken)
 	if subtle.ConstantTimeCompare(got, want)&boolInt(known) != 1 {
-		s.bySerial.fail(req.Serial, now)
+		s.bySerial.fail(ctx, req.Serial, now)
 		if srcKey != "" {
-			s.bySource.fail(srcKey, now)
+			s.bySource.fail(ctx, srcKey, now)
 		}
 		s.log.Info("enrollment refused", "serial", req.Serial, "source", req.Source, "reason", "unauthorized")
 		return d, ErrUnauthorized
 	}
-	s.bySerial.succeed(req.Serial)
+	s.bySerial.succeed(ctx, req.Serial, th.serial)
 	return d, nil
 }
 
@@ -426,9 +441,6 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 		return Result{}, &RetryError{Err: fmt.Errorf("%w: site %q", ErrPoolExhausted, d.Site), After: s.cfg.PoolRetry}
 	case err != nil:
 		return Result{}, err
-	}
-	if req.Source.IsValid() {
-		s.bySource.succeed(req.Source.Addr().String())
 	}
 	s.log.Info("device enrolled", "serial", d.Serial, "device_id", d.ID, "site", d.Site,
 		"address", stored.Lease.Addr, "transport", req.Transport)

@@ -1,45 +1,103 @@
 package enroll
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/provisiond/provisiond/devices"
 )
 
-// throttle counts failed attempts per key (a serial, a source address) and
-// blocks a key for a growing time once it has failed too often.
+// ThrottleStore keeps failure counts where every replica of a cluster sees
+// them (the shared inventory), so that an attacker cannot multiply the
+// budget by spreading attempts over replicas. Keys name the throttle and
+// what it counts ("enroll-serial\x00SN-1"). Without one (a single node) the
+// counts live in the process.
+type ThrottleStore interface {
+	Throttle(ctx context.Context, key string) (devices.Throttle, bool, error)
+	// UpdateThrottle reads the key's state (zero when absent), lets fn
+	// change it, and stores it, or deletes it when fn returns false.
+	UpdateThrottle(ctx context.Context, key string, fn func(t *devices.Throttle) bool) error
+}
+
+// throttle counts failed attempts per key (a serial, a source address, an
+// installer) and blocks a key for a growing time once it has failed too
+// often.
 type throttle struct {
+	kind   string
+	limit  int           // failures allowed within window before blocking
+	window time.Duration // failures older than this are forgotten
+	base   time.Duration // first block; doubles with each further failure
+	max    time.Duration // longest block
+	store  ThrottleStore // nil: the counts below
+	log    *slog.Logger
+
 	mu      sync.Mutex
-	entries map[string]*throttleEntry
-	limit   int           // failures allowed within window before blocking
-	window  time.Duration // failures older than this are forgotten
-	base    time.Duration // first block; doubles with each further failure
-	max     time.Duration // longest block
-	maxKeys int           // memory bound; expired entries are dropped first
+	entries map[string]*devices.Throttle
+	maxKeys int // memory bound; expired entries are dropped first
 }
 
-type throttleEntry struct {
-	fails   int
-	last    time.Time
-	blocked time.Time // blocked until
-}
-
-func newThrottle(limit int, window, base, max time.Duration) *throttle {
-	return &throttle{entries: map[string]*throttleEntry{}, limit: limit, window: window, base: base, max: max, maxKeys: 200_000}
-}
-
-// allow reports whether key may try now, and if not, how long to wait.
-func (t *throttle) allow(key string, now time.Time) (bool, time.Duration) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e := t.entries[key]
-	if e == nil || !now.Before(e.blocked) {
-		return true, 0
+func newThrottle(kind string, limit int, window, base, max time.Duration, store ThrottleStore, log *slog.Logger) *throttle {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return false, e.blocked.Sub(now)
+	return &throttle{kind: kind, limit: limit, window: window, base: base, max: max, store: store, log: log,
+		entries: map[string]*devices.Throttle{}, maxKeys: 200_000}
+}
+
+func (t *throttle) key(k string) string { return t.kind + "\x00" + k }
+
+// allow reports whether key may try now, and if not, how long to wait;
+// seen says whether the key has failures on record (succeed clears them).
+// A shared store that cannot be read lets the attempt through: the
+// enrollment that follows needs the same store and fails anyway.
+func (t *throttle) allow(ctx context.Context, key string, now time.Time) (ok bool, wait time.Duration, seen bool) {
+	var e devices.Throttle
+	if t.store != nil {
+		var err error
+		if e, seen, err = t.store.Throttle(ctx, t.key(key)); err != nil {
+			t.log.Warn("read throttle", "throttle", t.kind, "err", err)
+			return true, 0, false
+		}
+	} else {
+		t.mu.Lock()
+		if p := t.entries[key]; p != nil {
+			e, seen = *p, true
+		}
+		t.mu.Unlock()
+	}
+	if !seen || !now.Before(e.Blocked) {
+		return true, 0, seen
+	}
+	return false, e.Blocked.Sub(now), true
+}
+
+// failed counts one more failure at now in e.
+func (t *throttle) failed(e *devices.Throttle, now time.Time) {
+	if now.Sub(e.Last) > t.window && now.After(e.Blocked) {
+		e.Fails = 0
+	}
+	e.Fails++
+	e.Last = now
+	if over := e.Fails - t.limit; over >= 0 {
+		d := t.base << min(over, 20)
+		if d > t.max || d <= 0 {
+			d = t.max
+		}
+		e.Blocked = now.Add(d)
+	}
 }
 
 // fail records a failed attempt.
-func (t *throttle) fail(key string, now time.Time) {
+func (t *throttle) fail(ctx context.Context, key string, now time.Time) {
+	if t.store != nil {
+		err := t.store.UpdateThrottle(ctx, t.key(key), func(e *devices.Throttle) bool { t.failed(e, now); return true })
+		if err != nil {
+			t.log.Warn("record failed attempt", "throttle", t.kind, "err", err)
+		}
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entries[key]
@@ -47,25 +105,23 @@ func (t *throttle) fail(key string, now time.Time) {
 		if len(t.entries) >= t.maxKeys {
 			t.sweep(now)
 		}
-		e = &throttleEntry{}
+		e = &devices.Throttle{}
 		t.entries[key] = e
 	}
-	if now.Sub(e.last) > t.window && now.After(e.blocked) {
-		e.fails = 0
-	}
-	e.fails++
-	e.last = now
-	if over := e.fails - t.limit; over >= 0 {
-		d := t.base << min(over, 20)
-		if d > t.max || d <= 0 {
-			d = t.max
-		}
-		e.blocked = now.Add(d)
-	}
+	t.failed(e, now)
 }
 
-// succeed forgets a key's failures.
-func (t *throttle) succeed(key string) {
+// succeed forgets a key's failures (seen: allow found some).
+func (t *throttle) succeed(ctx context.Context, key string, seen bool) {
+	if t.store != nil {
+		if !seen {
+			return // nothing on record: no write on the common path
+		}
+		if err := t.store.UpdateThrottle(ctx, t.key(key), func(*devices.Throttle) bool { return false }); err != nil {
+			t.log.Warn("clear throttle", "throttle", t.kind, "err", err)
+		}
+		return
+	}
 	t.mu.Lock()
 	delete(t.entries, key)
 	t.mu.Unlock()
@@ -74,7 +130,7 @@ func (t *throttle) succeed(key string) {
 // sweep drops entries that are neither blocked nor recent. Called with mu held.
 func (t *throttle) sweep(now time.Time) {
 	for k, e := range t.entries {
-		if now.Sub(e.last) > t.window && !now.Before(e.blocked) {
+		if now.Sub(e.Last) > t.window && !now.Before(e.Blocked) {
 			delete(t.entries, k)
 		}
 	}

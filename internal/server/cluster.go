@@ -56,8 +56,8 @@ func (s *Server) joinCluster(ctx context.Context, svc *enroll.Service, fleet *en
 }
 
 // leaderWork is what one replica of a cluster does while elected: reissue
-// the CRL (at once, then on crlLoop's schedule) and take over the jobs of
-// replicas that died.
+// the CRL (at once, then on crlLoop's schedule), take over the jobs of
+// replicas that died, and drop throttle records that expired.
 func (s *Server) leaderWork(ctx context.Context, fleet *enroll.Fleet) {
 	if err := s.refreshCRL(ctx); err != nil && ctx.Err() == nil {
 		s.log.Error("regenerate CRL", "err", err)
@@ -67,6 +67,14 @@ func (s *Server) leaderWork(ctx context.Context, fleet *enroll.Fleet) {
 	for {
 		if err := fleet.ResumeJobs(ctx, jobStaleAfter); err != nil && ctx.Err() == nil {
 			s.log.Error("resume jobs", "err", err)
+		}
+		// Throttle records nobody needs any more (the longest window is
+		// the claims' 10 minutes).
+		window := max(s.cfg.Enroll.FailureWindow, 10*time.Minute)
+		if n, err := s.store.SweepThrottles(ctx, time.Now(), window); err != nil && ctx.Err() == nil {
+			s.log.Error("sweep throttles", "err", err)
+		} else if n > 0 {
+			s.log.Info("swept throttle records", "deleted", n)
 		}
 		select {
 		case <-ctx.Done():

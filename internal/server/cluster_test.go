@@ -3,12 +3,19 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
@@ -172,4 +179,28 @@ func TestClusterPropagatesChanges(t *testing.T) {
 		st2 := clusterStatus(t, other)
 		return st2.Leader != "" && st2.Leader != st.Leader && len(st2.Replicas) == 2
 	}, "another replica leads")
+}
+
+// The throttles count in the shared inventory: five wrong claim tokens for
+// one serial, spread over three replicas, block it on all of them (alone,
+// each replica would have allowed five).
+func TestClusterThrottles(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Options{NoFsync: true})
+	envs := startReplicas(t, etcd.URL()+"/throttles", 3)
+	envs[0].Site("hq", "10.60.0.0/24")
+	b := envs[0].Mint(1, "hq")[0]
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	bad, _ := wire.Marshal(wire.CBOR, wire.EnrollRequest{Serial: b.Serial, ClaimToken: strings.Repeat("B", 32), CSR: csrFor(t, p256)})
+	for i := range 5 {
+		env := envs[i%3]
+		if a := rawRequest(t, env, codes.POST, "/enroll", message.AppCBOR, bad, nil); a.Code != codes.Unauthorized {
+			t.Fatalf("attempt %d on replica %d: %v", i+1, i%3, a.Code)
+		}
+	}
+	good, _ := wire.Marshal(wire.CBOR, wire.EnrollRequest{Serial: b.Serial, ClaimToken: b.ClaimToken, CSR: csrFor(t, p256)})
+	for i, env := range envs {
+		if a := rawRequest(t, env, codes.POST, "/enroll", message.AppCBOR, good, nil); a.Code != codes.TooManyRequests || a.MaxAge == 0 {
+			t.Errorf("replica %d after 5 failures across the cluster: %v (Max-Age %d), want 4.29", i, a.Code, a.MaxAge)
+		}
+	}
 }

@@ -401,8 +401,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	// The workflows tell the relay what changed; it reaches the front ends,
 	// which are built after the workflows they serve.
 	s.relay = &relay{s: s}
+	// In a cluster the throttles count in the shared inventory: cycling
+	// replicas gives an attacker no more attempts.
+	var throttles enroll.ThrottleStore
+	if s.clustered() {
+		throttles = s.store
+		cfg.Fleet.Throttles = s.store
+	}
 	svc := enroll.New(cfg.Enroll, enroll.Ports{Store: s.store, Signer: ca, Clock: cfg.Clock, Firmware: fwSrc,
-		Notify: s.relay, Superseded: s.relay.crlDue}, log)
+		Notify: s.relay, Superseded: s.relay.crlDue, Throttles: throttles}, log)
 	s.relay.svc = svc
 	fleet := enroll.NewFleet(cfg.Fleet, s.store, sealer, s.relay, log)
 	if s.clustered() {
