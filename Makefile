@@ -96,11 +96,14 @@ test: deps size-check fmt-check vet lint vuln
 # (INVENTORY_DEVICES, INVENTORY_DIR keeps the generated store), then the
 # boot storm, the offered-rate runs and the 10,000-device soak as processes.
 INVENTORY_DEVICES ?= 1000000
-bench: build
+bench: build etcd
 	$(GO) test -run XXX -bench . -benchtime 2s ./pki/ ./enroll/
 	$(GO) test -run XXX -bench 'Provision|LeaseExpires' -benchtime 5000x ./devices/
 	$(GO) test -run XXX -bench 'EnrollDTLS|EnrollMQTT' -benchtime 5000x ./internal/server/
 	$(GO) test -run XXX -bench FirmwareDownload -benchtime 10x ./internal/server/
+	$(GO) test -run XXX -bench 'EnrollStore' -benchtime 3000x ./internal/server/
+	$(GO) test -run XXX -bench 'RevocationFanout' -benchtime 200x ./internal/server/
+	MIGRATE_DEVICES=100000 $(GO) test -run XXX -bench Migrate -benchtime 1x -timeout 30m ./devices/
 	INVENTORY_DEVICES=$(INVENTORY_DEVICES) $(GO) test -run XXX -bench LargeInventory -benchtime 1000x -timeout 60m ./internal/server/
 	$(MAKE) storm
 	$(MAKE) rates

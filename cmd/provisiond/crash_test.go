@@ -137,6 +137,17 @@ type process struct {
 	extra               []string // more flags
 }
 
+// sibling is another replica of p's binary, on ports and a data directory
+// of its own, with p's flags.
+func (p *process) sibling() *process {
+	p.t.Helper()
+	return &process{t: p.t, bin: p.bin, data: filepath.Join(p.t.TempDir(), "data"), coaps: freePort(p.t, "udp"),
+		https: freePort(p.t, "tcp"), mqtts: freePort(p.t, "tcp"), extra: p.extra}
+}
+
+// endpoints are where devices reach p.
+func (p *process) endpoints() []string { return []string{"coaps://" + p.coaps, "mqtts://" + p.mqtts} }
+
 func (p *process) start() {
 	p.t.Helper()
 	p.starts++

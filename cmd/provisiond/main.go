@@ -38,6 +38,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "migrate" {
+		return migrate(ctx, args[1:], stdout, stderr)
+	}
 	cfg, o, err := loadConfig(args, stdout, stderr)
 	if errors.Is(err, errPrinted) {
 		return nil

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/provisiond/provisiond/internal/etcdtest"
+	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
 )
@@ -17,10 +19,29 @@ func BenchmarkEnrollDTLS(b *testing.B) { benchEnroll(b, "coap") }
 // TLS handshake, CONNECT, SUBSCRIBE, PUBLISH and the reply per device.
 func BenchmarkEnrollMQTT(b *testing.B) { benchEnroll(b, "mqtt") }
 
-func benchEnroll(b *testing.B, transport string) {
-	env := servertest.Start(b)
+// BenchmarkEnrollStore is BenchmarkEnrollDTLS with the inventory in bbolt
+// and in a one-member etcd (fsync on, its own process on this machine), in
+// one run, so the two compare as a ratio; on etcd it also reports the
+// requests and conflict re-runs per enrollment. docs/performance.md.
+func BenchmarkEnrollStore(b *testing.B) {
+	b.Run("bbolt", func(b *testing.B) { benchEnrollOn(b, "coap", "") })
+	b.Run("etcd", func(b *testing.B) {
+		c := etcdtest.Start(b, etcdtest.Options{})
+		benchEnrollOn(b, "coap", c.URL())
+	})
+}
+
+func benchEnroll(b *testing.B, transport string) { benchEnrollOn(b, transport, "") }
+
+func benchEnrollOn(b *testing.B, transport, store string) {
+	env := servertest.Start(b, func(c *server.Config) {
+		if store != "" {
+			c.Store = store
+		}
+	})
 	env.Site("bench", "10.0.0.0/8")
 	bundles := env.Mint(b.N, "bench")
+	before, _ := env.Server.StoreStats()
 	b.ResetTimer()
 	_, sum := simulator.Run(context.Background(), bundles, simulator.RunOptions{Concurrency: 64, Attempts: 1, Transport: transport})
 	b.StopTimer()
@@ -30,4 +51,11 @@ func benchEnroll(b *testing.B, transport string) {
 	b.ReportMetric(sum.PerSecond, "enroll/s")
 	b.ReportMetric(float64(sum.P50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(sum.P99.Microseconds())/1000, "p99-ms")
+	if after, ok := env.Server.StoreStats(); ok {
+		n := float64(sum.Enrolled)
+		b.ReportMetric(float64(after.Reads-before.Reads)/n, "reads/enroll")
+		b.ReportMetric(float64(after.Txns-before.Txns)/n, "txns/enroll")
+		b.ReportMetric(float64(after.Reruns-before.Reruns)/n, "reruns/enroll")
+		b.ReportMetric(float64(after.Fenced-before.Fenced), "fenced")
+	}
 }

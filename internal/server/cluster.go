@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/provisiond/provisiond/devices/kv/etcdkv"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/cluster"
 	"github.com/provisiond/provisiond/transport/httpapi"
@@ -164,4 +165,13 @@ func (s *Server) clusterStatus(ctx context.Context) (httpapi.ClusterStatus, erro
 			Version: m.Version, DBSize: m.DBSize, DBSizeInUse: m.DBSizeInUse, Error: m.Error})
 	}
 	return out, nil
+}
+
+// StoreStats returns the etcd engine's counters (requests, commits,
+// re-runs); false when the inventory is a bbolt file.
+func (s *Server) StoreStats() (etcdkv.Stats, bool) {
+	if s.etcd == nil {
+		return etcdkv.Stats{}, false
+	}
+	return s.etcd.Stats(), true
 }

@@ -204,3 +204,53 @@ func TestClusterThrottles(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRevocationFanout: devices hold MQTT sessions on replica B; each
+// is revoked through replica A, one at a time, and the time until B cuts
+// its session is measured (etcd with fsync, one member). docs/performance.md.
+func BenchmarkRevocationFanout(b *testing.B) {
+	etcd := etcdtest.Start(b, etcdtest.Options{})
+	store := etcd.URL() + "/fanout"
+	a := servertest.Start(b, func(c *server.Config) { c.Store = store })
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, server.AdminTokenFile), []byte(a.AdminToken()+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	rb := servertest.Start(b, func(c *server.Config) { c.Store, c.DataDir = store, dir })
+	a.Site("hq", "10.0.0.0/16")
+	bundles := a.Mint(b.N, "hq")
+	ctx := context.Background()
+	sessions := make([]*simulator.Session, b.N)
+	for i := range bundles {
+		d, _ := simulator.NewDevice(via(bundles[i], rb))
+		if _, err := d.EnrollMQTT(ctx, simulator.MQTTOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		s, err := d.ConnectMQTT(ctx, simulator.MQTTOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		sessions[i] = s
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		start := time.Now()
+		if err := a.Client.Do(ctx, "POST", "/api/v1/revocations", httpapi.RevokeRequest{Devices: []string{bundles[i].Serial}, Reason: "bench"}, nil); err != nil {
+			b.Fatal(err)
+		}
+		for sessions[i].Client().IsConnectionOpen() {
+			if time.Since(start) > 10*time.Second {
+				b.Fatalf("device %d's session on B was not cut", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+}

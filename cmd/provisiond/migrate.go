@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/devices/kv/boltkv"
+	"github.com/provisiond/provisiond/devices/kv/etcdkv"
+	"github.com/provisiond/provisiond/firmware"
+	"github.com/provisiond/provisiond/internal/server"
+	"github.com/provisiond/provisiond/pki"
+)
+
+// migrate moves a single-node installation into a cluster's etcd:
+// provisiond migrate --from DATA_DIR --to etcd://... The inventory is
+// copied key for key (devices, leases, tokens, certificates, revocations,
+// jobs, rollouts, the audit chains with their hashes), the CA and the
+// firmware signing key become the cluster's, so devices go on renewing
+// with the certificates they hold.
+func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("provisiond migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	from := fs.String("from", "", "the single node's data directory (stopped)")
+	to := fs.String("to", "", "the cluster's store: etcd://host:port[,host:port...][/prefix] (etcds:// with TLS)")
+	var ec server.EtcdConfig
+	fs.StringVar(&ec.CAFile, "etcd-ca", "", "PEM roots of etcd's server certificates")
+	fs.StringVar(&ec.CertFile, "etcd-cert", "", "client certificate for etcd")
+	fs.StringVar(&ec.KeyFile, "etcd-key", "", "the client certificate's key")
+	fs.StringVar(&ec.Username, "etcd-username", "", "etcd user")
+	workers := fs.Int("workers", 8, "transactions in flight at once")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ec.Password = os.Getenv("PROVISIOND_ETCD_PASSWORD")
+	if *from == "" || *to == "" || fs.NArg() > 0 {
+		return errors.New("migrate: --from DATA_DIR and --to etcd://... are required")
+	}
+	// The CA must open with the passphrase the replicas will be given.
+	pass := os.Getenv(server.PassphraseEnv)
+	passFile := filepath.Join(*from, server.PassphraseFile)
+	if pass == "" {
+		b, err := os.ReadFile(passFile)
+		if err != nil {
+			return fmt.Errorf("migrate: give the CA passphrase as %s (the data directory has no %s)", server.PassphraseEnv, server.PassphraseFile)
+		}
+		pass = strings.TrimSpace(string(b))
+		fmt.Fprintf(stderr, "using the generated CA passphrase in %s: every replica needs it as %s\n", passFile, server.PassphraseEnv)
+	}
+	caDir := filepath.Join(*from, server.CADir)
+	ca, _, err := openExistingCA(caDir, pass)
+	if err != nil {
+		return err
+	}
+	if _, err := firmware.Open(filepath.Join(*from, server.FirmwareDir), []byte(pass)); err != nil {
+		return fmt.Errorf("migrate: firmware catalogue: %w", err)
+	}
+
+	// Opened as the server opens it: an older layout is copied aside and
+	// brought up to date first.
+	src, err := server.OpenInventory(ctx, filepath.Join(*from, server.InventoryFile), boltkv.Options{})
+	if errors.Is(err, boltkv.ErrLocked) {
+		return fmt.Errorf("migrate: %s is in use by a running provisiond: stop it first", *from)
+	}
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer src.Close()
+	dst, err := etcdkv.Dial(ctx, *to, etcdkv.DialConfig{CAFile: ec.CAFile, CertFile: ec.CertFile, KeyFile: ec.KeyFile,
+		Username: ec.Username, Password: ec.Password})
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer dst.Close()
+
+	start := time.Now()
+	st, err := devices.Copy(ctx, dst, src, *workers)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	took := time.Since(start)
+	inv, err := devices.New(ctx, dst)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	// The CA and the firmware key become the cluster's.
+	shared := map[string][]byte{}
+	for dir, names := range map[string][]string{
+		server.CADir:       {pki.RootCertFile, pki.RootKeyFile, pki.IntermediateCertFile, pki.IntermediateKeyFile},
+		server.FirmwareDir: {firmware.KeyFile},
+	} {
+		for _, n := range names {
+			b, err := os.ReadFile(filepath.Join(*from, dir, n))
+			if err != nil {
+				return fmt.Errorf("migrate: %w", err)
+			}
+			shared[dir+"/"+n] = b
+		}
+	}
+	ok, err := inv.ShareFiles(ctx, shared, devices.AuditEvent{Actor: "system", Action: "cluster.migrate", Target: "CA and firmware signing key"})
+	if err != nil || !ok {
+		return fmt.Errorf("migrate: store the CA for the cluster: stored %v, %v", ok, err)
+	}
+	fp := sha256.Sum256(ca.Root().Raw)
+	if err := inv.BindCA(ctx, fp[:]); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	// The copy is checked as the cluster will read it.
+	head, err := inv.VerifyAudit(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: the audit log does not verify in the cluster: %w", err)
+	}
+	problems, err := inv.Verify(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("migrate: the copied inventory has problems: %s", strings.Join(problems, "; "))
+	}
+	buckets := make([]string, 0, len(st.Per))
+	for b := range st.Per {
+		buckets = append(buckets, b)
+	}
+	sort.Strings(buckets)
+	fmt.Fprintf(stdout, "moved %d keys (%d bytes) from %s into %s in %s\n", st.Keys, st.Bytes, *from, *to, took.Round(time.Millisecond))
+	for _, b := range buckets {
+		fmt.Fprintf(stdout, "  %-12s %d\n", b, st.Per[b])
+	}
+	fmt.Fprintf(stdout, "audit: %d events in %d chains verify\n", head.Events, head.Chains)
+	fmt.Fprintf(stdout, "the CA (%s) and the firmware signing key are the cluster's\n", ca.Root().Subject.CommonName)
+	fmt.Fprintf(stdout, "next: start the replicas with --store %s and %s; copy %s/firmware to each (firmware images are not shared yet)\n",
+		*to, server.PassphraseEnv, *from)
+	return nil
+}
+
+// openExistingCA opens the CA in dir, refusing to create one.
+func openExistingCA(dir, pass string) (*pki.CA, bool, error) {
+	if _, err := os.Stat(filepath.Join(dir, pki.IntermediateKeyFile)); err != nil {
+		return nil, false, fmt.Errorf("migrate: no CA in %s: %w", dir, err)
+	}
+	ca, created, err := pki.Open(pki.Config{Dir: dir, Passphrase: []byte(pass), DeviceLifetime: time.Hour})
+	if err != nil {
+		return nil, false, fmt.Errorf("migrate: the CA does not open with that passphrase: %w", err)
+	}
+	return ca, created, nil
+}
