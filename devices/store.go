@@ -551,6 +551,19 @@ func (s *Store) SharedFiles(ctx context.Context, names []string) (map[string][]b
 	return out, err
 }
 
+// SharedPrefix returns every shared file whose name starts with prefix.
+func (s *Store) SharedPrefix(ctx context.Context, prefix string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		clear(out)
+		return tx.Ascend(bucketShared, []byte(prefix), nil, func(k, v []byte) (bool, error) {
+			out[string(k)] = bytes.Clone(v)
+			return true, nil
+		})
+	})
+	return out, err
+}
+
 // ShareFiles stores files, all or none: when any of them is stored already
 // (another replica was first) it stores nothing and returns false.
 func (s *Store) ShareFiles(ctx context.Context, files map[string][]byte, ev AuditEvent) (bool, error) {

@@ -278,6 +278,65 @@ func cutSuffix(s, suffix string) (string, bool) {
 	return "", false
 }
 
+// Import adds a manifest signed elsewhere with this catalogue's key (another
+// replica of a cluster, which shares the key), as Add would have stored
+// it; its image comes separately (PutImage). A manifest that does not verify
+// is refused; importing one that is here already is a no-op.
+func (c *Catalogue) Import(s Signed) (Manifest, error) {
+	m, err := Verify(c.pub, s)
+	if err != nil {
+		return Manifest{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, old, err := c.Get(m.Model, m.Version); err == nil {
+		if old.SHA256 != m.SHA256 {
+			return Manifest{}, fmt.Errorf("%w: %s %s is image %s", ErrExists, m.Model, m.Version, old.SHA256[:12])
+		}
+		return old, nil
+	}
+	raw, _ := json.Marshal(s)
+	if err := os.MkdirAll(filepath.Join(c.dir, manifestsDir, m.Model), 0o700); err != nil {
+		return Manifest{}, err
+	}
+	if err := atomicfile.Write(c.manifestPath(m.Model, m.Version), raw, 0o600); err != nil {
+		return Manifest{}, err
+	}
+	c.cacheMu.Lock()
+	c.manifest[m.Model+"/"+m.Version] = entry{signed: s, m: m}
+	c.cacheMu.Unlock()
+	return m, nil
+}
+
+// PutImage stores the image read from r under digest once its bytes hash to
+// that digest (images are content-addressed, so any copy will do).
+func (c *Catalogue) PutImage(r io.Reader, digest string) error {
+	if !ValidDigest(digest) {
+		return fmt.Errorf("%w: digest %q", ErrInvalid, digest)
+	}
+	tmp, err := os.CreateTemp(filepath.Join(c.dir, imagesDir), ".upload-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(r, MaxImageBytes+1))
+	if err != nil {
+		return fmt.Errorf("read image: %w", err)
+	}
+	if n > MaxImageBytes {
+		return fmt.Errorf("%w: image over %d bytes", ErrInvalid, MaxImageBytes)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+		return fmt.Errorf("%w: the bytes hash to %s, not %s", ErrInvalid, got, digest)
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), c.imagePath(digest))
+}
+
 // Image opens the image with this digest. The digest is checked before it
 // becomes part of a path.
 func (c *Catalogue) Image(digest string) (*os.File, error) {

@@ -137,7 +137,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "audit: %d events in %d chains verify\n", head.Events, head.Chains)
 	fmt.Fprintf(stdout, "the CA (%s) and the firmware signing key are the cluster's\n", ca.Root().Subject.CommonName)
-	fmt.Fprintf(stdout, "next: start the replicas with --store %s and %s; copy %s/firmware to each (firmware images are not shared yet)\n",
+	fmt.Fprintf(stdout, "next: start the replicas with --store %s and %s, the first on a copy of %s (its firmware images: the others fetch them from it)\n",
 		*to, server.PassphraseEnv, *from)
 	return nil
 }

@@ -45,12 +45,16 @@ const (
 	Reconfigured = "reconfigured"
 	// CRL: a replica stored a new CRL; load it.
 	CRL = "crl"
+	// Firmware: a replica added a firmware image (Ref "model/version");
+	// take its manifest from the store and the image from a replica.
+	Firmware = "firmware"
 )
 
 // Event is one change announced to the other replicas.
 type Event struct {
 	Kind   string      `json:"kind"`
 	IDs    []uuid.UUID `json:"ids,omitempty"`
+	Ref    string      `json:"ref,omitempty"`
 	Origin string      `json:"origin"`
 	Time   time.Time   `json:"time"`
 }

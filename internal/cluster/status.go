@@ -35,20 +35,30 @@ type Member struct {
 	Error       string `json:"error,omitempty"`
 }
 
-// Status reads the membership, the leader and every etcd member's status.
-func (n *Node) Status(ctx context.Context) (Status, error) {
-	st := Status{Self: n.cfg.Self.ID}
+// Replicas lists the replicas registered now (this one included).
+func (n *Node) Replicas(ctx context.Context) ([]Replica, error) {
 	resp, err := n.cli.Get(ctx, n.cfg.Prefix+"replicas/", clientv3.WithPrefix())
 	if err != nil {
-		return st, fmt.Errorf("cluster status: %w", err)
+		return nil, fmt.Errorf("cluster replicas: %w", err)
 	}
+	var out []Replica
 	for _, kv := range resp.Kvs {
 		var r Replica
 		if json.Unmarshal(kv.Value, &r) == nil {
-			st.Replicas = append(st.Replicas, r)
+			out = append(out, r)
 		}
 	}
-	sort.Slice(st.Replicas, func(i, j int) bool { return st.Replicas[i].Started.Before(st.Replicas[j].Started) })
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
+	return out, nil
+}
+
+// Status reads the membership, the leader and every etcd member's status.
+func (n *Node) Status(ctx context.Context) (Status, error) {
+	st := Status{Self: n.cfg.Self.ID}
+	var err error
+	if st.Replicas, err = n.Replicas(ctx); err != nil {
+		return st, err
+	}
 	if s, err := n.session(ctx); err == nil {
 		if l, err := concurrency.NewElection(s, n.cfg.Prefix+"leader/").Leader(ctx); err == nil && len(l.Kvs) > 0 {
 			st.Leader = string(l.Kvs[0].Value)

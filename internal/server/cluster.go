@@ -99,6 +99,19 @@ func (s *Server) publish(kind string, ids []uuid.UUID) {
 	})
 }
 
+// publishRef announces a change that names a thing rather than devices.
+func (s *Server) publishRef(kind, ref string) {
+	if s.node == nil {
+		return
+	}
+	ev := cluster.Event{Kind: kind, Ref: ref}
+	s.bg.Go(func() {
+		if err := s.node.Publish(context.Background(), ev); err != nil {
+			s.log.Error("announce to the cluster", "kind", kind, "ref", ref, "err", err)
+		}
+	})
+}
+
 // applyEvent applies another replica's change to the sessions held here.
 func (s *Server) applyEvent(ctx context.Context, svc *enroll.Service, ev cluster.Event) {
 	switch ev.Kind {
@@ -106,6 +119,8 @@ func (s *Server) applyEvent(ctx context.Context, svc *enroll.Service, ev cluster
 		s.relay.cut(ev.IDs)
 	case cluster.Reconfigured:
 		svc.PushConfig(ctx, ev.IDs)
+	case cluster.Firmware:
+		s.cat.onFirmware(ctx, ev.Ref)
 	case cluster.CRL:
 		if err := s.loadCRL(ctx); err != nil {
 			s.log.Error("load the cluster's CRL", "err", err)
@@ -121,6 +136,9 @@ func (s *Server) applyEvent(ctx context.Context, svc *enroll.Service, ev cluster
 func (s *Server) resyncSessions(ctx context.Context, svc *enroll.Service) {
 	if err := s.loadCRL(ctx); err != nil {
 		s.log.Error("load the cluster's CRL", "err", err)
+	}
+	if err := s.cat.importShared(ctx); err != nil {
+		s.log.Error("import the cluster's firmware manifests", "err", err)
 	}
 	ids := s.coap.DeviceIDs()
 	if s.broker != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -253,4 +254,69 @@ func BenchmarkRevocationFanout(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+}
+
+// An image uploaded through A reaches a device online on B: the rollout
+// made through A pushes the target to B's session, B serves the image,
+// which it fetched from A by its digest, and the device's checks pass.
+// B's internal image route refuses anyone but a replica.
+func TestClusterSharesFirmware(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Options{NoFsync: true})
+	envs := startReplicas(t, etcd.URL()+"/firmware", 2)
+	a, b := envs[0], envs[1]
+	a.Site("hq", "10.90.0.0/24")
+	d, _ := simulator.NewDevice(via(a.Mint(1, "hq")[0], b))
+	if _, err := d.EnrollMQTT(ctxT(t), simulator.MQTTOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := d.ConnectMQTT(ctxT(t), simulator.MQTTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	first, err := s.Config(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	img := make([]byte, 200_000)
+	rand.Read(img)
+	added := a.AddFirmware("TEST", "2.0.0", img)
+	if err := a.Client.Do(ctxT(t), "PUT", "/api/v1/firmware/rollouts",
+		httpapi.RolloutRequest{Model: "TEST", Site: "hq", Version: "2.0.0", Percent: 100}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var cfg wire.DeviceConfig
+	for cfg.ConfigVersion <= first.ConfigVersion || cfg.Firmware == nil {
+		if cfg, err = s.Config(ctxT(t)); err != nil {
+			t.Fatalf("no config with the firmware target reached the device on B: %v", err)
+		}
+	}
+	if !strings.Contains(cfg.Firmware.URIs[0], b.Server.HTTPAddr().String()) && !strings.Contains(strings.Join(cfg.Firmware.URIs, " "), portOf(b.Server.HTTPAddr().String())) {
+		t.Fatalf("the target points at %v, not at replica B", cfg.Firmware.URIs)
+	}
+	m, err := d.UpdateFirmware(ctxT(t), cfg.Firmware, simulator.FirmwareOptions{})
+	if err != nil || m.Version != "2.0.0" || m.SHA256 != added.Manifest.SHA256 {
+		t.Fatalf("update from B: %+v %v", m, err)
+	}
+	if _, err := os.Stat(filepath.Join(b.DataDir, server.FirmwareDir, "images", added.Manifest.SHA256)); err != nil {
+		t.Fatalf("B keeps no copy of the image: %v", err)
+	}
+	var list httpapi.FirmwareView
+	if err := b.Client.Do(ctxT(t), "GET", "/api/v1/firmware", nil, &list); err != nil || len(list.Images) != 1 {
+		t.Fatalf("B lists %d images (%v)", len(list.Images), err)
+	}
+	// Only a replica may fetch from the internal route: not a token holder
+	// (no client certificate), not a device.
+	var raw []byte
+	err = b.Client.Do(ctxT(t), "GET", "/internal/v1/images/"+added.Manifest.SHA256, nil, &raw)
+	var apiErr *httpapi.APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != 403 {
+		t.Fatalf("internal image route without a replica certificate: %v", err)
+	}
+}
+
+func portOf(hostport string) string {
+	_, p, _ := strings.Cut(hostport, ":")
+	return ":" + p
 }

@@ -24,6 +24,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,6 +289,7 @@ type Server struct {
 	lock *os.File      // the data directory's lock (LockFile)
 	etcd *etcdkv.DB    // the inventory's etcd engine; nil on bbolt
 	node *cluster.Node // this replica's membership; nil alone
+	cat  *catalogue    // the firmware catalogue, shared in a cluster
 	once sync.Once
 	bg   sync.WaitGroup // background loops, waited for before the store closes
 }
@@ -393,7 +395,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 	// Images are downloaded where the listeners are (known once they are up).
-	fwSrc := &firmwareSource{cat: fwCat, store: s.store, open: map[string]*os.File{}, uris: func(digest string) []string {
+	cat, err := newCatalogue(s, fwCat, ca)
+	if err != nil {
+		return nil, err
+	}
+	s.cat = cat
+	if s.clustered() {
+		if err := cat.shareLocal(ctx); err != nil {
+			return nil, fmt.Errorf("share this replica's firmware manifests: %w", err)
+		}
+		if err := cat.importShared(ctx); err != nil {
+			return nil, err
+		}
+		cfg.Routes = append(slices.Clone(cfg.Routes), cat.imageRoute())
+	}
+	fwSrc := &firmwareSource{cat: cat, store: s.store, open: map[string]*os.File{}, uris: func(digest string) []string {
 		return []string{"https://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.httpLn.Addr())) + "/fw/" + digest,
 			"coaps://" + net.JoinHostPort(cfg.AdvertiseHost, port(s.coap.SecureAddr())) + "/fw/" + digest}
 	}}
@@ -465,7 +481,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 
 	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleet, Access: access, Revocation: s, Info: s.info,
 		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Cluster: s.clusterAPI(), Pages: web.Handler(),
-		Firmware: &httpapi.Firmware{Catalogue: fwCat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
+		Firmware: &httpapi.Firmware{Catalogue: cat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
 		Routes:   cfg.Routes}, log)
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -1050,7 +1066,7 @@ func importLegacyTargets(ctx context.Context, cat *firmware.Catalogue, store *de
 // run (enroll.FirmwareSource), from the catalogue and its targets, and
 // hands images to devices over CoAP (coap.FirmwareImages).
 type firmwareSource struct {
-	cat   *firmware.Catalogue
+	cat   *catalogue
 	store *devices.Store
 	uris  func(digest string) []string // where devices download an image
 
@@ -1073,13 +1089,22 @@ func (f *firmwareSource) DeviceImage(ctx context.Context, id uuid.UUID, digest s
 		return nil, coap.ErrNoImage
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	file, ok := f.open[digest]
+	f.mu.Unlock()
 	if !ok {
+		// Opened outside the lock: in a cluster this may fetch the image
+		// from another replica first, and other downloads go on meanwhile.
 		if file, err = f.cat.Image(digest); err != nil {
 			return nil, err
 		}
-		f.open[digest] = file
+		f.mu.Lock()
+		if open, ok := f.open[digest]; ok {
+			file.Close()
+			file = open
+		} else {
+			f.open[digest] = file
+		}
+		f.mu.Unlock()
 	}
 	return io.NewSectionReader(file, 0, m.Size), nil
 }
@@ -1104,6 +1129,13 @@ func (f *firmwareSource) Target(ctx context.Context, d devices.Device) (*enroll.
 		return nil, nil
 	}
 	s, m, err := f.cat.Get(d.Model, v)
+	if errors.Is(err, firmware.ErrNotFound) && f.cat.s.clustered() {
+		// Rolled out through another replica before its announcement of
+		// the image reached this one: take the manifest from the store.
+		if err = f.cat.importShared(ctx); err == nil {
+			s, m, err = f.cat.Get(d.Model, v)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
