@@ -307,7 +307,7 @@ func (v *AuditVerifier) Head() AuditHead {
 		fmt.Fprintf(h, "%d:%d:%s\n", id, c.seq, c.hash)
 	}
 	head := AuditHead{Events: v.n, Chains: len(ids)}
-	if v.n > 0 {
+	if len(ids) > 0 { // pruning keeps it: anchored chains count with their anchors
 		head.Hash = hex.EncodeToString(h.Sum(nil))
 	}
 	return head
@@ -319,7 +319,14 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditHead, error) {
 	var v AuditVerifier
 	err := s.db.View(ctx, func(tx kv.Tx) error {
 		v = AuditVerifier{}
-		err := tx.Ascend(bucketAuditLog, nil, nil, func(k, raw []byte) (bool, error) {
+		anchors, err := readAnchors(tx)
+		if err != nil {
+			return err
+		}
+		for _, a := range anchors { // pruned chains start at their anchors
+			v.Anchor(a)
+		}
+		err = tx.Ascend(bucketAuditLog, nil, nil, func(k, raw []byte) (bool, error) {
 			_, chain, seq, ok := parseAuditKey(k)
 			if !ok {
 				return false, fmt.Errorf("%w: malformed log key %x", ErrAuditTampered, k)

@@ -35,7 +35,7 @@ var (
 	// Buckets lists every bucket the inventory uses, for engines that create
 	// them up front (boltkv.Options.Buckets).
 	Buckets = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
-		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked, bucketShared, bucketCRL, bucketThrottles,
+		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked, bucketShared, bucketCRL, bucketThrottles, bucketAuditAnchor,
 		bucketHistory, bucketIndex, bucketJobs, bucketJobRows, bucketServerCerts, bucketRollouts, bucketLegacyAudit}
 )
 

@@ -549,3 +549,56 @@ func TestAuditNewestFirst(t *testing.T) {
 		t.Errorf("the page before:\n%s", out)
 	}
 }
+
+// After the oldest events are pruned, an export starts with the chains'
+// anchors and verifies on its own with the same head hash; without its
+// anchor lines it does not.
+func TestAuditExportAfterPruning(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	env.Site("hq", "10.20.0.0/24")
+	env.Mint(3, "hq")
+	before, err := env.Server.Store().VerifyAudit(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	for _, ssid := range []string{"HQ-2", "HQ-3"} {
+		if out, err := provctl(t, data, "site", "update", "hq", "--ssid", ssid); err != nil {
+			t.Fatalf("site update: %v\n%s", err, out)
+		}
+	}
+	n, err := env.Server.Store().PruneAudit(context.Background(), cut)
+	if err != nil || n != before.Events {
+		t.Fatalf("pruned %d (%v), want the %d events before the cut", n, err, before.Events)
+	}
+	file := filepath.Join(t.TempDir(), "audit.jsonl")
+	out, err := provctl(t, data, "audit", "export", "--out", file)
+	if err != nil {
+		t.Fatalf("export: %v\n%s", err, out)
+	}
+	head := strings.Fields(out[strings.Index(out, "hash "):])[1]
+	if out, err := provctl(t, data, "audit", "verify"); err != nil || !strings.Contains(out, "audit log OK") {
+		t.Errorf("server verify after pruning: %v %s", err, out)
+	}
+	if out, err := provctl(t, data, "audit", "verify", file, "--head", head); err != nil || !strings.Contains(out, "audit log OK") {
+		t.Errorf("offline verify after pruning: %v %s", err, out)
+	}
+	raw, _ := os.ReadFile(file)
+	var anchors, events []string
+	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		if strings.HasPrefix(l, `{"anchor":`) {
+			anchors = append(anchors, l)
+		} else {
+			events = append(events, l)
+		}
+	}
+	if len(anchors) == 0 || len(events) != 2 {
+		t.Fatalf("export: %d anchors, %d events; want anchors and the 2 site updates", len(anchors), len(events))
+	}
+	bare := filepath.Join(t.TempDir(), "bare.jsonl")
+	os.WriteFile(bare, []byte(strings.Join(events, "\n")), 0o600)
+	if _, err := provctl(t, data, "audit", "verify", bare); err == nil || !strings.Contains(err.Error(), "earlier events removed") {
+		t.Errorf("export without its anchors: %v", err)
+	}
+}

@@ -75,6 +75,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", cfg.HandshakeTimeout, "the longest one DTLS or TLS handshake may take")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "close a DTLS session idle this long")
 	fs.DurationVar(&cfg.StoreBatchWait, "store-batch-wait", cfg.StoreBatchWait, "how long enrollment commits wait to share one fsync (bbolt)")
+	fs.DurationVar(&cfg.AuditRetention, "audit-retention", cfg.AuditRetention, "keep audit events this long, then prune them (each chain keeps an anchor, so the rest verifies); 0 keeps them forever. Export before: provctl audit export")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "where the inventory lives: empty for the bbolt file in the data directory, or etcd://host:port[,host:port...][/prefix] (etcds:// with TLS) for a cluster of replicas")
 	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", cfg.Etcd.CAFile, "PEM file with the roots of etcd's server certificates (etcds://)")
 	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", cfg.Etcd.CertFile, "client certificate for etcd (PEM), when etcd asks for one")
@@ -130,6 +131,8 @@ func loadConfig(args []string, stdout, stderr io.Writer) (server.Config, options
 		return cfg, o, fmt.Errorf("job-chunk: %d: 0 (the store's choice) or more devices", cfg.Fleet.JobChunk)
 	case cfg.HandshakeWait <= 0 || cfg.HandshakeTimeout <= 0 || cfg.IdleTimeout <= 0:
 		return cfg, o, fmt.Errorf("handshake-wait, handshake-timeout, idle-timeout: each must be positive (%s, %s, %s)", cfg.HandshakeWait, cfg.HandshakeTimeout, cfg.IdleTimeout)
+	case cfg.AuditRetention < 0 || (cfg.AuditRetention > 0 && cfg.AuditRetention < 24*time.Hour):
+		return cfg, o, fmt.Errorf("audit-retention: %s: 0 (forever) or at least 24h", cfg.AuditRetention)
 	case cfg.StoreBatchWait < 0 || cfg.StoreBatchWait > time.Second:
 		return cfg, o, fmt.Errorf("store-batch-wait: %s: between 0 and 1s", cfg.StoreBatchWait)
 	}

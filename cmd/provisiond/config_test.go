@@ -75,6 +75,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"tiny CSR limit", "max-csr-bytes: 10\n", nil, nil, "max-csr-bytes"},
 		{"bad server name", "", nil, []string{"--server-names", "bad name!"}, "server-names"},
 		{"plain CoAP without its flag", "", nil, []string{"--coap-addr", ":5683"}, "coap-addr"},
+		{"short audit retention", "", nil, []string{"--audit-retention", "1h"}, "audit-retention"},
 		{"store that is not etcd", "", nil, []string{"--store", "redis://r:6379"}, "store"},
 		{"etcd host without a port", "store: etcd://e1\n", nil, nil, "store"},
 		{"missing config file", "", nil, []string{"--config", "/nonexistent/provisiond.yaml"}, "provisiond.yaml"},
@@ -108,7 +109,7 @@ func TestEverySettingIsLive(t *testing.T) {
 		"retry-window": "1m", "not-claimed-retry": "1m", "pool-retry": "1m", "max-failures": "2", "failure-window": "1m",
 		"throttle-base": "1s", "throttle-max": "2h", "max-csr-bytes": "4096", "max-field-bytes": "32", "max-inflight": "9",
 		"overload-retry": "1s", "store": "etcds://e1:2379,e2:2379", "etcd-ca": "/e/ca.pem", "etcd-cert": "/e/c.pem",
-		"etcd-key": "/e/c.key", "etcd-username": "prov", "etcd-password": "pw",
+		"etcd-key": "/e/c.key", "audit-retention": "8760h", "etcd-username": "prov", "etcd-password": "pw",
 	}
 	bools := map[string]bool{"insecure-coap": true, "insecure-mqtt": true, "allow-p384": true, "allow-ed25519": true}
 	base, _, err := loadConfig(nil, io.Discard, io.Discard)

@@ -58,7 +58,8 @@ func (s *Server) joinCluster(ctx context.Context, svc *enroll.Service, fleet *en
 
 // leaderWork is what one replica of a cluster does while elected: reissue
 // the CRL (at once, then on crlLoop's schedule), take over the jobs of
-// replicas that died, and drop throttle records that expired.
+// replicas that died, prune the audit log past its retention and drop
+// throttle records that expired.
 func (s *Server) leaderWork(ctx context.Context, fleet *enroll.Fleet) {
 	if err := s.refreshCRL(ctx); err != nil && ctx.Err() == nil {
 		s.log.Error("regenerate CRL", "err", err)
@@ -69,6 +70,7 @@ func (s *Server) leaderWork(ctx context.Context, fleet *enroll.Fleet) {
 		if err := fleet.ResumeJobs(ctx, jobStaleAfter); err != nil && ctx.Err() == nil {
 			s.log.Error("resume jobs", "err", err)
 		}
+		s.pruneAudit(ctx)
 		// Throttle records nobody needs any more (the longest window is
 		// the claims' 10 minutes).
 		window := max(s.cfg.Enroll.FailureWindow, 10*time.Minute)

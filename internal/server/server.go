@@ -101,6 +101,10 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
 	StoreBatchWait   time.Duration
+	// AuditRetention is how long audit events are kept (0: forever); the
+	// oldest are pruned, each chain keeping an anchor so what is left still
+	// verifies (docs/operations.md).
+	AuditRetention time.Duration
 	// Store is where the inventory lives: "" for the bbolt file in the
 	// data directory, or etcd://host:port[,host:port...][/prefix] (etcds://
 	// with TLS) for a cluster shared by several replicas.
@@ -532,6 +536,18 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		s.bg.Go(func() {
 			<-s.stop
 			cancelJobs()
+		})
+		s.bg.Go(func() {
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			for {
+				s.pruneAudit(jobsCtx)
+				select {
+				case <-jobsCtx.Done():
+					return
+				case <-t.C:
+				}
+			}
 		})
 		s.bg.Go(func() {
 			if err := fleet.ResumeJobs(jobsCtx, 0); err != nil && jobsCtx.Err() == nil {
@@ -1151,4 +1167,19 @@ func (s *Server) clusterAPI() func(context.Context) (httpapi.ClusterStatus, erro
 		return nil
 	}
 	return s.clusterStatus
+}
+
+// pruneAudit removes the audit events older than the retention (on its own,
+// or as a cluster's elected replica), every minute.
+func (s *Server) pruneAudit(ctx context.Context) {
+	if s.cfg.AuditRetention <= 0 {
+		return
+	}
+	n, err := s.store.PruneAudit(ctx, time.Now().Add(-s.cfg.AuditRetention))
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.Error("prune the audit log", "err", err)
+	case n > 0:
+		s.log.Info("pruned audit events past the retention", "events", n, "retention", s.cfg.AuditRetention)
+	}
 }

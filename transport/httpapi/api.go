@@ -41,6 +41,7 @@ type Inventory interface {
 	TokenByHash(ctx context.Context, hash []byte) (devices.Token, error)
 	AppendAudit(ctx context.Context, ev devices.AuditEvent) error
 	VerifyAudit(ctx context.Context) (devices.AuditHead, error)
+	AuditAnchors(ctx context.Context) ([]devices.AuditAnchor, error)
 }
 
 // Fleet is what the API changes.
@@ -422,6 +423,10 @@ func (a *API) getInfo(w http.ResponseWriter, _ *http.Request, _ enroll.Actor) {
 type AuditPage struct {
 	Events []devices.AuditEvent `json:"events"`
 	Next   string               `json:"next,omitempty"`
+	// Anchors are where pruned chains start (the first page of an
+	// oldest-first walk carries them): a verifier needs them before the
+	// events.
+	Anchors []devices.AuditAnchor `json:"anchors,omitempty"`
 }
 
 // listAudit pages through the log newest first (before=ID), or oldest first
@@ -439,6 +444,12 @@ func (a *API) listAudit(w http.ResponseWriter, r *http.Request, _ enroll.Actor) 
 		return
 	}
 	page := AuditPage{Events: evs}
+	if query.Ascending && query.After == "" {
+		if page.Anchors, err = a.inv.AuditAnchors(r.Context()); err != nil {
+			a.fail(w, err)
+			return
+		}
+	}
 	if evs == nil {
 		page.Events = []devices.AuditEvent{}
 	}
