@@ -6,8 +6,10 @@ PKGS     := ./...
 # Debian packages the tests use: libcoap's client and Mosquitto's clients
 # (interop tests), the Mosquitto broker (external-broker test), openssl, and
 # zbarimg (zbar-tools) to scan the QR labels we render, headless
-# Chromium for the browser tests of the installer page and the console, and
-# zsh and fish, which check provctl's completion scripts.
+# Chromium for the browser tests of the installer page and the console,
+# zsh and fish, which check provctl's completion scripts, and nginx with its
+# stream module (the tested load-balancer configuration in docs/nginx/; the
+# service the package starts is stopped: the test runs its own nginx).
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps etcd vet lint vuln fmt-check size-check build bench storm rates soak fuzz clean
@@ -28,9 +30,12 @@ deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v zsh >/dev/null || missing="$$missing zsh"; \
 	command -v fish >/dev/null || missing="$$missing fish"; \
+	[ -x /usr/sbin/nginx ] && [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing nginx libnginx-mod-stream"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+		case "$$missing" in *nginx*) if command -v systemctl >/dev/null && systemctl is-active -q nginx 2>/dev/null; then \
+			$(SUDO) systemctl disable --now nginx; fi;; esac; \
 	fi
 	$(GO) mod download
 	$(MAKE) etcd

@@ -61,6 +61,10 @@ type Config struct {
 	// queueing until devices time out. Default 256; negative: no bound.
 	MaxInFlight   int
 	OverloadRetry time.Duration // base retry hint when overloaded (jittered up to 2x); default 2s
+	// LBAddrs are the addresses of load balancers in front of the service:
+	// every device behind one arrives from its address, so requests from
+	// them are not throttled per source (the per-serial throttle still is).
+	LBAddrs []netip.Prefix
 	// Secrets seals Wi-Fi passphrases before they are stored and opens them
 	// to render a device's config; nil keeps them in clear.
 	Secrets Secrets
@@ -285,7 +289,7 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 	// only the per-serial throttle applies.
 	srcKey := ""
 	var th throttled
-	if req.Source.IsValid() {
+	if req.Source.IsValid() && !s.fromLB(req.Source.Addr()) {
 		srcKey = req.Source.Addr().String()
 		ok, wait, seen := s.bySource.allow(ctx, srcKey, now)
 		if !ok {
@@ -599,4 +603,15 @@ func (s *Service) Authorize(ctx context.Context, id uuid.UUID, certSerial string
 		return nil // renewed moments ago: the device may not have the new one yet
 	}
 	return fmt.Errorf("%w: certificate %s is not the device's current one", ErrRevoked, certSerial)
+}
+
+// fromLB reports whether addr is a load balancer's (Config.LBAddrs).
+func (s *Service) fromLB(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, p := range s.cfg.LBAddrs {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }

@@ -98,6 +98,24 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&e.MaxCSRBytes, "max-csr-bytes", e.MaxCSRBytes, "largest CSR accepted")
 	fs.IntVar(&e.MaxFieldBytes, "max-field-bytes", e.MaxFieldBytes, "longest model and firmware_version accepted")
 	fs.IntVar(&e.MaxInFlight, "max-inflight", e.MaxInFlight, "enrollments processed at once; more are answered 5.03 with a retry hint; negative: no bound")
+	fs.Func("lb-addrs", "comma-separated addresses or CIDRs of load balancers in front (every device behind one shares its address): not throttled per source", func(v string) error {
+		e.LBAddrs = nil
+		for _, a := range strings.Split(v, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(a)
+			if err != nil {
+				addr, aerr := netip.ParseAddr(a)
+				if aerr != nil {
+					return fmt.Errorf("%q is neither an address nor a CIDR", a)
+				}
+				p = netip.PrefixFrom(addr, addr.BitLen())
+			}
+			e.LBAddrs = append(e.LBAddrs, p.Masked())
+		}
+		return nil
+	})
 	fs.DurationVar(&e.OverloadRetry, "overload-retry", e.OverloadRetry, "retry hint when overloaded (jittered up to 2x)")
 	return fs
 }
@@ -168,8 +186,15 @@ func printConfig(w io.Writer, fs *flag.FlagSet, cfg server.Config) error {
 	b.WriteString("# provisiond settings (provisiond --print-config); secrets are left out\n")
 	for _, n := range names {
 		v := fs.Lookup(n).Value.String()
-		if n == "server-names" {
+		switch n { // func flags print nothing of their own
+		case "server-names":
 			v = strings.Join(cfg.ServerNames, ",")
+		case "lb-addrs":
+			var ps []string
+			for _, p := range cfg.Enroll.LBAddrs {
+				ps = append(ps, p.String())
+			}
+			v = strings.Join(ps, ",")
 		}
 		if secretFlags[n] {
 			if v != "" {

@@ -75,6 +75,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"tiny CSR limit", "max-csr-bytes: 10\n", nil, nil, "max-csr-bytes"},
 		{"bad server name", "", nil, []string{"--server-names", "bad name!"}, "server-names"},
 		{"plain CoAP without its flag", "", nil, []string{"--coap-addr", ":5683"}, "coap-addr"},
+		{"bad load balancer", "", nil, []string{"--lb-addrs", "10.0.0.5,nginx"}, "lb-addrs"},
 		{"short audit retention", "", nil, []string{"--audit-retention", "1h"}, "audit-retention"},
 		{"store that is not etcd", "", nil, []string{"--store", "redis://r:6379"}, "store"},
 		{"etcd host without a port", "store: etcd://e1\n", nil, nil, "store"},
@@ -109,7 +110,7 @@ func TestEverySettingIsLive(t *testing.T) {
 		"retry-window": "1m", "not-claimed-retry": "1m", "pool-retry": "1m", "max-failures": "2", "failure-window": "1m",
 		"throttle-base": "1s", "throttle-max": "2h", "max-csr-bytes": "4096", "max-field-bytes": "32", "max-inflight": "9",
 		"overload-retry": "1s", "store": "etcds://e1:2379,e2:2379", "etcd-ca": "/e/ca.pem", "etcd-cert": "/e/c.pem",
-		"etcd-key": "/e/c.key", "audit-retention": "8760h", "etcd-username": "prov", "etcd-password": "pw",
+		"etcd-key": "/e/c.key", "audit-retention": "8760h", "lb-addrs": "10.0.0.5,10.0.1.0/24", "etcd-username": "prov", "etcd-password": "pw",
 	}
 	bools := map[string]bool{"insecure-coap": true, "insecure-mqtt": true, "allow-p384": true, "allow-ed25519": true}
 	base, _, err := loadConfig(nil, io.Discard, io.Discard)
@@ -152,14 +153,14 @@ func TestPrintConfig(t *testing.T) {
 	t.Setenv("PROVISIOND_CA_PASSPHRASE", "secret-passphrase-0123")
 	t.Setenv("PROVISIOND_RETRY_WINDOW", "7m")
 	var out bytes.Buffer
-	if _, _, err := loadConfig([]string{"--print-config", "--max-failures", "9", "--server-names", "a.example,b.example"}, &out, io.Discard); err != errPrinted {
+	if _, _, err := loadConfig([]string{"--print-config", "--max-failures", "9", "--server-names", "a.example,b.example", "--lb-addrs", "10.0.0.5,10.0.1.0/24"}, &out, io.Discard); err != errPrinted {
 		t.Fatalf("print-config: %v", err)
 	}
 	text := out.String()
 	if strings.Contains(text, "secret-passphrase") || !strings.Contains(text, "# ca-passphrase: (set, not shown)") {
 		t.Fatalf("printed config shows or forgets the secret:\n%s", text)
 	}
-	for _, want := range []string{"retry-window: 7m0s\n", "max-failures: 9\n", "allow-p384: false\n", "server-names: a.example,b.example\n"} {
+	for _, want := range []string{"retry-window: 7m0s\n", "max-failures: 9\n", "allow-p384: false\n", "server-names: a.example,b.example\n", "lb-addrs: 10.0.0.5/32,10.0.1.0/24\n"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("printed config lacks %q:\n%s", want, text)
 		}
@@ -169,7 +170,7 @@ func TestPrintConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the printed config does not load: %v\n%s", err, text)
 	}
-	want, _, _ := loadConfig([]string{"--max-failures", "9", "--server-names", "a.example,b.example", "--retry-window", "7m"}, io.Discard, io.Discard)
+	want, _, _ := loadConfig([]string{"--max-failures", "9", "--server-names", "a.example,b.example", "--retry-window", "7m", "--lb-addrs", "10.0.0.5,10.0.1.0/24"}, io.Discard, io.Discard)
 	if !reflect.DeepEqual(again, want) {
 		t.Errorf("round trip: %+v\nwant %+v", again, want)
 	}
