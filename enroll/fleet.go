@@ -350,7 +350,10 @@ func (f *Fleet) Claim(ctx context.Context, a Actor, code, site string) (devices.
 		th  *throttle
 		key string
 	}{{f.claimsBySerial, c.Serial}, {f.claimsByActor, a.Name}} {
-		ok, wait, seen := t.th.allow(ctx, t.key, now)
+		ok, wait, seen, err := t.th.allow(ctx, t.key, now)
+		if err != nil {
+			return devices.Device{}, err
+		}
 		if !ok {
 			return devices.Device{}, &RetryError{Err: ErrThrottled, After: wait}
 		}

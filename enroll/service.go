@@ -291,13 +291,19 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 	var th throttled
 	if req.Source.IsValid() && !s.fromLB(req.Source.Addr()) {
 		srcKey = req.Source.Addr().String()
-		ok, wait, seen := s.bySource.allow(ctx, srcKey, now)
+		ok, wait, seen, err := s.bySource.allow(ctx, srcKey, now)
+		if err != nil {
+			return Result{}, err
+		}
 		if !ok {
 			return Result{}, &RetryError{Err: ErrThrottled, After: wait}
 		}
 		th.source = seen
 	}
-	ok, wait, seen := s.bySerial.allow(ctx, req.Serial, now)
+	ok, wait, seen, err := s.bySerial.allow(ctx, req.Serial, now)
+	if err != nil {
+		return Result{}, err
+	}
 	if !ok {
 		return Result{}, &RetryError{Err: ErrThrottled, After: wait}
 	}

@@ -2,6 +2,7 @@ package enroll
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -50,15 +51,13 @@ func (t *throttle) key(k string) string { return t.kind + "\x00" + k }
 
 // allow reports whether key may try now, and if not, how long to wait;
 // seen says whether the key has failures on record (succeed clears them).
-// A shared store that cannot be read lets the attempt through: the
-// enrollment that follows needs the same store and fails anyway.
-func (t *throttle) allow(ctx context.Context, key string, now time.Time) (ok bool, wait time.Duration, seen bool) {
+// A shared store that cannot be read is an error: the attempt could not go
+// on without that store anyway.
+func (t *throttle) allow(ctx context.Context, key string, now time.Time) (ok bool, wait time.Duration, seen bool, err error) {
 	var e devices.Throttle
 	if t.store != nil {
-		var err error
 		if e, seen, err = t.store.Throttle(ctx, t.key(key)); err != nil {
-			t.log.Warn("read throttle", "throttle", t.kind, "err", err)
-			return true, 0, false
+			return false, 0, false, fmt.Errorf("read throttle: %w", err)
 		}
 	} else {
 		t.mu.Lock()
@@ -68,9 +67,9 @@ func (t *throttle) allow(ctx context.Context, key string, now time.Time) (ok boo
 		t.mu.Unlock()
 	}
 	if !seen || !now.Before(e.Blocked) {
-		return true, 0, seen
+		return true, 0, seen, nil
 	}
-	return false, e.Blocked.Sub(now), true
+	return false, e.Blocked.Sub(now), true, nil
 }
 
 // failed counts one more failure at now in e.

@@ -18,6 +18,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
@@ -319,4 +320,43 @@ func TestClusterSharesFirmware(t *testing.T) {
 func portOf(hostport string) string {
 	_, p, _ := strings.Cut(hostport, ":")
 	return ":" + p
+}
+
+// When etcd loses quorum, bootstrap answers 5.03 "unavailable" with a retry
+// hint within the request bound, the API 503 with Retry-After, and nothing
+// is half-written: once quorum is back the same device enrolls.
+func TestQuorumLossAnswersUnavailable(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Options{Members: 3, NoFsync: true})
+	env := servertest.Start(t, func(c *server.Config) { c.Store = etcd.URL() + "/quorum" })
+	env.Site("hq", "10.110.0.0/24")
+	b := env.Mint(1, "hq")[0]
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	req, _ := wire.Marshal(wire.CBOR, wire.EnrollRequest{Serial: b.Serial, ClaimToken: b.ClaimToken, CSR: csrFor(t, p256)})
+	ms := etcd.Members()
+	etcd.Kill(ms[1])
+	etcd.Kill(ms[2])
+	start := time.Now()
+	a := rawRequest(t, env, codes.POST, "/enroll", message.AppCBOR, req, nil)
+	var e wire.Error
+	_ = wire.Unmarshal(wire.CBOR, a.Body, &e)
+	if a.Code != codes.ServiceUnavailable || e.Code != "unavailable" || a.MaxAge != 15 {
+		t.Fatalf("enroll without quorum: %v %+v Max-Age %d, want 5.03 unavailable with Max-Age 15", a.Code, e, a.MaxAge)
+	}
+	t.Logf("5.03 after %v", time.Since(start))
+	err := env.Client.Do(ctxT(t), "GET", "/api/v1/sites", nil, nil)
+	var apiErr *httpapi.APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != 503 || apiErr.Code != "unavailable" {
+		t.Fatalf("API without quorum: %v", err)
+	}
+	etcd.Restart(ms[1])
+	etcd.Restart(ms[2])
+	etcd.WaitHealthy()
+	waitFor(t, func() bool {
+		a = rawRequest(t, env, codes.POST, "/enroll", message.AppCBOR, req, nil)
+		return a.Code == codes.Created
+	}, "the enrollment once quorum is back")
+	list, _, err := env.Server.Store().Devices(ctxT(t), devices.Filter{State: devices.StateProvisioned})
+	if err != nil || len(list) != 1 || list[0].Lease == nil {
+		t.Fatalf("after quorum came back: %d provisioned (%v)", len(list), err)
+	}
 }

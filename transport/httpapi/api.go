@@ -298,6 +298,10 @@ func (a *API) guard(rt route) http.Handler {
 			}
 			h := sha256.Sum256([]byte(strings.TrimSpace(secret)))
 			tok, err := a.inv.TokenByHash(r.Context(), h[:])
+			if err != nil && !errors.Is(err, devices.ErrNotFound) {
+				a.fail(w, err) // the store, not the token (503 when unavailable)
+				return
+			}
 			if err != nil {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="provisiond", error="invalid_token"`)
 				writeError(w, http.StatusUnauthorized, "unauthorized", "unknown token")
