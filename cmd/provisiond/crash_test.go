@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/provisiond/provisiond/devices/kv/boltkv"
 	"github.com/provisiond/provisiond/internal/server"
+	"github.com/provisiond/provisiond/internal/testtools"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/simulator"
@@ -122,8 +122,8 @@ func newProcess(t *testing.T, flags ...string) *process {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	return &process{t: t, bin: bin, data: filepath.Join(dir, "data"), coaps: freePort(t, "udp"), https: freePort(t, "tcp"),
-		mqtts: freePort(t, "tcp"), extra: flags}
+	return &process{t: t, bin: bin, data: filepath.Join(dir, "data"), coaps: testtools.FreeAddr(t, "udp"), https: testtools.FreeAddr(t, "tcp"),
+		mqtts: testtools.FreeAddr(t, "tcp"), extra: flags}
 }
 
 // process is a provisiond child process on fixed loopback ports, so that
@@ -141,8 +141,8 @@ type process struct {
 // of its own, with p's flags.
 func (p *process) sibling() *process {
 	p.t.Helper()
-	return &process{t: p.t, bin: p.bin, data: filepath.Join(p.t.TempDir(), "data"), coaps: freePort(p.t, "udp"),
-		https: freePort(p.t, "tcp"), mqtts: freePort(p.t, "tcp"), extra: p.extra}
+	return &process{t: p.t, bin: p.bin, data: filepath.Join(p.t.TempDir(), "data"), coaps: testtools.FreeAddr(p.t, "udp"),
+		https: testtools.FreeAddr(p.t, "tcp"), mqtts: testtools.FreeAddr(p.t, "tcp"), extra: p.extra}
 }
 
 // endpoints are where devices reach p.
@@ -197,23 +197,4 @@ func (p *process) client() *httpapi.Client {
 		p.t.Fatal(err)
 	}
 	return c
-}
-
-// freePort returns a loopback address whose port was free a moment ago.
-func freePort(t *testing.T, network string) string {
-	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().String()
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

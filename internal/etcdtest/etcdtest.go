@@ -10,7 +10,6 @@ package etcdtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,8 +113,8 @@ func Start(t T, opts Options) *Cluster {
 	for i := range opts.Members {
 		m := &Member{
 			Name:      fmt.Sprintf("m%d", i),
-			ClientURL: "http://" + freeAddr(t),
-			peerURL:   "http://" + freeAddr(t),
+			ClientURL: "http://" + testtools.FreeAddr(t, "tcp"),
+			peerURL:   "http://" + testtools.FreeAddr(t, "tcp"),
 			dir:       filepath.Join(base, fmt.Sprintf("m%d", i)),
 		}
 		m.logPath = m.dir + ".log"
@@ -295,17 +294,6 @@ func tail(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
-}
-
-// freeAddr returns a loopback address with a port nobody listens on now.
-func freeAddr(t T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // StoreEnv names the environment variable that runs a package's store-

@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -58,7 +57,7 @@ func TestNginxInFront(t *testing.T) {
 		conf = strings.ReplaceAll(conf, old+":8883", env.Server.MQTTAddr())
 		conf = strings.ReplaceAll(conf, old+":8443", env.Server.HTTPAddr().String())
 	}
-	coaps, mqtts, https := freeAddr(t, "udp"), freeAddr(t, "tcp"), freeAddr(t, "tcp")
+	coaps, mqtts, https := testtools.FreeAddr(t, "udp"), testtools.FreeAddr(t, "tcp"), testtools.FreeAddr(t, "tcp")
 	conf = strings.Replace(conf, "listen 5684 udp reuseport;", "listen "+coaps+" udp reuseport;", 1)
 	conf = strings.Replace(conf, "listen 8883;", "listen "+mqtts+";", 1)
 	conf = strings.Replace(conf, "listen 8443;", "listen "+https+";", 1)
@@ -111,22 +110,4 @@ func TestNginxInFront(t *testing.T) {
 		t.Fatalf("MQTT through nginx: %v", err)
 	}
 	s.Close()
-}
-
-func freeAddr(t *testing.T, network string) string {
-	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().String()
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

@@ -1,8 +1,9 @@
 // Package testtools finds the programs that tests run as real peers
-// (libcoap's client, Mosquitto, OpenSSL, Chromium, zbarimg). `make test`
+// (libcoap's client, Mosquitto, OpenSSL, Chromium, zbarimg, nginx). `make test`
 // installs them and sets PROVISIOND_REQUIRE_TOOLS, as CI does (CI=true):
 // there a missing tool fails the test. A plain `go test` on a machine
-// without them skips those tests and says which tool is missing.
+// without them skips those tests and says which tool is missing. FreeAddr
+// finds loopback ports for peers that must be told theirs before they start.
 package testtools
 
 import (

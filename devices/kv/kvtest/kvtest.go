@@ -431,29 +431,15 @@ func testRacingWriters(t *testing.T, db kv.DB) {
 	t.Logf("%d increments took %d runs of the function", writers*each, runs.Load())
 }
 
-// testPhantom: each writer counts the keys of a range, adds one key to it and
-// records the count it saw plus one. If an engine let two writers miss each
-// other's insert (a phantom), two records would say the same count.
-func testPhantom(t *testing.T, db kv.DB) {
-	const writers = 16
+// concurrently runs fn(0) ... fn(n-1) at once and fails the test with the
+// first error any returns (after all have ended).
+func concurrently(t *testing.T, n int, fn func(i int) error) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for i := range writers {
+	errs := make(chan error, n)
+	for i := range n {
 		wg.Go(func() {
-			err := kv.Batch(context.Background(), db, func(tx kv.Tx) error {
-				n := 0
-				if err := tx.Ascend(bk, []byte("range/"), nil, func(_, _ []byte) (bool, error) {
-					n++
-					return true, nil
-				}); err != nil {
-					return err
-				}
-				if err := tx.Put(bk, fmt.Appendf(nil, "range/%02d", i), nil); err != nil {
-					return err
-				}
-				return tx.Put(bk, fmt.Appendf(nil, "seen/%02d", n+1), fmt.Appendf(nil, "%d", i))
-			})
-			if err != nil {
+			if err := fn(i); err != nil {
 				errs <- err
 			}
 		})
@@ -463,6 +449,35 @@ func testPhantom(t *testing.T, db kv.DB) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+// count is how many keys with prefix tx sees.
+func count(tx kv.Tx, prefix string) (int, error) {
+	n := 0
+	err := tx.Ascend(bk, []byte(prefix), nil, func(_, _ []byte) (bool, error) {
+		n++
+		return true, nil
+	})
+	return n, err
+}
+
+// testPhantom: each writer counts the keys of a range, adds one key to it and
+// records the count it saw plus one. If an engine let two writers miss each
+// other's insert (a phantom), two records would say the same count.
+func testPhantom(t *testing.T, db kv.DB) {
+	const writers = 16
+	concurrently(t, writers, func(i int) error {
+		return kv.Batch(context.Background(), db, func(tx kv.Tx) error {
+			n, err := count(tx, "range/")
+			if err != nil {
+				return err
+			}
+			if err := tx.Put(bk, fmt.Appendf(nil, "range/%02d", i), nil); err != nil {
+				return err
+			}
+			return tx.Put(bk, fmt.Appendf(nil, "seen/%02d", n+1), fmt.Appendf(nil, "%d", i))
+		})
+	})
 	if got := scan(t, db, false, "range/", ""); len(got) != writers {
 		t.Fatalf("%d keys in the range, want %d", len(got), writers)
 	}
@@ -482,33 +497,18 @@ func testPhantomDelete(t *testing.T, db kv.DB) {
 		kvs = append(kvs, fmt.Sprintf("del/%02d", i), "x")
 	}
 	put(t, db, kvs...)
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for i := range writers {
-		wg.Go(func() {
-			err := kv.Batch(context.Background(), db, func(tx kv.Tx) error {
-				n := 0
-				if err := tx.Ascend(bk, []byte("del/"), nil, func(_, _ []byte) (bool, error) {
-					n++
-					return true, nil
-				}); err != nil {
-					return err
-				}
-				if err := tx.Delete(bk, fmt.Appendf(nil, "del/%02d", i)); err != nil {
-					return err
-				}
-				return tx.Put(bk, fmt.Appendf(nil, "count/%02d", n), fmt.Appendf(nil, "%d", i))
-			})
+	concurrently(t, writers, func(i int) error {
+		return kv.Batch(context.Background(), db, func(tx kv.Tx) error {
+			n, err := count(tx, "del/")
 			if err != nil {
-				errs <- err
+				return err
 			}
+			if err := tx.Delete(bk, fmt.Appendf(nil, "del/%02d", i)); err != nil {
+				return err
+			}
+			return tx.Put(bk, fmt.Appendf(nil, "count/%02d", n), fmt.Appendf(nil, "%d", i))
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	})
 	if got := scan(t, db, false, "del/", ""); len(got) != 0 {
 		t.Fatalf("%d keys left in the range (%q), want none", len(got), got)
 	}
