@@ -86,8 +86,9 @@ vuln:
 # PROVISIOND_REQUIRE_TOOLS: a test whose tool is missing fails, never skips.
 # The store-backed suites then run again on etcd (PROVISIOND_TEST_STORE):
 # the whole inventory suite, and the end-to-end tests whose outcome rests on
-# the store (the browser, interop and handshake tests do not).
-ETCD_E2E := TestEnrollEndToEnd|TestRetryGetsSameAnswer|TestConcurrentEnrollmentsNeverShareAnAddress|TestLeaseRenewal|TestSecondInstance|TestMQTTEnrollAndOperate|TestMixedFleet|TestRevokedDeviceRefusedAtConnect|TestRevocationEndToEnd|TestCertificateRenewal|TestSiteReconfiguration|TestBulkOverride|TestThrottling|TestBackupAndRestore|TestPassphrasesSealedAtRest|TestFirmwareRollout|TestSoakFleet|TestAPIAuthAndErrors|TestMetricsAndHealth|TestReplicas
+# the store (the browser, interop and handshake tests do not; the cluster
+# tests run on etcd in the first pass already).
+ETCD_E2E := TestEnrollEndToEnd|TestRetryGetsSameAnswer|TestConcurrentEnrollmentsNeverShareAnAddress|TestMQTTEnrollAndOperate|TestRevokedDeviceRefusedAtConnect|TestRevocationEndToEnd|TestCertificateRenewal|TestBulkOverride|TestBackupAndRestore|TestPassphrasesSealedAtRest|TestFirmwareRollout
 test: deps size-check fmt-check vet lint vuln
 	PROVISIOND_REQUIRE_TOOLS=1 PROVISIOND_ETCD=$(CURDIR)/bin/etcd $(GO) test -race -count=1 -timeout 15m $(PKGS)
 	PROVISIOND_REQUIRE_TOOLS=1 PROVISIOND_ETCD=$(CURDIR)/bin/etcd PROVISIOND_TEST_STORE=etcd \
