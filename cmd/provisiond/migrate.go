@@ -106,7 +106,22 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			shared[dir+"/"+n] = b
 		}
 	}
-	ok, err := inv.ShareFiles(ctx, shared, devices.AuditEvent{Actor: "system", Action: "cluster.migrate", Target: "CA and firmware signing key"})
+	// The firmware manifests too (signed with that key), so every replica
+	// lists the images; their bytes come from the replica started on this
+	// data directory (the others fetch them by digest).
+	manifests, err := filepath.Glob(filepath.Join(*from, server.FirmwareDir, "manifests", "*", "*.json"))
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	for _, m := range manifests {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		rel, _ := filepath.Rel(filepath.Join(*from, server.FirmwareDir), m)
+		shared[server.FirmwareDir+"/"+filepath.ToSlash(rel)] = b
+	}
+	ok, err := inv.ShareFiles(ctx, shared, devices.AuditEvent{Actor: "system", Action: "cluster.migrate", Target: "CA and firmware"})
 	if err != nil || !ok {
 		return fmt.Errorf("migrate: store the CA for the cluster: stored %v, %v", ok, err)
 	}
@@ -136,7 +151,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "  %-12s %d\n", b, st.Per[b])
 	}
 	fmt.Fprintf(stdout, "audit: %d events in %d chains verify\n", head.Events, head.Chains)
-	fmt.Fprintf(stdout, "the CA (%s) and the firmware signing key are the cluster's\n", ca.Root().Subject.CommonName)
+	fmt.Fprintf(stdout, "the CA (%s), the firmware signing key and %d firmware manifests are the cluster's\n", ca.Root().Subject.CommonName, len(manifests))
 	fmt.Fprintf(stdout, "next: start the replicas with --store %s and %s, the first on a copy of %s (its firmware images: the others fetch them from it)\n",
 		*to, server.PassphraseEnv, *from)
 	return nil

@@ -45,6 +45,7 @@ func TestMigrateIntoCluster(t *testing.T) {
 	if err := single.Client.Do(ctx, "POST", "/api/v1/revocations", httpapi.RevokeRequest{Devices: []string{gone.Bundle.Serial}, Reason: "lost"}, nil); err != nil {
 		t.Fatal(err)
 	}
+	single.AddFirmware("TEST", "1.0.0", []byte("an image of the single node"))
 	before, _, err := single.Server.Store().Devices(ctx, devices.Filter{Limit: 100})
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +66,7 @@ func TestMigrateIntoCluster(t *testing.T) {
 		t.Fatalf("migrate: %v\n%s%s", err, out.String(), errOut.String())
 	}
 	t.Logf("%s", out.String())
-	for _, want := range []string{"moved ", "devices ", "chains verify", "the cluster's"} {
+	for _, want := range []string{"moved ", "devices ", "chains verify", "1 firmware manifests are the cluster's"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("migrate output lacks %q", want)
 		}
@@ -97,6 +98,10 @@ func TestMigrateIntoCluster(t *testing.T) {
 		if after[i].ID != before[i].ID || after[i].State != before[i].State || !slices.Equal(after[i].TokenHash, before[i].TokenHash) {
 			t.Errorf("device %s: %s/%s after, %s/%s before", before[i].Serial, after[i].ID, after[i].State, before[i].ID, before[i].State)
 		}
+	}
+	var fw httpapi.FirmwareView
+	if err := replica.Client.Do(ctx, "GET", "/api/v1/firmware", nil, &fw); err != nil || len(fw.Images) != 1 {
+		t.Errorf("the replica lists %d firmware images (%v), want the single node's one", len(fw.Images), err)
 	}
 	at := func(d *simulator.Device) *simulator.Device {
 		d.Bundle.Endpoints = replica.Info.Endpoints
