@@ -59,12 +59,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.MQTTClientID, "mqtt-client-id", cfg.MQTTClientID, "this replica's client ID on the external broker (default provisiond-<hostname>)")
 	fs.StringVar(&cfg.AdvertiseHost, "advertise-host", cfg.AdvertiseHost, "host name or IP devices use to reach this server")
 	fs.Func("server-names", "extra comma-separated DNS names/IPs in the server certificate", func(v string) error {
-		cfg.ServerNames = nil
-		for _, n := range strings.Split(v, ",") {
-			if n = strings.TrimSpace(n); n != "" {
-				cfg.ServerNames = append(cfg.ServerNames, n)
-			}
-		}
+		cfg.ServerNames = commaList(v)
 		return nil
 	})
 	fs.StringVar(&cfg.CAPassphrase, "ca-passphrase", cfg.CAPassphrase, "CA key passphrase; give it as PROVISIOND_CA_PASSPHRASE (a flag shows in ps). Empty: a generated one kept in the data directory")
@@ -77,11 +72,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.StoreBatchWait, "store-batch-wait", cfg.StoreBatchWait, "how long enrollment commits wait to share one fsync (bbolt)")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", cfg.AuditRetention, "keep audit events this long, then prune them (each chain keeps an anchor, so the rest verifies); 0 keeps them forever. Export before: provctl audit export")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "where the inventory lives: empty for the bbolt file in the data directory, or etcd://host:port[,host:port...][/prefix] (etcds:// with TLS) for a cluster of replicas")
-	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", cfg.Etcd.CAFile, "PEM file with the roots of etcd's server certificates (etcds://)")
-	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", cfg.Etcd.CertFile, "client certificate for etcd (PEM), when etcd asks for one")
-	fs.StringVar(&cfg.Etcd.KeyFile, "etcd-key", cfg.Etcd.KeyFile, "the client certificate's key (PEM)")
-	fs.StringVar(&cfg.Etcd.Username, "etcd-username", cfg.Etcd.Username, "etcd user, when etcd authentication is on")
-	fs.StringVar(&cfg.Etcd.Password, "etcd-password", cfg.Etcd.Password, "etcd user's password; give it as PROVISIOND_ETCD_PASSWORD (a flag shows in ps)")
+	etcdFlags(fs, &cfg.Etcd)
 	fs.IntVar(&cfg.Fleet.JobChunk, "job-chunk", cfg.Fleet.JobChunk, "devices per transaction of a bulk job (revocation, reconfiguration, retarget); 0: as many as the store takes in one")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", cfg.DebugAddr, "serve net/http/pprof here, e.g. 127.0.0.1:6060 (no authentication: keep it on loopback)")
 
@@ -100,10 +91,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&e.MaxInFlight, "max-inflight", e.MaxInFlight, "enrollments processed at once; more are answered 5.03 with a retry hint; negative: no bound")
 	fs.Func("lb-addrs", "comma-separated addresses or CIDRs of load balancers in front (every device behind one shares its address): not throttled per source", func(v string) error {
 		e.LBAddrs = nil
-		for _, a := range strings.Split(v, ",") {
-			if a = strings.TrimSpace(a); a == "" {
-				continue
-			}
+		for _, a := range commaList(v) {
 			p, err := netip.ParsePrefix(a)
 			if err != nil {
 				addr, aerr := netip.ParseAddr(a)
@@ -242,4 +230,24 @@ func validHostName(n string) bool {
 		}
 	}
 	return true
+}
+
+// etcdFlags declares how to reach etcd (provisiond and provisiond migrate).
+func etcdFlags(fs *flag.FlagSet, ec *server.EtcdConfig) {
+	fs.StringVar(&ec.CAFile, "etcd-ca", ec.CAFile, "PEM file with the roots of etcd's server certificates (etcds://)")
+	fs.StringVar(&ec.CertFile, "etcd-cert", ec.CertFile, "client certificate for etcd (PEM), when etcd asks for one")
+	fs.StringVar(&ec.KeyFile, "etcd-key", ec.KeyFile, "the client certificate's key (PEM)")
+	fs.StringVar(&ec.Username, "etcd-username", ec.Username, "etcd user, when etcd authentication is on")
+	fs.StringVar(&ec.Password, "etcd-password", ec.Password, "etcd user's password; give it as PROVISIOND_ETCD_PASSWORD (a flag shows in ps)")
+}
+
+// commaList splits a comma-separated setting, dropping empty entries.
+func commaList(v string) []string {
+	var out []string
+	for _, x := range strings.Split(v, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
 }

@@ -32,16 +32,12 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	from := fs.String("from", "", "the single node's data directory (stopped)")
 	to := fs.String("to", "", "the cluster's store: etcd://host:port[,host:port...][/prefix] (etcds:// with TLS)")
-	var ec server.EtcdConfig
-	fs.StringVar(&ec.CAFile, "etcd-ca", "", "PEM roots of etcd's server certificates")
-	fs.StringVar(&ec.CertFile, "etcd-cert", "", "client certificate for etcd")
-	fs.StringVar(&ec.KeyFile, "etcd-key", "", "the client certificate's key")
-	fs.StringVar(&ec.Username, "etcd-username", "", "etcd user")
+	ec := server.EtcdConfig{Password: os.Getenv("PROVISIOND_ETCD_PASSWORD")}
+	etcdFlags(fs, &ec)
 	workers := fs.Int("workers", 8, "transactions in flight at once")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ec.Password = os.Getenv("PROVISIOND_ETCD_PASSWORD")
 	if *from == "" || *to == "" || fs.NArg() > 0 {
 		return errors.New("migrate: --from DATA_DIR and --to etcd://... are required")
 	}
