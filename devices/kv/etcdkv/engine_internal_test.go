@@ -219,3 +219,32 @@ func TestUnavailable(t *testing.T) {
 		t.Fatalf("took %v", d)
 	}
 }
+
+// A lease that ended under the engine (revoked, or expired in a long stall)
+// is replaced and the commit goes through.
+func TestLostLeaseReplaced(t *testing.T) {
+	db, cli, _ := open(t, Options{})
+	ctx := context.Background()
+	mustPut(t, db, "a", "1")
+	lease, err := db.getLease(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(ctx, func(tx kv.Tx) error { return tx.Delete(bk, []byte("a")) }); err != nil {
+		t.Fatalf("delete after the lease was revoked: %v", err)
+	}
+	if err := db.View(ctx, func(tx kv.Tx) error {
+		if v, err := tx.Get(bk, []byte("a")); v != nil || err != nil {
+			return fmt.Errorf("a = %q, %v after its delete", v, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if db.lease == lease {
+		t.Fatal("the engine kept the revoked lease")
+	}
+}

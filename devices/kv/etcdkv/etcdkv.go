@@ -298,15 +298,19 @@ func (db *DB) commit(ctx context.Context, t *tx) (bool, error) {
 		}
 		cmps = append(cmps, c)
 	}
-	ops := make([]clientv3.Op, 0, len(t.writes)+1)
-	for k, w := range t.writes {
-		if w.del {
-			ops = append(ops, clientv3.OpPut(k, "", clientv3.WithLease(lease)))
-		} else {
-			ops = append(ops, clientv3.OpPut(k, string(w.val)))
+	// Deletes (tombstones) and the marker hang on the lease.
+	build := func(lease clientv3.LeaseID) []clientv3.Op {
+		ops := make([]clientv3.Op, 0, len(t.writes)+1)
+		for k, w := range t.writes {
+			if w.del {
+				ops = append(ops, clientv3.OpPut(k, "", clientv3.WithLease(lease)))
+			} else {
+				ops = append(ops, clientv3.OpPut(k, string(w.val)))
+			}
 		}
+		return append(ops, clientv3.OpPut(marker, "", clientv3.WithLease(lease)))
 	}
-	ops = append(ops, clientv3.OpPut(marker, "", clientv3.WithLease(lease)))
+	ops := build(lease)
 	for {
 		rctx, cancel := db.rpcCtx(ctx)
 		db.stats.txns.Add(1)
@@ -321,21 +325,7 @@ func (db *DB) commit(ctx context.Context, t *tx) (bool, error) {
 			if lease, err = db.getLease(ctx, true); err != nil {
 				return false, err
 			}
-			for i := range ops {
-				if ops[i].IsPut() && len(ops[i].ValueBytes()) == 0 {
-					ops[i] = clientv3.OpPut(string(ops[i].KeyBytes()), "", clientv3.WithLease(lease))
-				}
-			}
-			// A put of an empty value without a lease must stay so.
-			for k, w := range t.writes {
-				if !w.del && len(w.val) == 0 {
-					for i := range ops {
-						if string(ops[i].KeyBytes()) == k {
-							ops[i] = clientv3.OpPut(k, "")
-						}
-					}
-				}
-			}
+			ops = build(lease)
 			continue
 		case definite(err):
 			return false, db.wrap(ctx, "commit", err)
