@@ -81,7 +81,7 @@ func (c *catalogue) Add(r io.Reader, meta firmware.Meta) (firmware.Signed, firmw
 		devices.AuditEvent{Actor: "system", Action: "firmware.share", Target: m.Model + " " + m.Version}); err != nil {
 		return signed, m, fmt.Errorf("share the manifest with the cluster: %w", err)
 	}
-	c.s.publishRef(cluster.Firmware, m.Model+"/"+m.Version)
+	c.s.announce(cluster.Event{Kind: cluster.Firmware, Ref: m.Model + "/" + m.Version})
 	return signed, m, nil
 }
 
@@ -99,7 +99,8 @@ func (c *catalogue) Image(digest string) (*os.File, error) {
 }
 
 // shareLocal puts the manifests of images this replica has into the store
-// when the cluster lacks them (a single node's catalogue moved in).
+// when the cluster lacks them (a single node's catalogue moved in), then
+// takes the cluster's that it lacks: what a replica does at start.
 func (c *catalogue) shareLocal(ctx context.Context) error {
 	all, err := c.s.store.SharedPrefix(ctx, manifestPrefix)
 	if err != nil {
@@ -127,16 +128,20 @@ func (c *catalogue) shareLocal(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	return c.importFrom(all)
 }
 
-// importShared takes the cluster's manifests this replica lacks (at start,
-// and when another replica announces one).
+// importShared takes the cluster's manifests this replica lacks (when
+// another replica announces one, at a resync, on a rollout's miss).
 func (c *catalogue) importShared(ctx context.Context) error {
 	all, err := c.s.store.SharedPrefix(ctx, manifestPrefix)
 	if err != nil {
 		return err
 	}
+	return c.importFrom(all)
+}
+
+func (c *catalogue) importFrom(all map[string][]byte) error {
 	for name, raw := range all {
 		var signed firmware.Signed
 		if err := json.Unmarshal(raw, &signed); err != nil {

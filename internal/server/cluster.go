@@ -87,29 +87,15 @@ func (s *Server) leaderWork(ctx context.Context, fleet *enroll.Fleet) {
 	}
 }
 
-// publish announces a change to the other replicas (no-op alone). It does
+// announce tells the other replicas of a change (no-op alone). It does
 // not hold up the caller: the change is committed and applied here already.
-func (s *Server) publish(kind string, ids []uuid.UUID) {
+func (s *Server) announce(ev cluster.Event) {
 	if s.node == nil {
 		return
 	}
-	ev := cluster.Event{Kind: kind, IDs: ids}
 	s.bg.Go(func() {
 		if err := s.node.Publish(context.Background(), ev); err != nil {
-			s.log.Error("announce to the cluster", "kind", kind, "devices", len(ids), "err", err)
-		}
-	})
-}
-
-// publishRef announces a change that names a thing rather than devices.
-func (s *Server) publishRef(kind, ref string) {
-	if s.node == nil {
-		return
-	}
-	ev := cluster.Event{Kind: kind, Ref: ref}
-	s.bg.Go(func() {
-		if err := s.node.Publish(context.Background(), ev); err != nil {
-			s.log.Error("announce to the cluster", "kind", kind, "ref", ref, "err", err)
+			s.log.Error("announce to the cluster", "kind", ev.Kind, "devices", len(ev.IDs), "ref", ev.Ref, "err", err)
 		}
 	})
 }

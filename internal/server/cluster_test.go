@@ -29,17 +29,18 @@ import (
 
 // startReplicas starts n provisiond replicas on one etcd inventory; the
 // first makes the cluster's CA and admin token, which the others are given
-// (the token file is copied, as an operator would).
-func startReplicas(t *testing.T, store string, n int) []*servertest.Env {
+// (the token file is copied, as an operator would). mod adjusts every
+// replica's configuration.
+func startReplicas(t *testing.T, store string, n int, mod ...func(*server.Config)) []*servertest.Env {
 	t.Helper()
-	first := servertest.Start(t, func(c *server.Config) { c.Store = store })
+	first := servertest.Start(t, append([]func(*server.Config){func(c *server.Config) { c.Store = store }}, mod...)...)
 	envs := []*servertest.Env{first}
 	for range n - 1 {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, server.AdminTokenFile), []byte(first.AdminToken()+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		envs = append(envs, servertest.Start(t, func(c *server.Config) { c.Store, c.DataDir = store, dir }))
+		envs = append(envs, servertest.Start(t, append([]func(*server.Config){func(c *server.Config) { c.Store, c.DataDir = store, dir }}, mod...)...))
 	}
 	return envs
 }

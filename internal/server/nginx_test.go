@@ -12,7 +12,6 @@ import (
 
 	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
-	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/internal/testtools"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
@@ -34,17 +33,9 @@ func TestNginxInFront(t *testing.T) {
 		t.Skip("libnginx-mod-stream is not installed")
 	}
 	etcd := etcdtest.Start(t, etcdtest.Options{NoFsync: true})
-	store := etcd.URL() + "/nginx"
 	lb := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
-	first := servertest.Start(t, func(c *server.Config) { c.Store, c.Enroll.LBAddrs = store, lb })
-	envs := []*servertest.Env{first}
-	for range 2 {
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, server.AdminTokenFile), []byte(first.AdminToken()+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		envs = append(envs, servertest.Start(t, func(c *server.Config) { c.Store, c.DataDir, c.Enroll.LBAddrs = store, dir, lb }))
-	}
+	envs := startReplicas(t, etcd.URL()+"/nginx", 3, func(c *server.Config) { c.Enroll.LBAddrs = lb })
+	first := envs[0]
 
 	raw, err := os.ReadFile("../../docs/nginx/nginx.conf")
 	if err != nil {

@@ -36,7 +36,7 @@ func (r *relay) ConfigChanged(id uuid.UUID, cfg enroll.DeviceConfig) {
 // (through the cluster) on every other replica.
 func (r *relay) Reconfigured(ctx context.Context, ids []uuid.UUID) {
 	r.svc.PushConfig(ctx, ids)
-	r.s.publish(cluster.Reconfigured, ids)
+	r.s.announce(cluster.Event{Kind: cluster.Reconfigured, IDs: ids})
 }
 
 // Revoked cuts the devices' live sessions at once, here and (through the
@@ -52,7 +52,7 @@ func (r *relay) Revoked(_ context.Context, revoked []devices.Device) {
 		ids[i] = d.ID
 	}
 	r.cut(ids)
-	s.publish(cluster.Revoked, ids)
+	s.announce(cluster.Event{Kind: cluster.Revoked, IDs: ids})
 }
 
 // cut ends the devices' sessions held here (DTLS, MQTT) and clears their

@@ -122,14 +122,9 @@ type Config struct {
 	DebugAddr     string          // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
 
-// OpenStore opens the inventory cfg names: the bbolt file in the data
-// directory, or the etcd cluster of cfg.Store.
-func OpenStore(ctx context.Context, cfg Config) (*devices.Store, error) {
-	st, _, err := openStore(ctx, cfg)
-	return st, err
-}
-
-// openStore is OpenStore that also returns the etcd engine (nil on bbolt).
+// openStore opens the inventory cfg names: the bbolt file in the data
+// directory, or the etcd cluster of cfg.Store (whose engine it returns too;
+// nil on bbolt).
 func openStore(ctx context.Context, cfg Config) (*devices.Store, *etcdkv.DB, error) {
 	if cfg.Store == "" {
 		st, err := OpenInventory(ctx, filepath.Join(cfg.DataDir, InventoryFile), boltkv.Options{MaxBatchDelay: cfg.StoreBatchWait})
@@ -406,10 +401,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.cat = cat
 	if s.clustered() {
 		if err := cat.shareLocal(ctx); err != nil {
-			return nil, fmt.Errorf("share this replica's firmware manifests: %w", err)
-		}
-		if err := cat.importShared(ctx); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("firmware manifests of the cluster: %w", err)
 		}
 		cfg.Routes = append(slices.Clone(cfg.Routes), cat.imageRoute())
 	}
@@ -678,7 +670,7 @@ func (s *Server) refreshCRL(ctx context.Context) error {
 		if !stored { // another replica's is newer
 			return s.loadCRL(ctx)
 		}
-		s.publish(cluster.CRL, nil)
+		s.announce(cluster.Event{Kind: cluster.CRL})
 	}
 	s.crl.Store(&der)
 	return nil

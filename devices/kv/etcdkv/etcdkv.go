@@ -50,6 +50,7 @@ import (
 	mrand "math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -403,7 +404,7 @@ func mergeSpans(in []span, max int) []span {
 		return nil
 	}
 	s := slices.Clone(in)
-	slices.SortFunc(s, func(a, b span) int { return cmpStr(a.start, b.start) })
+	slices.SortFunc(s, func(a, b span) int { return strings.Compare(a.start, b.start) })
 	out := s[:1]
 	for _, x := range s[1:] {
 		last := &out[len(out)-1]
@@ -428,16 +429,6 @@ func mergeSpans(in []span, max int) []span {
 		grouped = append(grouped, span{out[lo].start, out[hi-1].end})
 	}
 	return grouped
-}
-
-func cmpStr(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // prefixEnd is the first key after every key that starts with p.
@@ -482,7 +473,7 @@ func (t *tx) get(full string) ([]byte, bool, error) {
 	}
 	t.reads = append(t.reads, span{full, full + "\x00"})
 	if s := t.segAt(full); s != nil {
-		i, found := slices.BinarySearchFunc(s.kvs, full, func(p kvPair, k string) int { return cmpStr(string(p.Key), k) })
+		i, found := s.find(full)
 		if !found || s.kvs[i].Lease != 0 {
 			return nil, false, nil
 		}
@@ -571,6 +562,11 @@ type seg struct {
 	kvs    []kvPair
 }
 
+// find is where key is, or would be, in the stretch.
+func (s *seg) find(key string) (int, bool) {
+	return slices.BinarySearchFunc(s.kvs, key, func(p kvPair, k string) int { return strings.Compare(string(p.Key), k) })
+}
+
 // segAt returns the read stretch that holds key, or nil.
 func (t *tx) segAt(key string) *seg {
 	for _, s := range t.segs {
@@ -585,7 +581,7 @@ func (t *tx) segAt(key string) *seg {
 // as one page or a read stretch holds, and where the following page starts.
 func (t *tx) ascendPage(next, hi string) ([]kvPair, string, error) {
 	if s := t.segAt(next); s != nil {
-		i, _ := slices.BinarySearchFunc(s.kvs, next, func(p kvPair, k string) int { return cmpStr(string(p.Key), k) })
+		i, _ := s.find(next)
 		end := min(s.hi, hi)
 		j := i
 		for j < len(s.kvs) && string(s.kvs[j].Key) < end {
