@@ -163,14 +163,14 @@ storm: build
 FUZZTIME    ?= 30s
 CI_FUZZTIME ?= 5s
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzDecodeEnrollRequest -fuzztime $(FUZZTIME) ./transport/wire/
-	$(GO) test -run XXX -fuzz FuzzDecodeDeviceMessages -fuzztime $(FUZZTIME) ./transport/wire/
-	$(GO) test -run XXX -fuzz FuzzParseCSR -fuzztime $(FUZZTIME) ./enroll/
-	$(GO) test -run XXX -fuzz FuzzParseManifest -fuzztime $(FUZZTIME) ./enroll/
-	$(GO) test -run XXX -fuzz FuzzParseClaimCode -fuzztime $(FUZZTIME) ./enroll/
-	$(GO) test -run XXX -fuzz FuzzParseTopic -fuzztime $(FUZZTIME) ./transport/mqtt/topics/
-	$(GO) test -run XXX -fuzz FuzzAPIRequestBodies -fuzztime $(FUZZTIME) ./internal/server/
-	$(GO) test -run XXX -fuzz FuzzVerify -fuzztime $(FUZZTIME) ./firmware/
+	GO=$(GO) bash .ci/fuzz FuzzDecodeEnrollRequest $(FUZZTIME) ./transport/wire/
+	GO=$(GO) bash .ci/fuzz FuzzDecodeDeviceMessages $(FUZZTIME) ./transport/wire/
+	GO=$(GO) bash .ci/fuzz FuzzParseCSR $(FUZZTIME) ./enroll/
+	GO=$(GO) bash .ci/fuzz FuzzParseManifest $(FUZZTIME) ./enroll/
+	GO=$(GO) bash .ci/fuzz FuzzParseClaimCode $(FUZZTIME) ./enroll/
+	GO=$(GO) bash .ci/fuzz FuzzParseTopic $(FUZZTIME) ./transport/mqtt/topics/
+	GO=$(GO) bash .ci/fuzz FuzzAPIRequestBodies $(FUZZTIME) ./internal/server/
+	GO=$(GO) bash .ci/fuzz FuzzVerify $(FUZZTIME) ./firmware/
 
 clean:
 	rm -rf bin
