@@ -36,7 +36,7 @@ var (
 	// them up front (boltkv.Options.Buckets).
 	Buckets = [][]byte{bucketDevices, bucketSerials, bucketBySite, bucketSites, bucketLeases,
 		bucketPools, bucketBatches, bucketTokens, bucketAuditLog, bucketAuditHead, bucketMeta, bucketCerts, bucketRevoked, bucketShared, bucketCRL, bucketThrottles, bucketAuditAnchor,
-		bucketHistory, bucketIndex, bucketJobs, bucketJobRows, bucketServerCerts, bucketRollouts, bucketLegacyAudit}
+		bucketHistory, bucketIndex, bucketJobs, bucketJobRows, bucketServerCerts, bucketRollouts, bucketLegacyAudit, bucketFactoryCAs}
 )
 
 // Store is the inventory over a storage engine (package kv). It is safe for

@@ -35,7 +35,10 @@ type Device struct {
 	TokenHash []byte    `json:"token_hash"` // SHA-256 of the claim token; never the token
 	// ClaimCodeHash is the hash of the label's claim-code secret; cleared by
 	// the claim that uses it (single use).
-	ClaimCodeHash   []byte `json:"claim_code_hash,omitempty"`
+	ClaimCodeHash []byte `json:"claim_code_hash,omitempty"`
+	// FactoryCA is the manufacturer CA (FactoryCA.ID) whose certificate the
+	// device last enrolled with, or that registered it on first contact.
+	FactoryCA       string `json:"factory_ca,omitempty"`
 	FirmwareVersion string `json:"firmware_version,omitempty"`
 	// FirmwarePin targets the device to this version whatever the rollouts
 	// say ("" follows them); it stays with the device through a re-key.

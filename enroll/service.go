@@ -150,6 +150,7 @@ type Service struct {
 	onSuperseded func()
 	admit        chan struct{} // one slot per enrollment in progress; nil: unbounded
 	firmware     FirmwareSource
+	factory      factoryPool
 }
 
 // Ports are what a Service is built on: the inventory and the signer, and
@@ -211,7 +212,14 @@ type Request struct {
 	FirmwareVersion string
 	MAC             string
 	Source          netip.AddrPort // where it came from (throttling, audit)
-	Transport       string         // "coap", "coaps", "mqtt" (audit)
+	Transport       string         // "coap", "coaps", "mqtt", "est", "estcoaps" (audit)
+	// Factory is the factory certificate chain (leaf first) the device
+	// presented, verified by the transport as a proof of possession of its
+	// key (a TLS or DTLS handshake). Without a claim token it is the
+	// device's identity: Serial, when set, must be the one it names.
+	Factory []*x509.Certificate
+
+	factory *FactoryIdentity // set by Enroll once Factory is verified
 }
 
 // Result is what an enrolled device receives.
@@ -285,6 +293,17 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 		}
 	}
 	now := s.clock.Now()
+	if len(req.Factory) > 0 && req.ClaimToken == "" {
+		fid, err := s.IdentifyFactory(ctx, req.Factory)
+		if err != nil {
+			s.log.Info("enrollment refused", "serial", req.Serial, "source", req.Source, "reason", err)
+			return Result{}, err
+		}
+		if req.Serial != "" && req.Serial != fid.Serial {
+			return Result{}, fmt.Errorf("%w: the certificate names serial %s, not %s", ErrFactoryCert, fid.Serial, req.Serial)
+		}
+		req.Serial, req.factory = fid.Serial, &fid
+	}
 	// Behind an external MQTT broker the device's address is unknown: then
 	// only the per-serial throttle applies.
 	srcKey := ""
@@ -312,7 +331,12 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	d, err := s.authenticate(ctx, req, now, srcKey, th)
+	var d devices.Device
+	if req.factory != nil {
+		d, err = s.authenticateFactory(ctx, req, *req.factory, now, srcKey, th)
+	} else {
+		d, err = s.authenticate(ctx, req, now, srcKey, th)
+	}
 	if err != nil {
 		return Result{}, err
 	}
@@ -341,8 +365,10 @@ func (s *Service) validate(req Request) (*x509.CertificateRequest, error) {
 	case len(req.Model) > s.cfg.MaxFieldBytes || len(req.FirmwareVersion) > s.cfg.MaxFieldBytes || len(req.MAC) > 32:
 		return nil, fmt.Errorf("%w: model, firmware_version or mac too long", ErrInvalid)
 	}
-	if err := CheckToken(req.ClaimToken); err != nil {
-		return nil, err
+	if req.factory == nil {
+		if err := CheckToken(req.ClaimToken); err != nil {
+			return nil, err
+		}
 	}
 	return s.parseCSR(req.CSR)
 }
@@ -421,6 +447,10 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 		return Result{}, fmt.Errorf("enroll %s: %w", d.Serial, err)
 	}
 	certSerial := fmt.Sprintf("%x", leaf.SerialNumber)
+	detail := map[string]string{"device_id": d.ID.String(), "transport": req.Transport, "cert_serial": certSerial, "site": d.Site}
+	if req.factory != nil {
+		detail["auth"], detail["factory_ca"] = "factory-certificate", req.factory.CA.ID
+	}
 	stored, err := s.store.Provision(ctx, devices.Provisioning{
 		DeviceID: d.ID,
 		Rev:      d.Rev,
@@ -438,11 +468,13 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 			x.PublicKeyHash = keyHash
 			x.ConfigVersion++ // per device: grows with every change to its config
 			x.ProvisionedAt = now.UTC()
+			if req.factory != nil {
+				x.FactoryCA = req.factory.CA.ID
+			}
 		},
 		Audit: devices.AuditEvent{
 			Actor: "device:" + d.Serial, Action: "device.enroll", Target: d.Serial, Source: req.Source.String(),
-			Detail: map[string]string{"device_id": d.ID.String(), "transport": req.Transport,
-				"cert_serial": certSerial, "site": d.Site},
+			Detail: detail,
 		},
 	})
 	switch {
