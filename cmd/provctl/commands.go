@@ -144,6 +144,8 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 	count := fs.Int("count", 0, "number of devices (required, 1-100000)")
 	site := fs.String("site", "", "pre-assign the batch to this site (devices enroll without a claim)")
 	out := fs.String("out", "", "directory for the flash bundles and manifest (required; must be empty or absent)")
+	idevid := fs.Bool("idevid", false, "give each device a factory certificate (IDevID) from a manufacturer CA, registered for the batch")
+	mfrDir := fs.String("mfr-ca", "", "with --idevid: the manufacturer CA's directory (mfr-ca.pem, mfr-ca.key); default: a new throwaway CA in OUT/mfr-ca")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -163,10 +165,16 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, bundles, codes := m.Batch, m.Bundles, m.Codes
 	if err := os.MkdirAll(*out, 0o700); err != nil {
 		return err
 	}
+	var caNote string
+	if *idevid {
+		if caNote, err = e.mintIDevIDs(&m, *model, *mfrDir, *out); err != nil {
+			return err
+		}
+	}
+	res, bundles, codes := m.Batch, m.Bundles, m.Codes
 	man := wire.Manifest{BatchID: res.Batch.ID, Model: *model, Site: *site}
 	for i, b := range bundles {
 		raw, _ := json.MarshalIndent(b, "", "  ")
@@ -198,6 +206,9 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 			fmt.Fprintf(w, " pre-assigned to site %s", *site)
 		}
 		fmt.Fprintf(w, "\nflash bundles and manifest.json in %s (bundles hold claim tokens: keep them secret)\n", *out)
+		if caNote != "" {
+			fmt.Fprintln(w, caNote)
+		}
 		if *site == "" {
 			fmt.Fprintf(w, "label claim codes in %s (installers claim devices with them)\n", filepath.Join(*out, "labels.csv"))
 		}

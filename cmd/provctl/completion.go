@@ -13,7 +13,7 @@ import (
 // them together.
 var commands = map[string][]string{
 	"site":       {"create", "list", "show", "update", "delete"},
-	"factory":    {"mint", "import", "labels"},
+	"factory":    {"mint", "import", "labels", "ca"},
 	"claim":      nil,
 	"devices":    {"list", "configure", "show", "history", "export"},
 	"audit":      {"export", "verify"},

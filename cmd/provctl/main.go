@@ -40,7 +40,10 @@ const usage = `usage: provctl [global flags] COMMAND ...
 commands:
   site create NAME --ssid S --security wpa2-psk|wpa3-sae --passphrase P --cidr CIDR [--gateway IP --dns IP,IP --ntp HOST,HOST --lease 24h]
   site list | site show NAME | site update NAME [same flags as create] | site delete NAME
-  factory mint --model M --count N [--site S] --out DIR
+  factory mint --model M --count N [--site S] [--idevid [--mfr-ca DIR]] --out DIR
+                                     --idevid: factory certificates too, from DIR's manufacturer CA (a throwaway one in OUT/mfr-ca when absent)
+  factory ca add FILE --model M [--batch B] [--auto-register [--site S]] [--allow-expired] [--serial-fields serialNumber,CN]
+  factory ca list | factory ca remove ID
   factory import FILE [--model M] [--site S]
   factory labels DIR                 QR labels (PNG, SVG, A4 sheets) from DIR/labels.csv into DIR/labels/
   claim CODE --site S                an installer binds a device (label code or its URL) to a site
@@ -114,6 +117,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.site(sub, rest[1:], stderr)
 	case cmd == "factory" && sub == "mint":
 		return e.mint(rest[1:], stderr)
+	case cmd == "factory" && sub == "ca" && len(rest) > 1:
+		return e.factoryCA(rest[1], rest[2:], stderr)
 	case cmd == "factory" && sub == "labels":
 		return e.renderLabels(rest[1:])
 	case cmd == "factory" && sub == "import":

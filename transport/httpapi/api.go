@@ -56,6 +56,9 @@ type Fleet interface {
 	Jobs(ctx context.Context) ([]devices.Job, error)
 	Reopen(ctx context.Context, a enroll.Actor, id uuid.UUID) (string, devices.Device, error)
 	ImportBatch(ctx context.Context, a enroll.Actor, spec enroll.BatchSpec, rows []enroll.ManifestRow) (devices.Batch, []devices.RowResult, error)
+	AddFactoryCA(ctx context.Context, a enroll.Actor, spec enroll.FactoryCASpec) (devices.FactoryCA, error)
+	FactoryCAs(ctx context.Context) ([]devices.FactoryCA, error)
+	RemoveFactoryCA(ctx context.Context, a enroll.Actor, ref string) (devices.FactoryCA, error)
 }
 
 // Info is what GET /api/v1/info reports: where devices reach the service.
@@ -245,6 +248,9 @@ func (a *API) ownRoutes() []route {
 		{"PATCH /api/v1/sites/{name}", devices.RoleOperator, false, a.updateSite},
 		{"DELETE /api/v1/sites/{name}", devices.RoleAdmin, false, a.deleteSite},
 		{"POST /api/v1/batches", devices.RoleOperator, false, a.importBatch},
+		{"GET /api/v1/factory/cas", devices.RoleViewer, global, a.listFactoryCAs},
+		{"POST /api/v1/factory/cas", devices.RoleAdmin, global, a.addFactoryCA},
+		{"DELETE /api/v1/factory/cas/{id}", devices.RoleAdmin, global, a.removeFactoryCA},
 		{"GET /api/v1/devices", devices.RoleViewer, false, a.listDevices},
 		{"GET /api/v1/devices/{ref}", devices.RoleViewer, false, a.getDevice},
 		{"GET /api/v1/devices/{ref}/history", devices.RoleViewer, false, a.deviceHistory},

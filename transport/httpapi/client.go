@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -172,4 +174,36 @@ func (c *Client) Mint(ctx context.Context, model string, n int, site string) (Mi
 		return Minted{}, fmt.Errorf("mint: the server registered %d of %d devices (serial collision?)", m.Batch.Created, n)
 	}
 	return m, nil
+}
+
+// AddFactoryCA registers a manufacturer CA.
+func (c *Client) AddFactoryCA(ctx context.Context, req FactoryCARequest) (FactoryCAView, error) {
+	var v FactoryCAView
+	return v, c.Do(ctx, http.MethodPost, "/api/v1/factory/cas", req, &v)
+}
+
+// FactoryCAs lists the registered manufacturer CAs.
+func (c *Client) FactoryCAs(ctx context.Context) ([]FactoryCAView, error) {
+	var l factoryCAList
+	return l.CAs, c.Do(ctx, http.MethodGet, "/api/v1/factory/cas", nil, &l)
+}
+
+// RemoveFactoryCA removes a manufacturer CA by its ID or a prefix of it.
+func (c *Client) RemoveFactoryCA(ctx context.Context, ref string) (FactoryCAView, error) {
+	var v FactoryCAView
+	return v, c.Do(ctx, http.MethodDelete, "/api/v1/factory/cas/"+url.PathEscape(ref), nil, &v)
+}
+
+// AddIDevIDs gives every bundle of m a factory certificate from ca (a
+// manufacturer CA whose key is here: a factory's, or a throwaway one).
+func (m *Minted) AddIDevIDs(ca *mfr.CA) error {
+	for i := range m.Bundles {
+		id, err := ca.Issue(m.Bundles[i].Serial, mfr.Options{})
+		if err != nil {
+			return err
+		}
+		m.Bundles[i].IDevID = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.Cert.Raw}))
+		m.Bundles[i].IDevIDKey = string(mfr.KeyPEM(id.Key))
+	}
+	return nil
 }

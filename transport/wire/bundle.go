@@ -9,6 +9,12 @@ type Bundle struct {
 	RootCA     string   `json:"root_ca"`   // PEM
 	Endpoints  []string `json:"endpoints"` // e.g. "coaps://prov.example.net:5684"
 	Model      string   `json:"model,omitempty"`
+	// A factory certificate (IDevID) and its key, when the batch was minted
+	// with --idevid: PEM, the device's certificate first, then any
+	// manufacturer intermediates. A device with one may enroll with it in
+	// place of the claim token (EST, EST-coaps, /enroll over mutual TLS).
+	IDevID    string `json:"idevid,omitempty"`
+	IDevIDKey string `json:"idevid_key,omitempty"`
 }
 
 // Manifest is the batch manifest `provctl factory mint` writes beside the

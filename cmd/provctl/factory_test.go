@@ -1,0 +1,77 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/pki/mfr"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
+)
+
+// factory mint --idevid gives each bundle a factory certificate naming its
+// serial, from a throwaway manufacturer CA registered for the batch; the CA
+// can be listed, removed and registered again.
+func TestFactoryCACommands(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	dir := filepath.Join(t.TempDir(), "batch")
+	if out, err := provctl(t, data, "factory", "mint", "--model", "TH9", "--count", "3", "--idevid", "--out", dir); err != nil {
+		t.Fatalf("mint --idevid: %v\n%s", err, out)
+	}
+	bundles, err := simulator.LoadBundles(dir)
+	if err != nil || len(bundles) != 3 {
+		t.Fatalf("bundles: %d %v", len(bundles), err)
+	}
+	ca, err := mfr.Load(filepath.Join(dir, "mfr-ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "mfr-ca", mfr.KeyFile)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("manufacturer CA key: %v %v", st, err)
+	}
+	for _, b := range bundles {
+		blk, _ := pem.Decode([]byte(b.IDevID))
+		if blk == nil || b.IDevIDKey == "" {
+			t.Fatalf("bundle %s has no factory certificate", b.Serial)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil || c.Subject.SerialNumber != b.Serial || c.CheckSignatureFrom(ca.Cert) != nil {
+			t.Fatalf("bundle %s: factory certificate %v names %q", b.Serial, err, c.Subject.SerialNumber)
+		}
+	}
+
+	out, err := provctl(t, data, "-o", "json", "factory", "ca", "list")
+	var cas []httpapi.FactoryCAView
+	if err != nil || json.Unmarshal([]byte(out), &cas) != nil || len(cas) != 1 || cas[0].Model != "TH9" || cas[0].Batch == "" {
+		t.Fatalf("factory ca list: %v\n%s", err, out)
+	}
+	if out, err := provctl(t, data, "factory", "ca", "remove", cas[0].ID[:10]); err != nil || !strings.Contains(out, "removed") {
+		t.Fatalf("factory ca remove: %v\n%s", err, out)
+	}
+	if out, err := provctl(t, data, "factory", "ca", "remove", cas[0].ID[:10]); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("removing it twice: %v\n%s", err, out)
+	}
+	caFile := filepath.Join(dir, "mfr-ca", mfr.CertFile)
+	if out, err := provctl(t, data, "factory", "ca", "add", caFile, "--model", "TH9", "--auto-register", "--allow-expired", "--serial-fields", "CN"); err != nil {
+		t.Fatalf("factory ca add: %v\n%s", err, out)
+	}
+	if out, err := provctl(t, data, "factory", "ca", "add", caFile, "--model", "TH9"); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("adding it twice: %v\n%s", err, out)
+	}
+	leaf := filepath.Join(t.TempDir(), "leaf.pem")
+	os.WriteFile(leaf, []byte(bundles[0].IDevID), 0o600)
+	if out, err := provctl(t, data, "factory", "ca", "add", leaf, "--model", "TH9"); err == nil || !strings.Contains(err.Error(), "not a CA") {
+		t.Fatalf("a device certificate as a CA: %v\n%s", err, out)
+	}
+	out, err = provctl(t, data, "factory", "ca", "list")
+	if err != nil || !strings.Contains(out, "TH9") || !strings.Contains(out, "true") {
+		t.Fatalf("factory ca list: %v\n%s", err, out)
+	}
+}
