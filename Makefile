@@ -12,7 +12,7 @@ PKGS     := ./...
 # service the package starts is stopped: the test runs its own nginx).
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps etcd vet lint vuln fmt-check size-check build bench storm rates soak fuzz clean
+.PHONY: run test deps etcd estclient vet lint vuln fmt-check size-check build bench storm rates soak fuzz clean
 
 run:
 	$(GO) run ./cmd/provisiond
@@ -24,6 +24,7 @@ deps:
 	@missing=""; \
 	command -v coap-client-openssl >/dev/null || missing="$$missing libcoap3-bin"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_rr >/dev/null || missing="$$missing mosquitto-clients"; \
 	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
@@ -38,7 +39,7 @@ deps:
 			$(SUDO) systemctl disable --now nginx; fi;; esac; \
 	fi
 	$(GO) mod download
-	$(MAKE) etcd
+	$(MAKE) etcd estclient
 
 # etcd, pinned, built from its Go module into bin/ (the cluster engine's
 # tests run it). `go install` refuses the module (its go.mod has replace
@@ -51,6 +52,21 @@ etcd:
 		$(GO) get go.etcd.io/etcd/server/v3@$(ETCD_VERSION) && \
 		$(GO) build -o ../etcd go.etcd.io/etcd/server/v3; }
 	bin/etcd --version | head -1
+
+# GlobalSign's EST client (github.com/globalsign/est/cmd/estclient), pinned,
+# the stock client of the EST interop tests. Its package cannot be imported
+# here: it needs go-tpm v0.3, and smallstep's graph brings go-tpm v0.9, where
+# the API it calls is gone. So it is built in a scratch module of its own,
+# like etcd.
+ESTCLIENT_VERSION := v1.0.6
+
+estclient:
+	@[ -x bin/estclient ] && bin/estclient version 2>/dev/null | grep -q "$(ESTCLIENT_VERSION:v%=%)" || { \
+		rm -rf bin/estclient-build && mkdir -p bin/estclient-build && cd bin/estclient-build && \
+		printf 'module estclientbuild\n\ngo 1.26\n' > go.mod && \
+		$(GO) get github.com/globalsign/est/cmd/estclient@$(ESTCLIENT_VERSION) && \
+		$(GO) build -o ../estclient github.com/globalsign/est/cmd/estclient; }
+	bin/estclient version
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -90,7 +106,7 @@ vuln:
 # tests run on etcd in the first pass already).
 ETCD_E2E := TestEnrollEndToEnd|TestRetryGetsSameAnswer|TestConcurrentEnrollmentsNeverShareAnAddress|TestMQTTEnrollAndOperate|TestRevokedDeviceRefusedAtConnect|TestRevocationEndToEnd|TestCertificateRenewal|TestBulkOverride|TestBackupAndRestore|TestPassphrasesSealedAtRest|TestFirmwareRollout
 test: deps size-check fmt-check vet lint vuln
-	PROVISIOND_REQUIRE_TOOLS=1 PROVISIOND_ETCD=$(CURDIR)/bin/etcd $(GO) test -race -count=1 -timeout 15m $(PKGS)
+	PROVISIOND_REQUIRE_TOOLS=1 PROVISIOND_ETCD=$(CURDIR)/bin/etcd PROVISIOND_ESTCLIENT=$(CURDIR)/bin/estclient $(GO) test -race -count=1 -timeout 15m $(PKGS)
 	PROVISIOND_REQUIRE_TOOLS=1 PROVISIOND_ETCD=$(CURDIR)/bin/etcd PROVISIOND_TEST_STORE=etcd \
 		$(GO) test -race -count=1 -timeout 10m ./devices/
 	PROVISIOND_REQUIRE_TOOLS=1 PROVISIOND_ETCD=$(CURDIR)/bin/etcd PROVISIOND_TEST_STORE=etcd \
@@ -171,6 +187,8 @@ fuzz:
 	GO=$(GO) bash .ci/fuzz FuzzParseTopic $(FUZZTIME) ./transport/mqtt/topics/
 	GO=$(GO) bash .ci/fuzz FuzzAPIRequestBodies $(FUZZTIME) ./internal/server/
 	GO=$(GO) bash .ci/fuzz FuzzVerify $(FUZZTIME) ./firmware/
+	GO=$(GO) bash .ci/fuzz FuzzDecodeCSR $(FUZZTIME) ./transport/est/
+	GO=$(GO) bash .ci/fuzz FuzzParseCertsOnly $(FUZZTIME) ./transport/est/
 
 clean:
 	rm -rf bin

@@ -19,9 +19,10 @@ import (
 // RunOptions tune a fleet run.
 type RunOptions struct {
 	Concurrency int           // devices enrolling at once; default 64
-	Transport   string        // "coap" (default), "mqtt", or "mix" (alternating)
+	Transport   string        // "coap" (default), "mqtt", "est", "estcoaps", or "mix" (coap and mqtt alternating)
 	Endpoint    string        // overrides every bundle's CoAP endpoint
 	Broker      string        // overrides every bundle's MQTT endpoint
+	HTTPS       string        // overrides every bundle's https:// (EST) endpoint
 	Format      wire.Format   // CBOR (default) or JSON
 	Timeout     time.Duration // per attempt; default 15s
 	Attempts    int           // per device, including the first; default 3
@@ -152,7 +153,7 @@ func Run(ctx context.Context, bundles []wire.Bundle, o RunOptions) ([]Outcome, S
 	for range min(o.Concurrency, len(bundles)) {
 		wg.Go(func() {
 			for i := range work {
-				outs[i] = enrollOne(ctx, bundles[i], useMQTT(o.Transport, i), o)
+				outs[i] = enrollOne(ctx, bundles[i], transportOf(o.Transport, i), o)
 				done.Add(1)
 				if outs[i].Err != nil {
 					failed.Add(1)
@@ -179,11 +180,18 @@ func Run(ctx context.Context, bundles []wire.Bundle, o RunOptions) ([]Outcome, S
 	return outs, Summarize(outs, time.Since(start))
 }
 
-func useMQTT(transport string, i int) bool {
-	return transport == "mqtt" || (transport == "mix" && i%2 == 1)
+// transportOf is what device i enrolls over.
+func transportOf(transport string, i int) string {
+	switch {
+	case transport == "mix" && i%2 == 1:
+		return "mqtt"
+	case transport == "mix", transport == "":
+		return "coap"
+	}
+	return transport
 }
 
-func enrollOne(ctx context.Context, b wire.Bundle, overMQTT bool, o RunOptions) Outcome {
+func enrollOne(ctx context.Context, b wire.Bundle, transport string, o RunOptions) Outcome {
 	out := Outcome{Serial: b.Serial}
 	d, err := NewDevice(b)
 	if err != nil {
@@ -195,9 +203,12 @@ func enrollOne(ctx context.Context, b wire.Bundle, overMQTT bool, o RunOptions) 
 		out.Attempts++
 		actx, cancel := context.WithTimeout(ctx, o.Timeout)
 		t0 := time.Now()
-		if overMQTT {
+		switch transport {
+		case "mqtt":
 			_, err = d.EnrollMQTT(actx, MQTTOptions{Broker: o.Broker, Format: o.Format})
-		} else {
+		case "est":
+			_, err = d.EnrollEST(actx, ESTOptions{Endpoint: o.HTTPS})
+		default:
 			_, err = d.Enroll(actx, EnrollOptions{Endpoint: o.Endpoint, Format: o.Format})
 		}
 		out.Latency = time.Since(t0)

@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -63,7 +64,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	maxWait := fs.Duration("max-wait", 0, "cap on waits between attempts (0: honour the server's hints)")
 	server := fs.String("server", "", "override the bundles' CoAP endpoint: host:port or coaps://host:port")
 	broker := fs.String("broker", "", "override the bundles' MQTT endpoint: host:port or mqtts://host:port")
-	transport := fs.String("transport", "coap", "coap (DTLS), mqtt (TLS) or mix (alternating)")
+	transport := fs.String("transport", "coap", "coap (DTLS), mqtt (TLS), est (EST over HTTPS) or mix (coap and mqtt alternating)")
+	httpsEP := fs.String("https", "", "override the bundles' HTTPS (EST) endpoint: host:port or https://host:port")
+	idevid := fs.Bool("idevid", false, "with --mint: give the devices factory certificates (IDevIDs) from a throwaway manufacturer CA registered for the batch; they enroll with them instead of claim tokens (est)")
 	conc := fs.Int("concurrency", 64, "devices enrolling at once")
 	format := fs.String("format", "cbor", "payload encoding: cbor or json")
 	attempts := fs.Int("attempts", 3, "attempts per device (retries honour the server's Max-Age)")
@@ -88,9 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--arrival: %q is not storm, rate or ramp", *arrival)
 	}
 	switch *transport {
-	case "coap", "mqtt", "mix":
+	case "coap", "mqtt", "mix", "est":
 	default:
-		return fmt.Errorf("--transport: %q is not coap, mqtt or mix", *transport)
+		return fmt.Errorf("--transport: %q is not coap, mqtt, est or mix", *transport)
 	}
 	f := wire.CBOR
 	switch *format {
@@ -116,6 +119,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		if *idevid {
+			ca, err := mfr.New("devsim manufacturer CA")
+			if err != nil {
+				return err
+			}
+			if _, err := c.RegisterIDevIDs(ctx, &m, ca); err != nil {
+				return err
+			}
+		}
 		list = m.Bundles
 		fmt.Fprintf(stderr, "minted %d devices (batch %s)\n", len(list), m.Batch.Batch.ID)
 	} else {
@@ -124,7 +136,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	opts := simulator.RunOptions{Concurrency: *conc, Transport: *transport, Endpoint: *server, Broker: *broker,
+	opts := simulator.RunOptions{Concurrency: *conc, Transport: *transport, Endpoint: *server, Broker: *broker, HTTPS: *httpsEP,
 		Format: f, Attempts: *attempts, Timeout: *timeout, Arrival: *arrival, Rate: *rate, Ramp: *ramp, MaxWait: *maxWait}
 	if !*quiet && !*asJSON {
 		opts.Progress = stderr

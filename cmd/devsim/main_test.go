@@ -17,6 +17,8 @@ func TestDevsimMintsAndEnrolls(t *testing.T) {
 	for _, args := range [][]string{
 		{"--arrival", "rate", "--rate", "200", "--transport", "coap"},
 		{"--arrival", "ramp", "--rate", "200", "--ramp", "100ms", "--transport", "mqtt"},
+		{"--transport", "est"},
+		{"--transport", "est", "--idevid"},
 	} {
 		var out, errOut bytes.Buffer
 		err := run(context.Background(), append([]string{"--mint", "30", "--site", "hq", "--data", env.DataDir, "--json"}, args...), &out, &errOut)

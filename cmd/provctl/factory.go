@@ -110,17 +110,21 @@ func (e *env) mintIDevIDs(m *httpapi.Minted, model, mfrDir, out string) (string,
 	if err != nil {
 		return "", fmt.Errorf("factory mint --idevid: %w", err)
 	}
+	if fresh {
+		reg, err := e.client.RegisterIDevIDs(e.ctx, m, ca)
+		if err != nil {
+			return "", fmt.Errorf("factory mint --idevid: %w", err)
+		}
+		return fmt.Sprintf("factory certificates from manufacturer CA %s (key in %s), registered for model %s and this batch",
+			reg.ID[:16], mfrDir, model), nil
+	}
 	if err := m.AddIDevIDs(ca); err != nil {
 		return "", err
 	}
-	req := httpapi.FactoryCARequest{Certificate: string(ca.CertPEM()), Model: model}
-	if fresh {
-		req.Batch = m.Batch.Batch.ID
-	}
-	reg, err := e.client.AddFactoryCA(e.ctx, req)
+	reg, err := e.client.AddFactoryCA(e.ctx, httpapi.FactoryCARequest{Certificate: string(ca.CertPEM()), Model: model})
 	var ae *httpapi.APIError
 	switch {
-	case errors.As(err, &ae) && ae.Code == "exists" && !fresh:
+	case errors.As(err, &ae) && ae.Code == "exists":
 		return fmt.Sprintf("factory certificates from the registered manufacturer CA in %s", mfrDir), nil
 	case err != nil:
 		return "", fmt.Errorf("factory mint --idevid: register the manufacturer CA: %w", err)

@@ -39,35 +39,7 @@ type T interface {
 // Binary returns the path of the etcd server binary.
 func Binary(t T) string {
 	t.Helper()
-	if p := os.Getenv("PROVISIOND_ETCD"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("PROVISIOND_ETCD=%s: %v (make etcd builds it)", p, err)
-		}
-		return p
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, "bin", "etcd")
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			break
-		}
-		dir = parent
-	}
-	if testtools.Required() {
-		t.Fatal("etcd is not built: run make etcd (make test builds it into bin/)")
-	}
-	t.Skip("etcd is not built into bin/; run make etcd")
-	return ""
+	return testtools.Built(t, "etcd", "PROVISIOND_ETCD")
 }
 
 // Options shape a cluster.

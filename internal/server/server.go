@@ -46,6 +46,7 @@ import (
 	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/pki/seal"
 	"github.com/provisiond/provisiond/transport/coap"
+	"github.com/provisiond/provisiond/transport/est"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/web"
@@ -475,6 +476,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 
+	// EST over HTTPS and the device routes, beside the API.
+	cfg.Routes = append(slices.Clone(cfg.Routes), est.NewHTTPS(est.Config{Service: svc, Log: log,
+		CACerts: func() []*x509.Certificate { return []*x509.Certificate{ca.Intermediate(), ca.Root()} }}).Routes()...)
 	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleet, Access: access, Revocation: s, Info: s.info,
 		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Cluster: s.clusterAPI(), Pages: web.Handler(),
 		Firmware: &httpapi.Firmware{Catalogue: cat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
@@ -484,11 +488,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
 	}
 	s.http = &http.Server{
-		Handler: api,
+		Handler:     verifyClients(api, clientCAs),
+		ConnContext: withPeerCheck,
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
-			// Devices download firmware with their certificate (GET /fw/...);
-			// everyone else uses a token and presents none.
-			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: clientCAs,
+			// Devices present their certificate (firmware downloads,
+			// EST re-enrollment, /device/v1/...), factory certificates
+			// from manufacturer CAs (EST), or none (a token, HTTP Basic).
+			// Any is taken at the handshake; verifyClients checks it.
+			ClientAuth: tls.RequestClientCert,
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 				c, err := serverCert.Get()
 				if err != nil {
@@ -950,6 +957,9 @@ func (s *Server) info() httpapi.Info {
 			_, p, _ := net.SplitHostPort(a)
 			eps = append(eps, "mqtt://"+net.JoinHostPort(s.cfg.AdvertiseHost, p))
 		}
+	}
+	if s.httpLn != nil { // EST (RFC 7030) and the device routes
+		eps = append(eps, "https://"+net.JoinHostPort(s.cfg.AdvertiseHost, port(s.httpLn.Addr())))
 	}
 	return httpapi.Info{Endpoints: eps, RootCA: string(s.ca.RootPEM()), Version: Version}
 }

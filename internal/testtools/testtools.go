@@ -9,6 +9,7 @@ package testtools
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -34,5 +35,46 @@ func Need(t testing.TB, names ...string) string {
 		t.Fatalf("%s is not installed (make test installs it)", names[0])
 	}
 	t.Skipf("%s is not installed; run make test", names[0])
+	return ""
+}
+
+// Built returns the path of a program that `make test` builds from its Go
+// module into bin/ (etcd, GlobalSign's estclient): the file the environment
+// variable env names, else bin/name at the repository root. Missing, it
+// fails the test where tools are required and skips it elsewhere.
+func Built(t interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Skip(args ...any)
+}, name, env string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s=%s: %v (make %s builds it)", env, p, err, name)
+		}
+		return p
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			p := filepath.Join(dir, "bin", name)
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	if Required() {
+		t.Fatalf("%s is not built: run make %s (make test builds it into bin/)", name, name)
+	}
+	t.Skip(name + " is not built into bin/; run make " + name)
 	return ""
 }

@@ -479,3 +479,9 @@ func (a *API) verifyAudit(w http.ResponseWriter, r *http.Request, _ enroll.Actor
 	}
 	writeJSON(w, 200, head)
 }
+
+// WriteError writes the API's JSON error body; mounted front ends use it
+// for their JSON routes.
+func WriteError(w http.ResponseWriter, status int, code, msg string) {
+	writeError(w, status, code, msg)
+}

@@ -207,3 +207,13 @@ func (m *Minted) AddIDevIDs(ca *mfr.CA) error {
 	}
 	return nil
 }
+
+// RegisterIDevIDs gives every bundle of m a factory certificate from ca and
+// registers ca as the manufacturer CA of m's model and batch: a factory line
+// in one call (provctl factory mint --idevid, devsim --idevid, tests).
+func (c *Client) RegisterIDevIDs(ctx context.Context, m *Minted, ca *mfr.CA) (FactoryCAView, error) {
+	if err := m.AddIDevIDs(ca); err != nil {
+		return FactoryCAView{}, err
+	}
+	return c.AddFactoryCA(ctx, FactoryCARequest{Certificate: string(ca.CertPEM()), Model: m.Batch.Batch.Model, Batch: m.Batch.Batch.ID})
+}
