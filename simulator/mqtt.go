@@ -23,6 +23,9 @@ import (
 type MQTTOptions struct {
 	Broker string      // overrides the bundle's first mqtts:// endpoint (URL or host:port)
 	Format wire.Format // CBOR or JSON (default) for enrollment
+	// Factory enrolls with the bundle's factory certificate (IDevID) as
+	// the TLS client certificate and no claim token.
+	Factory bool
 	// OnConnectionLost is called when the session ends other than by Close
 	// (the server cut it, or the network failed).
 	OnConnectionLost func(error)
@@ -110,12 +113,29 @@ func (d *Device) EnrollMQTT(ctx context.Context, o MQTTOptions) (*wire.EnrollRes
 	if o.Format == 0 {
 		o.Format = wire.JSON
 	}
-	body, err := d.enrollRequest(o.Format)
-	if err != nil {
+	var body []byte
+	var cert *tls.Certificate
+	var err error
+	if o.Factory {
+		if cert, err = d.FactoryIdentity(); err == nil && cert == nil {
+			err = fmt.Errorf("bundle %s has no factory certificate", d.Bundle.Serial)
+		}
+		if err != nil {
+			return nil, err
+		}
+		csr, err := d.CSR()
+		if err != nil {
+			return nil, err
+		}
+		body, err = wire.Marshal(o.Format, wire.EnrollRequest{CSR: csr, Model: d.Bundle.Model, FirmwareVersion: "sim-1.0.0"})
+		if err != nil {
+			return nil, err
+		}
+	} else if body, err = d.enrollRequest(o.Format); err != nil {
 		return nil, err
 	}
 	cid := Nonce()
-	c, err := d.mqttClient(ctx, o, cid, nil)
+	c, err := d.mqttClient(ctx, o, cid, cert)
 	if err != nil {
 		return nil, err
 	}

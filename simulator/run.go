@@ -208,6 +208,8 @@ func enrollOne(ctx context.Context, b wire.Bundle, transport string, o RunOption
 			_, err = d.EnrollMQTT(actx, MQTTOptions{Broker: o.Broker, Format: o.Format})
 		case "est":
 			_, err = d.EnrollEST(actx, ESTOptions{Endpoint: o.HTTPS})
+		case "estcoaps":
+			_, err = d.EnrollESTCoAPS(actx, EnrollOptions{Endpoint: o.Endpoint})
 		default:
 			_, err = d.Enroll(actx, EnrollOptions{Endpoint: o.Endpoint, Format: o.Format})
 		}

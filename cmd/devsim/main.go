@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	maxWait := fs.Duration("max-wait", 0, "cap on waits between attempts (0: honour the server's hints)")
 	server := fs.String("server", "", "override the bundles' CoAP endpoint: host:port or coaps://host:port")
 	broker := fs.String("broker", "", "override the bundles' MQTT endpoint: host:port or mqtts://host:port")
-	transport := fs.String("transport", "coap", "coap (DTLS), mqtt (TLS), est (EST over HTTPS) or mix (coap and mqtt alternating)")
+	transport := fs.String("transport", "coap", "coap (DTLS), mqtt (TLS), est (EST over HTTPS), estcoaps (EST over CoAP/DTLS; needs --idevid) or mix (coap and mqtt alternating)")
 	httpsEP := fs.String("https", "", "override the bundles' HTTPS (EST) endpoint: host:port or https://host:port")
 	idevid := fs.Bool("idevid", false, "with --mint: give the devices factory certificates (IDevIDs) from a throwaway manufacturer CA registered for the batch; they enroll with them instead of claim tokens (est)")
 	conc := fs.Int("concurrency", 64, "devices enrolling at once")
@@ -91,9 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--arrival: %q is not storm, rate or ramp", *arrival)
 	}
 	switch *transport {
-	case "coap", "mqtt", "mix", "est":
+	case "coap", "mqtt", "mix", "est", "estcoaps":
 	default:
-		return fmt.Errorf("--transport: %q is not coap, mqtt, est or mix", *transport)
+		return fmt.Errorf("--transport: %q is not coap, mqtt, est, estcoaps or mix", *transport)
 	}
 	f := wire.CBOR
 	switch *format {

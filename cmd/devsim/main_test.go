@@ -19,6 +19,7 @@ func TestDevsimMintsAndEnrolls(t *testing.T) {
 		{"--arrival", "ramp", "--rate", "200", "--ramp", "100ms", "--transport", "mqtt"},
 		{"--transport", "est"},
 		{"--transport", "est", "--idevid"},
+		{"--transport", "estcoaps", "--idevid"},
 	} {
 		var out, errOut bytes.Buffer
 		err := run(context.Background(), append([]string{"--mint", "30", "--site", "hq", "--data", env.DataDir, "--json"}, args...), &out, &errOut)

@@ -7,6 +7,7 @@ import (
 	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/simulator"
 )
 
@@ -32,6 +33,46 @@ func BenchmarkEnrollStore(b *testing.B) {
 }
 
 func benchEnroll(b *testing.B, transport string) { benchEnrollOn(b, transport, "") }
+
+// BenchmarkEnrollTransports compares, in one run, whole enrollments over
+// the custom CoAP /enroll (claim token) and the standard protocols: EST
+// over HTTPS with HTTP Basic and with a factory certificate, and EST-coaps
+// with a factory certificate. An EST enrollment is what a stock client
+// does: /cacerts, /simpleenroll, then the config over mutual TLS (two
+// handshakes); EST-coaps the same over DTLS. docs/performance.md.
+func BenchmarkEnrollTransports(b *testing.B) {
+	for _, c := range []struct {
+		name, transport string
+		idevid          bool
+	}{{"coap", "coap", false}, {"est-basic", "est", false}, {"est-idevid", "est", true}, {"estcoaps-idevid", "estcoaps", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			env := servertest.Start(b)
+			env.Site("bench", "10.0.0.0/8")
+			m, err := env.Client.Mint(context.Background(), "TEST", b.N, "bench")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if c.idevid {
+				ca, err := mfr.New("Bench Manufacturer")
+				if err == nil {
+					_, err = env.Client.RegisterIDevIDs(context.Background(), &m, ca)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			_, sum := simulator.Run(context.Background(), m.Bundles, simulator.RunOptions{Concurrency: 64, Attempts: 1, Transport: c.transport})
+			b.StopTimer()
+			if sum.Failed > 0 {
+				b.Fatalf("%d of %d failed: %v", sum.Failed, sum.Devices, sum.Reasons)
+			}
+			b.ReportMetric(sum.PerSecond, "enroll/s")
+			b.ReportMetric(float64(sum.P50.Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(sum.P99.Microseconds())/1000, "p99-ms")
+		})
+	}
+}
 
 func benchEnrollOn(b *testing.B, transport, store string) {
 	env := servertest.Start(b, func(c *server.Config) {

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
+
+	"github.com/provisiond/provisiond/internal/peers"
 )
 
 // The HTTPS listener takes any client certificate at the handshake (which
@@ -39,26 +41,11 @@ func verifyClients(next http.Handler, roots *x509.CertPool) http.Handler {
 		if pc == nil {
 			pc = &peerCheck{}
 		}
-		pc.once.Do(func() { pc.chains = verifyPeer(r.TLS.PeerCertificates, roots) })
+		pc.once.Do(func() { pc.chains = peers.Verify(r.TLS.PeerCertificates, roots) })
 		st := *r.TLS
 		st.VerifiedChains = pc.chains
 		r2 := *r
 		r2.TLS = &st
 		next.ServeHTTP(w, &r2)
 	})
-}
-
-// verifyPeer is crypto/tls's check of a client certificate: the chain to
-// roots for client authentication; nil when it does not verify.
-func verifyPeer(certs []*x509.Certificate, roots *x509.CertPool) [][]*x509.Certificate {
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-	if err != nil {
-		return nil
-	}
-	return chains
 }

@@ -463,11 +463,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if cfg.InsecureCoAP {
 		coapAddr = cfg.CoAPAddr
 	}
+	estCfg := est.Config{Service: svc, Log: log,
+		CACerts: func() []*x509.Certificate { return []*x509.Certificate{ca.Intermediate(), ca.Root()} }}
+	coapResources := append(slices.Clone(cfg.CoAPResources), est.NewCoAPS(estCfg).Resources()...)
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes,
+		Factory: s.factoryCheck(svc),
 		HandshakeQueueWait: cfg.HandshakeWait, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
 		CRL: s.CRL, ConfigSource: svc.Config, Report: svc.ReportState, Firmware: fwSrc, Observe: s.observe,
-		Resources: cfg.CoAPResources}, svc, ca.Root(), log)
+		Resources: coapResources}, svc, ca.Root(), log)
 	s.relay.notifiers = append(s.relay.notifiers, s.coap)
 	if err := s.coap.Start(); err != nil {
 		return nil, err
@@ -477,8 +481,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 
 	// EST over HTTPS and the device routes, beside the API.
-	cfg.Routes = append(slices.Clone(cfg.Routes), est.NewHTTPS(est.Config{Service: svc, Log: log,
-		CACerts: func() []*x509.Certificate { return []*x509.Certificate{ca.Intermediate(), ca.Root()} }}).Routes()...)
+	cfg.Routes = append(slices.Clone(cfg.Routes), est.NewHTTPS(estCfg).Routes()...)
 	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleet, Access: access, Revocation: s, Info: s.info,
 		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Cluster: s.clusterAPI(), Pages: web.Handler(),
 		Firmware: &httpapi.Firmware{Catalogue: cat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
@@ -560,6 +563,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		s.forwardErrors(s.coap.Err())
 	}
 	return s, nil
+}
+
+// factoryCheck is how the device listeners check a client certificate that
+// provisiond's CA did not issue: a factory certificate under a registered
+// manufacturer CA.
+func (s *Server) factoryCheck(svc *enroll.Service) func(ctx context.Context, chain []*x509.Certificate) error {
+	return func(ctx context.Context, chain []*x509.Certificate) error {
+		_, err := svc.IdentifyFactory(ctx, chain)
+		return err
+	}
 }
 
 // observe records an enrollment request in the metrics.
@@ -774,7 +787,7 @@ func (s *Server) startMQTT(svc *enroll.Service, serverCert *pki.ServerCertificat
 	}
 	s.broker = mqtt.NewBroker(mqtt.BrokerConfig{Addr: s.cfg.MQTTAddr, InsecureAddr: plain, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: mqtt.Authorizer(svc.Authorize), MaxHandshakes: s.cfg.MaxHandshakes,
-		HandshakeQueueWait: s.cfg.HandshakeWait, HandshakeTimeout: s.cfg.HandshakeTimeout}, h, s.log)
+		HandshakeQueueWait: s.cfg.HandshakeWait, HandshakeTimeout: s.cfg.HandshakeTimeout, Factory: s.factoryCheck(svc)}, h, s.log)
 	if err := s.broker.Start(); err != nil {
 		return err
 	}

@@ -168,6 +168,7 @@ func (h *Handler) enroll(ctx context.Context, f wire.Format, body []byte, src ne
 	res, err := h.Enroller.Enroll(ctx, enroll.Request{
 		Serial: req.Serial, ClaimToken: req.ClaimToken, CSR: req.CSR, Model: req.Model,
 		FirmwareVersion: req.FirmwareVersion, MAC: req.MAC, Source: src, Transport: h.Transport,
+		Factory: FactoryChain(ctx),
 	})
 	if err != nil {
 		return h.Error(f, err)
@@ -306,4 +307,19 @@ func (h *Handler) errorAnswer(f wire.Format, s Status, code, msg string, retry t
 		return Answer{Status: s, Body: []byte(code + ": " + msg), Value: &e, RetryAfter: retry}
 	}
 	return Answer{Status: s, Format: f, Body: body, Value: &e, RetryAfter: time.Duration(secs) * time.Second}
+}
+
+type factoryKey struct{}
+
+// WithFactory says that the session a request came on was authenticated
+// with a factory certificate (IDevID): chain, leaf first, verified by the
+// transport. An enrollment without a claim token then authenticates with it.
+func WithFactory(ctx context.Context, chain []*x509.Certificate) context.Context {
+	return context.WithValue(ctx, factoryKey{}, chain)
+}
+
+// FactoryChain is the chain WithFactory put in ctx, or nil.
+func FactoryChain(ctx context.Context) []*x509.Certificate {
+	c, _ := ctx.Value(factoryKey{}).([]*x509.Certificate)
+	return c
 }

@@ -27,10 +27,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
-
-	"github.com/provisiond/provisiond/pki/profile"
 
 	"github.com/google/uuid"
 	piondtls "github.com/pion/dtls/v3"
@@ -47,6 +46,7 @@ import (
 
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/handshake"
+	"github.com/provisiond/provisiond/internal/peers"
 	"github.com/provisiond/provisiond/transport/bootstrap"
 	"github.com/provisiond/provisiond/transport/wire"
 )
@@ -72,13 +72,19 @@ type Authorizer func(ctx context.Context, id uuid.UUID, certSerial string) error
 
 // Config configures the CoAP listeners.
 type Config struct {
-	SecureAddr       string                           // DTLS listen address, e.g. ":5684"; empty disables
-	InsecureAddr     string                           // plain CoAP address; empty (the default) disables
-	Certificate      func() (*tls.Certificate, error) // server chain and key for DTLS, asked at every handshake
-	ClientCAs        *x509.CertPool                   // verifies device certificates
-	Authorize        Authorizer                       // checks a device certificate against the inventory
-	HandshakeTimeout time.Duration                    // default 10s
-	IdleTimeout      time.Duration                    // close DTLS sessions idle this long; default 60s
+	SecureAddr   string                           // DTLS listen address, e.g. ":5684"; empty disables
+	InsecureAddr string                           // plain CoAP address; empty (the default) disables
+	Certificate  func() (*tls.Certificate, error) // server chain and key for DTLS, asked at every handshake
+	ClientCAs    *x509.CertPool                   // verifies device certificates
+	Authorize    Authorizer                       // checks a device certificate against the inventory
+	// Factory checks a client certificate that provisiond's CA did not
+	// issue: a factory certificate (IDevID, leaf first) under a registered
+	// manufacturer CA. A session it accepts is a bootstrap session whose
+	// certificate authenticates the device in place of a claim token
+	// (FactoryPeer); nil refuses every certificate from another CA.
+	Factory          func(ctx context.Context, chain []*x509.Certificate) error
+	HandshakeTimeout time.Duration // default 10s
+	IdleTimeout      time.Duration // close DTLS sessions idle this long; default 60s
 
 	// MaxHandshakes bounds DTLS handshakes in progress (default 64); a new
 	// session waits up to HandshakeQueueWait (default 5s) for a slot and is
@@ -108,6 +114,9 @@ type Resource struct {
 	Path     string // e.g. "/.well-known/est/sen"; go-coap's mux patterns
 	Handler  mux.Handler
 	Insecure bool // also on plain CoAP (development only)
+	// Link is the resource's attributes in /.well-known/core (RFC 6690),
+	// e.g. `rt="ace.est.sen";ct="281 287"`; empty: not listed.
+	Link string
 }
 
 // Peer returns the device identity the DTLS session of w was authenticated
@@ -118,8 +127,20 @@ func Peer(w mux.ResponseWriter) (id uuid.UUID, certSerial string, ok bool) {
 	return p.id, p.certSerial, ok
 }
 
+// FactoryPeer returns the factory certificate chain (leaf first) the DTLS
+// session of w was authenticated with, verified against the registered
+// manufacturer CAs at the handshake, or false.
+func FactoryPeer(w mux.ResponseWriter) ([]*x509.Certificate, bool) {
+	fp, ok := w.Conn().Context().Value(peerKey{}).(factoryPeer)
+	return fp.chain, ok
+}
+
+// factoryPeer is a session authenticated by a factory certificate.
+type factoryPeer struct{ chain []*x509.Certificate }
+
 // Server is the CoAP front end.
 type Server struct {
+	verified peers.Verdicts // verifyPeer's findings, for OnNewConn
 	cfg      Config
 	log      *slog.Logger
 	secure   *bootstrap.Handler
@@ -233,7 +254,18 @@ type peerKey struct{}
 type peer struct {
 	id         uuid.UUID
 	certSerial string
+	leaf       *x509.Certificate
 }
+
+// PeerCertificate returns the device certificate the DTLS session of w was
+// authenticated with (provisiond's), or false.
+func PeerCertificate(w mux.ResponseWriter) (*x509.Certificate, bool) {
+	p, ok := w.Conn().Context().Value(peerKey{}).(peer)
+	return p.leaf, ok && p.leaf != nil
+}
+
+// Source is where the request of w came from.
+func Source(w mux.ResponseWriter) netip.AddrPort { return sourceOf(w) }
 
 // Start binds the configured listeners and serves them in the background.
 func (s *Server) Start() error {
@@ -264,11 +296,23 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 	_ = r.Handle("/renew", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.renew(h, w, m) }))
 	_ = r.Handle("/lease", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) { s.lease(h, w, m) }))
 	_ = r.Handle("/fw/{digest}", mux.HandlerFunc(s.getFirmware))
+	links := []string{"</enroll>;ct=\"60 50\"", "</ca>", "</crl>", "</config>;obs", "</state>", "</renew>", "</lease>"}
 	for _, res := range s.cfg.Resources {
 		if h == s.secure || res.Insecure {
 			_ = r.Handle(res.Path, res.Handler)
+			if res.Link != "" {
+				links = append(links, "<"+res.Path+">;"+res.Link)
+			}
 		}
 	}
+	core := []byte(strings.Join(links, ","))
+	_ = r.Handle("/.well-known/core", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) {
+		if m.Code() != codes.GET {
+			methodNotAllowed(w, "GET")
+			return
+		}
+		_ = w.SetResponse(codes.Content, message.AppLinkFormat, bytes.NewReader(core))
+	}))
 	return r
 }
 
@@ -283,24 +327,12 @@ func (s *Server) startDTLS() error {
 		},
 		CipherSuites:         CipherSuites,
 		ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret,
-		ClientAuth:           piondtls.VerifyClientCertIfGiven,
-		ClientCAs:            s.cfg.ClientCAs,
-		VerifyPeerCertificate: func(_ [][]byte, chains [][]*x509.Certificate) error {
-			if len(chains) == 0 || len(chains[0]) == 0 {
-				return nil // no client certificate: bootstrap session
-			}
-			id, serial, err := profile.Identify(chains[0][0])
-			if err != nil {
-				return err
-			}
-			if s.cfg.Authorize != nil {
-				if err := s.cfg.Authorize(s.life, id, serial); err != nil {
-					s.log.Info("device certificate refused at handshake", "device_id", id, "err", err)
-					return err
-				}
-			}
-			return nil
-		},
+		// Any client certificate is taken at the handshake (pion checks
+		// the CertificateVerify signature: the device holds the key);
+		// verifyPeer accepts provisiond's devices and registered
+		// manufacturers' factory certificates.
+		ClientAuth:            piondtls.RequestClientCert,
+		VerifyPeerCertificate: s.verifyPeer,
 	}
 	l, err := coapnet.NewDTLSListener("udp", s.cfg.SecureAddr, cfg)
 	if err != nil {
@@ -319,13 +351,12 @@ func (s *Server) startDTLS() error {
 			if !ok || len(st.PeerCertificates) == 0 {
 				return
 			}
-			leaf, err := x509.ParseCertificate(st.PeerCertificates[0])
-			if err != nil {
-				return
-			}
-			if id, serial, err := profile.Identify(leaf); err == nil {
-				cc.SetContextValue(peerKey{}, peer{id: id, certSerial: serial})
-				s.track(id, cc)
+			switch p := s.verified.Take(st.PeerCertificates[0]).(type) {
+			case peer:
+				cc.SetContextValue(peerKey{}, p)
+				s.track(p.id, cc)
+			case factoryPeer:
+				cc.SetContextValue(peerKey{}, p)
 			}
 		}),
 		options.WithErrors(func(err error) { s.log.Debug("coaps", "err", err) }),
@@ -507,7 +538,11 @@ func (s *Server) enroll(h *bootstrap.Handler, w mux.ResponseWriter, m *mux.Messa
 		reply(w, bootstrap.Answer{Status: bootstrap.BadRequest, Body: []byte("cannot read body")})
 		return
 	}
-	reply(w, h.Enroll(m.Context(), f, body, sourceOf(w)))
+	ctx := m.Context()
+	if chain, ok := FactoryPeer(w); ok { // an IDevID in place of the claim token
+		ctx = bootstrap.WithFactory(ctx, chain)
+	}
+	reply(w, h.Enroll(ctx, f, body, sourceOf(w)))
 	enrolled(w.Conn().NetConn())
 
 }

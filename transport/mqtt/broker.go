@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/provisiond/provisiond/transport/bootstrap"
 	"github.com/provisiond/provisiond/transport/mqtt/topics"
 
 	"github.com/provisiond/provisiond/pki/profile"
@@ -24,6 +25,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/provisiond/provisiond/internal/handshake"
+	"github.com/provisiond/provisiond/internal/peers"
 )
 
 // Authorizer decides whether a verified device certificate may connect.
@@ -36,6 +38,12 @@ type BrokerConfig struct {
 	Certificate  func() (*tls.Certificate, error) // server certificate, asked at every handshake
 	ClientCAs    *x509.CertPool                   // verifies device certificates
 	Authorize    Authorizer                       // checks a device certificate against the inventory
+	// Factory checks a client certificate that provisiond's CA did not
+	// issue: a factory certificate (IDevID, leaf first) under a registered
+	// manufacturer CA. Its session is a bootstrap session (client ID
+	// boot-...) whose enrollment needs no claim token; nil refuses every
+	// certificate from another CA.
+	Factory func(ctx context.Context, chain []*x509.Certificate) error
 	// MaxHandshakes bounds TLS handshakes (and bootstrap sessions not yet
 	// answered) in progress; more wait up to HandshakeQueueWait (default
 	// 5s) for a slot (package handshake). Default 64.
@@ -60,6 +68,8 @@ type Broker struct {
 	stop context.CancelFunc
 	// failed carries a listener's failure (Err).
 	failed chan error
+	// verified carries verifyPeer's findings from the handshake to CONNECT.
+	verified peers.Verdicts
 
 	mu   sync.Mutex
 	done bool
@@ -121,8 +131,11 @@ func (b *Broker) Start() error {
 		b.gate = handshake.NewGate(n, wait, wait)
 		b.tls = &tlsListener{id: "mqtts", addr: b.cfg.Addr, gate: b.gate, timeout: timeout, ended: b.access.ended, failed: b.failed, cfg: &tls.Config{
 			MinVersion: tls.VersionTLS12,
-			ClientAuth: tls.VerifyClientCertIfGiven,
-			ClientCAs:  b.cfg.ClientCAs,
+			// Any client certificate is taken at the handshake (which
+			// proves the key); verifyPeer accepts devices' and
+			// registered manufacturers' factory certificates.
+			ClientAuth:            tls.RequestClientCert,
+			VerifyPeerCertificate: b.verifyPeer,
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 				c, err := b.cfg.Certificate()
 				if err != nil {
@@ -244,6 +257,9 @@ type identity struct {
 	device     uuid.UUID // set for a device with a certificate; Nil for a bootstrap client
 	certSerial string    // the certificate it connected with
 	source     netip.AddrPort
+	// factory is the factory certificate chain of a bootstrap session that
+	// authenticated with one (an IDevID in place of the claim token).
+	factory []*x509.Certificate
 	// established: mochi has listed the session (OnSessionEstablished sets
 	// it, storing a new identity value for the client).
 	established bool
@@ -353,7 +369,41 @@ func peerCertificate(cl *mochi.Client) *x509.Certificate {
 	if len(st.PeerCertificates) == 0 {
 		return nil
 	}
-	return st.PeerCertificates[0] // verified against ClientCAs during the handshake
+	return st.PeerCertificates[0] // verified by verifyPeer during the handshake
+}
+
+// A handshake's certificate check found a device's certificate, or a
+// factory certificate.
+type (
+	deviceVerdict  struct{}
+	factoryVerdict struct{ chain []*x509.Certificate }
+)
+
+// verifyPeer checks a client certificate at the TLS handshake: one from
+// provisiond's CA is a device's (CONNECT then checks it against the
+// inventory); any other must be a factory certificate under a registered
+// manufacturer CA. Anything else fails the handshake.
+func (b *Broker) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	certs, err := peers.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("client certificate: %w", err)
+	}
+	if peers.Verify(certs, b.cfg.ClientCAs) != nil {
+		b.verified.Put(raw[0], deviceVerdict{})
+		return nil
+	}
+	if b.cfg.Factory == nil {
+		return errors.New("client certificate is not from provisiond's CA")
+	}
+	if err := b.cfg.Factory(b.life, certs); err != nil {
+		b.log.Info("factory certificate refused at handshake", "subject", certs[0].Subject.String(), "err", err)
+		return err
+	}
+	b.verified.Put(raw[0], factoryVerdict{chain: certs})
+	return nil
 }
 
 func sourceOf(cl *mochi.Client) netip.AddrPort {
@@ -367,8 +417,25 @@ func sourceOf(cl *mochi.Client) netip.AddrPort {
 func (a *access) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
 	clientID := pk.Connect.ClientIdentifier
 	src := sourceOf(cl)
-	if cert := peerCertificate(cl); cert != nil {
+	cert := peerCertificate(cl)
+	var verdict any
+	if cert != nil {
+		verdict = a.b.verified.Take(cert.Raw)
+	}
+	if f, ok := verdict.(factoryVerdict); ok {
+		if !topics.ValidBootstrapID(clientID) {
+			a.b.log.Info("mqtt connect refused", "client_id", clientID, "source", src,
+				"err", errors.New("with a factory certificate the client ID must be boot-<16-64 of [A-Za-z0-9_-]>"))
+			return false
+		}
+		a.clients.Store(cl, identity{source: src, factory: f.chain})
+		return true
+	}
+	if cert != nil {
 		id, serial, err := profile.Identify(cert)
+		if err == nil && verdict == nil {
+			err = errors.New("certificate not verified at the handshake")
+		}
 		if err == nil && clientID != id.String() {
 			err = fmt.Errorf("client ID %q is not the certificate's device %s", clientID, id)
 		}
@@ -459,7 +526,11 @@ func (a *access) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet,
 	// Server-bound messages are handled here. They still go on through mochi
 	// (which acknowledges QoS 1 only then; a rejected packet is never
 	// acknowledged), but the access rules leave no one else to receive them.
-	a.b.handler.Handle(a.b.life, pk.TopicName, pk.Payload, who.source, who.certSerial)
+	ctx := a.b.life
+	if who.factory != nil {
+		ctx = bootstrap.WithFactory(ctx, who.factory)
+	}
+	a.b.handler.Handle(ctx, pk.TopicName, pk.Payload, who.source, who.certSerial)
 	if who.device == uuid.Nil {
 		answered(cl.Net.Conn) // a bootstrap session's enrollment: its handshake slot is free
 	}

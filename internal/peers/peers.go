@@ -1,0 +1,94 @@
+// Package peers verifies the client certificates that provisiond's
+// listeners (DTLS, MQTT over TLS, HTTPS) take at the handshake: a device's,
+// from provisiond's CA, or a factory certificate (IDevID) from a registered
+// manufacturer CA. The listeners take any certificate whose key the client
+// proved it holds and verify it here; Verdicts carries what was found from
+// the handshake callback to the session it opens.
+package peers
+
+import (
+	"crypto/x509"
+	"sync"
+	"time"
+)
+
+// Parse parses the raw certificates a client presented, leaf first.
+func Parse(raw [][]byte) ([]*x509.Certificate, error) {
+	certs := make([]*x509.Certificate, 0, len(raw))
+	for _, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+	return certs, nil
+}
+
+// Verify is crypto/tls's check of a client certificate: certs (leaf first,
+// the rest intermediates) chain to roots for client authentication. It
+// returns the chains, or nil when the certificate does not verify.
+func Verify(certs []*x509.Certificate, roots *x509.CertPool) [][]*x509.Certificate {
+	if len(certs) == 0 || roots == nil {
+		return nil
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return nil
+	}
+	return chains
+}
+
+// Verdicts carries what a handshake's certificate check found to the session
+// the handshake opens, keyed by the leaf certificate: neither pion's DTLS
+// nor crypto/tls passes a value of ours from one to the other. An entry
+// lives until its session takes it; those of handshakes that failed after
+// the check are dropped after a minute. The zero value is ready.
+type Verdicts struct {
+	mu sync.Mutex
+	m  map[string][]verdict // one per handshake: a device may open two sessions at once
+}
+
+type verdict struct {
+	v  any
+	at time.Time
+}
+
+// Put records what the check of leaf found.
+func (v *Verdicts) Put(leaf []byte, x any) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := time.Now()
+	if v.m == nil {
+		v.m = map[string][]verdict{}
+	}
+	if len(v.m) >= 1024 {
+		for k, es := range v.m {
+			if now.Sub(es[len(es)-1].at) > time.Minute {
+				delete(v.m, k)
+			}
+		}
+	}
+	v.m[string(leaf)] = append(v.m[string(leaf)], verdict{v: x, at: now})
+}
+
+// Take returns (and forgets) the oldest verdict on leaf, nil when none.
+func (v *Verdicts) Take(leaf []byte) any {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	es := v.m[string(leaf)]
+	if len(es) == 0 {
+		return nil
+	}
+	if len(es) == 1 {
+		delete(v.m, string(leaf))
+	} else {
+		v.m[string(leaf)] = es[1:]
+	}
+	return es[0].v
+}
