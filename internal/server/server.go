@@ -468,7 +468,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	coapResources := append(slices.Clone(cfg.CoAPResources), est.NewCoAPS(estCfg).Resources()...)
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes,
-		Factory: s.factoryCheck(svc),
+		Factory:            s.factoryCheck(svc),
 		HandshakeQueueWait: cfg.HandshakeWait, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
 		CRL: s.CRL, ConfigSource: svc.Config, Report: svc.ReportState, Firmware: fwSrc, Observe: s.observe,
 		Resources: coapResources}, svc, ca.Root(), log)
