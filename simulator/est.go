@@ -82,7 +82,30 @@ func (d *Device) EnrollEST(ctx context.Context, o ESTOptions) (*wire.DeviceConfi
 	if err := d.acceptChain(issued[0], cas); err != nil {
 		return nil, err
 	}
-	return d.ConfigHTTPS(ctx, o)
+	cfg, err := d.ConfigHTTPS(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	d.Enrollment = d.enrollmentOf(cfg, cas)
+	return cfg, nil
+}
+
+// enrollmentOf is what an EST enrollment gave the device, in the form of
+// a CoAP /enroll answer, so that the operational channel (MQTT sessions,
+// soak runs) works the same whichever way the device enrolled. EST carries
+// no firmware signing key: FirmwareKey stays empty.
+func (d *Device) enrollmentOf(cfg *wire.DeviceConfig, cas []*x509.Certificate) *wire.EnrollResponse {
+	r := &wire.EnrollResponse{DeviceID: cfg.DeviceID, WiFi: cfg.WiFi, Network: cfg.Network, Lease: cfg.Lease,
+		ConfigVersion: cfg.ConfigVersion, Firmware: cfg.Firmware}
+	for _, c := range d.Chain {
+		r.Certificate = append(r.Certificate, c.Raw)
+	}
+	for _, c := range cas {
+		if bytes.Equal(c.RawSubject, c.RawIssuer) {
+			r.CA = c.Raw
+		}
+	}
+	return r
 }
 
 // acceptChain checks an issued leaf against the flashed root, with the

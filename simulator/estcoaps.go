@@ -60,7 +60,12 @@ func (d *Device) EnrollESTCoAPS(ctx context.Context, o EnrollOptions) (*wire.Dev
 	if err := d.acceptChain(issued[0], cas); err != nil {
 		return nil, err
 	}
-	return d.Config(ctx, o)
+	cfg, err := d.Config(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	d.Enrollment = d.enrollmentOf(cfg, cas)
+	return cfg, nil
 }
 
 // ReenrollESTCoAPS renews the device's certificate for the same key over

@@ -81,9 +81,21 @@ func TestDevsimJSONStaysClean(t *testing.T) {
 func TestDevsimSoak(t *testing.T) {
 	env := servertest.Start(t)
 	env.Site("hq", "10.21.0.0/24")
+	// Devices enrolled over CoAP and MQTT, and over EST-coaps with factory
+	// certificates, then online over MQTT with the certificates they got.
+	for _, tr := range [][]string{{"--transport", "mix"}, {"--transport", "estcoaps", "--idevid"}} {
+		t.Run(tr[1], func(t *testing.T) { soakOnce(t, env, tr) })
+	}
+	var bad bytes.Buffer
+	if err := run(context.Background(), []string{"--mint", "1", "--data", env.DataDir, "--soak", "1s"}, &bad, &bad); err == nil {
+		t.Error("--soak with pushes but no --site: accepted")
+	}
+}
+
+func soakOnce(t *testing.T, env *servertest.Env, transport []string) {
 	var out, errOut bytes.Buffer
-	err := run(context.Background(), []string{"--mint", "12", "--site", "hq", "--data", env.DataDir, "--json", "--transport", "mix",
-		"--soak", "1500ms", "--pushes", "2", "--revoke", "3", "--renew-lease-every", "400ms", "--renew-cert-every", "1s"}, &out, &errOut)
+	err := run(context.Background(), append([]string{"--mint", "12", "--site", "hq", "--data", env.DataDir, "--json",
+		"--soak", "1500ms", "--pushes", "2", "--revoke", "3", "--renew-lease-every", "400ms", "--renew-cert-every", "1s"}, transport...), &out, &errOut)
 	if err != nil {
 		t.Fatalf("devsim: %v\n%s\n%s", err, out.String(), errOut.String())
 	}
@@ -110,9 +122,5 @@ func TestDevsimSoak(t *testing.T) {
 		t.Errorf("server RSS %d", s.ServerRSSBytes)
 	case len(s.Problems) > 0:
 		t.Errorf("problems: %v", s.Problems)
-	}
-	var bad bytes.Buffer
-	if err := run(context.Background(), []string{"--mint", "1", "--data", env.DataDir, "--soak", "1s"}, &bad, &bad); err == nil {
-		t.Error("--soak with pushes but no --site: accepted")
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/pki/profile"
 	"github.com/provisiond/provisiond/transport/est"
+	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -350,8 +351,8 @@ func TestESTAnswers(t *testing.T) {
 	env.Site("hq", "10.41.0.0/24")
 	ctx := ctxT(t)
 	anon := deviceHTTP(env, nil, nil)
-	bundles := env.Mint(3, "hq")
-	good, throttled, enrolled := bundles[0], bundles[1], bundles[2]
+	bundles := env.Mint(4, "hq")
+	good, throttled, enrolled, revoked := bundles[0], bundles[1], bundles[2], bundles[3]
 	unclaimed := env.Mint(1, "")[0]
 
 	// One device enrolled over EST, for the re-enrollment cases.
@@ -372,6 +373,21 @@ func TestESTAnswers(t *testing.T) {
 	}
 	devCert := certs[0]
 	withDev := deviceHTTP(env, devCert, devKey)
+
+	// One enrolled over EST, then revoked.
+	revKey := newKey(t)
+	resp = estPost(t, env, anon, "simpleenroll", b64CSR(t, revKey), basicAuth(revoked.Serial, revoked.ClaimToken))
+	raw, _ = io.ReadAll(resp.Body)
+	der, _ = base64.StdEncoding.DecodeString(strings.ReplaceAll(string(raw), "\r\n", ""))
+	revCerts, err := est.ParseCertsOnly(der)
+	if err != nil {
+		t.Fatalf("enroll the device to revoke: %s %v", resp.Status, err)
+	}
+	if err := env.Client.Do(ctx, "POST", "/api/v1/revocations", httpapi.RevokeRequest{Devices: []string{revoked.Serial}, Reason: "test"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	withRevoked := deviceHTTP(env, revCerts[0], revKey)
+	p7, _ := est.CertsOnly(revCerts)
 
 	// Manufacturer CAs: one registered then removed, one never registered.
 	removedCA, idb := mintIDevID(t, env, 1, "hq")
@@ -430,6 +446,9 @@ func TestESTAnswers(t *testing.T) {
 		{"base64 garbage", anon, "simpleenroll", []byte(base64.StdEncoding.EncodeToString([]byte("garbage, not DER"))), basicAuth(good.Serial, good.ClaimToken), 400, false, ""},
 		{"a certificate, not a CSR", anon, "simpleenroll", []byte(base64.StdEncoding.EncodeToString(devCert.Raw)), basicAuth(good.Serial, good.ClaimToken), 400, false, ""},
 		{"empty body", anon, "simpleenroll", nil, basicAuth(good.Serial, good.ClaimToken), 400, false, ""},
+		{"a PKCS#7, not a CSR", anon, "simpleenroll", []byte(base64.StdEncoding.EncodeToString(p7)), basicAuth(good.Serial, good.ClaimToken), 400, false, ""},
+		{"revoked device, Basic", anon, "simpleenroll", b64CSR(t, newKey(t)), basicAuth(revoked.Serial, revoked.ClaimToken), 403, false, ""},
+		{"revoked device, its certificate", withRevoked, "simplereenroll", b64CSR(t, revKey), nil, 403, false, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			resp := estPost(t, env, c.hc, c.op, c.body, c.hdr)
