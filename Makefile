@@ -156,9 +156,11 @@ rates: build
 SOAK_N   ?= 10000
 SOAK_FOR ?= 60s
 SOAK_DIR ?= /tmp/provisiond-soak
+# SOAK_TRANSPORT is how the devices enroll before going online over MQTT.
+SOAK_TRANSPORT ?= mqtt
 soak: build
 	@$(call bench_server,$(SOAK_DIR)) && \
-	bin/devsim --mint $(SOAK_N) --site big --data $(SOAK_DIR)/data --transport mqtt --soak $(SOAK_FOR) \
+	bin/devsim --mint $(SOAK_N) --site big --data $(SOAK_DIR)/data $(call transport_flags,$(SOAK_TRANSPORT)) --soak $(SOAK_FOR) \
 		--pushes 3 --revoke 100 --renew-lease-every 60s --quiet
 
 # The boot-storm table in docs/performance.md: a provisiond process, a peak
@@ -168,10 +170,14 @@ PEAK_N    ?= 4000
 STORM_N   ?= 6000
 STORM_X   ?= 10
 STORM_DIR ?= /tmp/provisiond-storm
+# STORM_TRANSPORT: coap, mqtt, est or estcoaps (factory certificates; est
+# takes them too with IDEVID=1, else HTTP Basic with the claim token).
+STORM_TRANSPORT ?= coap
+transport_flags = --transport $(1) $(if $(filter estcoaps,$(1))$(IDEVID),--idevid)
 storm: build
 	@$(call bench_server,$(STORM_DIR)) && \
-	bin/devsim --mint $(PEAK_N) --site big --data $(STORM_DIR)/data --concurrency 64 && \
-	bin/devsim --mint $(STORM_N) --site big --data $(STORM_DIR)/data --concurrency $$((64 * $(STORM_X))) --attempts 20 && \
+	bin/devsim --mint $(PEAK_N) --site big --data $(STORM_DIR)/data --concurrency 64 $(call transport_flags,$(STORM_TRANSPORT)) && \
+	bin/devsim --mint $(STORM_N) --site big --data $(STORM_DIR)/data --concurrency $$((64 * $(STORM_X))) --attempts 20 $(call transport_flags,$(STORM_TRANSPORT)) && \
 	bin/provctl --data $(STORM_DIR)/data -o json site show big | grep -E '"(devices|enrolled|leases_in_use)"' && \
 	echo "server RSS (kB), CPU time: $$(ps -o rss=,times= -p $$pid)"
 

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -550,4 +551,56 @@ func readPEMCert(t *testing.T, path string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// The HTTPS certificate request names provisiond's CA and the registered
+// manufacturer CAs, and no others: a browser offers an operator none of
+// its unrelated certificates, and a Go client picks its IDevID. A CA added
+// or removed here is named, or not, at the next handshake.
+func TestHTTPSCertificateRequestNamesTheCAs(t *testing.T) {
+	env := servertest.Start(t)
+	ctx := ctxT(t)
+	names := func() []string {
+		t.Helper()
+		var got []string
+		roots := x509.NewCertPool()
+		roots.AddCert(env.Server.CA().Root())
+		conn, err := tls.Dial("tcp", env.Server.HTTPAddr().String(), &tls.Config{RootCAs: roots,
+			GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				for _, raw := range cri.AcceptableCAs {
+					var n pkix.RDNSequence
+					if _, err := asn1.Unmarshal(raw, &n); err == nil {
+						var name pkix.Name
+						name.FillFromRDNSequence(&n)
+						got = append(got, name.CommonName)
+					}
+				}
+				return &tls.Certificate{}, nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		return got
+	}
+	acme, err := mfr.New("Acme Factory Root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); slices.Contains(got, "Acme Factory Root") || len(got) == 0 {
+		t.Fatalf("before registration: %v", got)
+	}
+	reg, err := env.Client.AddFactoryCA(ctx, httpapi.FactoryCARequest{Certificate: string(acme.CertPEM()), Model: "TEST"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); !slices.Contains(got, "Acme Factory Root") || !slices.Contains(got, env.Server.CA().Root().Subject.CommonName) {
+		t.Fatalf("after registration: %v", got)
+	}
+	if _, err := env.Client.RemoveFactoryCA(ctx, reg.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); slices.Contains(got, "Acme Factory Root") {
+		t.Fatalf("after removal: %v", got)
+	}
 }

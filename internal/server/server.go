@@ -266,6 +266,7 @@ type EtcdConfig struct {
 // Server is a running provisiond.
 type Server struct {
 	cfg    Config
+	caHint *caHint
 	log    *slog.Logger
 	store  *devices.Store
 	ca     *pki.CA
@@ -482,7 +483,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 
 	// EST over HTTPS and the device routes, beside the API.
 	cfg.Routes = append(slices.Clone(cfg.Routes), est.NewHTTPS(estCfg).Routes()...)
-	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleet, Access: access, Revocation: s, Info: s.info,
+	// The CA names the HTTPS listener asks client certificates of: its own
+	// and the manufacturers' (browsers offer only matching certificates).
+	s.caHint = &caHint{own: clientCAs, list: s.store.FactoryCAs, log: log}
+	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleetFront{Fleet: fleet, changed: s.caHint.invalidate}, Access: access, Revocation: s, Info: s.info,
 		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Cluster: s.clusterAPI(), Pages: web.Handler(),
 		Firmware: &httpapi.Firmware{Catalogue: cat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
 		Routes:   cfg.Routes}, log)
@@ -491,21 +495,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, fmt.Errorf("listen https %s: %w", cfg.HTTPAddr, err)
 	}
 	s.http = &http.Server{
-		Handler:     verifyClients(api, clientCAs),
-		ConnContext: withPeerCheck,
-		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
-			// Devices present their certificate (firmware downloads,
-			// EST re-enrollment, /device/v1/...), factory certificates
-			// from manufacturer CAs (EST), or none (a token, HTTP Basic).
-			// Any is taken at the handshake; verifyClients checks it.
-			ClientAuth: tls.RequestClientCert,
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-				c, err := serverCert.Get()
-				if err != nil {
-					log.Error("server certificate renewal failed; presenting the current one", "err", err)
-				}
-				return c, nil
-			}},
+		Handler:           verifyClients(api, clientCAs),
+		ConnContext:       withPeerCheck,
+		TLSConfig:         httpsTLS(serverCert, s.caHint, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
