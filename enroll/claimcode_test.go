@@ -67,3 +67,12 @@ func FuzzParseClaimCode(f *testing.F) {
 		}
 	})
 }
+
+func TestValidDNSName(t *testing.T) {
+	for n, want := range map[string]bool{"mqtt.example.net": true, "*.example.net": true, "a": true, "localhost.": true,
+		"": false, "\x93": false, "a..b": false, "-a.b": false, "a-.b": false, "a.*.b": false, "a b": false, strings.Repeat("a", 64): false} {
+		if got := enroll.ValidDNSName(n); got != want {
+			t.Errorf("ValidDNSName(%q) = %v", n, got)
+		}
+	}
+}

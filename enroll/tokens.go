@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -136,6 +137,11 @@ func (x *Access) IssueServerCert(ctx context.Context, a Actor, names []string, i
 	if len(names) == 0 && len(ips) == 0 {
 		return nil, nil, fmt.Errorf("%w: names: at least one name or IP address", ErrInvalid)
 	}
+	for _, n := range names {
+		if !ValidDNSName(n) {
+			return nil, nil, fmt.Errorf("%w: names: %q is not a DNS name", ErrInvalid, n)
+		}
+	}
 	chainPEM, keyPEM, err = x.signer.IssueServerPEM(names, ips, lifetime)
 	if err != nil {
 		return nil, nil, err
@@ -160,4 +166,28 @@ func (x *Access) IssueServerCert(ctx context.Context, a Actor, names []string, i
 		return nil, nil, err
 	}
 	return chainPEM, keyPEM, nil
+}
+
+// ValidDNSName reports whether n is a host name a server certificate may
+// carry: dot-separated labels of letters, digits and hyphens (not at either
+// end), 1-63 bytes each, 253 in all, the first label possibly "*".
+func ValidDNSName(n string) bool {
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	for i, l := range strings.Split(strings.TrimSuffix(n, "."), ".") {
+		if l == "*" && i == 0 {
+			continue
+		}
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for j := 0; j < len(l); j++ {
+			c := l[j]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
