@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -27,6 +28,7 @@ import (
 	"time"
 
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/internal/testtools"
 	"github.com/provisiond/provisiond/pki/mfr"
@@ -603,4 +605,39 @@ func TestHTTPSCertificateRequestNamesTheCAs(t *testing.T) {
 	if got := names(); slices.Contains(got, "Acme Factory Root") {
 		t.Fatalf("after removal: %v", got)
 	}
+}
+
+// The HTTPS listener's handshake gate: a session holds its slot from its
+// handshake to its first answer, so with one slot a second client waits and
+// is dropped while the first has not asked anything, and gets in once the
+// first was answered.
+func TestHTTPSHandshakeGate(t *testing.T) {
+	env := servertest.Start(t, func(c *server.Config) { c.MaxHandshakes, c.HandshakeWait = 1, 300*time.Millisecond })
+	roots := x509.NewCertPool()
+	roots.AddCert(env.Server.CA().Root())
+	dial := func() (*tls.Conn, error) {
+		return tls.Dial("tcp", env.Server.HTTPAddr().String(), &tls.Config{RootCAs: roots, NextProtos: []string{"http/1.1"}})
+	}
+	first, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if c, err := dial(); err == nil {
+		c.Close()
+		t.Fatal("a second handshake got through while the first session held the only slot")
+	}
+	if _, err := io.WriteString(first, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(first), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first session's request: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	third, err := dial()
+	if err != nil {
+		t.Fatalf("after the first session's answer: %v", err)
+	}
+	third.Close()
 }

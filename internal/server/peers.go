@@ -7,13 +7,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/handshake"
 	"github.com/provisiond/provisiond/internal/peers"
 	"github.com/provisiond/provisiond/pki"
+	"github.com/provisiond/provisiond/transport/est"
 )
 
 // The HTTPS listener takes any client certificate at the handshake (which
@@ -27,25 +31,84 @@ import (
 
 type peerCheckKey struct{}
 
+// peerCheck is a connection's: its verified client certificate, and its
+// handshake slot until its first answer.
 type peerCheck struct {
 	once   sync.Once
 	chains [][]*x509.Certificate
+	slot   atomic.Pointer[handshake.Slot]
 }
 
-// withPeerCheck gives each connection its verification (http.Server.ConnContext).
-func withPeerCheck(ctx context.Context, _ net.Conn) context.Context {
-	return context.WithValue(ctx, peerCheckKey{}, &peerCheck{})
+// httpsGate bounds the HTTPS listener's sessions between a handshake and
+// their first answer, as the DTLS and MQTT listeners bound bootstrap
+// sessions (package handshake): under an EST boot storm a session waits for
+// a slot before its handshake instead of paying for one that the enrollment
+// admission limit then refuses. A session keeps its slot until its first
+// request other than EST's /cacerts and /csrattrs is answered, it closes, or
+// the handshake timeout passes.
+type httpsGate struct {
+	gate  *handshake.Gate
+	conns sync.Map // the TCP connection under each *tls.Conn -> *peerCheck
+}
+
+// connContext gives each connection its peerCheck (http.Server.ConnContext).
+func (g *httpsGate) connContext(ctx context.Context, c net.Conn) context.Context {
+	pc := &peerCheck{}
+	if tc, ok := c.(*tls.Conn); ok {
+		g.conns.Store(tc.NetConn(), pc)
+	}
+	return context.WithValue(ctx, peerCheckKey{}, pc)
+}
+
+// acquire waits for a slot before a handshake (from GetConfigForClient).
+func (g *httpsGate) acquire(hello *tls.ClientHelloInfo) error {
+	slot, err := g.gate.Acquire(hello.Context())
+	if err != nil {
+		return err
+	}
+	slot.Hold()
+	if v, ok := g.conns.Load(hello.Conn); ok {
+		v.(*peerCheck).slot.Store(slot)
+	} else {
+		slot.Release()
+	}
+	return nil
+}
+
+// connState releases a closed connection's slot (http.Server.ConnState).
+func (g *httpsGate) connState(c net.Conn, st http.ConnState) {
+	if st != http.StateClosed && st != http.StateHijacked {
+		return
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		if v, ok := g.conns.LoadAndDelete(tc.NetConn()); ok {
+			v.(*peerCheck).slot.Load().Release()
+		}
+	}
+}
+
+// discovery reports whether r is EST's discovery before an enrollment
+// (the session keeps its slot through it).
+func discovery(r *http.Request) bool {
+	return r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, est.PathPrefix+"/") &&
+		(strings.HasSuffix(r.URL.Path, "/cacerts") || strings.HasSuffix(r.URL.Path, "/csrattrs"))
 }
 
 func verifyClients(next http.Handler, roots *x509.CertPool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			if pc, _ := r.Context().Value(peerCheckKey{}).(*peerCheck); pc != nil && !discovery(r) {
+				defer pc.slot.Load().Release()
+			}
 			next.ServeHTTP(w, r)
 			return
 		}
 		pc, _ := r.Context().Value(peerCheckKey{}).(*peerCheck)
 		if pc == nil {
 			pc = &peerCheck{}
+		}
+		if !discovery(r) {
+			defer pc.slot.Load().Release()
 		}
 		pc.once.Do(func() { pc.chains = peers.Verify(r.TLS.PeerCertificates, roots) })
 		st := *r.TLS
@@ -62,7 +125,7 @@ func verifyClients(next http.Handler, roots *x509.CertPool) http.Handler {
 // Any is taken at the handshake; verifyClients checks it. The certificate
 // request names the CAs of hint, so that a browser offers no certificate
 // of another CA to an operator.
-func httpsTLS(serverCert *pki.ServerCertificate, hint *caHint, log *slog.Logger) *tls.Config {
+func httpsTLS(serverCert *pki.ServerCertificate, hint *caHint, gate *httpsGate, log *slog.Logger) *tls.Config {
 	base := &tls.Config{MinVersion: tls.VersionTLS12,
 		ClientAuth: tls.RequestClientCert,
 		NextProtos: []string{"h2", "http/1.1"},
@@ -75,6 +138,9 @@ func httpsTLS(serverCert *pki.ServerCertificate, hint *caHint, log *slog.Logger)
 		}}
 	cfg := base.Clone()
 	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if err := gate.acquire(hello); err != nil {
+			return nil, err
+		}
 		c := base.Clone()
 		c.ClientCAs = hint.pool(hello.Context())
 		return c, nil
@@ -144,4 +210,21 @@ func (f fleetFront) RemoveFactoryCA(ctx context.Context, a enroll.Actor, ref str
 	ca, err := f.Fleet.RemoveFactoryCA(ctx, a, ref)
 	f.changed()
 	return ca, err
+}
+
+// newGate is the HTTPS listener's handshake gate, sized as the DTLS and MQTT
+// listeners' are: n slots (default handshake.DefaultSlots), a session waits
+// up to wait (default 5 s) for one; it holds its slot until its first
+// answer, at most hold (the handshake timeout, default 10 s).
+func newGate(n int, wait, hold time.Duration) *handshake.Gate {
+	if n <= 0 {
+		n = handshake.DefaultSlots
+	}
+	if wait <= 0 {
+		wait = 5 * time.Second
+	}
+	if hold <= 0 {
+		hold = 10 * time.Second
+	}
+	return handshake.NewGate(n, wait, hold)
 }

@@ -94,7 +94,7 @@ type Config struct {
 	CertTemplate  string // file with an x509util template; empty = built-in
 	Enroll        enroll.Config
 	Fleet         enroll.FleetConfig
-	MaxHandshakes int // DTLS and MQTT TLS handshakes in progress at once, per listener (default 64)
+	MaxHandshakes int // DTLS, MQTT TLS and HTTPS handshakes in progress at once, per listener (default 64)
 	// HandshakeWait is how long a new session waits for a handshake slot
 	// before it is dropped; HandshakeTimeout bounds one handshake;
 	// IdleTimeout closes a DTLS session idle this long.
@@ -265,18 +265,19 @@ type EtcdConfig struct {
 
 // Server is a running provisiond.
 type Server struct {
-	cfg    Config
-	caHint *caHint
-	log    *slog.Logger
-	store  *devices.Store
-	ca     *pki.CA
-	coap   *coap.Server
-	broker *mqtt.Broker // embedded broker, or nil
-	remote *mqtt.Remote // external broker connection, or nil
-	http   *http.Server
-	httpLn net.Listener
-	debug  *http.Server
-	errs   chan error
+	cfg       Config
+	caHint    *caHint
+	httpsGate *httpsGate
+	log       *slog.Logger
+	store     *devices.Store
+	ca        *pki.CA
+	coap      *coap.Server
+	broker    *mqtt.Broker // embedded broker, or nil
+	remote    *mqtt.Remote // external broker connection, or nil
+	http      *http.Server
+	httpLn    net.Listener
+	debug     *http.Server
+	errs      chan error
 
 	metrics *metrics.Metrics
 
@@ -444,7 +445,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		LeasesInUse:  func() (map[string]int, error) { return s.store.LeasesInUseBySite(context.Background(), time.Now()) },
 		DTLSSessions: func() int { return s.coap.Sessions() },
 		Handshakes: func() map[string]handshake.Stats {
-			out := map[string]handshake.Stats{"coaps": s.coap.Handshakes()}
+			out := map[string]handshake.Stats{"coaps": s.coap.Handshakes(), "https": s.httpsGate.gate.Stats()}
 			if s.broker != nil {
 				out["mqtts"] = s.broker.Handshakes()
 			}
@@ -486,6 +487,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	// The CA names the HTTPS listener asks client certificates of: its own
 	// and the manufacturers' (browsers offer only matching certificates).
 	s.caHint = &caHint{own: clientCAs, list: s.store.FactoryCAs, log: log}
+	s.httpsGate = &httpsGate{gate: newGate(cfg.MaxHandshakes, cfg.HandshakeWait, cfg.HandshakeTimeout)}
 	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleetFront{Fleet: fleet, changed: s.caHint.invalidate}, Access: access, Revocation: s, Info: s.info,
 		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Cluster: s.clusterAPI(), Pages: web.Handler(),
 		Firmware: &httpapi.Firmware{Catalogue: cat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
@@ -496,8 +498,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	s.http = &http.Server{
 		Handler:           verifyClients(api, clientCAs),
-		ConnContext:       withPeerCheck,
-		TLSConfig:         httpsTLS(serverCert, s.caHint, log),
+		ConnContext:       s.httpsGate.connContext,
+		ConnState:         s.httpsGate.connState,
+		TLSConfig:         httpsTLS(serverCert, s.caHint, s.httpsGate, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
