@@ -377,6 +377,22 @@ func TestESTAnswers(t *testing.T) {
 	devCert := certs[0]
 	withDev := deviceHTTP(env, devCert, devKey)
 
+	// Its lease renewed over mutual TLS: the inventory's expiry moves.
+	d0, _ := env.Server.Store().DeviceBySerial(ctx, enrolled.Serial)
+	env.Clock.Advance(time.Hour)
+	lr, err := withDev.Post(fmt.Sprintf("https://%s/device/v1/lease", env.Server.HTTPAddr()), "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lcfg wire.DeviceConfig
+	if err := json.NewDecoder(lr.Body).Decode(&lcfg); err != nil || lr.StatusCode != 200 {
+		t.Fatalf("POST /device/v1/lease: %s %v", lr.Status, err)
+	}
+	lr.Body.Close()
+	if d1, _ := env.Server.Store().DeviceBySerial(ctx, enrolled.Serial); !d1.Lease.Expires.After(d0.Lease.Expires) || lcfg.Lease.Address != d1.Lease.Addr.String() {
+		t.Errorf("lease after renewal over HTTPS: %v (was %v), answered %+v", d1.Lease.Expires, d0.Lease.Expires, lcfg.Lease)
+	}
+
 	// One enrolled over EST, then revoked.
 	revKey := newKey(t)
 	resp = estPost(t, env, anon, "simpleenroll", b64CSR(t, revKey), basicAuth(revoked.Serial, revoked.ClaimToken))
