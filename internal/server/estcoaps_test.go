@@ -71,6 +71,11 @@ func TestESTCoAPSLibcoap(t *testing.T) {
 	if der, _ := os.ReadFile(filepath.Join(dir, "root.der")); !bytes.Equal(der, env.Server.CA().Root().Raw) {
 		t.Errorf("crts with accept 287 is not the root certificate (%d bytes)", len(der))
 	}
+	// The certs-only bundle (about 1.1 KB) comes block-wise (Block2).
+	run(coapClient, append([]string{"-m", "get", "-A", "281", "-o", "crts.p7"}, append(tlsArgs, url+"/.well-known/est/crts")...)...)
+	if pems := run(openssl, "pkcs7", "-inform", "DER", "-in", "crts.p7", "-print_certs"); strings.Count(string(pems), "BEGIN CERTIFICATE") != 2 {
+		t.Errorf("crts with accept 281: %s", pems)
+	}
 	run(coapClient, append([]string{"-m", "get", "-A", "285", "-o", "attrs.der"}, append(tlsArgs, url+"/.well-known/est/att")...)...)
 	if der, _ := os.ReadFile(filepath.Join(dir, "attrs.der")); !bytes.Equal(der, est.CSRAttrs()) {
 		t.Errorf("att: %x", der)
