@@ -1,0 +1,53 @@
+package peers_test
+
+import (
+	"crypto/x509"
+	"testing"
+
+	"github.com/provisiond/provisiond/internal/peers"
+	"github.com/provisiond/provisiond/pki/mfr"
+)
+
+// Two handshakes with one certificate (a device opening two sessions at
+// once) leave two verdicts, taken in order, each once.
+func TestVerdicts(t *testing.T) {
+	var v peers.Verdicts
+	leaf := []byte("leaf")
+	v.Put(leaf, 1)
+	v.Put(leaf, 2)
+	v.Put([]byte("other"), 3)
+	if a, b, c := v.Take(leaf), v.Take(leaf), v.Take(leaf); a != 1 || b != 2 || c != nil {
+		t.Fatalf("took %v %v %v, want 1 2 nil", a, b, c)
+	}
+	if got := v.Take([]byte("other")); got != 3 {
+		t.Fatalf("other: %v", got)
+	}
+}
+
+// Verify accepts a chain to the roots for client authentication and
+// nothing else.
+func TestVerify(t *testing.T) {
+	root, _ := mfr.New("Root")
+	inter, _ := root.Intermediate("Inter")
+	leaf, err := inter.Issue("S-1", mfr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root.Cert)
+	if peers.Verify([]*x509.Certificate{leaf.Cert, inter.Cert}, roots) == nil {
+		t.Error("a chain through its intermediate did not verify")
+	}
+	if peers.Verify([]*x509.Certificate{leaf.Cert}, roots) != nil {
+		t.Error("verified without the intermediate")
+	}
+	other, _ := mfr.New("Other")
+	pool := x509.NewCertPool()
+	pool.AddCert(other.Cert)
+	if peers.Verify([]*x509.Certificate{leaf.Cert, inter.Cert}, pool) != nil || peers.Verify(nil, roots) != nil {
+		t.Error("verified against another root, or nothing")
+	}
+	if _, err := peers.Parse([][]byte{leaf.Cert.Raw, []byte("junk")}); err == nil {
+		t.Error("parsed junk")
+	}
+}
