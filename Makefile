@@ -196,6 +196,8 @@ fuzz:
 	GO=$(GO) bash .ci/fuzz FuzzVerify $(FUZZTIME) ./firmware/
 	GO=$(GO) bash .ci/fuzz FuzzDecodeCSR $(FUZZTIME) ./transport/est/
 	GO=$(GO) bash .ci/fuzz FuzzParseCertsOnly $(FUZZTIME) ./transport/est/
+	GO=$(GO) bash .ci/fuzz FuzzDecodeTLV $(FUZZTIME) ./transport/lwm2m/
+	GO=$(GO) bash .ci/fuzz FuzzDecodeSenML $(FUZZTIME) ./transport/lwm2m/
 
 clean:
 	rm -rf bin
