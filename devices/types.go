@@ -3,6 +3,7 @@ package devices
 import (
 	"fmt"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -97,9 +98,12 @@ type Site struct {
 	NTP        []string      `json:"ntp,omitempty"`
 	LeaseTTL   time.Duration `json:"lease_ttl"`
 	Reenroll   Reenroll      `json:"reenroll,omitempty"` // default keep-identity
-	Version    uint64        `json:"version"`
-	CreatedAt  time.Time     `json:"created_at"`
-	UpdatedAt  time.Time     `json:"updated_at"`
+	// LwM2M is what the site's devices are told at an LwM2M bootstrap; nil:
+	// the site serves none.
+	LwM2M     *LwM2MProfile `json:"lwm2m,omitempty"`
+	Version   uint64        `json:"version"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
 }
 
 // ConfigOverride changes a device's config away from its site profile; set
@@ -267,6 +271,68 @@ func (s *Site) Validate() error {
 	}
 	if s.LeaseTTL < time.Minute || s.LeaseTTL > 365*24*time.Hour {
 		return fmt.Errorf("%w: lease: must be between 1m and 8760h", ErrInvalid)
+	}
+	if s.LwM2M != nil {
+		return s.LwM2M.Validate()
+	}
+	return nil
+}
+
+// LwM2MSecurity is how a site's devices authenticate to its LwM2M
+// management server.
+type LwM2MSecurity string
+
+// LwM2M security modes a bootstrap provisions.
+const (
+	LwM2MCertificate LwM2MSecurity = "certificate" // a certificate from provisiond's CA (mode 2)
+	LwM2MEST         LwM2MSecurity = "est"         // the device enrolls with EST-coaps after Finish (mode 4)
+	LwM2MPSK         LwM2MSecurity = "psk"         // a fresh per-device PSK, sealed at rest (mode 0)
+)
+
+// LwM2MProfile is a site's LwM2M bootstrap profile: the management server
+// its devices register with, and how.
+type LwM2MProfile struct {
+	ServerURI     string        `json:"server_uri"`      // coaps://host[:port]
+	ShortServerID uint16        `json:"short_server_id"` // 1-65534; default 1
+	Lifetime      int64         `json:"lifetime"`        // registration lifetime, seconds; default 86400
+	Binding       string        `json:"binding"`         // default "U"
+	SecurityMode  LwM2MSecurity `json:"security_mode"`   // default certificate
+	WiFi          bool          `json:"wifi,omitempty"`  // also write the site's Wi-Fi (WLAN object 12)
+}
+
+// Validate checks the profile and fills its defaults.
+func (p *LwM2MProfile) Validate() error {
+	u, err := url.Parse(p.ServerURI)
+	switch {
+	case err != nil || u.Scheme != "coaps" || u.Hostname() == "" || u.Path != "" && u.Path != "/" || u.RawQuery != "":
+		return fmt.Errorf("%w: lwm2m.server_uri: want coaps://host[:port]", ErrInvalid)
+	case p.ShortServerID == 65535:
+		return fmt.Errorf("%w: lwm2m.short_server_id: 1-65534", ErrInvalid)
+	case p.Lifetime < 0 || p.Lifetime > 365*24*3600:
+		return fmt.Errorf("%w: lwm2m.lifetime: 0 (default 86400) to 31536000 seconds", ErrInvalid)
+	}
+	if p.ShortServerID == 0 {
+		p.ShortServerID = 1
+	}
+	if p.Lifetime == 0 {
+		p.Lifetime = 86400
+	}
+	if p.Binding == "" {
+		p.Binding = "U"
+	}
+	seen := map[rune]bool{}
+	for _, c := range p.Binding {
+		if !strings.ContainsRune("UTSNQ", c) || seen[c] {
+			return fmt.Errorf("%w: lwm2m.binding: letters of U, T, S, N, Q, each once", ErrInvalid)
+		}
+		seen[c] = true
+	}
+	switch p.SecurityMode {
+	case "":
+		p.SecurityMode = LwM2MCertificate
+	case LwM2MCertificate, LwM2MEST, LwM2MPSK:
+	default:
+		return fmt.Errorf("%w: lwm2m.security_mode: %q, %q or %q", ErrInvalid, LwM2MCertificate, LwM2MEST, LwM2MPSK)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -32,6 +33,12 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 		{"cidr", "IPv4 address pool, e.g. 10.20.0.0/24"}, {"gateway", "default gateway (default: first host)"},
 		{"dns", "comma-separated DNS servers"}, {"ntp", "comma-separated NTP servers"}, {"lease", "lease time, e.g. 24h"},
 		{"reenroll", "keep-identity (default) or new-identity: a re-opened device keeps or changes its UUID"},
+		{"lwm2m-server", "LwM2M bootstrap profile: the management server, coaps://host[:port] (\"\" removes the profile)"},
+		{"lwm2m-server-id", "LwM2M short server ID, 1-65534 (default 1)"},
+		{"lwm2m-lifetime", "LwM2M registration lifetime in seconds (default 86400)"},
+		{"lwm2m-binding", "LwM2M binding (default U)"},
+		{"lwm2m-security", "how devices authenticate to the LwM2M server: certificate (default), est or psk"},
+		{"lwm2m-wifi", "true: an LwM2M bootstrap writes the site's Wi-Fi too (WLAN object 12)"},
 	} {
 		set[f.name] = fs.String(f.name, "", f.usage)
 	}
@@ -62,6 +69,9 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 	}
 	req.SSID, req.Security, req.Passphrase, req.CIDR = str("ssid"), str("security"), str("passphrase"), str("cidr")
 	req.Gateway, req.Lease, req.DNS, req.NTP, req.Reenroll = str("gateway"), str("lease"), list("dns"), list("ntp"), str("reenroll")
+	if req.LwM2M, err = lwm2mProfile(given, set); err != nil {
+		return err
+	}
 
 	one := func() (string, error) {
 		if len(pos) != 1 {
@@ -134,6 +144,10 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 		fmt.Fprintf(w, "site %s (version %d)\n  wifi:    %s (%s, passphrase set: %v)\n  network: %s via %s, dns %s, ntp %s\n  lease:   %s; %d of %d addresses in use; %d devices\n",
 			v.Name, v.Version, v.SSID, v.Security, v.PassphraseSet, v.CIDR, v.Gateway, strings.Join(v.DNS, ","), strings.Join(v.NTP, ","),
 			v.Lease, v.LeasesInUse, v.PoolSize, v.Devices)
+		if p := v.LwM2M; p != nil {
+			fmt.Fprintf(w, "  lwm2m:   %s (short server ID %d, lifetime %ds, binding %s, security %s, wifi %v)\n",
+				p.ServerURI, p.ShortServerID, p.Lifetime, p.Binding, p.SecurityMode, p.WiFi)
+		}
 	})
 }
 
@@ -730,4 +744,41 @@ func (e *env) clusterStatus(args []string) error {
 				float64(m.DBSize)/(1<<20), float64(m.DBSizeInUse)/(1<<20), health, lead)
 		}
 	})
+}
+
+// lwm2mProfile is the LwM2M profile the --lwm2m-* flags give, nil when none
+// is given. The other flags need --lwm2m-server: the profile is set whole.
+func lwm2mProfile(given map[string]bool, set map[string]*string) (*devices.LwM2MProfile, error) {
+	if !given["lwm2m-server"] {
+		for name := range given {
+			if strings.HasPrefix(name, "lwm2m-") {
+				return nil, fmt.Errorf("--%s needs --lwm2m-server: the LwM2M profile is set whole", name)
+			}
+		}
+		return nil, nil
+	}
+	p := &devices.LwM2MProfile{ServerURI: *set["lwm2m-server"], Binding: *set["lwm2m-binding"],
+		SecurityMode: devices.LwM2MSecurity(*set["lwm2m-security"])}
+	if v := *set["lwm2m-server-id"]; v != "" {
+		n, err := strconv.ParseUint(v, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("--lwm2m-server-id: %q is not a number of 1-65534", v)
+		}
+		p.ShortServerID = uint16(n)
+	}
+	if v := *set["lwm2m-lifetime"]; v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("--lwm2m-lifetime: %q is not a number of seconds", v)
+		}
+		p.Lifetime = n
+	}
+	if v := *set["lwm2m-wifi"]; v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("--lwm2m-wifi: %q is neither true nor false", v)
+		}
+		p.WiFi = b
+	}
+	return p, nil
 }

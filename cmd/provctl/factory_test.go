@@ -75,3 +75,45 @@ func TestFactoryCACommands(t *testing.T) {
 		t.Fatalf("factory ca list: %v\n%s", err, out)
 	}
 }
+
+// A site's LwM2M bootstrap profile is set with site create, shown, changed
+// and removed with site update; bad profiles are refused.
+func TestSiteLwM2MProfile(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	if out, err := provctl(t, data, "site", "create", "plant", "--ssid", "Plant", "--security", "wpa2-psk", "--passphrase", "plant-pass-123",
+		"--cidr", "10.30.0.0/24", "--lwm2m-server", "coaps://lwm2m.example.net:5684", "--lwm2m-wifi", "true"); err != nil {
+		t.Fatalf("site create: %v\n%s", err, out)
+	}
+	out, err := provctl(t, data, "-o", "json", "site", "show", "plant")
+	var v httpapi.SiteView
+	if err != nil || json.Unmarshal([]byte(out), &v) != nil || v.LwM2M == nil {
+		t.Fatalf("site show: %v\n%s", err, out)
+	}
+	if p := v.LwM2M; p.ServerURI != "coaps://lwm2m.example.net:5684" || p.ShortServerID != 1 || p.Lifetime != 86400 || p.Binding != "U" ||
+		p.SecurityMode != "certificate" || !p.WiFi {
+		t.Errorf("profile with defaults: %+v", p)
+	}
+	if out, err := provctl(t, data, "site", "update", "plant", "--lwm2m-server", "coaps://mgmt.example.net", "--lwm2m-security", "psk",
+		"--lwm2m-server-id", "101", "--lwm2m-lifetime", "300", "--lwm2m-binding", "UQ"); err != nil || !strings.Contains(out, "short server ID 101") {
+		t.Fatalf("site update: %v\n%s", err, out)
+	}
+	for name, args := range map[string][]string{
+		"coap, not coaps":          {"--lwm2m-server", "coap://x"},
+		"unknown security mode":    {"--lwm2m-server", "coaps://x", "--lwm2m-security", "nosec"},
+		"short server ID 65535":    {"--lwm2m-server", "coaps://x", "--lwm2m-server-id", "65535"},
+		"binding twice":            {"--lwm2m-server", "coaps://x", "--lwm2m-binding", "UU"},
+		"a field without a server": {"--lwm2m-lifetime", "60"},
+	} {
+		if out, err := provctl(t, data, append([]string{"site", "update", "plant"}, args...)...); err == nil {
+			t.Errorf("%s: accepted\n%s", name, out)
+		}
+	}
+	if out, err := provctl(t, data, "site", "update", "plant", "--lwm2m-server", ""); err != nil {
+		t.Fatalf("remove the profile: %v\n%s", err, out)
+	}
+	out, _ = provctl(t, data, "-o", "json", "site", "show", "plant")
+	if strings.Contains(out, "lwm2m") {
+		t.Errorf("profile still there:\n%s", out)
+	}
+}

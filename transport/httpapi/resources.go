@@ -30,6 +30,9 @@ type SiteRequest struct {
 	NTP        *[]string `json:"ntp,omitempty"`
 	Lease      *string   `json:"lease,omitempty"`    // Go duration, e.g. "24h"
 	Reenroll   *string   `json:"reenroll,omitempty"` // keep-identity (default) or new-identity
+	// LwM2M sets the site's LwM2M bootstrap profile; one with an empty
+	// server_uri removes it.
+	LwM2M *devices.LwM2MProfile `json:"lwm2m,omitempty"`
 }
 
 // SiteView is a site as the API shows it.
@@ -44,10 +47,12 @@ type SiteView struct {
 	NTP           []string `json:"ntp,omitempty"`
 	Lease         string   `json:"lease"`
 	Reenroll      string   `json:"reenroll"`
-	Version       uint64   `json:"version"`
-	PoolSize      int      `json:"pool_size"`
-	LeasesInUse   int      `json:"leases_in_use"`
-	Devices       int      `json:"devices"`
+	// LwM2M is the site's LwM2M bootstrap profile, absent when it has none.
+	LwM2M       *devices.LwM2MProfile `json:"lwm2m,omitempty"`
+	Version     uint64                `json:"version"`
+	PoolSize    int                   `json:"pool_size"`
+	LeasesInUse int                   `json:"leases_in_use"`
+	Devices     int                   `json:"devices"`
 	// Convergence: enrolled devices, and those that reported applying their current config.
 	Enrolled      int       `json:"enrolled"`
 	ConfigApplied int       `json:"config_applied"`
@@ -102,6 +107,13 @@ func (req SiteRequest) apply(s *devices.Site) error {
 	if req.Reenroll != nil {
 		s.Reenroll = devices.Reenroll(*req.Reenroll)
 	}
+	if req.LwM2M != nil {
+		s.LwM2M = nil
+		if req.LwM2M.ServerURI != "" {
+			p := *req.LwM2M
+			s.LwM2M = &p
+		}
+	}
 	if req.Lease != nil {
 		d, err := time.ParseDuration(*req.Lease)
 		if err != nil {
@@ -126,7 +138,7 @@ func (a *API) view(ctx context.Context, s devices.Site) (SiteView, error) {
 		return SiteView{}, err
 	}
 	v := SiteView{Name: s.Name, SSID: s.SSID, Security: string(s.Security), PassphraseSet: s.Passphrase != "",
-		CIDR: s.CIDR.String(), Gateway: s.Gateway.String(), NTP: s.NTP, Lease: s.LeaseTTL.String(), Reenroll: string(s.Reenroll),
+		CIDR: s.CIDR.String(), Gateway: s.Gateway.String(), NTP: s.NTP, Lease: s.LeaseTTL.String(), Reenroll: string(s.Reenroll), LwM2M: s.LwM2M,
 		Version: s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, Enrolled: enrolled, ConfigApplied: applied,
 		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
 	for _, d := range s.DNS {
