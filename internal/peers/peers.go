@@ -7,7 +7,10 @@
 package peers
 
 import (
+	"context"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -91,4 +94,39 @@ func (v *Verdicts) Take(leaf []byte) any {
 		v.m[string(leaf)] = es[1:]
 	}
 	return es[0].v
+}
+
+// Kind is what a presented client certificate is.
+type Kind int
+
+// Kinds of client certificate.
+const (
+	None    Kind = iota // no certificate: a bootstrap session
+	Device              // one that chains to provisiond's CA
+	Factory             // a factory certificate under a registered manufacturer CA
+)
+
+// Classify parses raw (leaf first) and says what it is: a device's when it
+// chains to roots, else a factory certificate when factory accepts it (nil
+// factory accepts none). An error means the handshake must fail; its Kind
+// is Factory when factory refused the certificate, so that the caller can
+// say so.
+func Classify(ctx context.Context, raw [][]byte, roots *x509.CertPool, factory func(context.Context, []*x509.Certificate) error) ([]*x509.Certificate, Kind, error) {
+	if len(raw) == 0 {
+		return nil, None, nil
+	}
+	certs, err := Parse(raw)
+	if err != nil {
+		return nil, None, fmt.Errorf("client certificate: %w", err)
+	}
+	if Verify(certs, roots) != nil {
+		return certs, Device, nil
+	}
+	if factory == nil {
+		return certs, None, errors.New("client certificate is not from provisiond's CA")
+	}
+	if err := factory(ctx, certs); err != nil {
+		return certs, Factory, err
+	}
+	return certs, Factory, nil
 }

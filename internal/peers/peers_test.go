@@ -1,7 +1,9 @@
 package peers_test
 
 import (
+	"context"
 	"crypto/x509"
+	"errors"
 	"testing"
 
 	"github.com/provisiond/provisiond/internal/peers"
@@ -49,5 +51,40 @@ func TestVerify(t *testing.T) {
 	}
 	if _, err := peers.Parse([][]byte{leaf.Cert.Raw, []byte("junk")}); err == nil {
 		t.Error("parsed junk")
+	}
+}
+
+// Classify tells a device's certificate from a factory certificate, and
+// refuses what is neither.
+func TestClassify(t *testing.T) {
+	ctx := context.Background()
+	own, _ := mfr.New("provisiond")
+	dev, _ := own.Issue("D-1", mfr.Options{})
+	maker, _ := mfr.New("Maker")
+	idev, _ := maker.Issue("S-1", mfr.Options{})
+	roots := x509.NewCertPool()
+	roots.AddCert(own.Cert)
+	factory := func(_ context.Context, c []*x509.Certificate) error {
+		if c[0].CheckSignatureFrom(maker.Cert) != nil {
+			return errors.New("not a maker's")
+		}
+		return nil
+	}
+	if _, k, err := peers.Classify(ctx, nil, roots, factory); k != peers.None || err != nil {
+		t.Errorf("no certificate: %v %v", k, err)
+	}
+	if _, k, err := peers.Classify(ctx, [][]byte{dev.Cert.Raw}, roots, factory); k != peers.Device || err != nil {
+		t.Errorf("device: %v %v", k, err)
+	}
+	if _, k, err := peers.Classify(ctx, [][]byte{idev.Cert.Raw}, roots, factory); k != peers.Factory || err != nil {
+		t.Errorf("factory: %v %v", k, err)
+	}
+	stranger, _ := mfr.New("Stranger")
+	s, _ := stranger.Issue("X-1", mfr.Options{})
+	if _, k, err := peers.Classify(ctx, [][]byte{s.Cert.Raw}, roots, factory); k != peers.Factory || err == nil {
+		t.Errorf("refused by the factory check: %v %v", k, err)
+	}
+	if _, _, err := peers.Classify(ctx, [][]byte{idev.Cert.Raw}, roots, nil); err == nil {
+		t.Error("a factory certificate with no factory check accepted")
 	}
 }

@@ -1,6 +1,7 @@
 package seal_test
 
 import (
+	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -33,7 +34,15 @@ func TestSealer(t *testing.T) {
 	if empty, _ := s.Seal(""); empty != "" {
 		t.Errorf("empty sealed to %q", empty)
 	}
-	tampered := sealed[:len(sealed)-2] + "AA"
+	// Flip one bit of the ciphertext (replacing base64 characters could
+	// leave the bytes as they were: the last character's low bits are
+	// padding, and "AA" may be what was there).
+	raw, err := base64.RawStdEncoding.DecodeString(strings.TrimPrefix(sealed, seal.Prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)/2] ^= 1
+	tampered := seal.Prefix + base64.RawStdEncoding.EncodeToString(raw)
 	for name, v := range map[string]string{"tampered": tampered, "not base64": seal.Prefix + "!!!", "too short": seal.Prefix + "AA"} {
 		if _, err := s.Open(v); !errors.Is(err, seal.ErrUnseal) {
 			t.Errorf("%s: %v, want ErrUnseal", name, err)

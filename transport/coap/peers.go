@@ -1,9 +1,6 @@
 package coap
 
 import (
-	"errors"
-	"fmt"
-
 	"crypto/x509"
 
 	"github.com/provisiond/provisiond/internal/peers"
@@ -16,14 +13,14 @@ import (
 // revoked (Authorize); any other must be a factory certificate under a
 // registered manufacturer CA (Factory). Anything else fails the handshake.
 func (s *Server) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
-	if len(raw) == 0 {
-		return nil // no client certificate: a bootstrap session
-	}
-	certs, err := peers.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("client certificate: %w", err)
-	}
-	if peers.Verify(certs, s.cfg.ClientCAs) != nil {
+	certs, kind, err := peers.Classify(s.life, raw, s.cfg.ClientCAs, s.cfg.Factory)
+	switch {
+	case err != nil && kind == peers.Factory:
+		s.log.Info("factory certificate refused at handshake", "subject", certs[0].Subject.String(), "err", err)
+		return err
+	case err != nil:
+		return err
+	case kind == peers.Device:
 		id, serial, err := profile.Identify(certs[0])
 		if err != nil {
 			return err
@@ -35,15 +32,8 @@ func (s *Server) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
 			}
 		}
 		s.verified.Put(raw[0], peer{id: id, certSerial: serial, leaf: certs[0]})
-		return nil
+	case kind == peers.Factory:
+		s.verified.Put(raw[0], factoryPeer{chain: certs})
 	}
-	if s.cfg.Factory == nil {
-		return errors.New("client certificate is not from provisiond's CA")
-	}
-	if err := s.cfg.Factory(s.life, certs); err != nil {
-		s.log.Info("factory certificate refused at handshake", "subject", certs[0].Subject.String(), "err", err)
-		return err
-	}
-	s.verified.Put(raw[0], factoryPeer{chain: certs})
 	return nil
 }

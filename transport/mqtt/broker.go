@@ -384,25 +384,18 @@ type (
 // inventory); any other must be a factory certificate under a registered
 // manufacturer CA. Anything else fails the handshake.
 func (b *Broker) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
-	if len(raw) == 0 {
-		return nil
-	}
-	certs, err := peers.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("client certificate: %w", err)
-	}
-	if peers.Verify(certs, b.cfg.ClientCAs) != nil {
-		b.verified.Put(raw[0], deviceVerdict{})
-		return nil
-	}
-	if b.cfg.Factory == nil {
-		return errors.New("client certificate is not from provisiond's CA")
-	}
-	if err := b.cfg.Factory(b.life, certs); err != nil {
+	certs, kind, err := peers.Classify(b.life, raw, b.cfg.ClientCAs, b.cfg.Factory)
+	switch {
+	case err != nil && kind == peers.Factory:
 		b.log.Info("factory certificate refused at handshake", "subject", certs[0].Subject.String(), "err", err)
 		return err
+	case err != nil:
+		return err
+	case kind == peers.Device:
+		b.verified.Put(raw[0], deviceVerdict{})
+	case kind == peers.Factory:
+		b.verified.Put(raw[0], factoryVerdict{chain: certs})
 	}
-	b.verified.Put(raw[0], factoryVerdict{chain: certs})
 	return nil
 }
 
