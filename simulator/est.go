@@ -47,17 +47,16 @@ func (d *Device) FactoryIdentity() (*tls.Certificate, error) {
 // claim token); it checks the certificate against the flashed root, then
 // reads its config over mutual TLS with it (GET /device/v1/config).
 func (d *Device) EnrollEST(ctx context.Context, o ESTOptions) (*wire.DeviceConfig, error) {
-	base, err := d.endpointURL(o.Endpoint, "https")
-	if err != nil {
-		return nil, err
-	}
 	factory, err := d.FactoryIdentity()
 	if err != nil {
 		return nil, err
 	}
-	hc := d.httpsClient(base.Hostname(), factory)
+	hc, origin, err := d.httpsTo(o.Endpoint, factory)
+	if err != nil {
+		return nil, err
+	}
 	defer hc.CloseIdleConnections()
-	root := "https://" + base.Host + est.PathPrefix
+	root := origin + est.PathPrefix
 
 	body, err := d.estDo(ctx, hc, http.MethodGet, root+"/cacerts", nil, false)
 	if err != nil {
@@ -130,17 +129,16 @@ func (d *Device) acceptChain(leaf *x509.Certificate, cas []*x509.Certificate) er
 // ConfigHTTPS reads the device's config over mutual TLS with its issued
 // certificate (GET /device/v1/config).
 func (d *Device) ConfigHTTPS(ctx context.Context, o ESTOptions) (*wire.DeviceConfig, error) {
-	base, err := d.endpointURL(o.Endpoint, "https")
-	if err != nil {
-		return nil, err
-	}
 	cert, err := d.TLSCertificate()
 	if err != nil {
 		return nil, err
 	}
-	hc := d.httpsClient(base.Hostname(), cert)
+	hc, origin, err := d.httpsTo(o.Endpoint, cert)
+	if err != nil {
+		return nil, err
+	}
 	defer hc.CloseIdleConnections()
-	body, err := d.estDo(ctx, hc, http.MethodGet, "https://"+base.Host+"/device/v1/config", nil, false)
+	body, err := d.estDo(ctx, hc, http.MethodGet, origin+"/device/v1/config", nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -149,6 +147,16 @@ func (d *Device) ConfigHTTPS(ctx context.Context, o ESTOptions) (*wire.DeviceCon
 		return nil, fmt.Errorf("device config: %w", err)
 	}
 	return &cfg, nil
+}
+
+// httpsTo is an HTTPS client for the bundle's https:// endpoint (or
+// override) presenting cert (nil: none), and the endpoint's origin.
+func (d *Device) httpsTo(override string, cert *tls.Certificate) (*http.Client, string, error) {
+	base, err := d.endpointURL(override, "https")
+	if err != nil {
+		return nil, "", err
+	}
+	return d.httpsClient(base.Hostname(), cert), "https://" + base.Host, nil
 }
 
 func (d *Device) httpsClient(host string, cert *tls.Certificate) *http.Client {

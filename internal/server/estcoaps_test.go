@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,16 +44,7 @@ func TestESTCoAPSLibcoap(t *testing.T) {
 	_, bundles := mintIDevID(t, env, 1, "lab")
 	b := bundles[0]
 	dir := t.TempDir()
-	run := func(name string, args ...string) []byte {
-		t.Helper()
-		cmd := exec.Command(name, args...)
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	run := func(name string, args ...string) []byte { t.Helper(); return runIn(t, dir, name, args...) }
 	os.WriteFile(filepath.Join(dir, "idevid.pem"), []byte(b.IDevID), 0o600)
 	os.WriteFile(filepath.Join(dir, "idevid.key"), []byte(b.IDevIDKey), 0o600)
 	root := filepath.Join(env.DataDir, server.RootFile)

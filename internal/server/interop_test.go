@@ -24,20 +24,7 @@ func TestInteropLibcoap(t *testing.T) {
 	env.Site("lab", "192.168.50.0/24")
 	b := env.Mint(1, "lab")[0]
 	dir := t.TempDir()
-	run := func(name string, args ...string) []byte {
-		t.Helper()
-		cmd := exec.Command(name, args...)
-		cmd.Dir = dir
-		out, err := cmd.Output()
-		if err != nil {
-			stderr := ""
-			if ee, ok := err.(*exec.ExitError); ok {
-				stderr = string(ee.Stderr)
-			}
-			t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr)
-		}
-		return out
-	}
+	run := func(name string, args ...string) []byte { t.Helper(); return runIn(t, dir, name, args...) }
 	run(openssl, "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", "key.pem")
 	run(openssl, "req", "-new", "-key", "key.pem", "-subj", "/CN=anything", "-out", "csr.pem")
 	csr, _ := os.ReadFile(filepath.Join(dir, "csr.pem"))
@@ -121,4 +108,21 @@ func TestInteropMosquittoRR(t *testing.T) {
 		filepath.Join(dir, "chain.pem"), filepath.Join(dir, "chain.pem")).CombinedOutput(); err != nil || !strings.Contains(string(v), ": OK") {
 		t.Errorf("openssl verify: %v %s", err, v)
 	}
+}
+
+// runIn runs a tool in dir and returns its standard output; a failure fails
+// the test with what the tool printed.
+func runIn(t *testing.T, dir, name string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr)
+	}
+	return out
 }
