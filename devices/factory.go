@@ -19,6 +19,9 @@ type ImportRow struct {
 	Model     string
 	TokenHash []byte // SHA-256 of the claim token
 	CodeHash  []byte // hash of the label's claim code, when it has one
+	// BootstrapPSK is the device's LwM2M bootstrap PSK, sealed by the
+	// caller; "" for none.
+	BootstrapPSK string
 }
 
 // Row outcomes reported by ImportBatch.
@@ -164,7 +167,7 @@ func importChunk(tx kv.Tx, job *Job, n int, now time.Time) ([]Device, error) {
 			}
 		default:
 			d := Device{ID: uuid.New(), Serial: r.Serial, Model: r.Model, BatchID: batch.ID, Site: batch.Site,
-				State: state, TokenHash: r.TokenHash, ClaimCodeHash: r.CodeHash, CreatedAt: now.UTC(), UpdatedAt: now.UTC(), Rev: 1}
+				State: state, TokenHash: r.TokenHash, ClaimCodeHash: r.CodeHash, BootstrapPSK: r.BootstrapPSK, CreatedAt: now.UTC(), UpdatedAt: now.UTC(), Rev: 1}
 			if err := putDevice(tx, nil, &d); err != nil {
 				return nil, err
 			}

@@ -25,6 +25,10 @@ type Provisioning struct {
 	// run more than once (the transaction may), so it must only assign fields.
 	Apply func(d *Device)
 	Audit AuditEvent
+	// Supersede records the device's current certificate, if it has one,
+	// as superseded (CRL, OCSP) in the same transaction: a device that is
+	// given a new identity in place of its old one (an LwM2M re-bootstrap).
+	Supersede bool
 }
 
 // Provision commits an enrollment in one transaction: it re-checks the
@@ -49,6 +53,13 @@ func (s *Store) Provision(ctx context.Context, p Provisioning) (Device, error) {
 			lease, err := acquireLease(tx, &site, d, p.Now)
 			if err != nil {
 				return fmt.Errorf("lease for %s in site %q: %w", d.Serial, site.Name, err)
+			}
+			if p.Supersede && d.CertSerial != "" {
+				if err := putJSON(tx, bucketRevoked, []byte(d.CertSerial),
+					RevokedCert{Serial: d.CertSerial, DeviceID: d.ID, RevokedAt: p.Now, Reason: "superseded"}); err != nil {
+					return err
+				}
+				d.PrevCertSerial = "" // unlike a renewal, the old one is refused at once
 			}
 			p.Apply(d)
 			d.Lease = &lease

@@ -39,7 +39,16 @@ type Device struct {
 	ClaimCodeHash []byte `json:"claim_code_hash,omitempty"`
 	// FactoryCA is the manufacturer CA (FactoryCA.ID) whose certificate the
 	// device last enrolled with, or that registered it on first contact.
-	FactoryCA       string `json:"factory_ca,omitempty"`
+	FactoryCA string `json:"factory_ca,omitempty"`
+	// BootstrapPSK is the LwM2M bootstrap PSK minted with the device's
+	// batch (it is in the device's flash), sealed; "" for a device without.
+	BootstrapPSK string `json:"bootstrap_psk,omitempty"`
+	// LwM2MPSK is the PSK an LwM2M bootstrap gave the device for its
+	// management server (security mode psk), sealed.
+	LwM2MPSK string `json:"lwm2m_psk,omitempty"`
+	// Rebootstrap lets the device's next LwM2M bootstrap through although it
+	// is provisioned (an operator's trigger); the bootstrap clears it.
+	Rebootstrap     bool   `json:"rebootstrap,omitempty"`
 	FirmwareVersion string `json:"firmware_version,omitempty"`
 	// FirmwarePin targets the device to this version whatever the rollouts
 	// say ("" follows them); it stays with the device through a re-key.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -489,6 +490,9 @@ type ManifestRow struct {
 	// ClaimCodeHash is the hash of the label's claim code (ClaimCode.Hash,
 	// as sha256:<hex>), when devices of the batch are claimed by installers.
 	ClaimCodeHash string `json:"claim_code_hash,omitempty"`
+	// LwM2MPSK is the device's LwM2M bootstrap PSK in hex, as its flash
+	// holds it; the inventory keeps it sealed.
+	LwM2MPSK string `json:"lwm2m_psk,omitempty"`
 }
 
 // BatchSpec describes a batch as a whole.
@@ -520,6 +524,12 @@ func (f *Fleet) ImportBatch(ctx context.Context, a Actor, spec BatchSpec, rows [
 	var goodIdx []int
 	for i, r := range rows {
 		row, err := checkRow(r, spec.Model)
+		if err == nil && r.LwM2MPSK != "" {
+			var psk []byte
+			if psk, err = ParseBootstrapPSK(r.LwM2MPSK); err == nil {
+				row.BootstrapPSK, err = seal(f.secrets, hex.EncodeToString(psk))
+			}
+		}
 		if err != nil {
 			results[i] = devices.RowResult{Serial: r.Serial, Status: devices.RowRejected, Reason: err.Error()}
 			continue
@@ -591,7 +601,7 @@ func checkRow(r ManifestRow, defModel string) (devices.ImportRow, error) {
 
 // ParseManifest reads a factory manifest: JSON lines (one ManifestRow object
 // per line) or CSV with a header naming the same fields as columns: serial,
-// model, claim_token or claim_token_hash, and claim_code_hash. Blank lines are skipped. It fails on a
+// model, claim_token or claim_token_hash, claim_code_hash and lwm2m_psk. Blank lines are skipped. It fails on a
 // structural error (bad JSON, wrong column count, unknown columns), naming
 // the line; row content is checked by ImportBatch.
 func ParseManifest(r io.Reader) ([]ManifestRow, error) {
@@ -658,9 +668,9 @@ func parseCSV(r io.Reader) ([]ManifestRow, error) {
 	for i, h := range header {
 		h = strings.ToLower(strings.TrimSpace(h))
 		switch h {
-		case "serial", "model", "claim_token", "claim_token_hash", "claim_code_hash":
+		case "serial", "model", "claim_token", "claim_token_hash", "claim_code_hash", "lwm2m_psk":
 		default:
-			return nil, fmt.Errorf("%w: manifest header: unknown column %q (want serial, model, claim_token, claim_token_hash or claim_code_hash)", ErrInvalid, h)
+			return nil, fmt.Errorf("%w: manifest header: unknown column %q (want serial, model, claim_token, claim_token_hash, claim_code_hash or lwm2m_psk)", ErrInvalid, h)
 		}
 		if _, dup := col[h]; dup {
 			return nil, fmt.Errorf("%w: manifest header: column %q twice", ErrInvalid, h)
@@ -689,7 +699,66 @@ func parseCSV(r io.Reader) ([]ManifestRow, error) {
 			return nil, fmt.Errorf("%w: manifest has more than %d rows", ErrInvalid, MaxBatchRows)
 		}
 		rows = append(rows, ManifestRow{Serial: get(rec, "serial"), Model: get(rec, "model"),
-			ClaimToken: get(rec, "claim_token"), ClaimTokenHash: get(rec, "claim_token_hash"), ClaimCodeHash: get(rec, "claim_code_hash")})
+			ClaimToken: get(rec, "claim_token"), ClaimTokenHash: get(rec, "claim_token_hash"), ClaimCodeHash: get(rec, "claim_code_hash"),
+			LwM2MPSK: get(rec, "lwm2m_psk")})
 	}
 	return rows, nil
+}
+
+// Rebootstrap lets a provisioned device's next LwM2M bootstrap through: it
+// then gets fresh credentials and its certificate, if it had one, is
+// superseded. The device asks when its management server tells it to
+// (Bootstrap-Request Trigger, /1/x/9) or when it loses its server account.
+func (f *Fleet) Rebootstrap(ctx context.Context, a Actor, id uuid.UUID) (devices.Device, error) {
+	d, err := f.reg.Device(ctx, id)
+	if err != nil {
+		return d, err
+	}
+	if !a.CanSite(d.Site) {
+		return d, fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
+	}
+	now := time.Now().UTC()
+	return f.reg.UpdateDevice(ctx, id, func(x *devices.Device) (*devices.AuditEvent, error) {
+		switch x.State {
+		case devices.StateRevoked:
+			return nil, fmt.Errorf("%w: device %s is revoked; re-open it instead", ErrInvalid, x.Serial)
+		case devices.StateProvisioned, devices.StateActive:
+		default:
+			return nil, fmt.Errorf("%w: device %s is %s: its next bootstrap goes through anyway", ErrInvalid, x.Serial, x.State)
+		}
+		x.Rebootstrap, x.UpdatedAt = true, now
+		ev := a.event("device.rebootstrap", x.Serial, nil)
+		ev.Time = now
+		return &ev, nil
+	})
+}
+
+// LwM2MCredentials are what a device's LwM2M management server needs to
+// know of it after a bootstrap in psk mode.
+type LwM2MCredentials struct {
+	Endpoint    string `json:"endpoint"`
+	PSKIdentity string `json:"psk_identity"`
+	PSK         string `json:"psk"` // hex
+}
+
+// LwM2MCredentials opens the management-server PSK a device's bootstrap
+// gave it, for the management server; endpoint maps a serial to its
+// endpoint name, which is also the PSK identity.
+func (f *Fleet) LwM2MCredentials(ctx context.Context, a Actor, id uuid.UUID, endpoint func(serial string) string) (LwM2MCredentials, error) {
+	d, err := f.reg.Device(ctx, id)
+	if err != nil {
+		return LwM2MCredentials{}, err
+	}
+	if !a.CanSite(d.Site) {
+		return LwM2MCredentials{}, fmt.Errorf("%w: device %s is not in this token's sites", ErrForbidden, d.Serial)
+	}
+	if d.LwM2MPSK == "" || d.State == devices.StateRevoked {
+		return LwM2MCredentials{}, fmt.Errorf("%w: device %s holds no LwM2M PSK", devices.ErrNotFound, d.Serial)
+	}
+	psk, err := openPSK(f.secrets, d.LwM2MPSK)
+	if err != nil {
+		return LwM2MCredentials{}, err
+	}
+	ep := endpoint(d.Serial)
+	return LwM2MCredentials{Endpoint: ep, PSKIdentity: ep, PSK: hex.EncodeToString(psk)}, nil
 }

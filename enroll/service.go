@@ -218,6 +218,10 @@ type Request struct {
 	// key (a TLS or DTLS handshake). Without a claim token it is the
 	// device's identity: Serial, when set, must be the one it names.
 	Factory []*x509.Certificate
+	// PSKSerial is the serial whose LwM2M bootstrap PSK authenticated the
+	// DTLS session the request came on (EST-coaps after an LwM2M bootstrap
+	// in EST mode). Without a claim token it is the device's identity.
+	PSKSerial string
 
 	factory *FactoryIdentity // set by Enroll once Factory is verified
 }
@@ -303,6 +307,11 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 			return Result{}, fmt.Errorf("%w: the certificate names serial %s, not %s", ErrFactoryCert, fid.Serial, req.Serial)
 		}
 		req.Serial, req.factory = fid.Serial, &fid
+	} else if req.PSKSerial != "" && req.ClaimToken == "" {
+		if req.Serial != "" && req.Serial != req.PSKSerial {
+			return Result{}, fmt.Errorf("%w: the session's PSK is %s's, not %s's", ErrUnauthorized, req.PSKSerial, req.Serial)
+		}
+		req.Serial = req.PSKSerial
 	}
 	// Behind an external MQTT broker the device's address is unknown: then
 	// only the per-serial throttle applies.
@@ -332,9 +341,16 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 		return Result{}, err
 	}
 	var d devices.Device
-	if req.factory != nil {
+	switch {
+	case req.factory != nil:
 		d, err = s.authenticateFactory(ctx, req, *req.factory, now, srcKey, th)
-	} else {
+	case req.PSKSerial != "" && req.ClaimToken == "":
+		// The handshake proved the PSK, which BootstrapPSK gave for this
+		// serial only.
+		if d, err = s.store.DeviceBySerial(ctx, req.Serial); errors.Is(err, devices.ErrNotFound) {
+			err = ErrUnauthorized
+		}
+	default:
 		d, err = s.authenticate(ctx, req, now, srcKey, th)
 	}
 	if err != nil {
@@ -365,7 +381,7 @@ func (s *Service) validate(req Request) (*x509.CertificateRequest, error) {
 	case len(req.Model) > s.cfg.MaxFieldBytes || len(req.FirmwareVersion) > s.cfg.MaxFieldBytes || len(req.MAC) > 32:
 		return nil, fmt.Errorf("%w: model, firmware_version or mac too long", ErrInvalid)
 	}
-	if req.factory == nil {
+	if req.factory == nil && (req.PSKSerial == "" || req.ClaimToken != "") {
 		if err := CheckToken(req.ClaimToken); err != nil {
 			return nil, err
 		}

@@ -180,6 +180,16 @@ func (d *Device) endpoint(override string) (host, addr string, err error) {
 }
 
 func (d *Device) dial(ctx context.Context, override string, cert *tls.Certificate, extra ...coapudp.Option) (*udpclient.Conn, error) {
+	return d.dialWith(ctx, override, func(cfg *piondtls.Config) {
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+	}, extra...)
+}
+
+// dialWith opens a DTLS session to the endpoint; set adds the client's
+// credentials to the config.
+func (d *Device) dialWith(ctx context.Context, override string, set func(*piondtls.Config), extra ...coapudp.Option) (*udpclient.Conn, error) {
 	host, addr, err := d.endpoint(override)
 	if err != nil {
 		return nil, err
@@ -194,9 +204,7 @@ func (d *Device) dial(ctx context.Context, override string, cert *tls.Certificat
 			return verifyServer([]byte(d.Bundle.RootCA), d.roots, host, raw)
 		},
 	}
-	if cert != nil {
-		cfg.Certificates = []tls.Certificate{*cert}
-	}
+	set(cfg)
 	var dl net.Dialer
 	if deadline, ok := ctx.Deadline(); ok {
 		dl.Deadline = deadline

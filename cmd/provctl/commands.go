@@ -160,6 +160,7 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 	out := fs.String("out", "", "directory for the flash bundles and manifest (required; must be empty or absent)")
 	idevid := fs.Bool("idevid", false, "give each device a factory certificate (IDevID) from a manufacturer CA, registered for the batch")
 	mfrDir := fs.String("mfr-ca", "", "with --idevid: the manufacturer CA's directory (mfr-ca.pem, mfr-ca.key); default: a new throwaway CA in OUT/mfr-ca")
+	lwPSK := fs.Bool("lwm2m-psk", false, "give each device an LwM2M bootstrap PSK (in its bundle; sealed in the inventory)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -175,7 +176,7 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 		return fmt.Errorf("factory mint: %s is not empty; bundles hold secrets, so provctl will not mix batches", *out)
 	}
 	// Tokens are made here and only their hashes go to the server.
-	m, err := e.client.Mint(e.ctx, *model, *count, *site)
+	m, err := e.client.MintWith(e.ctx, httpapi.MintOptions{Model: *model, Count: *count, Site: *site, LwM2MPSK: *lwPSK})
 	if err != nil {
 		return err
 	}

@@ -41,8 +41,9 @@ commands:
   site create NAME --ssid S --security wpa2-psk|wpa3-sae --passphrase P --cidr CIDR [--gateway IP --dns IP,IP --ntp HOST,HOST --lease 24h]
                                      [--lwm2m-server coaps://H:P [--lwm2m-server-id N --lwm2m-lifetime S --lwm2m-binding U --lwm2m-security certificate|est|psk --lwm2m-wifi true]]
   site list | site show NAME | site update NAME [same flags as create] | site delete NAME
-  factory mint --model M --count N [--site S] [--idevid [--mfr-ca DIR]] --out DIR
+  factory mint --model M --count N [--site S] [--idevid [--mfr-ca DIR]] [--lwm2m-psk] --out DIR
                                      --idevid: factory certificates too, from DIR's manufacturer CA (a throwaway one in OUT/mfr-ca when absent)
+                                     --lwm2m-psk: an LwM2M bootstrap PSK per device (identity: the endpoint name)
   factory ca add FILE --model M [--batch B] [--auto-register [--site S]] [--allow-expired] [--serial-fields serialNumber,CN]
   factory ca list | factory ca remove ID
   factory import FILE [--model M] [--site S]

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/handshake"
@@ -197,7 +198,12 @@ func (h *caHint) invalidate() {
 // manufacturer CAs renews the HTTPS certificate request's CA names at once.
 type fleetFront struct {
 	*enroll.Fleet
-	changed func()
+	changed  func()
+	endpoint func(serial string) string // the LwM2M endpoint name of a serial
+}
+
+func (f fleetFront) LwM2MCredentials(ctx context.Context, a enroll.Actor, id uuid.UUID) (enroll.LwM2MCredentials, error) {
+	return f.Fleet.LwM2MCredentials(ctx, a, id, f.endpoint)
 }
 
 func (f fleetFront) AddFactoryCA(ctx context.Context, a enroll.Actor, spec enroll.FactoryCASpec) (devices.FactoryCA, error) {

@@ -25,7 +25,7 @@ var (
 	_ enroll.Images       = (*firmware.Catalogue)(nil)
 
 	_ httpapi.Inventory         = (*devices.Store)(nil)
-	_ httpapi.Fleet             = (*enroll.Fleet)(nil)
+	_ httpapi.Fleet             = fleetFront{}
 	_ httpapi.Access            = (*enroll.Access)(nil)
 	_ httpapi.FirmwareTargets   = (*enroll.Rollouts)(nil)
 	_ httpapi.FirmwareCatalogue = (*firmware.Catalogue)(nil)

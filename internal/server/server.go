@@ -48,6 +48,7 @@ import (
 	"github.com/provisiond/provisiond/transport/coap"
 	"github.com/provisiond/provisiond/transport/est"
 	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/lwm2m"
 	"github.com/provisiond/provisiond/transport/mqtt"
 	"github.com/provisiond/provisiond/transport/web"
 )
@@ -120,7 +121,12 @@ type Config struct {
 	// flags: a new protocol's package supplies them.
 	CoAPResources []coap.Resource `json:"-"`
 	Routes        []httpapi.Route `json:"-"`
-	DebugAddr     string          // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
+	// LwM2MEndpoint is the pattern of LwM2M endpoint names ("{serial}" by
+	// default, e.g. "urn:dev:ops:acme-{serial}"); LwM2MTimeout bounds one
+	// bootstrap (default 60s).
+	LwM2MEndpoint string
+	LwM2MTimeout  time.Duration
+	DebugAddr     string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
 
 // openStore opens the inventory cfg names: the bbolt file in the data
@@ -272,6 +278,7 @@ type Server struct {
 	store     *devices.Store
 	ca        *pki.CA
 	coap      *coap.Server
+	lwm2mEP   lwm2m.Endpoint
 	broker    *mqtt.Broker // embedded broker, or nil
 	remote    *mqtt.Remote // external broker connection, or nil
 	http      *http.Server
@@ -465,12 +472,26 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if cfg.InsecureCoAP {
 		coapAddr = cfg.CoAPAddr
 	}
-	estCfg := est.Config{Service: svc, Log: log,
+	lwEP, err := lwm2m.ParseEndpoint(cfg.LwM2MEndpoint)
+	if err != nil {
+		return nil, err
+	}
+	s.lwm2mEP = lwEP
+	estCfg := est.Config{Service: svc, Log: log, PSKSerial: lwEP.Serial,
 		CACerts: func() []*x509.Certificate { return []*x509.Certificate{ca.Intermediate(), ca.Root()} }}
+	lw := lwm2m.NewBootstrapServer(lwm2m.Config{Service: svc, Endpoint: lwEP, Timeout: cfg.LwM2MTimeout, Log: log, Observe: s.observe})
 	coapResources := append(slices.Clone(cfg.CoAPResources), est.NewCoAPS(estCfg).Resources()...)
+	coapResources = append(coapResources, lw.Resources()...)
 	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes,
-		Factory:            s.factoryCheck(svc),
+		Factory: s.factoryCheck(svc),
+		BootstrapPSK: func(ctx context.Context, identity string) ([]byte, error) {
+			serial, ok := lwEP.Serial(identity)
+			if !ok {
+				return nil, enroll.ErrUnauthorized
+			}
+			return svc.BootstrapPSK(ctx, serial)
+		},
 		HandshakeQueueWait: cfg.HandshakeWait, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
 		CRL: s.CRL, ConfigSource: svc.Config, Report: svc.ReportState, Firmware: fwSrc, Observe: s.observe,
 		Resources: coapResources}, svc, ca.Root(), log)
@@ -488,7 +509,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	// and the manufacturers' (browsers offer only matching certificates).
 	s.caHint = &caHint{own: clientCAs, list: s.store.FactoryCAs, log: log}
 	s.httpsGate = &httpsGate{gate: newGate(cfg.MaxHandshakes, cfg.HandshakeWait, cfg.HandshakeTimeout)}
-	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleetFront{Fleet: fleet, changed: s.caHint.invalidate}, Access: access, Revocation: s, Info: s.info,
+	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleetFront{Fleet: fleet, changed: s.caHint.invalidate, endpoint: lwEP.Name}, Access: access, Revocation: s, Info: s.info,
 		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Cluster: s.clusterAPI(), Pages: web.Handler(),
 		Firmware: &httpapi.Firmware{Catalogue: cat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
 		Routes:   cfg.Routes}, log)

@@ -67,6 +67,15 @@ var CipherSuites = []piondtls.CipherSuiteID{
 	piondtls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA,
 }
 
+// PSKCipherSuites are added when the listener takes bootstrap PSKs: LwM2M
+// makes TLS_PSK_WITH_AES_128_CCM_8 mandatory for PSK mode, and constrained
+// clients (Zephyr, Wakaama on tinydtls) offer little else.
+var PSKCipherSuites = []piondtls.CipherSuiteID{
+	piondtls.TLS_PSK_WITH_AES_128_GCM_SHA256,
+	piondtls.TLS_PSK_WITH_AES_128_CCM,
+	piondtls.TLS_PSK_WITH_AES_128_CCM_8,
+}
+
 // Authorizer decides whether a verified device certificate may connect.
 type Authorizer func(ctx context.Context, id uuid.UUID, certSerial string) error
 
@@ -82,7 +91,12 @@ type Config struct {
 	// manufacturer CA. A session it accepts is a bootstrap session whose
 	// certificate authenticates the device in place of a claim token
 	// (FactoryPeer); nil refuses every certificate from another CA.
-	Factory          func(ctx context.Context, chain []*x509.Certificate) error
+	Factory func(ctx context.Context, chain []*x509.Certificate) error
+	// BootstrapPSK returns the pre-shared key of a PSK identity (an LwM2M
+	// bootstrap PSK), or an error that fails the handshake; nil: the
+	// listener offers no PSK cipher suites. A session it accepts is
+	// authenticated as that identity (PSKPeer).
+	BootstrapPSK     func(ctx context.Context, identity string) ([]byte, error)
 	HandshakeTimeout time.Duration // default 10s
 	IdleTimeout      time.Duration // close DTLS sessions idle this long; default 60s
 
@@ -137,6 +151,16 @@ func FactoryPeer(w mux.ResponseWriter) ([]*x509.Certificate, bool) {
 
 // factoryPeer is a session authenticated by a factory certificate.
 type factoryPeer struct{ chain []*x509.Certificate }
+
+// pskPeer is a session authenticated by a bootstrap PSK.
+type pskPeer struct{ identity string }
+
+// PSKPeer returns the PSK identity the DTLS session of w was authenticated
+// with (Config.BootstrapPSK), or false.
+func PSKPeer(w mux.ResponseWriter) (string, bool) {
+	p, ok := w.Conn().Context().Value(peerKey{}).(pskPeer)
+	return p.identity, ok
+}
 
 // Server is the CoAP front end.
 type Server struct {
@@ -334,6 +358,16 @@ func (s *Server) startDTLS() error {
 		ClientAuth:            piondtls.RequestClientCert,
 		VerifyPeerCertificate: s.verifyPeer,
 	}
+	if s.cfg.BootstrapPSK != nil {
+		cfg.CipherSuites = append(append([]piondtls.CipherSuiteID(nil), CipherSuites...), PSKCipherSuites...)
+		cfg.PSK = func(identity []byte) ([]byte, error) {
+			key, err := s.cfg.BootstrapPSK(s.life, string(identity))
+			if err != nil {
+				s.log.Info("PSK identity refused at handshake", "identity", fmt.Sprintf("%.64q", identity), "err", err)
+			}
+			return key, err
+		}
+	}
 	l, err := coapnet.NewDTLSListener("udp", s.cfg.SecureAddr, cfg)
 	if err != nil {
 		return fmt.Errorf("listen coaps %s: %w", s.cfg.SecureAddr, err)
@@ -348,6 +382,10 @@ func (s *Server) startDTLS() error {
 				return
 			}
 			st, ok := dc.ConnectionState()
+			if ok && len(st.PeerCertificates) == 0 && st.IdentityHint != nil && s.cfg.BootstrapPSK != nil {
+				cc.SetContextValue(peerKey{}, pskPeer{identity: string(st.IdentityHint)})
+				return
+			}
 			if !ok || len(st.PeerCertificates) == 0 {
 				return
 			}

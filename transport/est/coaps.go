@@ -103,12 +103,19 @@ func (c *CoAPS) sen(w mux.ResponseWriter, m *mux.Message) {
 		c.renew(w, m, id, serial, csr, accept)
 		return
 	}
-	chain, ok := coap.FactoryPeer(w)
-	if !ok {
-		coapFail(w, codes.Unauthorized, "EST-coaps needs a client certificate: a factory certificate (IDevID) to enroll, the device's own to re-enroll", 0)
+	req := enroll.Request{CSR: csr, Source: coap.Source(w), Transport: "estcoaps"}
+	if chain, ok := coap.FactoryPeer(w); ok {
+		req.Factory = chain
+	} else if id, ok := coap.PSKPeer(w); ok && c.cfg.PSKSerial != nil {
+		if req.PSKSerial, ok = c.cfg.PSKSerial(id); !ok {
+			coapFail(w, codes.Unauthorized, "the session's PSK identity names no device", 0)
+			return
+		}
+	} else {
+		coapFail(w, codes.Unauthorized, "EST-coaps needs a client certificate: a factory certificate (IDevID) to enroll, the device's own to re-enroll (or the LwM2M bootstrap PSK's session)", 0)
 		return
 	}
-	res, err := c.cfg.Service.Enroll(m.Context(), enroll.Request{CSR: csr, Factory: chain, Source: coap.Source(w), Transport: "estcoaps"})
+	res, err := c.cfg.Service.Enroll(m.Context(), req)
 	if err != nil {
 		c.fail(w, err)
 		return
@@ -206,14 +213,30 @@ func (c *CoAPS) issued(w mux.ResponseWriter, leaf *x509.Certificate, accept mess
 // device is not claimed) or the server is short, 5.03 with Max-Age telling
 // when to ask again.
 func (c *CoAPS) fail(w mux.ResponseWriter, err error) {
+	code, msg, retry := CoAPAnswer(err)
+	if code == codes.InternalServerError {
+		c.cfg.Log.Error("EST-coaps request failed", "err", err)
+	}
+	coapFail(w, code, msg, retry)
+}
+
+// CoAPAnswer is how an enrollment's error is answered over CoAP: the code,
+// the diagnostic payload and the Max-Age to send (0: none). A device not
+// claimed yet gets 5.03 with Max-Age, as RFC 9148 §5 has it for EST-coaps.
+func CoAPAnswer(err error) (codes.Code, string, time.Duration) {
 	o := Classify(err)
 	code := map[int]codes.Code{202: codes.ServiceUnavailable, 400: codes.BadRequest, 401: codes.Unauthorized,
 		403: codes.Forbidden, 429: codes.TooManyRequests, 503: codes.ServiceUnavailable}[o.HTTP]
 	if code == 0 {
-		c.cfg.Log.Error("EST-coaps request failed", "err", err)
 		code = codes.InternalServerError
 	}
-	coapFail(w, code, o.Message, o.RetryAfter)
+	return code, o.Message, o.RetryAfter
+}
+
+// CoAPFail answers w with code, the diagnostic msg and, when retry is set,
+// Max-Age in whole seconds.
+func CoAPFail(w mux.ResponseWriter, code codes.Code, msg string, retry time.Duration) {
+	coapFail(w, code, msg, retry)
 }
 
 func coapFail(w mux.ResponseWriter, code codes.Code, msg string, retry time.Duration) {

@@ -46,6 +46,10 @@ type Config struct {
 	// MaxBodyBytes bounds a request body (a base64 CSR); default 16 KiB.
 	MaxBodyBytes int64
 	Log          *slog.Logger
+	// PSKSerial maps the PSK identity of an EST-coaps session (an LwM2M
+	// bootstrap PSK, coap.PSKPeer) to the device's serial; nil refuses
+	// PSK sessions.
+	PSKSerial func(identity string) (string, bool)
 }
 
 func (c *Config) setDefaults() {
@@ -195,7 +199,7 @@ func Classify(err error) Outcome {
 	case errors.Is(err, enroll.ErrUnauthorized):
 		return Outcome{HTTP: 401, Message: err.Error(), Challenge: true}
 	case errors.Is(err, enroll.ErrRevoked), errors.Is(err, enroll.ErrTokenUsed), errors.Is(err, enroll.ErrAlreadyProvisioned),
-		errors.Is(err, enroll.ErrUnknownDevice), errors.Is(err, errForbidden):
+		errors.Is(err, enroll.ErrUnknownDevice), errors.Is(err, errForbidden), errors.Is(err, enroll.ErrNoLwM2MProfile):
 		return Outcome{HTTP: 403, Message: err.Error()}
 	}
 	return Outcome{HTTP: 500, Message: "internal error"}

@@ -59,6 +59,8 @@ type Fleet interface {
 	AddFactoryCA(ctx context.Context, a enroll.Actor, spec enroll.FactoryCASpec) (devices.FactoryCA, error)
 	FactoryCAs(ctx context.Context) ([]devices.FactoryCA, error)
 	RemoveFactoryCA(ctx context.Context, a enroll.Actor, ref string) (devices.FactoryCA, error)
+	Rebootstrap(ctx context.Context, a enroll.Actor, id uuid.UUID) (devices.Device, error)
+	LwM2MCredentials(ctx context.Context, a enroll.Actor, id uuid.UUID) (enroll.LwM2MCredentials, error)
 }
 
 // Info is what GET /api/v1/info reports: where devices reach the service.
@@ -266,6 +268,8 @@ func (a *API) ownRoutes() []route {
 		{"PATCH /api/v1/devices/config", devices.RoleOperator, false, a.setOverride},
 		{"POST /api/v1/revocations", devices.RoleOperator, false, a.revoke},
 		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},
+		{"POST /api/v1/devices/{ref}/rebootstrap", devices.RoleOperator, false, a.rebootstrap},
+		{"GET /api/v1/devices/{ref}/lwm2m-credentials", devices.RoleOperator, false, a.lwm2mCredentials},
 		{"GET /api/v1/jobs", devices.RoleViewer, global, a.listJobs},
 		{"GET /api/v1/jobs/{id}", devices.RoleViewer, global, a.getJob},
 		{"GET /api/v1/audit", devices.RoleViewer, global, a.listAudit},

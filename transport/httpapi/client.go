@@ -3,8 +3,10 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -149,6 +151,22 @@ type Minted struct {
 // the server by their hashes (pre-assigned to site when given, else with label
 // claim codes), and returns the bundles to flash.
 func (c *Client) Mint(ctx context.Context, model string, n int, site string) (Minted, error) {
+	return c.MintWith(ctx, MintOptions{Model: model, Count: n, Site: site})
+}
+
+// MintOptions say what a minted batch is.
+type MintOptions struct {
+	Model string
+	Count int
+	Site  string // pre-assigned site; "" gives each device a claim code
+	// LwM2MPSK gives each device an LwM2M bootstrap PSK (32 random bytes),
+	// in its bundle and, sealed, in the inventory.
+	LwM2MPSK bool
+}
+
+// MintWith mints a batch as Mint does, with the options.
+func (c *Client) MintWith(ctx context.Context, o MintOptions) (Minted, error) {
+	model, n, site := o.Model, o.Count, o.Site
 	info, err := c.Info(ctx)
 	if err != nil {
 		return Minted{}, err
@@ -165,6 +183,14 @@ func (c *Client) Mint(ctx context.Context, model string, n int, site string) (Mi
 		if m.Codes != nil {
 			m.Codes[i] = enroll.NewClaimCode(serial)
 			rows[i].ClaimCodeHash = enroll.FormatTokenHash(m.Codes[i].Hash())
+		}
+		if o.LwM2MPSK {
+			psk := make([]byte, 32)
+			if _, err := rand.Read(psk); err != nil {
+				return Minted{}, err
+			}
+			m.Bundles[i].LwM2MPSK = hex.EncodeToString(psk)
+			rows[i].LwM2MPSK = m.Bundles[i].LwM2MPSK
 		}
 	}
 	if m.Batch, err = c.ImportBatch(ctx, BatchRequest{Model: model, Site: site, Source: "mint", Rows: rows}); err != nil {

@@ -105,6 +105,37 @@ func (a *API) reopen(w http.ResponseWriter, r *http.Request, actor enroll.Actor)
 		Bundle: wire.Bundle{Serial: d.Serial, ClaimToken: tok, RootCA: info.RootCA, Endpoints: info.Endpoints, Model: d.Model}})
 }
 
+// rebootstrap lets a provisioned device's next LwM2M bootstrap through.
+func (a *API) rebootstrap(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	d, err := a.resolve(r.Context(), r.PathValue("ref"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if d, err = a.fleet.Rebootstrap(r.Context(), actor, d.ID); err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, deviceView(d, false))
+}
+
+// lwm2mCredentials answers the PSK a device's LwM2M bootstrap gave it for
+// its management server (security mode psk).
+func (a *API) lwm2mCredentials(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	d, err := a.resolve(r.Context(), r.PathValue("ref"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	c, err := a.fleet.LwM2MCredentials(r.Context(), actor, d.ID)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, 200, c)
+}
+
 func (a *API) getCRL(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
 	w.Header().Set("Content-Type", "application/pkix-crl")
 	_, _ = w.Write(a.revocation.CRL())

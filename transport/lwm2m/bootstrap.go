@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -23,6 +24,7 @@ const (
 // requests on: the DTLS session the device's Bootstrap-Request came on
 // (go-coap's *udpclient.Conn is one).
 type Peer interface {
+	Get(ctx context.Context, path string, opts ...message.Option) (*pool.Message, error)
 	Put(ctx context.Context, path string, cf message.MediaType, body io.ReadSeeker, opts ...message.Option) (*pool.Message, error)
 	Post(ctx context.Context, path string, cf message.MediaType, body io.ReadSeeker, opts ...message.Option) (*pool.Message, error)
 	Delete(ctx context.Context, path string, opts ...message.Option) (*pool.Message, error)
@@ -33,6 +35,11 @@ type Peer interface {
 type Plan struct {
 	Format    message.MediaType // FormatTLV, FormatSenMLCBOR or FormatSenMLJSON
 	Instances []Instance
+	// Commit, when set, runs after the client accepted every Write and
+	// before Bootstrap-Finish: what the bootstrap gave is recorded there,
+	// and an error from it ends the bootstrap without a Finish (the client
+	// discards what was written and bootstraps again later).
+	Commit func(ctx context.Context) error
 }
 
 // ErrClient is a client's refusal of a bootstrap step; the *StepError
@@ -58,11 +65,12 @@ func (e *StepError) Unwrap() error { return ErrClient }
 
 // Bootstrap runs the server-initiated part of a client-initiated bootstrap
 // (OMA-TS-LightweightM2M_Core §5.2.7), after the server answered the
-// client's Bootstrap-Request: Bootstrap-Delete of "/" (the client keeps its
-// bootstrap server account), a Bootstrap-Write of each instance of the plan
-// (PUT /Object/Instance), then Bootstrap-Finish (POST /bs). It stops at the
-// first answer that is not the expected one (a 4.06 on Finish: the client
-// found the configuration inconsistent), or when ctx ends: the client never
+// client's Bootstrap-Request (and, where it wished, Discover): Bootstrap-
+// Delete of "/" (the client keeps its bootstrap server account), a
+// Bootstrap-Write of each instance of the plan (PUT /Object/Instance), the
+// plan's Commit, then Bootstrap-Finish (POST /bs). It stops at the first
+// answer that is not the expected one (a 4.06 on Finish: the client found
+// the configuration inconsistent), or when ctx ends: the client never
 // answered. go-coap retransmits confirmable requests by itself.
 func Bootstrap(ctx context.Context, p Peer, plan Plan) error {
 	if err := step(ctx, p, "Delete", "/", codes.Deleted, func() (*pool.Message, error) { return p.Delete(ctx, "/") }); err != nil {
@@ -80,9 +88,70 @@ func Bootstrap(ctx context.Context, p Peer, plan Plan) error {
 			return err
 		}
 	}
+	if plan.Commit != nil {
+		if err := plan.Commit(ctx); err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+	}
 	return step(ctx, p, "Finish", "/bs", codes.Changed, func() (*pool.Message, error) {
 		return p.Post(ctx, "/bs", message.TextPlain, bytes.NewReader(nil))
 	})
+}
+
+// Discovered is what a client's answer to Bootstrap-Discover says: the
+// LwM2M version it speaks and the objects it has.
+type Discovered struct {
+	Version string          // the lwm2m attribute of "</>", e.g. "1.1"; "" when not given
+	Objects map[uint16]bool // objects listed, with or without instances
+}
+
+// Has says whether the client listed object (a client that does not answer
+// Discover, as an LwM2M 1.0 client may not, is taken to have everything).
+func (d Discovered) Has(object uint16) bool { return d.Objects == nil || d.Objects[object] }
+
+// Discover sends Bootstrap-Discover (GET / with Accept link-format). A
+// client that does not support it (4.04, 4.05) is not an error: the
+// bootstrap goes on blind, as with LwM2M 1.0.
+func Discover(ctx context.Context, p Peer) (Discovered, error) {
+	resp, err := p.Get(ctx, "/", message.Option{ID: message.Accept, Value: []byte{byte(message.AppLinkFormat)}})
+	if err != nil {
+		return Discovered{}, fmt.Errorf("bootstrap Discover /: %w", err)
+	}
+	defer p.ReleaseMessage(resp)
+	if resp.Code() != codes.Content {
+		return Discovered{}, nil
+	}
+	body, err := resp.ReadBody()
+	if err != nil {
+		return Discovered{}, fmt.Errorf("bootstrap Discover /: %w", err)
+	}
+	return ParseDiscover(body), nil
+}
+
+// ParseDiscover reads a Bootstrap-Discover answer (CoRE link format, e.g.
+// `</>;lwm2m=1.1,</0/0>;ssid=101,</1>,</12/0>`), skipping what it does not
+// understand.
+func ParseDiscover(body []byte) Discovered {
+	d := Discovered{Objects: map[uint16]bool{}}
+	for _, link := range strings.Split(string(body), ",") {
+		target, attrs, _ := strings.Cut(strings.TrimSpace(link), ";")
+		if !strings.HasPrefix(target, "<") || !strings.HasSuffix(target, ">") {
+			continue
+		}
+		target = target[1 : len(target)-1]
+		if target == "/" {
+			for _, a := range strings.Split(attrs, ";") {
+				if v, ok := strings.CutPrefix(a, "lwm2m="); ok {
+					d.Version = strings.Trim(v, `"`)
+				}
+			}
+			continue
+		}
+		if p, err := ParsePath(target); err == nil && len(p.IDs) >= 1 {
+			d.Objects[p.IDs[0]] = true
+		}
+	}
+	return d
 }
 
 func step(ctx context.Context, p Peer, op, path string, want codes.Code, do func() (*pool.Message, error)) error {

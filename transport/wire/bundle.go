@@ -15,6 +15,9 @@ type Bundle struct {
 	// place of the claim token (EST, EST-coaps, /enroll over mutual TLS).
 	IDevID    string `json:"idevid,omitempty"`
 	IDevIDKey string `json:"idevid_key,omitempty"`
+	// LwM2MPSK is the device's LwM2M bootstrap PSK in hex, when the batch
+	// was minted with --lwm2m-psk; its identity is the endpoint name.
+	LwM2MPSK string `json:"lwm2m_psk,omitempty"`
 }
 
 // Manifest is the batch manifest `provctl factory mint` writes beside the

@@ -1,0 +1,234 @@
+package server_test
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+
+	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/server"
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/pki/mfr"
+	"github.com/provisiond/provisiond/pki/profile"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/lwm2m"
+)
+
+// lwm2mSite creates a site with an LwM2M bootstrap profile in mode.
+func lwm2mSite(t *testing.T, env *servertest.Env, name, cidr string, mode devices.LwM2MSecurity) {
+	t.Helper()
+	env.Site(name, cidr)
+	p := &devices.LwM2MProfile{ServerURI: "coaps://lwm2m.example.net:5684", ShortServerID: 101, Lifetime: 3600, Binding: "UQ",
+		SecurityMode: mode, WiFi: true}
+	if err := env.Client.Do(context.Background(), http.MethodPatch, "/api/v1/sites/"+name, httpapi.SiteRequest{LwM2M: p}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mintLwM2M mints n devices of site with bootstrap PSKs (and IDevIDs when idevid).
+func mintLwM2M(t *testing.T, env *servertest.Env, n int, site string, idevid bool) []*simulator.Device {
+	t.Helper()
+	ctx := context.Background()
+	m, err := env.Client.MintWith(ctx, httpapi.MintOptions{Model: "TEST", Count: n, Site: site, LwM2MPSK: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idevid {
+		ca, err := mfr.New("Test Manufacturer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.Client.RegisterIDevIDs(ctx, &m, ca); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := make([]*simulator.Device, n)
+	for i, b := range m.Bundles {
+		if out[i], err = simulator.NewDevice(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+func lwm2mCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// A stock LwM2M client bootstraps with its bootstrap PSK or its factory
+// certificate, in TLV, SenML CBOR and SenML JSON, and gets its management
+// server account with credentials for the site's security mode: a
+// certificate from provisiond's CA and its key, a fresh PSK (published for
+// the management server), or EST (it enrolls over EST-coaps on the same
+// session). The inventory records it as /enroll does: provisioned, a
+// lease, a device.enroll audit event.
+func TestLwM2MBootstrap(t *testing.T) {
+	env := servertest.Start(t)
+	lwm2mSite(t, env, "cert", "192.168.70.0/24", devices.LwM2MCertificate)
+	lwm2mSite(t, env, "psk", "192.168.71.0/24", devices.LwM2MPSK)
+	lwm2mSite(t, env, "est", "192.168.72.0/24", devices.LwM2MEST)
+	pool := x509.NewCertPool()
+	pool.AddCert(env.Server.CA().Root())
+	inter := x509.NewCertPool()
+	inter.AddCert(env.Server.CA().Intermediate())
+	for _, tc := range []struct {
+		name   string
+		site   string
+		opts   simulator.LwM2MOptions
+		idevid bool
+	}{
+		{"psk auth, TLV, certificate mode", "cert", simulator.LwM2MOptions{PSK: true, Format: lwm2m.FormatTLV}, false},
+		{"IDevID, SenML CBOR, certificate mode, no Discover", "cert", simulator.LwM2MOptions{Format: lwm2m.FormatSenMLCBOR, NoDiscover: true}, true},
+		{"IDevID, SenML CBOR, psk mode", "psk", simulator.LwM2MOptions{Format: lwm2m.FormatSenMLCBOR}, true},
+		{"psk auth, SenML JSON, psk mode, no WLAN object", "psk", simulator.LwM2MOptions{PSK: true, Format: lwm2m.FormatSenMLJSON, NoWLAN: true}, false},
+		{"psk auth, no pct, est mode", "est", simulator.LwM2MOptions{PSK: true}, false},
+		{"IDevID, SenML CBOR, est mode", "est", simulator.LwM2MOptions{Format: lwm2m.FormatSenMLCBOR}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := lwm2mCtx(t)
+			dev := mintLwM2M(t, env, 1, tc.site, tc.idevid)[0]
+			tc.opts.Endpoint = "coaps://" + env.CoAPS()
+			res, err := dev.BootstrapLwM2M(ctx, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantFormat := tc.opts.Format
+			if wantFormat == 0 {
+				wantFormat = lwm2m.FormatTLV
+			}
+			if res.Format != wantFormat || !res.Deleted || !res.Discover || res.ServerURI != "coaps://lwm2m.example.net:5684" ||
+				res.ShortServerID != 101 || res.Lifetime != 3600 || res.Binding != "UQ" {
+				t.Fatalf("written: %+v", res)
+			}
+			if wantWLAN := !tc.opts.NoWLAN; wantWLAN != (res.SSID == "ssid-"+tc.site) || (wantWLAN && res.KeyPhrase == "") {
+				t.Errorf("WLAN written: SSID %q, key phrase %q (object 12 listed: %v)", res.SSID, res.KeyPhrase, wantWLAN)
+			}
+			d, err := env.Server.Store().DeviceBySerial(ctx, dev.Bundle.Serial)
+			if err != nil || d.State != devices.StateProvisioned || d.Lease == nil {
+				t.Fatalf("device after bootstrap: %+v %v", d, err)
+			}
+			switch tc.site {
+			case "cert", "est":
+				if res.Cert == nil || res.Key == nil {
+					t.Fatalf("no certificate: mode %d", res.Mode)
+				}
+				if _, err := res.Cert.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+					t.Fatal(err)
+				}
+				id, serial, err := profile.Identify(res.Cert)
+				if err != nil || id != d.ID || serial != d.CertSerial {
+					t.Fatalf("certificate %v/%s, device %v/%s: %v", id, serial, d.ID, d.CertSerial, err)
+				}
+				if tc.site == "cert" && (res.Mode != lwm2m.ModeCertificate || !res.ServerCA.Equal(env.Server.CA().Root())) {
+					t.Errorf("mode %d, server CA %v", res.Mode, res.ServerCA)
+				}
+				if tc.site == "est" && res.Mode != lwm2m.ModeEST {
+					t.Errorf("mode %d", res.Mode)
+				}
+			case "psk":
+				if res.Mode != lwm2m.ModePSK || res.PSKIdentity != dev.Bundle.Serial || len(res.PSK) != 32 || d.CertSerial != "" {
+					t.Fatalf("psk mode: %+v, device cert %q", res, d.CertSerial)
+				}
+				if d.LwM2MPSK == "" || strings.Contains(d.LwM2MPSK, hex.EncodeToString(res.PSK)) {
+					t.Fatalf("the management PSK is not sealed at rest: %q", d.LwM2MPSK)
+				}
+				var creds enroll.LwM2MCredentials
+				if err := env.Client.Do(ctx, http.MethodGet, "/api/v1/devices/"+dev.Bundle.Serial+"/lwm2m-credentials", nil, &creds); err != nil {
+					t.Fatal(err)
+				}
+				if creds.PSK != hex.EncodeToString(res.PSK) || creds.PSKIdentity != dev.Bundle.Serial || creds.Endpoint != dev.Bundle.Serial {
+					t.Fatalf("published %+v, written %x", creds, res.PSK)
+				}
+			}
+			page, err := env.Client.AuditNewest(ctx, "", 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ev *devices.AuditEvent
+			for i := range page.Events {
+				if page.Events[i].Action == "device.enroll" && page.Events[i].Target == dev.Bundle.Serial {
+					ev = &page.Events[i]
+				}
+			}
+			wantTransport := "lwm2m"
+			if tc.site == "est" {
+				wantTransport = "estcoaps"
+			}
+			if ev == nil || ev.Detail["transport"] != wantTransport || ev.Detail["device_id"] != d.ID.String() {
+				t.Fatalf("audit: %+v", page.Events)
+			}
+		})
+	}
+}
+
+// Refusals: each with its answer, and the inventory unchanged.
+func TestLwM2MBootstrapRefusals(t *testing.T) {
+	env := servertest.Start(t, func(c *server.Config) { c.LwM2MTimeout = 3 * time.Second })
+	lwm2mSite(t, env, "cert", "192.168.73.0/24", devices.LwM2MCertificate)
+	env.Site("plain", "192.168.74.0/24")
+	devs := mintLwM2M(t, env, 3, "cert", true)
+	plain := mintLwM2M(t, env, 1, "plain", false)[0]
+	ep := "coaps://" + env.CoAPS()
+	store := env.Server.Store()
+	unchanged := func(t *testing.T, what string, run func(ctx context.Context) error, want string) {
+		t.Helper()
+		before, err := store.Digest(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+		defer cancel()
+		err = run(ctx)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", what, err, want)
+		}
+		if after, _ := store.Digest(context.Background()); after != before {
+			t.Errorf("%s changed the inventory", what)
+		}
+
+	}
+	unchanged(t, "an endpoint name that is not the certificate's", func(ctx context.Context) error {
+		_, err := devs[0].BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, Name: devs[1].Bundle.Serial})
+		return err
+	}, "Unauthorized")
+	unchanged(t, "a PSK identity that is not the endpoint's", func(ctx context.Context) error {
+		b := devs[0].Bundle
+		b.LwM2MPSK = devs[1].Bundle.LwM2MPSK // devs[1]'s key and identity, devs[0]'s endpoint
+		d, _ := simulator.NewDevice(b)
+		_, err := d.BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, PSK: true, PSKIdentity: devs[1].Bundle.Serial})
+		return err
+	}, "Unauthorized")
+	unchanged(t, "an unknown endpoint", func(ctx context.Context) error {
+		_, err := devs[2].BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, Name: "NOPE-0001"})
+		return err
+	}, "Unauthorized")
+	unchanged(t, "a wrong PSK", func(ctx context.Context) error {
+		b := devs[2].Bundle
+		b.LwM2MPSK = strings.Repeat("ab", 32)
+		d, _ := simulator.NewDevice(b)
+		_, err := d.BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, PSK: true})
+		return err
+	}, "handshake")
+	unchanged(t, "an unsupported pct", func(ctx context.Context) error {
+		_, err := devs[2].BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, Format: message.MediaType(60)})
+		return err
+	}, "BadRequest")
+	unchanged(t, "a site without an LwM2M profile", func(ctx context.Context) error {
+		_, err := plain.BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, PSK: true})
+		return err
+	}, "Forbidden")
+	unchanged(t, "a client that never answers the Writes", func(ctx context.Context) error {
+		_, err := devs[2].BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, MuteWrites: true})
+		return err
+	}, "closed the session")
+}
