@@ -66,10 +66,12 @@ type LwM2MGrant struct {
 }
 
 // BootstrapPSK returns the bootstrap PSK of the device whose serial is
-// identity (a DTLS handshake's PSK callback). An unknown identity, a device
-// without a PSK and a revoked device get ErrUnauthorized: the handshake
-// fails. It takes no throttle: a wrong key fails the handshake where the
-// server never learns whether the identity was right.
+// identity (a DTLS handshake's PSK callback). An unknown identity and a
+// device without a PSK get ErrUnauthorized: the handshake fails. A revoked
+// device's handshake succeeds, so that its Bootstrap-Request is answered
+// 4.03 (revoked) rather than left to time out. It takes no throttle: a
+// wrong key fails the handshake where the server never learns whether the
+// identity was right.
 func (s *Service) BootstrapPSK(ctx context.Context, identity string) ([]byte, error) {
 	if !devices.ValidSerial(identity) {
 		return nil, ErrUnauthorized
@@ -80,7 +82,7 @@ func (s *Service) BootstrapPSK(ctx context.Context, identity string) ([]byte, er
 		return nil, ErrUnauthorized
 	case err != nil:
 		return nil, err
-	case d.BootstrapPSK == "" || d.State == devices.StateRevoked:
+	case d.BootstrapPSK == "":
 		return nil, ErrUnauthorized
 	}
 	return openPSK(s.cfg.Secrets, d.BootstrapPSK)

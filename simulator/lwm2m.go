@@ -132,13 +132,13 @@ func (c *lwm2mClient) handle(w mux.ResponseWriter, m *mux.Message) {
 		c.res.Instances = append(c.res.Instances, in)
 		_ = w.SetResponse(codes.Changed, message.TextPlain, nil)
 	case m.Code() == codes.POST && path == "/bs":
-		ans := c.o.FinishAnswer
-		if ans == 0 {
-			ans = codes.Changed
-			if err := c.read(); err != nil {
-				c.errs = append(c.errs, err)
-				ans = codes.NotAcceptable
-			}
+		ans := codes.Changed
+		if err := c.read(); err != nil {
+			c.errs = append(c.errs, err)
+			ans = codes.NotAcceptable
+		}
+		if c.o.FinishAnswer != 0 {
+			ans = c.o.FinishAnswer
 		}
 		_ = w.SetResponse(ans, message.TextPlain, nil)
 		select {

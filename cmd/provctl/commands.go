@@ -299,6 +299,35 @@ func (e *env) devices(sub string, args []string, stderr io.Writer) error {
 		}
 	}
 	switch sub {
+	case "rebootstrap":
+		if len(pos) != 1 {
+			return errors.New("devices rebootstrap: give one SERIAL or ID")
+		}
+		var d httpapi.DeviceView
+		if err := e.client.Do(e.ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(pos[0])+"/rebootstrap", nil, &d); err != nil {
+			return err
+		}
+		return e.print(d, func(w io.Writer) {
+			fmt.Fprintf(w, "%s: its next LwM2M bootstrap gets fresh credentials (its management server can ask for one: execute /1/x/9)\n", d.Serial)
+		})
+	case "lwm2m-credentials":
+		if len(pos) > 1 {
+			return errors.New("devices lwm2m-credentials: at most one SERIAL or ID (or filters)")
+		}
+		if len(pos) == 1 {
+			var c enroll.LwM2MCredentials
+			if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(pos[0])+"/lwm2m-credentials", nil, &c); err != nil {
+				return err
+			}
+			return e.print(c, func(w io.Writer) { fmt.Fprintf(w, "endpoint %s\npsk identity %s\npsk %s\n", c.Endpoint, c.PSKIdentity, c.PSK) })
+		}
+		q.Set("format", *format)
+		var raw []byte
+		if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/lwm2m/credentials?"+q.Encode(), nil, &raw); err != nil {
+			return err
+		}
+		_, err := e.out.Write(raw)
+		return err
 	case "export":
 		q.Set("format", *format)
 		var raw []byte

@@ -15,7 +15,7 @@ var commands = map[string][]string{
 	"site":       {"create", "list", "show", "update", "delete"},
 	"factory":    {"mint", "import", "labels", "ca"},
 	"claim":      nil,
-	"devices":    {"list", "configure", "show", "history", "export"},
+	"devices":    {"list", "configure", "show", "history", "export", "rebootstrap", "lwm2m-credentials"},
 	"audit":      {"export", "verify"},
 	"cert":       {"server"},
 	"revoke":     nil,

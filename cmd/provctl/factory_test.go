@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"os"
@@ -115,5 +116,56 @@ func TestSiteLwM2MProfile(t *testing.T) {
 	out, _ = provctl(t, data, "-o", "json", "site", "show", "plant")
 	if strings.Contains(out, "lwm2m") {
 		t.Errorf("profile still there:\n%s", out)
+	}
+}
+
+// A batch minted with --lwm2m-psk bootstraps over LwM2M with the PSK its
+// bundle holds (the inventory keeps it sealed); the management-server PSK
+// the bootstrap gave is what `devices lwm2m-credentials` shows and exports;
+// `devices rebootstrap` lets a provisioned device bootstrap again.
+func TestMintLwM2MPSK(t *testing.T) {
+	env := servertest.Start(t)
+	data := env.DataDir
+	if out, err := provctl(t, data, "site", "create", "field", "--ssid", "Field", "--security", "wpa2-psk", "--passphrase", "field-pass-123",
+		"--cidr", "10.31.0.0/24", "--lwm2m-server", "coaps://lwm2m.example.net:5684", "--lwm2m-security", "psk"); err != nil {
+		t.Fatalf("site create: %v\n%s", err, out)
+	}
+	dir := filepath.Join(t.TempDir(), "batch")
+	if out, err := provctl(t, data, "factory", "mint", "--model", "MTR", "--count", "2", "--site", "field", "--lwm2m-psk", "--out", dir); err != nil {
+		t.Fatalf("mint: %v\n%s", err, out)
+	}
+	bundles, err := simulator.LoadBundles(dir)
+	if err != nil || len(bundles) != 2 {
+		t.Fatalf("bundles: %d, %v", len(bundles), err)
+	}
+	b := bundles[0]
+	if len(b.LwM2MPSK) != 64 || b.LwM2MPSK == bundles[1].LwM2MPSK {
+		t.Fatalf("bundle LwM2M PSK %q", b.LwM2MPSK)
+	}
+	stored, err := env.Server.Store().DeviceBySerial(t.Context(), b.Serial)
+	if err != nil || stored.BootstrapPSK == "" || strings.Contains(stored.BootstrapPSK, b.LwM2MPSK) {
+		t.Fatalf("the bootstrap PSK at rest: %q (%v)", stored.BootstrapPSK, err)
+	}
+	dev, err := simulator.NewDevice(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := provctl(t, data, "devices", "rebootstrap", b.Serial); err == nil {
+		t.Fatalf("rebootstrap of a device never bootstrapped: accepted\n%s", out)
+	}
+	res, err := dev.BootstrapLwM2M(t.Context(), simulator.LwM2MOptions{Endpoint: "coaps://" + env.CoAPS(), PSK: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := provctl(t, data, "devices", "lwm2m-credentials", b.Serial)
+	if err != nil || !strings.Contains(out, "psk "+hex.EncodeToString(res.PSK)) || !strings.Contains(out, "psk identity "+b.Serial) {
+		t.Fatalf("lwm2m-credentials: %v\n%s", err, out)
+	}
+	out, err = provctl(t, data, "devices", "lwm2m-credentials", "--site", "field")
+	if want := "endpoint,psk_identity,psk\n" + b.Serial + "," + b.Serial + "," + hex.EncodeToString(res.PSK) + "\n"; err != nil || out != want {
+		t.Fatalf("export (only the bootstrapped device): %v\n%s\nwant\n%s", err, out, want)
+	}
+	if out, err := provctl(t, data, "devices", "rebootstrap", b.Serial); err != nil || !strings.Contains(out, "fresh credentials") {
+		t.Fatalf("rebootstrap: %v\n%s", err, out)
 	}
 }

@@ -52,6 +52,9 @@ commands:
   devices list [--site S] [--state STATE] [--model M] [--firmware V] [--batch B] [--seen-within D] [--not-seen-within D] [--limit N] [--after ID]
   devices configure [SERIAL|ID ...] [--site S] [--batch B] [--ssid S --security X --passphrase P --dns IP,IP --ntp H,H | --clear]
   devices show SERIAL|ID | devices history SERIAL|ID | devices export [--format csv|json] [same filters as list]
+  devices rebootstrap SERIAL|ID      let a provisioned device's next LwM2M bootstrap through (fresh credentials)
+  devices lwm2m-credentials [SERIAL|ID] [--format csv|json] [same filters as list]
+                                     the management-server PSKs LwM2M bootstraps gave (psk mode), for the LwM2M server
   audit [--before ID | --after ID] [--limit N]   newest first; --before pages back
   audit export [--out FILE]          the whole log as JSON lines, and its head hash
   audit verify [FILE] [--head HASH]  check the hash chain: on the server, or of an export

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
@@ -231,4 +232,124 @@ func TestLwM2MBootstrapRefusals(t *testing.T) {
 		_, err := devs[2].BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, MuteWrites: true})
 		return err
 	}, "closed the session")
+}
+
+// The life of an LwM2M device: a client that refuses Finish (4.06) may
+// bootstrap again at once and gets fresh credentials, its first
+// certificate superseded; later a bootstrap is refused until an operator
+// asks for one (rebootstrap), which supersedes the certificate again; a
+// revoked device is refused (4.03); a re-opened one bootstraps with fresh
+// credentials.
+func TestLwM2MRebootstrapAndRevocation(t *testing.T) {
+	env := servertest.Start(t)
+	lwm2mSite(t, env, "cert", "192.168.75.0/24", devices.LwM2MCertificate)
+	dev := mintLwM2M(t, env, 1, "cert", false)[0]
+	serial := dev.Bundle.Serial
+	ep := "coaps://" + env.CoAPS()
+	store := env.Server.Store()
+	ctx := lwm2mCtx(t)
+	boot := func(o simulator.LwM2MOptions) (*simulator.LwM2MBootstrap, error) {
+		o.Endpoint, o.PSK = ep, true
+		return dev.BootstrapLwM2M(ctx, o)
+	}
+	// authorized says whether a certificate a bootstrap wrote still opens a
+	// mutual-DTLS session (GET /config).
+	authorized := func(res *simulator.LwM2MBootstrap) error {
+		d, err := simulator.NewDevice(dev.Bundle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Key, d.Chain = res.Key, []*x509.Certificate{res.Cert}
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err = d.Config(c, simulator.EnrollOptions{Endpoint: ep})
+		return err
+	}
+
+	// Finish refused: the record is committed before Finish, so the
+	// device is provisioned; its retry gets new credentials.
+	first, err := boot(simulator.LwM2MOptions{FinishAnswer: codes.NotAcceptable})
+	if err == nil || !strings.Contains(err.Error(), "NotAcceptable") {
+		t.Fatalf("finish refused: %v", err)
+	}
+	d1, _ := store.DeviceBySerial(ctx, serial)
+	if d1.State != devices.StateProvisioned || d1.CertSerial == "" {
+		t.Fatalf("after a refused Finish: %+v", d1)
+	}
+	second, err := boot(simulator.LwM2MOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, _ := store.DeviceBySerial(ctx, serial)
+	if d2.CertSerial == d1.CertSerial || d2.Lease == nil || d2.Lease.Addr != d1.Lease.Addr {
+		t.Fatalf("retry: certificate %s -> %s, lease %v -> %v", d1.CertSerial, d2.CertSerial, d1.Lease, d2.Lease)
+	}
+	if err1, err2 := authorized(first), authorized(second); first.Cert == nil || err1 == nil || err2 != nil {
+		t.Fatalf("the superseded certificate: %v; the new one: %v", err1, err2)
+	}
+
+	// Past the retry window: refused until an operator asks.
+	env.Clock.Advance(11 * time.Minute)
+	if _, err := boot(simulator.LwM2MOptions{}); err == nil || !strings.Contains(err.Error(), "Forbidden") {
+		t.Fatalf("a second bootstrap without an operator: %v", err)
+	}
+	var view httpapi.DeviceView
+	if err := env.Client.Do(ctx, http.MethodPost, "/api/v1/devices/"+serial+"/rebootstrap", nil, &view); err != nil {
+		t.Fatal(err)
+	}
+	// The device may also come with the certificate it holds.
+	third, err := dev.BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, Certificate: true, Format: lwm2m.FormatSenMLCBOR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d3, _ := store.DeviceBySerial(ctx, serial)
+	if d3.Rebootstrap || d3.CertSerial == d2.CertSerial || authorized(second) == nil || authorized(third) != nil {
+		t.Fatalf("after the operator's re-bootstrap: %+v", d3)
+	}
+	env.Clock.Advance(11 * time.Minute) // past the retry window of that bootstrap
+	if _, err := boot(simulator.LwM2MOptions{}); err == nil || !strings.Contains(err.Error(), "Forbidden") {
+		t.Fatalf("the operator's re-bootstrap let more than one through: %v", err)
+	}
+	// The CRL is reissued shortly after a supersession.
+	var onCRL map[string]bool
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		crl, err := x509.ParseRevocationList(env.Server.CRL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		onCRL = map[string]bool{}
+		for _, e := range crl.RevokedCertificateEntries {
+			onCRL[e.SerialNumber.Text(16)] = true
+		}
+		if onCRL[d1.CertSerial] && onCRL[d2.CertSerial] || time.Now().After(deadline) {
+			break
+		}
+	}
+	if !onCRL[d1.CertSerial] || !onCRL[d2.CertSerial] || onCRL[d3.CertSerial] {
+		t.Errorf("CRL %v: want %s and %s, not %s", onCRL, d1.CertSerial, d2.CertSerial, d3.CertSerial)
+	}
+
+	// Revoked: refused with 4.03, nothing written.
+	if err := env.Client.Do(ctx, http.MethodPost, "/api/v1/revocations", httpapi.RevokeRequest{Devices: []string{serial}, Reason: "stolen"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := store.Digest(ctx)
+	if _, err := boot(simulator.LwM2MOptions{}); err == nil || !strings.Contains(err.Error(), "Forbidden") {
+		t.Fatalf("a revoked device's bootstrap: %v", err)
+	}
+	if after, _ := store.Digest(ctx); after != before {
+		t.Error("a revoked device's bootstrap changed the inventory")
+	}
+	// Re-opened: it bootstraps again with fresh credentials.
+	if err := env.Client.Do(ctx, http.MethodPost, "/api/v1/devices/"+serial+"/reopen", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	fourth, err := boot(simulator.LwM2MOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d4, _ := store.DeviceBySerial(ctx, serial)
+	if d4.State != devices.StateProvisioned || fourth.Cert.SerialNumber.Text(16) != d4.CertSerial || d4.CertSerial == d3.CertSerial {
+		t.Fatalf("after re-opening: %+v", d4)
+	}
 }

@@ -270,6 +270,7 @@ func (a *API) ownRoutes() []route {
 		{"POST /api/v1/devices/{ref}/reopen", devices.RoleOperator, false, a.reopen},
 		{"POST /api/v1/devices/{ref}/rebootstrap", devices.RoleOperator, false, a.rebootstrap},
 		{"GET /api/v1/devices/{ref}/lwm2m-credentials", devices.RoleOperator, false, a.lwm2mCredentials},
+		{"GET /api/v1/lwm2m/credentials", devices.RoleOperator, false, a.exportLwM2MCredentials},
 		{"GET /api/v1/jobs", devices.RoleViewer, global, a.listJobs},
 		{"GET /api/v1/jobs/{id}", devices.RoleViewer, global, a.getJob},
 		{"GET /api/v1/audit", devices.RoleViewer, global, a.listAudit},
