@@ -319,7 +319,9 @@ func (e *env) devices(sub string, args []string, stderr io.Writer) error {
 			if err := e.client.Do(e.ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(pos[0])+"/lwm2m-credentials", nil, &c); err != nil {
 				return err
 			}
-			return e.print(c, func(w io.Writer) { fmt.Fprintf(w, "endpoint %s\npsk identity %s\npsk %s\n", c.Endpoint, c.PSKIdentity, c.PSK) })
+			return e.print(c, func(w io.Writer) {
+				fmt.Fprintf(w, "endpoint %s\npsk identity %s\npsk %s\n", c.Endpoint, c.PSKIdentity, c.PSK)
+			})
 		}
 		q.Set("format", *format)
 		var raw []byte
