@@ -198,6 +198,7 @@ fuzz:
 	GO=$(GO) bash .ci/fuzz FuzzParseCertsOnly $(FUZZTIME) ./transport/est/
 	GO=$(GO) bash .ci/fuzz FuzzDecodeTLV $(FUZZTIME) ./transport/lwm2m/
 	GO=$(GO) bash .ci/fuzz FuzzDecodeSenML $(FUZZTIME) ./transport/lwm2m/
+	GO=$(GO) bash .ci/fuzz FuzzParseDiscover $(FUZZTIME) ./transport/lwm2m/
 
 clean:
 	rm -rf bin

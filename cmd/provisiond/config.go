@@ -75,6 +75,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	etcdFlags(fs, &cfg.Etcd)
 	fs.IntVar(&cfg.Fleet.JobChunk, "job-chunk", cfg.Fleet.JobChunk, "devices per transaction of a bulk job (revocation, reconfiguration, retarget); 0: as many as the store takes in one")
 	fs.StringVar(&cfg.LwM2MEndpoint, "lwm2m-endpoint", cfg.LwM2MEndpoint, "LwM2M endpoint names (and bootstrap PSK identities) of devices: a pattern with {serial}, e.g. urn:dev:ops:acme-{serial}; default the serial")
+	fs.StringVar(&cfg.LwM2MAddr, "lwm2m-addr", cfg.LwM2MAddr, "a second DTLS listen address serving the same resources, for LwM2M clients that expect the bootstrap server on a port of its own (e.g. :5784); empty: the CoAPS listener alone")
 	fs.DurationVar(&cfg.LwM2MTimeout, "lwm2m-timeout", cfg.LwM2MTimeout, "the longest an LwM2M bootstrap may take after its Bootstrap-Request (default 60s); a client silent for longer is given up, nothing recorded")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", cfg.DebugAddr, "serve net/http/pprof here, e.g. 127.0.0.1:6060 (no authentication: keep it on loopback)")
 

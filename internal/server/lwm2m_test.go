@@ -353,3 +353,35 @@ func TestLwM2MRebootstrapAndRevocation(t *testing.T) {
 		t.Fatalf("after re-opening: %+v", d4)
 	}
 }
+
+// A deployment may serve LwM2M bootstrap on a port of its own and name
+// endpoints by a pattern: the PSK identity and ep= are then the pattern's
+// names, the management PSK is published under them, and a bare serial is
+// not an endpoint name.
+func TestLwM2MOwnPortAndEndpointPattern(t *testing.T) {
+	env := servertest.Start(t, func(c *server.Config) {
+		c.LwM2MAddr, c.LwM2MEndpoint = "127.0.0.1:0", "urn:dev:ops:acme-{serial}"
+	})
+	lwm2mSite(t, env, "psk", "192.168.76.0/24", devices.LwM2MPSK)
+	dev := mintLwM2M(t, env, 1, "psk", false)[0]
+	ctx := lwm2mCtx(t)
+	ep := "coaps://" + env.Server.LwM2MAddr().String()
+	name := "urn:dev:ops:acme-" + dev.Bundle.Serial
+	if _, err := dev.BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, PSK: true, PSKIdentity: name}); err == nil || !strings.Contains(err.Error(), "BadRequest") {
+		t.Fatalf("ep=SERIAL under a pattern: %v", err)
+	}
+	res, err := dev.BootstrapLwM2M(ctx, simulator.LwM2MOptions{Endpoint: ep, PSK: true, Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.PSKIdentity != name {
+		t.Errorf("management PSK identity %q, want %q", res.PSKIdentity, name)
+	}
+	var creds enroll.LwM2MCredentials
+	if err := env.Client.Do(ctx, http.MethodGet, "/api/v1/devices/"+dev.Bundle.Serial+"/lwm2m-credentials", nil, &creds); err != nil {
+		t.Fatal(err)
+	}
+	if creds.Endpoint != name || creds.PSKIdentity != name || creds.PSK != hex.EncodeToString(res.PSK) {
+		t.Fatalf("published %+v", creds)
+	}
+}

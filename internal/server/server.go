@@ -126,6 +126,10 @@ type Config struct {
 	// bootstrap (default 60s).
 	LwM2MEndpoint string
 	LwM2MTimeout  time.Duration
+	// LwM2MAddr is a second DTLS listen address serving the same resources
+	// (LwM2M clients expect the bootstrap server on its own port); empty:
+	// the DTLS listener alone.
+	LwM2MAddr string
 	DebugAddr     string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
 
@@ -482,7 +486,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	lw := lwm2m.NewBootstrapServer(lwm2m.Config{Service: svc, Endpoint: lwEP, Timeout: cfg.LwM2MTimeout, Log: log, Observe: s.observe})
 	coapResources := append(slices.Clone(cfg.CoAPResources), est.NewCoAPS(estCfg).Resources()...)
 	coapResources = append(coapResources, lw.Resources()...)
-	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, InsecureAddr: coapAddr, Certificate: serverCert.Get,
+	var extra []string
+	if cfg.LwM2MAddr != "" {
+		extra = []string{cfg.LwM2MAddr}
+	}
+	s.coap = coap.New(coap.Config{SecureAddr: cfg.CoAPSAddr, ExtraSecureAddrs: extra, InsecureAddr: coapAddr, Certificate: serverCert.Get,
 		ClientCAs: clientCAs, Authorize: svc.Authorize, MaxHandshakes: cfg.MaxHandshakes,
 		Factory: s.factoryCheck(svc),
 		BootstrapPSK: func(ctx context.Context, identity string) ([]byte, error) {
@@ -1009,6 +1017,15 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
 
 // CoAPSAddr is the bound DTLS address (nil when disabled).
 func (s *Server) CoAPSAddr() net.Addr { return s.coap.SecureAddr() }
+
+// LwM2MAddr is the bound address of the separate LwM2M bootstrap listener
+// (Config.LwM2MAddr), nil without one.
+func (s *Server) LwM2MAddr() net.Addr {
+	if a := s.coap.ExtraSecureAddrs(); len(a) > 0 {
+		return a[0]
+	}
+	return nil
+}
 
 // Handshakes reports the DTLS handshake gate.
 func (s *Server) Handshakes() handshake.Stats { return s.coap.Handshakes() }

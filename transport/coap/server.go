@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -81,11 +82,15 @@ type Authorizer func(ctx context.Context, id uuid.UUID, certSerial string) error
 
 // Config configures the CoAP listeners.
 type Config struct {
-	SecureAddr   string                           // DTLS listen address, e.g. ":5684"; empty disables
-	InsecureAddr string                           // plain CoAP address; empty (the default) disables
-	Certificate  func() (*tls.Certificate, error) // server chain and key for DTLS, asked at every handshake
-	ClientCAs    *x509.CertPool                   // verifies device certificates
-	Authorize    Authorizer                       // checks a device certificate against the inventory
+	SecureAddr string // DTLS listen address, e.g. ":5684"; empty disables
+	// ExtraSecureAddrs are more DTLS listeners serving the same resources
+	// with the same sessions, gate and checks (a separate port for LwM2M
+	// bootstrap, say); used only with SecureAddr.
+	ExtraSecureAddrs []string
+	InsecureAddr     string                           // plain CoAP address; empty (the default) disables
+	Certificate      func() (*tls.Certificate, error) // server chain and key for DTLS, asked at every handshake
+	ClientCAs        *x509.CertPool                   // verifies device certificates
+	Authorize        Authorizer                       // checks a device certificate against the inventory
 	// Factory checks a client certificate that provisiond's CA did not
 	// issue: a factory certificate (IDevID, leaf first) under a registered
 	// manufacturer CA. A session it accepts is a bootstrap session whose
@@ -180,9 +185,10 @@ type Server struct {
 	mu        sync.Mutex
 	sessions  map[uuid.UUID]map[*udpclient.Conn]struct{} // mutual-DTLS sessions per device
 	gate      *handshake.Gate
-	dtls      *dtlsserver.Server
+	dtls      []*dtlsserver.Server
 	udp       *udpserver.Server
-	dtlsAddr  net.Addr
+	dtlsAddr  net.Addr   // SecureAddr's
+	extraAddr []net.Addr // ExtraSecureAddrs'
 	udpAddr   net.Addr
 	wg        sync.WaitGroup
 	stopped   bool
@@ -294,8 +300,11 @@ func Source(w mux.ResponseWriter) netip.AddrPort { return sourceOf(w) }
 // Start binds the configured listeners and serves them in the background.
 func (s *Server) Start() error {
 	if s.cfg.SecureAddr != "" {
-		if err := s.startDTLS(); err != nil {
-			return err
+		for _, addr := range append([]string{s.cfg.SecureAddr}, s.cfg.ExtraSecureAddrs...) {
+			if err := s.startDTLS(addr); err != nil {
+				s.Shutdown(context.Background())
+				return err
+			}
 		}
 	}
 	if s.cfg.InsecureAddr != "" {
@@ -340,7 +349,7 @@ func (s *Server) router(h *bootstrap.Handler) *mux.Router {
 	return r
 }
 
-func (s *Server) startDTLS() error {
+func (s *Server) startDTLS(addr string) error {
 	cfg := &piondtls.Config{
 		GetCertificate: func(*piondtls.ClientHelloInfo) (*tls.Certificate, error) {
 			c, err := s.cfg.Certificate()
@@ -368,9 +377,9 @@ func (s *Server) startDTLS() error {
 			return key, err
 		}
 	}
-	l, err := coapnet.NewDTLSListener("udp", s.cfg.SecureAddr, cfg)
+	l, err := coapnet.NewDTLSListener("udp", addr, cfg)
 	if err != nil {
-		return fmt.Errorf("listen coaps %s: %w", s.cfg.SecureAddr, err)
+		return fmt.Errorf("listen coaps %s: %w", addr, err)
 	}
 	srv := coapdtls.NewServer(
 		options.WithMux(s.router(s.secure)),
@@ -400,7 +409,12 @@ func (s *Server) startDTLS() error {
 		options.WithErrors(func(err error) { s.log.Debug("coaps", "err", err) }),
 	)
 	s.mu.Lock()
-	s.dtls, s.dtlsAddr = srv, l.Addr()
+	s.dtls = append(s.dtls, srv)
+	if s.dtlsAddr == nil {
+		s.dtlsAddr = l.Addr()
+	} else {
+		s.extraAddr = append(s.extraAddr, l.Addr())
+	}
 	s.mu.Unlock()
 	s.wg.Go(func() {
 		if err := srv.Serve(&gatedListener{inner: l, gate: s.gate}); err != nil {
@@ -440,6 +454,13 @@ func (s *Server) SecureAddr() net.Addr {
 	return s.dtlsAddr
 }
 
+// ExtraSecureAddrs are the bound addresses of Config.ExtraSecureAddrs.
+func (s *Server) ExtraSecureAddrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.extraAddr)
+}
+
 // InsecureAddr is the bound plain CoAP address, nil when disabled.
 func (s *Server) InsecureAddr() net.Addr {
 	s.mu.Lock()
@@ -460,8 +481,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.stopped = true
 	s.stop()
-	if s.dtls != nil {
-		s.dtls.Stop()
+	for _, d := range s.dtls {
+		d.Stop()
 	}
 	if s.udp != nil {
 		s.udp.Stop()
