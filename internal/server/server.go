@@ -130,7 +130,7 @@ type Config struct {
 	// (LwM2M clients expect the bootstrap server on its own port); empty:
 	// the DTLS listener alone.
 	LwM2MAddr string
-	DebugAddr     string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
+	DebugAddr string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
 
 // openStore opens the inventory cfg names: the bbolt file in the data
