@@ -139,7 +139,8 @@ bench_server = rm -rf $(1); mkdir -p $(1); \
 		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
 	trap "kill $$pid" EXIT; sleep 2; \
 	bin/provctl --data $(1)/data site create big --ssid Big --security wpa3-sae \
-		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null
+		--passphrase big-site-pass --cidr 10.128.0.0/14 \
+		--lwm2m-server coaps://lwm2m.example.net --lwm2m-security certificate >/dev/null
 
 # Latency at offered rates (devices booting per second, RATES) over DTLS.
 RATES ?= 200 300 400 1000
@@ -170,10 +171,12 @@ PEAK_N    ?= 4000
 STORM_N   ?= 6000
 STORM_X   ?= 10
 STORM_DIR ?= /tmp/provisiond-storm
-# STORM_TRANSPORT: coap, mqtt, est or estcoaps (factory certificates; est
-# takes them too with IDEVID=1, else HTTP Basic with the claim token).
+# STORM_TRANSPORT: coap, mqtt, est, estcoaps (factory certificates; est
+# takes them too with IDEVID=1, else HTTP Basic with the claim token) or
+# lwm2m (bootstrap PSKs; factory certificates with IDEVID=1).
 STORM_TRANSPORT ?= coap
-transport_flags = --transport $(1) $(if $(filter estcoaps,$(1))$(IDEVID),--idevid)
+transport_flags = --transport $(1) $(if $(filter estcoaps,$(1))$(IDEVID),--idevid) \
+	$(if $(filter lwm2m,$(1)),$(if $(IDEVID),,--lwm2m-psk))
 storm: build
 	@$(call bench_server,$(STORM_DIR)) && \
 	bin/devsim --mint $(PEAK_N) --site big --data $(STORM_DIR)/data --concurrency 64 $(call transport_flags,$(STORM_TRANSPORT)) && \

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	piondtls "github.com/pion/dtls/v3"
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -309,6 +310,15 @@ func (d *Device) BootstrapLwM2M(ctx context.Context, o LwM2MOptions) (*LwM2MBoot
 		if res.Cert, res.Key, err = d.lwm2mEST(ctx, conn); err != nil {
 			return &res, err
 		}
+		return &res, nil
+	}
+	// The answer to Finish goes out after the handler returned: the client
+	// leaves the session to the server, which closes it, rather than close
+	// it under its own answer.
+	select {
+	case <-conn.Done():
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
 	}
 	return &res, nil
 }

@@ -13,17 +13,21 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
 // RunOptions tune a fleet run.
 type RunOptions struct {
-	Concurrency int           // devices enrolling at once; default 64
-	Transport   string        // "coap" (default), "mqtt", "est", "estcoaps", or "mix" (coap and mqtt alternating)
-	Endpoint    string        // overrides every bundle's CoAP endpoint
-	Broker      string        // overrides every bundle's MQTT endpoint
-	HTTPS       string        // overrides every bundle's https:// (EST) endpoint
-	Format      wire.Format   // CBOR (default) or JSON
+	Concurrency int         // devices enrolling at once; default 64
+	Transport   string      // "coap" (default), "mqtt", "est", "estcoaps", "lwm2m", or "mix" (coap and mqtt alternating)
+	Endpoint    string      // overrides every bundle's CoAP endpoint
+	Broker      string      // overrides every bundle's MQTT endpoint
+	HTTPS       string      // overrides every bundle's https:// (EST) endpoint
+	Format      wire.Format // CBOR (default) or JSON
+	// LwM2MFormat is the content-format an LwM2M client asks for (pct=);
+	// 0 asks for none (TLV).
+	LwM2MFormat message.MediaType
 	Timeout     time.Duration // per attempt; default 15s
 	Attempts    int           // per device, including the first; default 3
 	MaxWait     time.Duration // caps every wait between attempts (tests, impatient runs); 0: honour the server's hints fully
@@ -210,6 +214,9 @@ func enrollOne(ctx context.Context, b wire.Bundle, transport string, o RunOption
 			_, err = d.EnrollEST(actx, ESTOptions{Endpoint: o.HTTPS})
 		case "estcoaps":
 			_, err = d.EnrollESTCoAPS(actx, EnrollOptions{Endpoint: o.Endpoint})
+		case "lwm2m":
+			// With its bootstrap PSK when the bundle has one, else its IDevID.
+			_, err = d.BootstrapLwM2M(actx, LwM2MOptions{Endpoint: o.Endpoint, PSK: b.LwM2MPSK != "", Format: o.LwM2MFormat})
 		default:
 			_, err = d.Enroll(actx, EnrollOptions{Endpoint: o.Endpoint, Format: o.Format})
 		}

@@ -26,9 +26,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
+	"github.com/provisiond/provisiond/transport/lwm2m"
 	"github.com/provisiond/provisiond/transport/wire"
 )
 
@@ -64,7 +66,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	maxWait := fs.Duration("max-wait", 0, "cap on waits between attempts (0: honour the server's hints)")
 	server := fs.String("server", "", "override the bundles' CoAP endpoint: host:port or coaps://host:port")
 	broker := fs.String("broker", "", "override the bundles' MQTT endpoint: host:port or mqtts://host:port")
-	transport := fs.String("transport", "coap", "coap (DTLS), mqtt (TLS), est (EST over HTTPS), estcoaps (EST over CoAP/DTLS; needs --idevid) or mix (coap and mqtt alternating)")
+	transport := fs.String("transport", "coap", "coap (DTLS), mqtt (TLS), est (EST over HTTPS), estcoaps (EST over CoAP/DTLS; needs --idevid), lwm2m (LwM2M bootstrap; needs --lwm2m-psk or --idevid, and a site with an LwM2M profile) or mix (coap and mqtt alternating)")
+	lwPSK := fs.Bool("lwm2m-psk", false, "with --mint: give the devices LwM2M bootstrap PSKs (--transport lwm2m bootstraps with them)")
+	lwFormat := fs.String("lwm2m-format", "", "with --transport lwm2m: the content-format the clients ask for: tlv, senml-cbor or senml-json (default none: TLV)")
 	httpsEP := fs.String("https", "", "override the bundles' HTTPS (EST) endpoint: host:port or https://host:port")
 	idevid := fs.Bool("idevid", false, "with --mint: give the devices factory certificates (IDevIDs) from a throwaway manufacturer CA registered for the batch; they enroll with them instead of claim tokens (est)")
 	conc := fs.Int("concurrency", 64, "devices enrolling at once")
@@ -91,9 +95,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--arrival: %q is not storm, rate or ramp", *arrival)
 	}
 	switch *transport {
-	case "coap", "mqtt", "mix", "est", "estcoaps":
+	case "coap", "mqtt", "mix", "est", "estcoaps", "lwm2m":
 	default:
-		return fmt.Errorf("--transport: %q is not coap, mqtt, est, estcoaps or mix", *transport)
+		return fmt.Errorf("--transport: %q is not coap, mqtt, est, estcoaps, lwm2m or mix", *transport)
+	}
+	lwFormats := map[string]message.MediaType{"": 0, "tlv": lwm2m.FormatTLV, "senml-cbor": lwm2m.FormatSenMLCBOR, "senml-json": lwm2m.FormatSenMLJSON}
+	lwf, ok := lwFormats[*lwFormat]
+	if !ok {
+		return fmt.Errorf("--lwm2m-format: %q is not tlv, senml-cbor or senml-json", *lwFormat)
+	}
+	if *transport == "lwm2m" && *soakFor > 0 {
+		return errors.New("--soak does not follow --transport lwm2m: LwM2M devices go on to their management server, not to provisiond's MQTT")
 	}
 	f := wire.CBOR
 	switch *format {
@@ -115,7 +127,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *mint > 0 {
-		m, err := c.Mint(ctx, *model, *mint, *site)
+		m, err := c.MintWith(ctx, httpapi.MintOptions{Model: *model, Count: *mint, Site: *site, LwM2MPSK: *lwPSK})
 		if err != nil {
 			return err
 		}
@@ -137,7 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	opts := simulator.RunOptions{Concurrency: *conc, Transport: *transport, Endpoint: *server, Broker: *broker, HTTPS: *httpsEP,
-		Format: f, Attempts: *attempts, Timeout: *timeout, Arrival: *arrival, Rate: *rate, Ramp: *ramp, MaxWait: *maxWait}
+		Format: f, LwM2MFormat: lwf, Attempts: *attempts, Timeout: *timeout, Arrival: *arrival, Rate: *rate, Ramp: *ramp, MaxWait: *maxWait}
 	if !*quiet && !*asJSON {
 		opts.Progress = stderr
 	}

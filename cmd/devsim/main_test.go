@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
 	"testing"
 
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
 )
 
 func TestDevsimMintsAndEnrolls(t *testing.T) {
@@ -122,5 +125,40 @@ func soakOnce(t *testing.T, env *servertest.Env, transport []string) {
 		t.Errorf("server RSS %d", s.ServerRSSBytes)
 	case len(s.Problems) > 0:
 		t.Errorf("problems: %v", s.Problems)
+	}
+}
+
+// devsim bootstraps LwM2M clients, with bootstrap PSKs or IDevIDs, in each
+// content-format, against a site with an LwM2M profile.
+func TestDevsimLwM2M(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("lw", "10.22.0.0/24")
+	p := &devices.LwM2MProfile{ServerURI: "coaps://lwm2m.example.net", SecurityMode: devices.LwM2MCertificate}
+	if err := env.Client.Do(context.Background(), http.MethodPatch, "/api/v1/sites/lw", httpapi.SiteRequest{LwM2M: p}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--lwm2m-psk"},
+		{"--lwm2m-psk", "--lwm2m-format", "senml-cbor"},
+		{"--idevid", "--lwm2m-format", "senml-json"},
+	} {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), append([]string{"--mint", "20", "--site", "lw", "--data", env.DataDir, "--json", "--transport", "lwm2m"}, args...), &out, &errOut)
+		if err != nil {
+			t.Fatalf("devsim %v: %v\n%s", args, err, errOut.String())
+		}
+		var sum simulator.Summary
+		if err := json.Unmarshal(out.Bytes(), &sum); err != nil || sum.Enrolled != 20 || sum.Failed != 0 || sum.P99 <= 0 {
+			t.Errorf("devsim %v: %+v %v\n%s", args, sum, err, out.String())
+		}
+	}
+	var bad bytes.Buffer
+	for name, args := range map[string][]string{
+		"an unknown format": {"--mint", "1", "--transport", "lwm2m", "--lwm2m-format", "xml"},
+		"a soak after it":   {"--mint", "1", "--site", "lw", "--transport", "lwm2m", "--soak", "1s"},
+	} {
+		if err := run(context.Background(), append(args, "--data", env.DataDir), &bad, &bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }

@@ -2,13 +2,16 @@ package server_test
 
 import (
 	"context"
+	"net/http"
 	"testing"
 
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
 )
 
 // BenchmarkEnrollDTLS measures whole enrollments over DTLS on loopback, the
@@ -43,12 +46,19 @@ func benchEnroll(b *testing.B, transport string) { benchEnrollOn(b, transport, "
 func BenchmarkEnrollTransports(b *testing.B) {
 	for _, c := range []struct {
 		name, transport string
-		idevid          bool
-	}{{"coap", "coap", false}, {"est-basic", "est", false}, {"est-idevid", "est", true}, {"estcoaps-idevid", "estcoaps", true}} {
+		idevid, psk     bool
+	}{{"coap", "coap", false, false}, {"est-basic", "est", false, false}, {"est-idevid", "est", true, false},
+		{"estcoaps-idevid", "estcoaps", true, false}, {"lwm2m-psk", "lwm2m", false, true}, {"lwm2m-idevid", "lwm2m", true, false}} {
 		b.Run(c.name, func(b *testing.B) {
 			env := servertest.Start(b)
 			env.Site("bench", "10.0.0.0/8")
-			m, err := env.Client.Mint(context.Background(), "TEST", b.N, "bench")
+			if c.transport == "lwm2m" {
+				p := &devices.LwM2MProfile{ServerURI: "coaps://lwm2m.example.net", SecurityMode: devices.LwM2MCertificate}
+				if err := env.Client.Do(context.Background(), http.MethodPatch, "/api/v1/sites/bench", httpapi.SiteRequest{LwM2M: p}, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			m, err := env.Client.MintWith(context.Background(), httpapi.MintOptions{Model: "TEST", Count: b.N, Site: "bench", LwM2MPSK: c.psk})
 			if err != nil {
 				b.Fatal(err)
 			}
