@@ -80,6 +80,16 @@ func (v *Verdicts) Put(leaf []byte, x any) {
 	v.m[string(leaf)] = append(v.m[string(leaf)], verdict{v: x, at: now})
 }
 
+// Peek returns the oldest verdict on leaf without forgetting it, nil when none.
+func (v *Verdicts) Peek(leaf []byte) any {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if es := v.m[string(leaf)]; len(es) > 0 {
+		return es[0].v
+	}
+	return nil
+}
+
 // Take returns (and forgets) the oldest verdict on leaf, nil when none.
 func (v *Verdicts) Take(leaf []byte) any {
 	v.mu.Lock()

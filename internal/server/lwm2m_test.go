@@ -385,3 +385,31 @@ func TestLwM2MOwnPortAndEndpointPattern(t *testing.T) {
 		t.Fatalf("published %+v", creds)
 	}
 }
+
+// A bootstrap session opened with a factory certificate holds its
+// handshake slot until its bootstrap ends, as a certificate-less or PSK one
+// does, so that a storm cannot start more bootstraps than there are slots.
+func TestLwM2MBootstrapHoldsItsHandshakeSlot(t *testing.T) {
+	env := servertest.Start(t, func(c *server.Config) {
+		c.LwM2MTimeout, c.HandshakeWait = 2*time.Second, 10*time.Second
+	})
+	lwm2mSite(t, env, "cert", "192.168.77.0/24", devices.LwM2MCertificate)
+	dev := mintLwM2M(t, env, 1, "cert", true)[0]
+	done := make(chan error, 1)
+	go func() {
+		_, err := dev.BootstrapLwM2M(lwm2mCtx(t), simulator.LwM2MOptions{Endpoint: "coaps://" + env.CoAPS(), MuteWrites: true})
+		done <- err
+	}()
+	time.Sleep(time.Second) // the handshake is over; the Writes go unanswered
+	if n := env.Server.Handshakes().InProgress; n != 1 {
+		t.Fatalf("slots in use during the bootstrap: %d, want 1", n)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("a client that never answers bootstrapped")
+	}
+	for deadline := time.Now().Add(5 * time.Second); env.Server.Handshakes().InProgress != 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("slots in use after the bootstrap ended: %d", env.Server.Handshakes().InProgress)
+		}
+	}
+}

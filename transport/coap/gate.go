@@ -19,6 +19,10 @@ type gatedListener struct {
 		Addr() net.Addr
 	}
 	gate *handshake.Gate
+	// bootstrap says whether a session with this client certificate (leaf
+	// DER) is a bootstrap session (a factory certificate's), which holds
+	// its slot as a certificate-less one does; nil: none is.
+	bootstrap func(leaf []byte) bool
 }
 
 func (l *gatedListener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
@@ -30,7 +34,7 @@ func (l *gatedListener) AcceptWithContext(ctx context.Context) (net.Conn, error)
 	if !ok {
 		return c, nil
 	}
-	return &gatedConn{Conn: dc, gate: l.gate}, nil
+	return &gatedConn{Conn: dc, gate: l.gate, bootstrap: l.bootstrap}, nil
 }
 
 func (l *gatedListener) Close() error   { return l.inner.Close() }
@@ -39,11 +43,13 @@ func (l *gatedListener) Addr() net.Addr { return l.inner.Addr() }
 // gatedConn is a DTLS session whose handshake runs inside a gate slot.
 // go-coap calls HandshakeContext before it serves the session (and again
 // before every read). An enrolled device gives its slot back when the
-// handshake ends; a bootstrap session holds it until its enrollment is
-// answered (package handshake explains why).
+// handshake ends; a bootstrap session (no client certificate, a bootstrap
+// PSK, a factory certificate) holds it until its enrollment is answered
+// (package handshake explains why).
 type gatedConn struct {
 	*piondtls.Conn
-	gate *handshake.Gate
+	gate      *handshake.Gate
+	bootstrap func(leaf []byte) bool
 
 	hsMu   sync.Mutex
 	hsDone bool
@@ -71,7 +77,8 @@ func (c *gatedConn) handshake(ctx context.Context) error {
 		slot.Release()
 		return err
 	}
-	if st, ok := c.Conn.ConnectionState(); !ok || len(st.PeerCertificates) > 0 {
+	st, ok := c.Conn.ConnectionState()
+	if !ok || len(st.PeerCertificates) > 0 && (c.bootstrap == nil || !c.bootstrap(st.PeerCertificates[0])) {
 		slot.Release()
 		return nil
 	}
@@ -94,6 +101,12 @@ func enrolled(nc net.Conn) {
 		c.release()
 	}
 }
+
+// Answered tells the handshake gate that the bootstrap on the session of a
+// mounted resource is answered (an EST-coaps enrollment, an LwM2M
+// bootstrap's end): its slot goes to the next handshake. A bootstrap
+// session holds its slot until then, at most --handshake-wait.
+func Answered(c interface{ NetConn() net.Conn }) { enrolled(c.NetConn()) }
 
 // dtlsState is what OnNewConn needs from a session, gated or not.
 type dtlsState interface {

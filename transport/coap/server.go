@@ -417,7 +417,8 @@ func (s *Server) startDTLS(addr string) error {
 	}
 	s.mu.Unlock()
 	s.wg.Go(func() {
-		if err := srv.Serve(&gatedListener{inner: l, gate: s.gate}); err != nil {
+		bootstrap := func(leaf []byte) bool { _, ok := s.verified.Peek(leaf).(factoryPeer); return ok }
+		if err := srv.Serve(&gatedListener{inner: l, gate: s.gate, bootstrap: bootstrap}); err != nil {
 			s.serveErrs <- fmt.Errorf("serve coaps: %w", err)
 		}
 	})

@@ -95,6 +95,7 @@ func (c *CoAPS) att(w mux.ResponseWriter, m *mux.Message) {
 // sen enrolls the device whose factory certificate authenticated the
 // session; a device with provisiond's certificate is renewed as by sren.
 func (c *CoAPS) sen(w mux.ResponseWriter, m *mux.Message) {
+	defer coap.Answered(w.Conn()) // the bootstrap session's handshake slot
 	csr, accept, ok := c.request(w, m)
 	if !ok {
 		return

@@ -172,6 +172,7 @@ func (s *BootstrapServer) request(w mux.ResponseWriter, m *mux.Message) {
 	grant, err := s.cfg.Service.PrepareLwM2M(m.Context(), req)
 	if err != nil {
 		s.idle(cc)
+		coap.Answered(cc)
 		code, msg, retry := est.CoAPAnswer(err)
 		if code == codes.InternalServerError {
 			s.cfg.Log.Error("lwm2m bootstrap request failed", "serial", serial, "err", err)
@@ -198,6 +199,7 @@ func (s *BootstrapServer) run(cc *udpclient.Conn, g enroll.LwM2MGrant, src netip
 	defer cancel()
 	err := s.bootstrap(ctx, cc, g, src, ep, format)
 	s.idle(cc)
+	coap.Answered(cc) // the session's handshake slot, held through the bootstrap
 	serial := g.Device.Serial
 	switch {
 	case err == nil:
