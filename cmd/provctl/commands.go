@@ -220,7 +220,11 @@ func (e *env) mint(args []string, stderr io.Writer) error {
 		if *site != "" {
 			fmt.Fprintf(w, " pre-assigned to site %s", *site)
 		}
-		fmt.Fprintf(w, "\nflash bundles and manifest.json in %s (bundles hold claim tokens: keep them secret)\n", *out)
+		secrets := "claim tokens"
+		if *lwPSK {
+			secrets = "claim tokens and LwM2M bootstrap PSKs"
+		}
+		fmt.Fprintf(w, "\nflash bundles and manifest.json in %s (bundles hold %s: keep them secret)\n", *out, secrets)
 		if caNote != "" {
 			fmt.Fprintln(w, caNote)
 		}
