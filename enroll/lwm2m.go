@@ -61,8 +61,12 @@ type LwM2MGrant struct {
 	PSK         []byte
 	ServerCA    []byte // DER of the CA the management server's certificate chains to
 	WiFi        WiFi   // the site's network, opened
-	leaf        *x509.Certificate
-	factory     *FactoryIdentity
+	// Rekey says the device is provisioned and this bootstrap gives it a new
+	// identity: in EST mode its EST-coaps enrollment on the session then
+	// sets Request.Rekey.
+	Rekey   bool
+	leaf    *x509.Certificate
+	factory *FactoryIdentity
 }
 
 // BootstrapPSK returns the bootstrap PSK of the device whose serial is
@@ -145,7 +149,9 @@ func (s *Service) PrepareLwM2M(ctx context.Context, req LwM2MRequest) (LwM2MGran
 			return refuse(fmt.Sprintf("the session's PSK identity is %s's, not the endpoint's", req.PSKIdentity))
 		}
 		g.Auth = "lwm2m-psk"
-		if d, err = s.store.DeviceBySerial(ctx, req.Serial); err != nil {
+		if d, err = s.store.DeviceBySerial(ctx, req.Serial); errors.Is(err, devices.ErrNotFound) {
+			return refuse("the device is gone") // since the handshake
+		} else if err != nil {
 			return LwM2MGrant{}, fmt.Errorf("bootstrap %s: %w", req.Serial, err)
 		}
 	case len(req.Factory) > 0:
@@ -163,7 +169,9 @@ func (s *Service) PrepareLwM2M(ctx context.Context, req LwM2MRequest) (LwM2MGran
 		g.Auth, g.factory = "factory-certificate", &fid
 	case req.DeviceID != uuid.Nil:
 		d, err = s.store.Device(ctx, req.DeviceID)
-		if err != nil {
+		if errors.Is(err, devices.ErrNotFound) {
+			return LwM2MGrant{}, ErrUnknownDevice
+		} else if err != nil {
 			return LwM2MGrant{}, fmt.Errorf("bootstrap %s: %w", req.Serial, err)
 		}
 		if d.Serial != req.Serial {
@@ -206,6 +214,7 @@ func (s *Service) PrepareLwM2M(ctx context.Context, req LwM2MRequest) (LwM2MGran
 		return LwM2MGrant{}, err
 	}
 	g.Device, g.Profile, g.WiFi, g.ServerCA = d, *site.LwM2M, cfg.WiFi, s.signer.Root().Raw
+	g.Rekey = d.State == devices.StateProvisioned || d.State == devices.StateActive
 	switch g.Profile.SecurityMode {
 	case devices.LwM2MCertificate:
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -295,7 +304,7 @@ func (s *Service) CommitLwM2M(ctx context.Context, g LwM2MGrant, source netip.Ad
 	case err != nil:
 		return Result{}, fmt.Errorf("bootstrap %s: %w", d.Serial, err)
 	}
-	if superseded {
+	if superseded && s.onSuperseded != nil {
 		s.onSuperseded()
 	}
 	s.log.Info("device bootstrapped", "serial", d.Serial, "device_id", d.ID, "site", d.Site,

@@ -222,6 +222,11 @@ type Request struct {
 	// DTLS session the request came on (EST-coaps after an LwM2M bootstrap
 	// in EST mode). Without a claim token it is the device's identity.
 	PSKSerial string
+	// Rekey lets a provisioned device enroll again for a new key, its
+	// certificate superseded: the EST-coaps enrollment that follows an LwM2M
+	// bootstrap in EST mode which PrepareLwM2M let through for a
+	// provisioned device (an operator's re-bootstrap, the retry window).
+	Rekey bool
 
 	factory *FactoryIdentity // set by Enroll once Factory is verified
 }
@@ -432,6 +437,9 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 	case devices.StateRevoked:
 		return Result{}, ErrRevoked
 	case devices.StateProvisioned, devices.StateActive:
+		if req.Rekey {
+			break // a new certificate, as the bootstrap before it allowed
+		}
 		if subtle.ConstantTimeCompare(d.PublicKeyHash, keyHash) != 1 {
 			return Result{}, ErrTokenUsed
 		}
@@ -467,12 +475,15 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 	if req.factory != nil {
 		detail["auth"], detail["factory_ca"] = "factory-certificate", req.factory.CA.ID
 	}
+	rekey := req.Rekey && d.CertSerial != ""
 	stored, err := s.store.Provision(ctx, devices.Provisioning{
-		DeviceID: d.ID,
-		Rev:      d.Rev,
-		Now:      now.UTC(),
+		DeviceID:  d.ID,
+		Rev:       d.Rev,
+		Now:       now.UTC(),
+		Supersede: rekey,
 		Apply: func(x *devices.Device) {
 			x.State = devices.StateProvisioned
+			x.Rebootstrap = false
 			x.Model = model
 			if req.FirmwareVersion != "" {
 				x.FirmwareVersion = req.FirmwareVersion
@@ -499,6 +510,9 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 		return Result{}, &RetryError{Err: fmt.Errorf("%w: site %q", ErrPoolExhausted, d.Site), After: s.cfg.PoolRetry}
 	case err != nil:
 		return Result{}, err
+	}
+	if rekey && s.onSuperseded != nil {
+		s.onSuperseded()
 	}
 	s.log.Info("device enrolled", "serial", d.Serial, "device_id", d.ID, "site", d.Site,
 		"address", stored.Lease.Addr, "transport", req.Transport)

@@ -413,3 +413,37 @@ func TestLwM2MBootstrapHoldsItsHandshakeSlot(t *testing.T) {
 		}
 	}
 }
+
+// In EST mode a re-bootstrap ends with a new certificate too: the
+// EST-coaps enrollment on the bootstrap session replaces the device's
+// certificate (superseded) instead of being refused as a second enrollment.
+func TestLwM2MESTModeRebootstrap(t *testing.T) {
+	env := servertest.Start(t)
+	lwm2mSite(t, env, "est", "192.168.78.0/24", devices.LwM2MEST)
+	dev := mintLwM2M(t, env, 1, "est", false)[0]
+	ctx := lwm2mCtx(t)
+	o := simulator.LwM2MOptions{Endpoint: "coaps://" + env.CoAPS(), PSK: true}
+	first, err := dev.BootstrapLwM2M(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Clock.Advance(11 * time.Minute)
+	if _, err := dev.BootstrapLwM2M(ctx, o); err == nil || !strings.Contains(err.Error(), "Forbidden") {
+		t.Fatalf("a second bootstrap without an operator: %v", err)
+	}
+	if err := env.Client.Do(ctx, http.MethodPost, "/api/v1/devices/"+dev.Bundle.Serial+"/rebootstrap", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	second, err := dev.BootstrapLwM2M(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := env.Server.Store().DeviceBySerial(ctx, dev.Bundle.Serial)
+	if first.Cert.Equal(second.Cert) || d.CertSerial != second.Cert.SerialNumber.Text(16) || d.Rebootstrap {
+		t.Fatalf("after the EST-mode re-bootstrap: %+v", d)
+	}
+	st, rc, err := env.Server.Store().CertStatus(ctx, first.Cert.SerialNumber.Text(16))
+	if err != nil || st != devices.CertRevoked || rc.Reason != "superseded" {
+		t.Fatalf("the first certificate: status %v %+v %v", st, rc, err)
+	}
+}

@@ -157,6 +157,21 @@ func FactoryPeer(w mux.ResponseWriter) ([]*x509.Certificate, bool) {
 // factoryPeer is a session authenticated by a factory certificate.
 type factoryPeer struct{ chain []*x509.Certificate }
 
+// rekeyKey marks a session whose EST-coaps enrollment may give its
+// provisioned device a new certificate (AllowRekey).
+type rekeyKey struct{}
+
+// AllowRekey marks the session: its device, provisioned, may enroll again
+// on it for a new certificate (an LwM2M bootstrap in EST mode that let the
+// device have a new identity, before its Finish).
+func AllowRekey(cc *udpclient.Conn) { cc.SetContextValue(rekeyKey{}, true) }
+
+// RekeyAllowed says whether the session of w was marked by AllowRekey.
+func RekeyAllowed(w mux.ResponseWriter) bool {
+	v, _ := w.Conn().Context().Value(rekeyKey{}).(bool)
+	return v
+}
+
 // pskPeer is a session authenticated by a bootstrap PSK.
 type pskPeer struct{ identity string }
 

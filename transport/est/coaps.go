@@ -104,7 +104,7 @@ func (c *CoAPS) sen(w mux.ResponseWriter, m *mux.Message) {
 		c.renew(w, m, id, serial, csr, accept)
 		return
 	}
-	req := enroll.Request{CSR: csr, Source: coap.Source(w), Transport: "estcoaps"}
+	req := enroll.Request{CSR: csr, Source: coap.Source(w), Transport: "estcoaps", Rekey: coap.RekeyAllowed(w)}
 	if chain, ok := coap.FactoryPeer(w); ok {
 		req.Factory = chain
 	} else if id, ok := coap.PSKPeer(w); ok && c.cfg.PSKSerial != nil {

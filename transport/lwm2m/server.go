@@ -244,8 +244,13 @@ func (s *BootstrapServer) bootstrap(ctx context.Context, cc *udpclient.Conn, g e
 		return err
 	}
 	plan.Commit = func(ctx context.Context) error {
-		_, err := s.cfg.Service.CommitLwM2M(ctx, g, src)
-		return err
+		if _, err := s.cfg.Service.CommitLwM2M(ctx, g, src); err != nil {
+			return err
+		}
+		if g.Profile.SecurityMode == devices.LwM2MEST && g.Rekey {
+			coap.AllowRekey(cc) // before Finish: the client's enrollment may follow its answer at once
+		}
+		return nil
 	}
 	return Bootstrap(ctx, cc, plan)
 }
