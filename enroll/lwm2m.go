@@ -55,12 +55,12 @@ type LwM2MGrant struct {
 	Auth    string // "lwm2m-psk", "factory-certificate" or "device-certificate" (audit)
 	// The credentials for the management server, by the profile's mode:
 	// certificate: the certificate (DER) and its key (PKCS#8 DER); psk: the
-	// PSK and its identity (the endpoint's serial); est: none.
-	Cert, Key   []byte
-	PSKIdentity string
-	PSK         []byte
-	ServerCA    []byte // DER of the CA the management server's certificate chains to
-	WiFi        WiFi   // the site's network, opened
+	// PSK (its identity is the device's endpoint name, the transport's to
+	// say); est: none.
+	Cert, Key []byte
+	PSK       []byte
+	ServerCA  []byte // DER of the CA the management server's certificate chains to
+	WiFi      WiFi   // the site's network, opened
 	// Rekey says the device is provisioned and this bootstrap gives it a new
 	// identity: in EST mode its EST-coaps enrollment on the session then
 	// sets Request.Rekey.
@@ -238,7 +238,7 @@ func (s *Service) PrepareLwM2M(ctx context.Context, req LwM2MRequest) (LwM2MGran
 		}
 		g.Cert, g.leaf = leaf.Raw, leaf
 	case devices.LwM2MPSK:
-		g.PSK, g.PSKIdentity = make([]byte, 32), d.Serial
+		g.PSK = make([]byte, 32)
 		if _, err := rand.Read(g.PSK); err != nil {
 			return LwM2MGrant{}, err
 		}

@@ -68,9 +68,6 @@ type Config struct {
 	// Observe hears each bootstrap's result and duration (metrics), as
 	// coap.Config.Observe hears enrollments; nil: nobody.
 	Observe func(transport, result string, d time.Duration)
-	// Done, when set, hears each bootstrap's end (tests, the simulator's
-	// counterpart); err nil: finished.
-	Done func(serial string, err error)
 }
 
 // BootstrapServer is the bootstrap-server half of LwM2M client-initiated bootstrap,
@@ -128,6 +125,7 @@ func (s *BootstrapServer) request(w mux.ResponseWriter, m *mux.Message) {
 			n, err := strconv.ParseUint(v, 10, 16)
 			f := message.MediaType(n)
 			if err != nil || (f != FormatTLV && f != FormatSenMLCBOR && f != FormatSenMLJSON) {
+				s.observe("invalid", start)
 				est.CoAPFail(w, codes.BadRequest, fmt.Sprintf("pct=%s: provisiond writes TLV (11542), SenML CBOR (112) or SenML JSON (110)", v), 0)
 				return
 			}
@@ -217,9 +215,6 @@ func (s *BootstrapServer) run(cc *udpclient.Conn, g enroll.LwM2MGrant, src netip
 	}
 	if err != nil || g.Profile.SecurityMode != devices.LwM2MEST {
 		_ = cc.Close()
-	}
-	if s.cfg.Done != nil {
-		s.cfg.Done(serial, err)
 	}
 }
 
