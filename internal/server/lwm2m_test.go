@@ -187,7 +187,7 @@ func TestLwM2MBootstrapRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err = run(ctx)
 		if err == nil || !strings.Contains(err.Error(), want) {
