@@ -30,6 +30,9 @@ deps:
 	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v zsh >/dev/null || missing="$$missing zsh"; \
+	[ -x /usr/sbin/dhclient ] || missing="$$missing isc-dhcp-client"; \
+	[ -x /usr/sbin/udhcpc ] || missing="$$missing udhcpc"; \
+	[ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
 	command -v fish >/dev/null || missing="$$missing fish"; \
 	[ -x /usr/sbin/nginx ] && [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing nginx libnginx-mod-stream"; \
 	if [ -n "$$missing" ]; then \
@@ -202,6 +205,7 @@ fuzz:
 	GO=$(GO) bash .ci/fuzz FuzzDecodeTLV $(FUZZTIME) ./transport/lwm2m/
 	GO=$(GO) bash .ci/fuzz FuzzDecodeSenML $(FUZZTIME) ./transport/lwm2m/
 	GO=$(GO) bash .ci/fuzz FuzzParseDiscover $(FUZZTIME) ./transport/lwm2m/
+	GO=$(GO) bash .ci/fuzz FuzzDHCPRespond $(FUZZTIME) ./transport/dhcp/
 
 clean:
 	rm -rf bin

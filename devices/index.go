@@ -35,6 +35,9 @@ const (
 	// so that a site's convergence is two key counts, not a decode of every
 	// device.
 	fieldConvergence byte = 'c'
+	// fieldMAC indexes devices by the MAC they reported (NormalizeMAC), for
+	// the DHCP server.
+	fieldMAC byte = 'a'
 )
 
 // Convergence states in the fieldConvergence index.
@@ -49,7 +52,7 @@ func convergenceValue(site, state string) string { return site + "\x00" + state 
 // builds the index once for stores written before it existed.
 var keyIndexVersion = []byte("index_version")
 
-const indexVersion = "2"
+const indexVersion = "3"
 
 func indexPrefix(field byte, value string) []byte {
 	k := make([]byte, 0, 3+len(value)+16)
@@ -72,10 +75,11 @@ func indexed(d *Device) [][2]string {
 			conv = convergenceValue(d.Site, convApplied)
 		}
 	}
+	mac, _ := NormalizeMAC(d.MAC)
 	for _, fv := range [...]struct {
 		f byte
 		v string
-	}{{fieldState, string(d.State)}, {fieldModel, d.Model}, {fieldFirmware, d.FirmwareVersion}, {fieldBatch, d.BatchID}, {fieldConvergence, conv}} {
+	}{{fieldState, string(d.State)}, {fieldModel, d.Model}, {fieldFirmware, d.FirmwareVersion}, {fieldBatch, d.BatchID}, {fieldConvergence, conv}, {fieldMAC, mac}} {
 		if fv.v != "" && len(fv.v) <= 0xFFFF {
 			out = append(out, [2]string{string(fv.f), fv.v})
 		}

@@ -52,6 +52,10 @@ type Device struct {
 	Key    crypto.Signer
 	roots  *x509.CertPool
 
+	// MAC is the device's network interface address, reported at
+	// enrollment (the DHCP server knows the device by it); "" reports none.
+	MAC string
+
 	// Set by a successful Enroll.
 	Enrollment *wire.EnrollResponse
 	Chain      []*x509.Certificate
@@ -228,7 +232,7 @@ func (d *Device) enrollRequest(f wire.Format) ([]byte, error) {
 		return nil, err
 	}
 	return wire.Marshal(f, wire.EnrollRequest{Serial: d.Bundle.Serial, ClaimToken: d.Bundle.ClaimToken,
-		CSR: csr, Model: d.Bundle.Model, FirmwareVersion: "sim-1.0.0"})
+		CSR: csr, Model: d.Bundle.Model, FirmwareVersion: "sim-1.0.0", MAC: d.MAC})
 }
 
 // Enroll runs the bootstrap: POST /enroll over DTLS, then checks the answer

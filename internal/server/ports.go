@@ -20,6 +20,7 @@ var (
 	_ enroll.TokenStore   = (*devices.Store)(nil)
 	_ enroll.RolloutStore = (*devices.Store)(nil)
 	_ enroll.CertReplacer = (*devices.Store)(nil)
+	_ enroll.DHCPStore    = (*devices.Store)(nil)
 	_ enroll.Signer       = (*pki.CA)(nil)
 	_ enroll.ServerSigner = (*pki.CA)(nil)
 	_ enroll.Images       = (*firmware.Catalogue)(nil)

@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -46,6 +47,7 @@ import (
 	"github.com/provisiond/provisiond/pki"
 	"github.com/provisiond/provisiond/pki/seal"
 	"github.com/provisiond/provisiond/transport/coap"
+	"github.com/provisiond/provisiond/transport/dhcp"
 	"github.com/provisiond/provisiond/transport/est"
 	"github.com/provisiond/provisiond/transport/httpapi"
 	"github.com/provisiond/provisiond/transport/lwm2m"
@@ -130,7 +132,17 @@ type Config struct {
 	// (LwM2M clients expect the bootstrap server on its own port); empty:
 	// the DTLS listener alone.
 	LwM2MAddr string
-	DebugAddr string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
+	// DHCP serves the inventory's leases (transport/dhcp): on the interface
+	// DHCPInterface (a site's LAN), and/or relayed requests on DHCPAddr
+	// (default :67 with an interface); DHCPServerIP is the server
+	// identifier (default: the interface's address). All empty: no DHCP.
+	DHCPInterface string
+	DHCPAddr      string
+	DHCPServerIP  string
+	// DHCPConn is a socket opened elsewhere to serve DHCP on (a test's
+	// network namespace); not a flag.
+	DHCPConn  net.PacketConn `json:"-"`
+	DebugAddr string         // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
 
 // openStore opens the inventory cfg names: the bbolt file in the data
@@ -282,6 +294,7 @@ type Server struct {
 	store     *devices.Store
 	ca        *pki.CA
 	coap      *coap.Server
+	dhcp      *dhcp.Server
 	lwm2mEP   lwm2m.Endpoint
 	broker    *mqtt.Broker // embedded broker, or nil
 	remote    *mqtt.Remote // external broker connection, or nil
@@ -581,12 +594,41 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			}
 		})
 	}
+	if cfg.DHCPInterface != "" || cfg.DHCPAddr != "" || cfg.DHCPConn != nil {
+		var sid netip.Addr
+		if cfg.DHCPServerIP != "" {
+			if sid, err = netip.ParseAddr(cfg.DHCPServerIP); err != nil {
+				return nil, fmt.Errorf("--dhcp-server-ip: %w", err)
+			}
+		}
+		if s.dhcp, err = dhcp.New(dhcp.Config{Service: svc, Interface: cfg.DHCPInterface, Addr: cfg.DHCPAddr, ServerIP: sid,
+			Conn: cfg.DHCPConn, Log: log.With("component", "dhcp"),
+			Observe: func(result string, d time.Duration) { s.metrics.ObserveEnroll("dhcp", result, d) }}); err != nil {
+			return nil, err
+		}
+		dhcpErr := make(chan error, 1)
+		go func() {
+			if err := s.dhcp.Serve(); err != nil {
+				dhcpErr <- fmt.Errorf("serve dhcp: %w", err)
+			}
+		}()
+		s.forwardErrors(dhcpErr)
+		log.Info("DHCP serving the inventory's leases", "addr", s.dhcp.Addr().String(), "interface", cfg.DHCPInterface)
+	}
 	if s.broker != nil {
 		s.forwardErrors(s.coap.Err(), s.broker.Err())
 	} else {
 		s.forwardErrors(s.coap.Err())
 	}
 	return s, nil
+}
+
+// DHCPAddr is the DHCP server's bound address, nil without one.
+func (s *Server) DHCPAddr() net.Addr {
+	if s.dhcp == nil {
+		return nil
+	}
+	return s.dhcp.Addr()
 }
 
 // factoryCheck is how the device listeners check a client certificate that
@@ -1086,6 +1128,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if s.coap != nil {
 			errs = append(errs, s.coap.Shutdown(ctx))
+		}
+		if s.dhcp != nil {
+			errs = append(errs, s.dhcp.Close())
 		}
 		if s.broker != nil {
 			errs = append(errs, s.broker.Shutdown(ctx))
