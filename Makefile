@@ -33,13 +33,15 @@ deps:
 	[ -x /usr/sbin/dhclient ] || missing="$$missing isc-dhcp-client"; \
 	[ -x /usr/sbin/udhcpc ] || missing="$$missing udhcpc"; \
 	[ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
+	[ -x /usr/sbin/freeradius ] || missing="$$missing freeradius"; \
+	command -v eapol_test >/dev/null || missing="$$missing eapoltest"; \
 	command -v fish >/dev/null || missing="$$missing fish"; \
 	[ -x /usr/sbin/nginx ] && [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing nginx libnginx-mod-stream"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
-		case "$$missing" in *nginx*) if command -v systemctl >/dev/null && systemctl is-active -q nginx 2>/dev/null; then \
-			$(SUDO) systemctl disable --now nginx; fi;; esac; \
+		for svc in nginx freeradius; do case "$$missing" in *$$svc*) if command -v systemctl >/dev/null && systemctl is-active -q $$svc 2>/dev/null; then \
+			$(SUDO) systemctl disable --now $$svc; fi;; esac; done; \
 	fi
 	$(GO) mod download
 	$(MAKE) etcd estclient

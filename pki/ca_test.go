@@ -13,10 +13,13 @@ import (
 	"math/big"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/internal/testtools"
 	"github.com/provisiond/provisiond/pki/profile"
 
 	"github.com/google/uuid"
@@ -242,5 +245,55 @@ func TestServerCertificateRenews(t *testing.T) {
 	}
 	if err := second.Leaf.VerifyHostname("localhost"); err != nil {
 		t.Error(err)
+	}
+}
+
+// An OCSP request with a nonce gets a response that echoes it and that
+// OpenSSL verifies against the CA (the signer in the response): what
+// FreeRADIUS's use_nonce needs (docs/radius). Without a nonce the answer is
+// x/crypto/ocsp's.
+func TestOCSPEchoesTheNonce(t *testing.T) {
+	openssl := testtools.Need(t, "openssl")
+	dir := t.TempDir()
+	ca := openCA(t, filepath.Join(dir, "ca"), "")
+	csr, _ := hostileCSR(t)
+	leaf, err := ca.IssueDevice(csr, profile.Device{ID: uuid.New(), Serial: "TH1-0001", Model: "TH1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, certs ...*x509.Certificate) string {
+		var b []byte
+		for _, c := range certs {
+			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+		}
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o644)
+		return p
+	}
+	leafPEM, interPEM, rootPEM := write("leaf.pem", leaf), write("inter.pem", ca.Intermediate()), write("root.pem", ca.Root())
+	for _, revoked := range []bool{false, true} {
+		req := filepath.Join(dir, "req.der")
+		if out, err := exec.Command(openssl, "ocsp", "-issuer", interPEM, "-cert", leafPEM, "-nonce", "-reqout", req).CombinedOutput(); err != nil {
+			t.Fatalf("openssl ocsp -reqout: %v\n%s", err, out)
+		}
+		der, _ := os.ReadFile(req)
+		resp, err := ca.OCSP(der, func(*big.Int) (pki.Status, error) {
+			return pki.Status{Known: true, Revoked: revoked, RevokedAt: time.Now().Add(-time.Minute)}, nil
+		}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		respPath := filepath.Join(dir, "resp.der")
+		os.WriteFile(respPath, resp, 0o644)
+		out, err := exec.Command(openssl, "ocsp", "-reqin", req, "-respin", respPath, "-CAfile", rootPEM, "-verify_other", interPEM,
+			"-resp_text").CombinedOutput()
+		want := "Cert Status: good"
+		if revoked {
+			want = "Cert Status: revoked"
+		}
+		if err != nil || !strings.Contains(string(out), "Response verify OK") || !strings.Contains(string(out), want) ||
+			!strings.Contains(string(out), "OCSP Nonce") || strings.Contains(string(out), "Nonce Verify error") {
+			t.Fatalf("openssl ocsp (revoked %v): %v\n%s", revoked, err, out)
+		}
 	}
 }

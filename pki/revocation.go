@@ -1,8 +1,13 @@
 package pki
 
 import (
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"math/big"
@@ -70,6 +75,9 @@ func (ca *CA) OCSP(der []byte, lookup func(serial *big.Int) (Status, error), now
 		return nil, err
 	}
 	tpl := ocsp.Response{
+		// The signer, in the response: OpenSSL (and so FreeRADIUS) looks
+		// for it there, not among the CAs it trusts.
+		Certificate:  ca.intermediate,
 		SerialNumber: req.SerialNumber,
 		ThisUpdate:   now.Add(-time.Minute),
 		NextUpdate:   now.Add(time.Hour),
@@ -81,5 +89,138 @@ func (ca *CA) OCSP(der []byte, lookup func(serial *big.Int) (Status, error), now
 	case st.Revoked:
 		tpl.Status, tpl.RevokedAt, tpl.RevocationReason = ocsp.Revoked, st.RevokedAt, ocsp.Unspecified
 	}
-	return ocsp.CreateResponse(ca.intermediate, ca.intermediate, tpl, ca.signer)
+	nonce, ok := requestNonce(der)
+	if !ok {
+		return ocsp.CreateResponse(ca.intermediate, ca.intermediate, tpl, ca.signer)
+	}
+	return ca.responseWithNonce(req, tpl, nonce, now)
+}
+
+// The OCSP response structures (RFC 6960 §4.2.1), with the
+// responseExtensions that x/crypto/ocsp cannot write: it puts its extra
+// extensions in the single response, where a nonce does not belong.
+type (
+	ocspCertID struct {
+		HashAlgorithm pkix.AlgorithmIdentifier
+		NameHash      []byte
+		IssuerKeyHash []byte
+		SerialNumber  *big.Int
+	}
+	ocspRevokedInfo struct {
+		RevocationTime time.Time       `asn1:"generalized"`
+		Reason         asn1.Enumerated `asn1:"explicit,tag:0,optional"`
+	}
+	ocspSingleResponse struct {
+		CertID     ocspCertID
+		Good       asn1.Flag       `asn1:"tag:0,optional"`
+		Revoked    ocspRevokedInfo `asn1:"tag:1,optional"`
+		Unknown    asn1.Flag       `asn1:"tag:2,optional"`
+		ThisUpdate time.Time       `asn1:"generalized"`
+		NextUpdate time.Time       `asn1:"generalized,explicit,tag:0,optional"`
+	}
+	ocspResponseData struct {
+		Version     int `asn1:"optional,default:0,explicit,tag:0"`
+		ResponderID asn1.RawValue
+		ProducedAt  time.Time `asn1:"generalized"`
+		Responses   []ocspSingleResponse
+		Extensions  []pkix.Extension `asn1:"explicit,tag:1,optional"`
+	}
+	ocspBasicResponse struct {
+		TBSResponseData    asn1.RawValue
+		SignatureAlgorithm pkix.AlgorithmIdentifier
+		Signature          asn1.BitString
+		Certificates       []asn1.RawValue `asn1:"explicit,tag:0,optional"`
+	}
+	ocspResponseBytes struct {
+		ResponseType asn1.ObjectIdentifier
+		Response     []byte
+	}
+	ocspResponse struct {
+		Status   asn1.Enumerated
+		Response ocspResponseBytes `asn1:"explicit,tag:0"`
+	}
+)
+
+var (
+	oidOCSPBasic   = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 1}
+	oidECDSASHA256 = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
+	oidHashSHA1    = asn1.ObjectIdentifier{1, 3, 14, 3, 2, 26}
+	oidHashSHA256  = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 1}
+	oidHashSHA384  = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 2}
+	oidHashSHA512  = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 3}
+)
+
+// responseWithNonce signs a response to req that echoes the request's nonce
+// in its responseExtensions and names the certificate with the request's
+// own CertID (its hash algorithm), signed by the intermediate (ECDSA P-256
+// with SHA-256, the CA's key type).
+func (ca *CA) responseWithNonce(req *ocsp.Request, tpl ocsp.Response, nonce []byte, now time.Time) ([]byte, error) {
+	hashOID := map[crypto.Hash]asn1.ObjectIdentifier{crypto.SHA1: oidHashSHA1, crypto.SHA256: oidHashSHA256,
+		crypto.SHA384: oidHashSHA384, crypto.SHA512: oidHashSHA512}[req.HashAlgorithm]
+	if _, ok := ca.signer.Public().(*ecdsa.PublicKey); !ok || hashOID == nil {
+		return ocsp.CreateResponse(ca.intermediate, ca.intermediate, tpl, ca.signer)
+	}
+	single := ocspSingleResponse{
+		CertID: ocspCertID{HashAlgorithm: pkix.AlgorithmIdentifier{Algorithm: hashOID, Parameters: asn1.RawValue{Tag: asn1.TagNull}},
+			NameHash: req.IssuerNameHash, IssuerKeyHash: req.IssuerKeyHash, SerialNumber: req.SerialNumber},
+		ThisUpdate: tpl.ThisUpdate.UTC(), NextUpdate: tpl.NextUpdate.UTC(),
+	}
+	switch tpl.Status {
+	case ocsp.Good:
+		single.Good = true
+	case ocsp.Unknown:
+		single.Unknown = true
+	case ocsp.Revoked:
+		single.Revoked = ocspRevokedInfo{RevocationTime: tpl.RevokedAt.UTC(), Reason: asn1.Enumerated(tpl.RevocationReason)}
+	}
+	tbs, err := asn1.Marshal(ocspResponseData{
+		ResponderID: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 1, IsCompound: true, Bytes: ca.intermediate.RawSubject},
+		ProducedAt:  now.UTC().Truncate(time.Second),
+		Responses:   []ocspSingleResponse{single},
+		Extensions:  []pkix.Extension{{Id: oidOCSPNonce, Value: nonce}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	digest := sha256.Sum256(tbs)
+	sig, err := ca.signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("sign OCSP response: %w", err)
+	}
+	basic, err := asn1.Marshal(ocspBasicResponse{TBSResponseData: asn1.RawValue{FullBytes: tbs},
+		SignatureAlgorithm: pkix.AlgorithmIdentifier{Algorithm: oidECDSASHA256},
+		Signature:          asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)},
+		Certificates:       []asn1.RawValue{{FullBytes: ca.intermediate.Raw}}})
+	if err != nil {
+		return nil, err
+	}
+	return asn1.Marshal(ocspResponse{Status: 0, Response: ocspResponseBytes{ResponseType: oidOCSPBasic, Response: basic}})
+}
+
+// oidOCSPNonce is id-pkix-ocsp-nonce (RFC 8954).
+var oidOCSPNonce = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 2}
+
+// requestNonce is the nonce extension's value of an OCSP request, which the
+// response must echo (RFC 8954 §2.1): clients that send one (OpenSSL,
+// FreeRADIUS with use_nonce) refuse a response without it. Parsed here
+// because x/crypto/ocsp drops request extensions; at most 128 bytes.
+func requestNonce(der []byte) ([]byte, bool) {
+	var req struct {
+		TBS struct {
+			Version   int           `asn1:"explicit,tag:0,default:0,optional"`
+			Requestor asn1.RawValue `asn1:"explicit,tag:1,optional"`
+			List      []asn1.RawValue
+			Ext       []pkix.Extension `asn1:"explicit,tag:2,optional"`
+		}
+		Sig asn1.RawValue `asn1:"explicit,tag:0,optional"`
+	}
+	if _, err := asn1.Unmarshal(der, &req); err != nil {
+		return nil, false
+	}
+	for _, e := range req.TBS.Ext {
+		if e.Id.Equal(oidOCSPNonce) && len(e.Value) > 0 && len(e.Value) <= 128 {
+			return e.Value, true
+		}
+	}
+	return nil, false
 }

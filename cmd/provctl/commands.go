@@ -445,6 +445,7 @@ func (e *env) serverCert(args []string, stderr io.Writer) error {
 	ips := fs.String("ip", "", "comma-separated IP addresses")
 	lifetime := fs.String("lifetime", "8760h", "validity")
 	out := fs.String("out", "", "directory for server.pem (chain), server.key (0600) and ca.pem (required)")
+	radius := fs.Bool("radius", false, "for a RADIUS server doing EAP-TLS with device certificates: also client-ca.pem (the CAs device certificates chain to) and empty/ (docs/radius)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -465,19 +466,14 @@ func (e *env) serverCert(args []string, stderr io.Writer) error {
 		httpapi.ServerCertRequest{Names: split(*names), IPs: split(*ips), Lifetime: *lifetime}, &res); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(*out, 0o700); err != nil {
+	if err := res.WriteFiles(*out, *radius); err != nil {
 		return err
 	}
-	for _, f := range []struct {
-		name string
-		data string
-		mode os.FileMode
-	}{{"server.key", res.Key, 0o600}, {"server.pem", res.Certificate, 0o644}, {"ca.pem", res.CA, 0o644}} {
-		if err := os.WriteFile(filepath.Join(*out, f.name), []byte(f.data), f.mode); err != nil {
-			return err
-		}
-	}
 	return e.print(map[string]string{"dir": *out}, func(w io.Writer) {
+		if *radius {
+			fmt.Fprintf(w, "server.pem, server.key, ca.pem, client-ca.pem and empty/ written to %s\n", *out)
+			return
+		}
 		fmt.Fprintf(w, "server.pem, server.key and ca.pem written to %s\n", *out)
 	})
 }

@@ -76,6 +76,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.Fleet.JobChunk, "job-chunk", cfg.Fleet.JobChunk, "devices per transaction of a bulk job (revocation, reconfiguration, retarget); 0: as many as the store takes in one")
 	fs.StringVar(&cfg.LwM2MEndpoint, "lwm2m-endpoint", cfg.LwM2MEndpoint, "LwM2M endpoint names (and bootstrap PSK identities) of devices: a pattern with {serial}, e.g. urn:dev:ops:acme-{serial}; default the serial")
 	fs.StringVar(&cfg.LwM2MAddr, "lwm2m-addr", cfg.LwM2MAddr, "a second DTLS listen address serving the same resources, for LwM2M clients that expect the bootstrap server on a port of its own (e.g. :5784); empty: the CoAPS listener alone")
+	fs.StringVar(&cfg.OCSPAddr, "ocsp-addr", cfg.OCSPAddr, "also serve OCSP (POST /ocsp, GET /ocsp/...) and the CRL (GET /crl) over plain HTTP here, for RADIUS servers (docs/network.md); answers are signed")
 	fs.StringVar(&cfg.DHCPInterface, "dhcp-interface", cfg.DHCPInterface, "serve the inventory's leases over DHCPv4 on this interface (a site's LAN); empty: no DHCP unless --dhcp-addr")
 	fs.StringVar(&cfg.DHCPAddr, "dhcp-addr", cfg.DHCPAddr, "DHCPv4 listen address for relayed requests (giaddr selects the site), e.g. 10.0.0.5:67; default :67 with --dhcp-interface")
 	fs.StringVar(&cfg.DHCPServerIP, "dhcp-server-ip", cfg.DHCPServerIP, "the DHCP server identifier (an IPv4 address of this host the clients or relays reach); default: --dhcp-interface's address")

@@ -108,7 +108,7 @@ func TestEverySettingIsLive(t *testing.T) {
 		"server-names": "x.example", "ca-passphrase": "0123456789abcdef", "cert-lifetime": "48h", "cert-template": "/t.tpl",
 		"max-handshakes": "7", "store-batch-wait": "5ms", "handshake-wait": "2s", "handshake-timeout": "3s", "idle-timeout": "90s", "job-chunk": "3", "debug-addr": "127.0.0.1:6060",
 		"lwm2m-endpoint": "urn:dev:ops:{serial}", "lwm2m-timeout": "45s", "lwm2m-addr": "127.0.0.1:0",
-		"dhcp-interface": "eth9", "dhcp-addr": "127.0.0.1:67", "dhcp-server-ip": "192.0.2.9",
+		"ocsp-addr": "127.0.0.1:8080", "dhcp-interface": "eth9", "dhcp-addr": "127.0.0.1:67", "dhcp-server-ip": "192.0.2.9",
 		"retry-window": "1m", "not-claimed-retry": "1m", "pool-retry": "1m", "max-failures": "2", "failure-window": "1m",
 		"throttle-base": "1s", "throttle-max": "2h", "max-csr-bytes": "4096", "max-field-bytes": "32", "max-inflight": "9",
 		"overload-retry": "1s", "store": "etcds://e1:2379,e2:2379", "etcd-ca": "/e/ca.pem", "etcd-cert": "/e/c.pem",

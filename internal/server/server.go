@@ -141,8 +141,13 @@ type Config struct {
 	DHCPServerIP  string
 	// DHCPConn is a socket opened elsewhere to serve DHCP on (a test's
 	// network namespace); not a flag.
-	DHCPConn  net.PacketConn `json:"-"`
-	DebugAddr string         // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
+	DHCPConn net.PacketConn `json:"-"`
+	// OCSPAddr serves OCSP (POST /ocsp, GET /ocsp/...) and the CRL (GET
+	// /crl) over plain HTTP, for clients that do not speak HTTPS to an OCSP
+	// responder (FreeRADIUS); their answers are signed. Empty: only on the
+	// HTTPS listener.
+	OCSPAddr  string
+	DebugAddr string // net/http/pprof listener (plain HTTP: keep it on loopback); empty disables
 }
 
 // openStore opens the inventory cfg names: the bbolt file in the data
@@ -295,6 +300,8 @@ type Server struct {
 	ca        *pki.CA
 	coap      *coap.Server
 	dhcp      *dhcp.Server
+	ocsp      *http.Server // plain-HTTP OCSP and CRL (Config.OCSPAddr)
+	ocspLn    net.Listener
 	lwm2mEP   lwm2m.Endpoint
 	broker    *mqtt.Broker // embedded broker, or nil
 	remote    *mqtt.Remote // external broker connection, or nil
@@ -557,6 +564,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			return nil, err
 		}
 	}
+	if cfg.OCSPAddr != "" {
+		if err := s.startOCSP(cfg.OCSPAddr, api, log); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.writeServerInfo(); err != nil {
 		return nil, err
 	}
@@ -621,6 +633,43 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		s.forwardErrors(s.coap.Err())
 	}
 	return s, nil
+}
+
+// startOCSP serves the API's OCSP and CRL routes, and nothing else, over
+// plain HTTP on addr.
+func (s *Server) startOCSP(addr string, api http.Handler, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen ocsp %s: %w", addr, err)
+	}
+	only := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/ocsp", r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/ocsp/"):
+		case r.Method == http.MethodGet && (r.URL.Path == "/crl" || r.URL.Path == "/api/v1/crl"):
+			r.URL.Path = "/api/v1/crl"
+		default:
+			http.Error(w, "this listener serves POST /ocsp, GET /ocsp/{request} and GET /crl only", http.StatusNotFound)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
+	s.ocsp, s.ocspLn = &http.Server{Handler: only, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}, ln
+	go func() {
+		if err := s.ocsp.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errs <- fmt.Errorf("serve ocsp: %w", err)
+		}
+	}()
+	log.Info("OCSP and CRL over plain HTTP", "addr", ln.Addr().String())
+	return nil
+}
+
+// OCSPAddr is the plain-HTTP OCSP listener's address, nil without one.
+func (s *Server) OCSPAddr() net.Addr {
+	if s.ocspLn == nil {
+		return nil
+	}
+	return s.ocspLn.Addr()
 }
 
 // DHCPAddr is the DHCP server's bound address, nil without one.
@@ -1140,6 +1189,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if s.debug != nil {
 			errs = append(errs, s.debug.Close())
+		}
+		if s.ocsp != nil {
+			errs = append(errs, s.ocsp.Close())
 		}
 		s.bg.Wait() // the CRL loop may be writing; it ends on s.stop
 		if s.fwSrc != nil {

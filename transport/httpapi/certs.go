@@ -1,9 +1,13 @@
 package httpapi
 
 import (
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/provisiond/provisiond/enroll"
@@ -66,4 +70,49 @@ func (a *API) issueServerCert(w http.ResponseWriter, r *http.Request, actor enro
 	}
 	a.log.Info("server certificate issued", "names", req.Names, "ips", req.IPs, "actor", actor.Name)
 	writeJSON(w, http.StatusCreated, ServerCertResponse{Certificate: string(chain), Key: string(key), CA: a.info().RootCA})
+}
+
+// WriteFiles writes an issued server certificate into dir (created 0700):
+// server.pem (the certificate and provisiond's intermediate), server.key
+// (0600) and ca.pem (the root). For a RADIUS server (radius) also
+// client-ca.pem, the CAs a device certificate chains to (the intermediate,
+// then the root), and an empty directory empty/, so that FreeRADIUS's
+// EAP-TLS trusts those and nothing else (docs/radius).
+func (r ServerCertResponse) WriteFiles(dir string, radius bool) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	files := []struct {
+		name, data string
+		mode       os.FileMode
+	}{{"server.key", r.Key, 0o600}, {"server.pem", r.Certificate, 0o644}, {"ca.pem", r.CA, 0o644}}
+	if radius {
+		rest := []byte(r.Certificate)
+		var chain []byte
+		for first := true; ; first = false {
+			var b *pem.Block
+			if b, rest = pem.Decode(rest); b == nil {
+				break
+			}
+			if !first {
+				chain = append(chain, pem.EncodeToMemory(b)...)
+			}
+		}
+		if len(chain) == 0 {
+			return errors.New("server certificate: the answer carries no intermediate")
+		}
+		files = append(files, struct {
+			name, data string
+			mode       os.FileMode
+		}{"client-ca.pem", string(chain) + r.CA, 0o644})
+		if err := os.MkdirAll(filepath.Join(dir, "empty"), 0o755); err != nil {
+			return err
+		}
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.name), []byte(f.data), f.mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }

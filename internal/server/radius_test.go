@@ -1,0 +1,201 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/provisiond/provisiond/internal/server"
+	"github.com/provisiond/provisiond/internal/servertest"
+	"github.com/provisiond/provisiond/internal/testtools"
+	"github.com/provisiond/provisiond/pki/mfr"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/httpapi"
+)
+
+// syncBuffer is a bytes.Buffer that a process writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+const radiusSecret = "test-shared-secret-0123"
+
+// startFreeRADIUS runs Debian's FreeRADIUS in the foreground on a copy of
+// its configuration with docs/radius installed as docs/network.md says:
+// the eap_provisiond module, the provisiond virtual server (listening on
+// loopback at port, the access points being 127.0.0.1) and the files of a
+// RADIUS server certificate from provisiond's CA. It returns when the
+// server is ready.
+func startFreeRADIUS(t *testing.T, env *servertest.Env, port int) {
+	t.Helper()
+	bin := testtools.Need(t, "freeradius")
+	dir := filepath.Join(t.TempDir(), "raddb")
+	if out, err := exec.Command("cp", "-a", "/etc/freeradius/3.0", dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy the FreeRADIUS configuration: %v\n%s", err, out)
+	}
+	// Only our virtual server and module: Debian's default ones listen on
+	// the standard ports and need certificates of their own.
+	links, _ := filepath.Glob(filepath.Join(dir, "sites-enabled", "*"))
+	for _, l := range append(links, filepath.Join(dir, "mods-enabled", "eap")) {
+		os.Remove(l)
+	}
+	ocsp := env.Server.OCSPAddr().String()
+	install := func(rel string, replace ...string) {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "docs", "radius", rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.NewReplacer(replace...).Replace(string(raw))
+		if err := os.WriteFile(filepath.Join(dir, rel), []byte(text), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		enabled := filepath.Join(dir, strings.Replace(filepath.Dir(rel), "-available", "-enabled", 1), filepath.Base(rel))
+		if err := os.Symlink(filepath.Join("..", rel), enabled); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install("mods-available/eap_provisiond", "provisiond.example.net:8080", ocsp)
+	install("sites-available/provisiond", "port = 1812", fmt.Sprintf("port = %d", port), "ipaddr = *", "ipaddr = 127.0.0.1",
+		"ipaddr = 10.0.0.0/8", "ipaddr = 127.0.0.1/32", "CHANGE-ME-shared-secret", radiusSecret)
+	var cert httpapi.ServerCertResponse
+	if err := env.Client.Do(context.Background(), http.MethodPost, "/api/v1/server-certificates",
+		httpapi.ServerCertRequest{Names: []string{"radius.example.net"}, Lifetime: "24h"}, &cert); err != nil {
+		t.Fatal(err)
+	}
+	if err := cert.WriteFiles(filepath.Join(dir, "provisiond"), true); err != nil { // as provctl cert server --radius
+		t.Fatal(err)
+	}
+	// The test runs as root: FreeRADIUS need not drop to freerad, whose
+	// group could not read the test's temporary directory.
+	conf := filepath.Join(dir, "radiusd.conf")
+	raw, _ := os.ReadFile(conf)
+	raw = bytes.ReplaceAll(raw, []byte("\tuser = freerad"), []byte("\t# user = freerad"))
+	raw = bytes.ReplaceAll(raw, []byte("\tgroup = freerad"), []byte("\t# group = freerad"))
+	os.WriteFile(conf, raw, 0o640)
+
+	out := &syncBuffer{}
+	cmd := exec.Command(bin, "-X", "-f", "-d", dir, "-n", "radiusd")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("freeradius:\n%s", out.String())
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "Ready to process requests"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) || cmd.ProcessState != nil {
+			t.Fatalf("freeradius did not start:\n%s", out.String())
+		}
+	}
+}
+
+// eapTLS runs eapol_test's EAP-TLS against the RADIUS server with a
+// device's certificate chain and key, and reports whether it was accepted.
+func eapTLS(t *testing.T, env *servertest.Env, port int, identity string, chain []*x509.Certificate, keyPEM []byte) (bool, string) {
+	t.Helper()
+	bin := testtools.Need(t, "eapol_test")
+	dir := t.TempDir()
+	var certs bytes.Buffer
+	for _, c := range chain {
+		pem.Encode(&certs, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	os.WriteFile(filepath.Join(dir, "device.pem"), certs.Bytes(), 0o600)
+	os.WriteFile(filepath.Join(dir, "device.key"), keyPEM, 0o600)
+	os.WriteFile(filepath.Join(dir, "root.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: env.Server.CA().Root().Raw}), 0o644)
+	conf := fmt.Sprintf(`network={
+	key_mgmt=WPA-EAP
+	eap=TLS
+	identity="%s"
+	ca_cert="%s/root.pem"
+	client_cert="%s/device.pem"
+	private_key="%s/device.key"
+	eapol_flags=0
+}
+`, identity, dir, dir, dir)
+	os.WriteFile(filepath.Join(dir, "eapol.conf"), []byte(conf), 0o600)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "-c", filepath.Join(dir, "eapol.conf"), "-a", "127.0.0.1",
+		"-p", fmt.Sprint(port), "-s", radiusSecret, "-t", "10", "-r", "0").CombinedOutput()
+	return err == nil && strings.Contains(string(out), "SUCCESS"), string(out)
+}
+
+// A device certificate from provisiond opens the Wi-Fi: eapol_test's
+// EAP-TLS against Debian's FreeRADIUS configured with docs/radius is
+// accepted; after provctl revoke it is refused at the next authentication
+// (OCSP to provisiond); a certificate from another CA is refused.
+func TestEAPTLSWithFreeRADIUS(t *testing.T) {
+	env := servertest.Start(t, func(c *server.Config) { c.OCSPAddr = "127.0.0.1:0" })
+	env.Site("wifi", "10.44.0.0/24")
+	port := freeUDPPort(t)
+	startFreeRADIUS(t, env, port)
+	b := env.Mint(1, "wifi")[0]
+	dev, err := simulator.NewDevice(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.Enroll(context.Background(), simulator.EnrollOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(dev.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	if ok, out := eapTLS(t, env, port, b.Serial, dev.Chain, keyPEM); !ok {
+		t.Fatalf("a provisioned device's EAP-TLS was refused:\n%s", out)
+	}
+	// Another CA's certificate: refused.
+	other, err := mfr.New("Not provisiond")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := other.Issue(b.Serial, mfr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, out := eapTLS(t, env, port, b.Serial, []*x509.Certificate{id.Cert}, mfr.KeyPEM(id.Key)); ok {
+		t.Fatalf("a certificate of another CA was accepted:\n%s", out)
+	}
+	// Revoked: refused at the next authentication.
+	if err := env.Client.Do(context.Background(), http.MethodPost, "/api/v1/revocations",
+		httpapi.RevokeRequest{Devices: []string{b.Serial}, Reason: "stolen"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ok, out := eapTLS(t, env, port, b.Serial, dev.Chain, keyPEM); ok {
+		t.Fatalf("a revoked device's EAP-TLS was accepted:\n%s", out)
+	}
+}
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
