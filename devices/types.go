@@ -92,7 +92,25 @@ type Security string
 const (
 	SecurityWPA2PSK Security = "wpa2-psk"
 	SecurityWPA3SAE Security = "wpa3-sae"
+	// The enterprise modes: 802.1X with EAP-TLS and the device's
+	// certificate from provisiond's CA; no passphrase (docs/network.md).
+	SecurityWPA2Enterprise Security = "wpa2-enterprise"
+	SecurityWPA3Enterprise Security = "wpa3-enterprise"
 )
+
+// Valid says whether s is a supported mode.
+func (s Security) Valid() bool {
+	switch s {
+	case SecurityWPA2PSK, SecurityWPA3SAE, SecurityWPA2Enterprise, SecurityWPA3Enterprise:
+		return true
+	}
+	return false
+}
+
+// Enterprise says whether devices authenticate with EAP-TLS (no passphrase).
+func (s Security) Enterprise() bool { return s == SecurityWPA2Enterprise || s == SecurityWPA3Enterprise }
+
+const securityModes = `"wpa2-psk", "wpa3-sae", "wpa2-enterprise" or "wpa3-enterprise"`
 
 // Site is a place devices are installed: its Wi-Fi and network profile and its
 // IPv4 address pool.
@@ -107,6 +125,10 @@ type Site struct {
 	NTP        []string      `json:"ntp,omitempty"`
 	LeaseTTL   time.Duration `json:"lease_ttl"`
 	Reenroll   Reenroll      `json:"reenroll,omitempty"` // default keep-identity
+	// RADIUSServerName is the name in the RADIUS server's certificate that
+	// devices of an enterprise site check (EAP-TLS server name); empty:
+	// they check only that provisiond's CA issued it.
+	RADIUSServerName string `json:"radius_server_name,omitempty"`
 	// LwM2M is what the site's devices are told at an LwM2M bootstrap; nil:
 	// the site serves none.
 	LwM2M     *LwM2MProfile `json:"lwm2m,omitempty"`
@@ -130,8 +152,10 @@ func (o *ConfigOverride) Validate() error {
 	switch {
 	case len(o.SSID) > 32:
 		return fmt.Errorf("%w: override.ssid: at most 32 bytes", ErrInvalid)
-	case o.Security != "" && o.Security != SecurityWPA2PSK && o.Security != SecurityWPA3SAE:
-		return fmt.Errorf("%w: override.security: %q or %q", ErrInvalid, SecurityWPA2PSK, SecurityWPA3SAE)
+	case o.Security != "" && !o.Security.Valid():
+		return fmt.Errorf("%w: override.security: %s", ErrInvalid, securityModes)
+	case o.Security.Enterprise() && o.Passphrase != "":
+		return fmt.Errorf("%w: override.passphrase: an enterprise mode has none (devices use their certificate)", ErrInvalid)
 	case o.Passphrase != "" && (len(o.Passphrase) < 8 || len(o.Passphrase) > 63):
 		return fmt.Errorf("%w: override.passphrase: 8-63 characters", ErrInvalid)
 	}
@@ -241,9 +265,13 @@ func (s *Site) Validate() error {
 		return fmt.Errorf("%w: name: must be 1-64 of [A-Za-z0-9._-], starting alphanumeric", ErrInvalid)
 	case s.SSID == "" || len(s.SSID) > 32:
 		return fmt.Errorf("%w: ssid: must be 1-32 bytes", ErrInvalid)
-	case s.Security != SecurityWPA2PSK && s.Security != SecurityWPA3SAE:
-		return fmt.Errorf("%w: security: must be %q or %q", ErrInvalid, SecurityWPA2PSK, SecurityWPA3SAE)
-	case !strings.HasPrefix(s.Passphrase, seal.Prefix) && (len(s.Passphrase) < 8 || len(s.Passphrase) > 63):
+	case !s.Security.Valid():
+		return fmt.Errorf("%w: security: must be %s", ErrInvalid, securityModes)
+	case s.Security.Enterprise() && s.Passphrase != "":
+		return fmt.Errorf("%w: passphrase: an enterprise site has none: devices authenticate with their certificate (EAP-TLS)", ErrInvalid)
+	case len(s.RADIUSServerName) > 253:
+		return fmt.Errorf("%w: radius_server_name: at most 253 bytes", ErrInvalid)
+	case !s.Security.Enterprise() && !strings.HasPrefix(s.Passphrase, seal.Prefix) && (len(s.Passphrase) < 8 || len(s.Passphrase) > 63):
 		// A sealed passphrase was checked in clear before it was sealed.
 		return fmt.Errorf("%w: passphrase: must be 8-63 characters", ErrInvalid)
 	case !s.CIDR.IsValid() || !s.CIDR.Addr().Is4():

@@ -271,7 +271,17 @@ type DeviceConfig struct {
 type WiFi struct {
 	SSID       string
 	Security   string
-	Passphrase string
+	Passphrase string // PSK and SAE modes
+	EAP        *EAP   // enterprise modes
+}
+
+// EAP is how a device of an enterprise site joins: EAP-TLS with its
+// certificate from provisiond's CA.
+type EAP struct {
+	Method     string            // "tls"
+	Identity   string            // the outer identity: the device's UUID
+	ServerName string            // the RADIUS server certificate's name to check; "" none
+	CA         *x509.Certificate // the CA the RADIUS server's certificate chains to: provisiond's root
 }
 
 // Network is the device's static addressing.
@@ -571,6 +581,9 @@ func (s *Service) render(ctx context.Context, site devices.Site, d devices.Devic
 		d.Override = &o
 	}
 	cfg := Render(site, d)
+	if cfg.WiFi.EAP != nil {
+		cfg.WiFi.EAP.CA = s.signer.Root()
+	}
 	if s.firmware != nil {
 		if cfg.Firmware, err = s.firmware.Target(ctx, d); err != nil {
 			return DeviceConfig{}, fmt.Errorf("firmware target of %s: %w", d.Serial, err)
@@ -607,6 +620,10 @@ func Render(site devices.Site, d devices.Device) DeviceConfig {
 		if o.NTP != nil {
 			c.Network.NTP = o.NTP
 		}
+	}
+	if devices.Security(c.WiFi.Security).Enterprise() {
+		c.WiFi.Passphrase = ""
+		c.WiFi.EAP = &EAP{Method: "tls", Identity: d.ID.String(), ServerName: site.RADIUSServerName}
 	}
 	return c
 }

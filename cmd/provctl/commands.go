@@ -29,7 +29,9 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	set := map[string]*string{}
 	for _, f := range []struct{ name, usage string }{
-		{"ssid", "Wi-Fi SSID"}, {"security", "wpa2-psk or wpa3-sae"}, {"passphrase", "Wi-Fi passphrase (8-63 characters)"},
+		{"ssid", "Wi-Fi SSID"}, {"security", "wpa2-psk, wpa3-sae, wpa2-enterprise or wpa3-enterprise (EAP-TLS with the device certificate)"},
+		{"passphrase", "Wi-Fi passphrase (8-63 characters; none for the enterprise modes)"},
+		{"radius-server-name", "enterprise modes: the name devices check in the RADIUS server's certificate"},
 		{"cidr", "IPv4 address pool, e.g. 10.20.0.0/24"}, {"gateway", "default gateway (default: first host)"},
 		{"dns", "comma-separated DNS servers"}, {"ntp", "comma-separated NTP servers"}, {"lease", "lease time, e.g. 24h"},
 		{"reenroll", "keep-identity (default) or new-identity: a re-opened device keeps or changes its UUID"},
@@ -69,6 +71,7 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 	}
 	req.SSID, req.Security, req.Passphrase, req.CIDR = str("ssid"), str("security"), str("passphrase"), str("cidr")
 	req.Gateway, req.Lease, req.DNS, req.NTP, req.Reenroll = str("gateway"), str("lease"), list("dns"), list("ntp"), str("reenroll")
+	req.RADIUSServerName = str("radius-server-name")
 	if req.LwM2M, err = lwm2mProfile(given, set); err != nil {
 		return err
 	}
@@ -86,6 +89,9 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 			return err
 		}
 		for _, f := range []string{"ssid", "security", "passphrase", "cidr"} {
+			if f == "passphrase" && devices.Security(*set["security"]).Enterprise() {
+				continue
+			}
 			if !given[f] {
 				return fmt.Errorf("site create: --%s is required", f)
 			}

@@ -112,9 +112,10 @@ func startFreeRADIUS(t *testing.T, env *servertest.Env, port int) {
 	}
 }
 
-// eapTLS runs eapol_test's EAP-TLS against the RADIUS server with a
-// device's certificate chain and key, and reports whether it was accepted.
-func eapTLS(t *testing.T, env *servertest.Env, port int, identity string, chain []*x509.Certificate, keyPEM []byte) (bool, string) {
+// eapTLS runs eapol_test's EAP-TLS against the RADIUS server with an
+// identity, a certificate chain and key, checking the server's certificate
+// against ca (and serverName when set), and reports whether it was accepted.
+func eapTLS(t *testing.T, port int, identity, serverName string, ca *x509.Certificate, chain []*x509.Certificate, keyPEM []byte) (bool, string) {
 	t.Helper()
 	bin := testtools.Need(t, "eapol_test")
 	dir := t.TempDir()
@@ -124,7 +125,11 @@ func eapTLS(t *testing.T, env *servertest.Env, port int, identity string, chain 
 	}
 	os.WriteFile(filepath.Join(dir, "device.pem"), certs.Bytes(), 0o600)
 	os.WriteFile(filepath.Join(dir, "device.key"), keyPEM, 0o600)
-	os.WriteFile(filepath.Join(dir, "root.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: env.Server.CA().Root().Raw}), 0o644)
+	os.WriteFile(filepath.Join(dir, "root.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o644)
+	match := ""
+	if serverName != "" {
+		match = fmt.Sprintf("\tdomain_match=\"%s\"\n", serverName)
+	}
 	conf := fmt.Sprintf(`network={
 	key_mgmt=WPA-EAP
 	eap=TLS
@@ -132,9 +137,9 @@ func eapTLS(t *testing.T, env *servertest.Env, port int, identity string, chain 
 	ca_cert="%s/root.pem"
 	client_cert="%s/device.pem"
 	private_key="%s/device.key"
-	eapol_flags=0
+%s	eapol_flags=0
 }
-`, identity, dir, dir, dir)
+`, identity, dir, dir, dir, match)
 	os.WriteFile(filepath.Join(dir, "eapol.conf"), []byte(conf), 0o600)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -143,13 +148,20 @@ func eapTLS(t *testing.T, env *servertest.Env, port int, identity string, chain 
 	return err == nil && strings.Contains(string(out), "SUCCESS"), string(out)
 }
 
-// A device certificate from provisiond opens the Wi-Fi: eapol_test's
-// EAP-TLS against Debian's FreeRADIUS configured with docs/radius is
-// accepted; after provctl revoke it is refused at the next authentication
-// (OCSP to provisiond); a certificate from another CA is refused.
+// A device certificate from provisiond opens the Wi-Fi of an enterprise
+// site: the device's config says EAP-TLS (its identity, the RADIUS
+// server's CA and name, no passphrase) and the simulator joins with what it
+// says; eapol_test's EAP-TLS against Debian's FreeRADIUS configured with
+// docs/radius is accepted; after provctl revoke it is refused at the next
+// authentication (OCSP to provisiond); a certificate from another CA is
+// refused.
 func TestEAPTLSWithFreeRADIUS(t *testing.T) {
 	env := servertest.Start(t, func(c *server.Config) { c.OCSPAddr = "127.0.0.1:0" })
-	env.Site("wifi", "10.44.0.0/24")
+	str := func(s string) *string { return &s }
+	if err := env.Client.Do(context.Background(), http.MethodPost, "/api/v1/sites", httpapi.SiteRequest{Name: str("wifi"),
+		SSID: str("Plant"), Security: str("wpa2-enterprise"), CIDR: str("10.44.0.0/24"), RADIUSServerName: str("radius.example.net")}, nil); err != nil {
+		t.Fatal(err)
+	}
 	port := freeUDPPort(t)
 	startFreeRADIUS(t, env, port)
 	b := env.Mint(1, "wifi")[0]
@@ -157,16 +169,29 @@ func TestEAPTLSWithFreeRADIUS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dev.Enroll(context.Background(), simulator.EnrollOptions{}); err != nil {
+	res, err := dev.Enroll(context.Background(), simulator.EnrollOptions{})
+	if err != nil {
 		t.Fatal(err)
+	}
+	join, err := dev.WiFiJoin(res.WiFi)
+	if err != nil {
+		t.Fatalf("the device cannot join with its config %+v: %v", res.WiFi, err)
+	}
+	if join.Passphrase != "" || join.EAPIdentity != res.DeviceID || join.ServerName != "radius.example.net" {
+		t.Fatalf("join settings: %+v", join)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(dev.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	if ok, out := eapTLS(t, env, port, b.Serial, dev.Chain, keyPEM); !ok {
+	if ok, out := eapTLS(t, port, join.EAPIdentity, join.ServerName, join.CA, dev.Chain, keyPEM); !ok {
 		t.Fatalf("a provisioned device's EAP-TLS was refused:\n%s", out)
+	}
+	// The device checks the server's name: a RADIUS server certificate of
+	// another name is refused by the device.
+	if ok, out := eapTLS(t, port, join.EAPIdentity, "other.example.net", join.CA, dev.Chain, keyPEM); ok {
+		t.Fatalf("the device accepted a RADIUS server of another name:\n%s", out)
 	}
 	// Another CA's certificate: refused.
 	other, err := mfr.New("Not provisiond")
@@ -177,7 +202,7 @@ func TestEAPTLSWithFreeRADIUS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, out := eapTLS(t, env, port, b.Serial, []*x509.Certificate{id.Cert}, mfr.KeyPEM(id.Key)); ok {
+	if ok, out := eapTLS(t, port, join.EAPIdentity, "", join.CA, []*x509.Certificate{id.Cert}, mfr.KeyPEM(id.Key)); ok {
 		t.Fatalf("a certificate of another CA was accepted:\n%s", out)
 	}
 	// Revoked: refused at the next authentication.
@@ -185,7 +210,7 @@ func TestEAPTLSWithFreeRADIUS(t *testing.T) {
 		httpapi.RevokeRequest{Devices: []string{b.Serial}, Reason: "stolen"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if ok, out := eapTLS(t, env, port, b.Serial, dev.Chain, keyPEM); ok {
+	if ok, out := eapTLS(t, port, join.EAPIdentity, join.ServerName, join.CA, dev.Chain, keyPEM); ok {
 		t.Fatalf("a revoked device's EAP-TLS was accepted:\n%s", out)
 	}
 }

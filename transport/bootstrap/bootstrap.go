@@ -209,8 +209,19 @@ func LeaseResponse(cfg enroll.DeviceConfig) wire.LeaseResponse {
 // Config converts a device's config to the form pushed on its operational channel.
 func Config(id uuid.UUID, cfg enroll.DeviceConfig) wire.DeviceConfig {
 	return wire.DeviceConfig{DeviceID: id.String(), ConfigVersion: cfg.Version,
-		WiFi:    wire.WiFi{SSID: cfg.WiFi.SSID, Security: cfg.WiFi.Security, Passphrase: cfg.WiFi.Passphrase},
+		WiFi:    wifi(cfg.WiFi),
 		Network: network(cfg.Network), Lease: lease(cfg.Lease), Firmware: firmwareTarget(cfg.Firmware)}
+}
+
+func wifi(w enroll.WiFi) wire.WiFi {
+	out := wire.WiFi{SSID: w.SSID, Security: w.Security, Passphrase: w.Passphrase}
+	if w.EAP != nil {
+		out.EAP = &wire.EAP{Method: w.EAP.Method, Identity: w.EAP.Identity, ServerName: w.EAP.ServerName}
+		if w.EAP.CA != nil {
+			out.EAP.CA = w.EAP.CA.Raw
+		}
+	}
+	return out
 }
 
 func firmwareTarget(t *enroll.FirmwareTarget) *wire.FirmwareTarget {
@@ -228,11 +239,10 @@ func Response(res enroll.Result) wire.EnrollResponse {
 		chain[i] = c.Raw
 	}
 	return wire.EnrollResponse{
-		DeviceID:    res.DeviceID.String(),
-		Certificate: chain,
-		CA:          rawOf(res.Root),
-		WiFi: wire.WiFi{SSID: res.Config.WiFi.SSID, Security: res.Config.WiFi.Security,
-			Passphrase: res.Config.WiFi.Passphrase},
+		DeviceID:      res.DeviceID.String(),
+		Certificate:   chain,
+		CA:            rawOf(res.Root),
+		WiFi:          wifi(res.Config.WiFi),
 		Network:       network(res.Config.Network),
 		Lease:         lease(res.Config.Lease),
 		ConfigVersion: res.Config.Version,

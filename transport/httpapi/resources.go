@@ -30,6 +30,9 @@ type SiteRequest struct {
 	NTP        *[]string `json:"ntp,omitempty"`
 	Lease      *string   `json:"lease,omitempty"`    // Go duration, e.g. "24h"
 	Reenroll   *string   `json:"reenroll,omitempty"` // keep-identity (default) or new-identity
+	// RADIUSServerName is the name devices of an enterprise site check in
+	// the RADIUS server's certificate; "" removes it.
+	RADIUSServerName *string `json:"radius_server_name,omitempty"`
 	// LwM2M sets the site's LwM2M bootstrap profile; one with an empty
 	// server_uri removes it.
 	LwM2M *devices.LwM2MProfile `json:"lwm2m,omitempty"`
@@ -47,6 +50,8 @@ type SiteView struct {
 	NTP           []string `json:"ntp,omitempty"`
 	Lease         string   `json:"lease"`
 	Reenroll      string   `json:"reenroll"`
+	// RADIUSServerName: enterprise sites (docs/network.md).
+	RADIUSServerName string `json:"radius_server_name,omitempty"`
 	// LwM2M is the site's LwM2M bootstrap profile, absent when it has none.
 	LwM2M       *devices.LwM2MProfile `json:"lwm2m,omitempty"`
 	Version     uint64                `json:"version"`
@@ -67,9 +72,15 @@ func (req SiteRequest) apply(s *devices.Site) error {
 	}
 	if req.Security != nil {
 		s.Security = devices.Security(*req.Security)
+		if s.Security.Enterprise() && req.Passphrase == nil {
+			s.Passphrase = "" // to an enterprise mode: the passphrase goes
+		}
 	}
 	if req.Passphrase != nil {
 		s.Passphrase = *req.Passphrase
+	}
+	if req.RADIUSServerName != nil {
+		s.RADIUSServerName = *req.RADIUSServerName
 	}
 	if req.CIDR != nil {
 		p, err := netip.ParsePrefix(*req.CIDR)
@@ -139,7 +150,8 @@ func (a *API) view(ctx context.Context, s devices.Site) (SiteView, error) {
 	}
 	v := SiteView{Name: s.Name, SSID: s.SSID, Security: string(s.Security), PassphraseSet: s.Passphrase != "",
 		CIDR: s.CIDR.String(), Gateway: s.Gateway.String(), NTP: s.NTP, Lease: s.LeaseTTL.String(), Reenroll: string(s.Reenroll), LwM2M: s.LwM2M,
-		Version: s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, Enrolled: enrolled, ConfigApplied: applied,
+		RADIUSServerName: s.RADIUSServerName,
+		Version:          s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, Enrolled: enrolled, ConfigApplied: applied,
 		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
 	for _, d := range s.DNS {
 		v.DNS = append(v.DNS, d.String())

@@ -77,6 +77,22 @@ type WiFi struct {
 	SSID       string `json:"ssid" cbor:"ssid"`
 	Security   string `json:"security" cbor:"security"`
 	Passphrase string `json:"passphrase" cbor:"passphrase"`
+	// EAP is set for the enterprise modes (wpa2-enterprise,
+	// wpa3-enterprise), whose passphrase is empty: the device joins with
+	// EAP-TLS and the certificate provisiond issued it.
+	EAP *EAP `json:"eap,omitempty" cbor:"eap,omitempty"`
+}
+
+// EAP is the 802.1X settings of an enterprise network.
+type EAP struct {
+	Method   string `json:"method" cbor:"method"`     // "tls"
+	Identity string `json:"identity" cbor:"identity"` // the outer identity: the device UUID
+	// ServerName is the name the RADIUS server's certificate must carry;
+	// absent when the site names none.
+	ServerName string `json:"server_name,omitempty" cbor:"server_name,omitempty"`
+	// CA is the certificate (DER) the RADIUS server's chains to:
+	// provisiond's root.
+	CA []byte `json:"ca" cbor:"ca"`
 }
 
 // Network is the device's static IPv4 configuration.
