@@ -108,7 +108,9 @@ func (s Security) Valid() bool {
 }
 
 // Enterprise says whether devices authenticate with EAP-TLS (no passphrase).
-func (s Security) Enterprise() bool { return s == SecurityWPA2Enterprise || s == SecurityWPA3Enterprise }
+func (s Security) Enterprise() bool {
+	return s == SecurityWPA2Enterprise || s == SecurityWPA3Enterprise
+}
 
 const securityModes = `"wpa2-psk", "wpa3-sae", "wpa2-enterprise" or "wpa3-enterprise"`
 
