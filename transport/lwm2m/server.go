@@ -233,6 +233,11 @@ func (s *BootstrapServer) bootstrap(ctx context.Context, cc *udpclient.Conn, g e
 	var wlan *WLAN
 	if g.Profile.WiFi && disc.Has(ObjWLAN) && g.WiFi.SSID != "" {
 		wlan = &WLAN{InterfaceName: "wlan0", Enable: true, SSID: g.WiFi.SSID, AuthenticationMode: 1, KeyPhrase: g.WiFi.Passphrase}
+		if g.WiFi.EAP != nil {
+			// An enterprise site: 802.1X (mode 2), no key phrase; the device
+			// joins with EAP-TLS and its certificate (docs/network.md).
+			wlan.AuthenticationMode, wlan.KeyPhrase = 2, ""
+		}
 	}
 	plan, err := NewPlan(format, g.Profile, creds, wlan)
 	if err != nil {
