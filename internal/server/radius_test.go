@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,7 +46,7 @@ const radiusSecret = "test-shared-secret-0123"
 // loopback at port, the access points being 127.0.0.1) and the files of a
 // RADIUS server certificate from provisiond's CA. It returns when the
 // server is ready.
-func startFreeRADIUS(t *testing.T, env *servertest.Env, port int) {
+func startFreeRADIUS(t testing.TB, env *servertest.Env, port int, debug bool) {
 	t.Helper()
 	bin := testtools.Need(t, "freeradius")
 	dir := filepath.Join(t.TempDir(), "raddb")
@@ -93,7 +94,11 @@ func startFreeRADIUS(t *testing.T, env *servertest.Env, port int) {
 	os.WriteFile(conf, raw, 0o640)
 
 	out := &syncBuffer{}
-	cmd := exec.Command(bin, "-X", "-f", "-d", dir, "-n", "radiusd")
+	args := []string{"-f", "-l", "stdout", "-d", dir, "-n", "radiusd"}
+	if debug {
+		args = append(args, "-X") // every request logged, one thread
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -115,7 +120,7 @@ func startFreeRADIUS(t *testing.T, env *servertest.Env, port int) {
 // eapTLS runs eapol_test's EAP-TLS against the RADIUS server with an
 // identity, a certificate chain and key, checking the server's certificate
 // against ca (and serverName when set), and reports whether it was accepted.
-func eapTLS(t *testing.T, port int, identity, serverName string, ca *x509.Certificate, chain []*x509.Certificate, keyPEM []byte) (bool, string) {
+func eapTLS(t testing.TB, port int, identity, serverName string, ca *x509.Certificate, chain []*x509.Certificate, keyPEM []byte) (bool, string) {
 	t.Helper()
 	bin := testtools.Need(t, "eapol_test")
 	dir := t.TempDir()
@@ -163,7 +168,7 @@ func TestEAPTLSWithFreeRADIUS(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := freeUDPPort(t)
-	startFreeRADIUS(t, env, port)
+	startFreeRADIUS(t, env, port, true)
 	b := env.Mint(1, "wifi")[0]
 	dev, err := simulator.NewDevice(b)
 	if err != nil {
@@ -215,7 +220,58 @@ func TestEAPTLSWithFreeRADIUS(t *testing.T) {
 	}
 }
 
-func freeUDPPort(t *testing.T) int {
+// BenchmarkEAPTLSWithFreeRADIUS is EAP-TLS authentications per second
+// through FreeRADIUS and provisiond's OCSP responder (one OCSP request
+// each), eapol_test processes 8 at a time, all on this machine.
+func BenchmarkEAPTLSWithFreeRADIUS(b *testing.B) {
+	env := servertest.Start(b, func(c *server.Config) { c.OCSPAddr = "127.0.0.1:0" })
+	str := func(s string) *string { return &s }
+	if err := env.Client.Do(context.Background(), http.MethodPost, "/api/v1/sites", httpapi.SiteRequest{Name: str("wifi"),
+		SSID: str("Plant"), Security: str("wpa2-enterprise"), CIDR: str("10.45.0.0/24")}, nil); err != nil {
+		b.Fatal(err)
+	}
+	port := freeUDPPort(b)
+	startFreeRADIUS(b, env, port, false)
+	dev, err := simulator.NewDevice(env.Mint(1, "wifi")[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := dev.Enroll(context.Background(), simulator.EnrollOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	join, err := dev.WiFiJoin(res.WiFi)
+	if err != nil {
+		b.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(dev.Key)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	work := make(chan struct{})
+	for range 8 {
+		wg.Go(func() {
+			for range work {
+				if ok, _ := eapTLS(b, port, join.EAPIdentity, "", join.CA, dev.Chain, keyPEM); !ok {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	for range b.N {
+		work <- struct{}{}
+	}
+	close(work)
+	wg.Wait()
+	b.StopTimer()
+	if failed.Load() > 0 {
+		b.Fatalf("%d of %d authentications failed", failed.Load(), b.N)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "auths/s")
+}
+
+func freeUDPPort(t testing.TB) int {
 	t.Helper()
 	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
