@@ -32,6 +32,7 @@ deps:
 	command -v zsh >/dev/null || missing="$$missing zsh"; \
 	[ -x /usr/sbin/dhclient ] || missing="$$missing isc-dhcp-client"; \
 	[ -x /usr/sbin/udhcpc ] || missing="$$missing udhcpc"; \
+	[ -x /usr/sbin/dhcrelay ] || missing="$$missing isc-dhcp-relay"; \
 	[ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
 	[ -x /usr/sbin/freeradius ] || missing="$$missing freeradius"; \
 	command -v eapol_test >/dev/null || missing="$$missing eapoltest"; \
@@ -40,7 +41,7 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
-		for svc in nginx freeradius; do case "$$missing" in *$$svc*) if command -v systemctl >/dev/null && systemctl is-active -q $$svc 2>/dev/null; then \
+		for svc in nginx freeradius isc-dhcp-relay; do case "$$missing" in *$$svc*) if command -v systemctl >/dev/null && systemctl is-active -q $$svc 2>/dev/null; then \
 			$(SUDO) systemctl disable --now $$svc; fi;; esac; done; \
 	fi
 	$(GO) mod download

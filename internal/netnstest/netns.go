@@ -129,3 +129,48 @@ func In(ns string, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// Relayed is three namespaces in a row, a DHCP relay's place in the
+// middle: Server —ServerIf/RelayUp— Relay —RelayDown/ClientIf— Client.
+// The client's network (ClientNet) is another than the server's (Prefix);
+// the server routes ClientNet through the relay.
+type Relayed struct {
+	Pair                   // Server, Client, Prefix (the server's network), ServerAddr, ServerIf, ClientIf
+	Relay                  string
+	RelayUp, RelayDown     string
+	RelayUpAddr, RelayAddr netip.Addr // the relay's addresses on each side; RelayAddr is the giaddr
+	ClientNet              netip.Prefix
+}
+
+// NewRelayed creates the three namespaces and two veth pairs.
+func NewRelayed(t testing.TB) *Relayed {
+	t.Helper()
+	p := New(t) // Server and Client, joined directly: re-wired below
+	r := &Relayed{Pair: *p, Relay: strings.TrimSuffix(p.Server, "-s") + "-r"}
+	id := strings.TrimSuffix(strings.TrimPrefix(p.Server, "pvd-"), "-s")
+	r.RelayUp, r.RelayDown = "pv"+id+"u", "pv"+id+"d"
+	b := p.Prefix.Addr().As4()
+	r.ClientNet = netip.PrefixFrom(netip.AddrFrom4([4]byte{b[0], b[1], b[2] ^ 0x80, 0}), 24)
+	r.RelayUpAddr, r.RelayAddr = p.ServerAddr.Next(), r.ClientNet.Addr().Next()
+	t.Cleanup(func() { _ = exec.Command(p.ip, "netns", "del", r.Relay).Run() })
+	for _, args := range [][]string{
+		{"netns", "add", r.Relay},
+		// The pair's veth goes (deleting one end deletes both): the server
+		// and the client each hang off the relay instead.
+		{"-n", p.Client, "link", "del", p.ClientIf},
+		{"link", "add", r.RelayUp, "netns", r.Relay, "type", "veth", "peer", "name", p.ServerIf, "netns", p.Server},
+		{"link", "add", r.RelayDown, "netns", r.Relay, "type", "veth", "peer", "name", p.ClientIf, "netns", p.Client},
+		{"-n", p.Server, "addr", "add", netip.PrefixFrom(p.ServerAddr, 24).String(), "dev", p.ServerIf},
+		{"-n", p.Server, "link", "set", p.ServerIf, "up"},
+		{"-n", p.Server, "route", "add", r.ClientNet.String(), "via", r.RelayUpAddr.String()},
+		{"-n", r.Relay, "link", "set", "lo", "up"},
+		{"-n", r.Relay, "addr", "add", netip.PrefixFrom(r.RelayUpAddr, 24).String(), "dev", r.RelayUp},
+		{"-n", r.Relay, "addr", "add", netip.PrefixFrom(r.RelayAddr, 24).String(), "dev", r.RelayDown},
+		{"-n", r.Relay, "link", "set", r.RelayUp, "up"},
+		{"-n", r.Relay, "link", "set", r.RelayDown, "up"},
+		{"-n", p.Client, "link", "set", p.ClientIf, "up"},
+	} {
+		p.IP(t, args...)
+	}
+	return r
+}

@@ -195,3 +195,50 @@ func TestDHCPServesInventoryLeases(t *testing.T) {
 		t.Fatalf("revoked device got %q", got)
 	}
 }
+
+// Behind a router: ISC's dhcrelay forwards a client's DISCOVER with its own
+// address on the client's network as giaddr; provisiond answers a device of
+// the site that network is (the relay passes the answer on, udhcpc gets its
+// inventory address), and stays silent for a device of another site asking
+// from there.
+func TestDHCPThroughARelay(t *testing.T) {
+	relay := testtools.Need(t, "dhcrelay")
+	r := netnstest.NewRelayed(t)
+	var conn net.PacketConn
+	if err := netnstest.In(r.Server, func() error {
+		c, err := server4.NewIPv4UDPConn(r.ServerIf, &net.UDPAddr{Port: dhcpv4.ServerPort})
+		conn = c
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	env := servertest.Start(t, func(c *server.Config) { c.DHCPConn, c.DHCPServerIP = conn, r.ServerAddr.String() })
+	createSite(t, env, "branch", r.ClientNet, r.RelayAddr) // behind the relay
+	createSite(t, env, "hq", r.Prefix, r.ServerAddr)       // the server's own network
+	branch := enrolled(t, env, "branch", "02:5e:10:00:01:0a")
+	hq := enrolled(t, env, "hq", "02:5e:10:00:01:0b")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &syncBuffer{}
+	cmd := r.Command(ctx, r.Relay, relay, "-d", "-4", "-iu", r.RelayUp, "-id", r.RelayDown, r.ServerAddr.String())
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("dhcrelay:\n%s", out.String())
+		}
+	}()
+	rig := &dhcpRig{env: env, pair: &r.Pair}
+	got := rig.udhcpc(t, "02:5e:10:00:01:0a")
+	if want := "ip=" + branch.Lease.Addr.String() + " subnet=255.255.255.0 router=" + r.RelayAddr.String(); !strings.HasPrefix(got, want) {
+		t.Fatalf("relayed, the branch device got %q, want %q...", got, want)
+	}
+	if got := rig.udhcpc(t, "02:5e:10:00:01:0b"); got != "" {
+		t.Fatalf("relayed from the branch network, the hq device %s got %q", hq.Serial, got)
+	}
+}
