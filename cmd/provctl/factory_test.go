@@ -169,3 +169,44 @@ func TestMintLwM2MPSK(t *testing.T) {
 		t.Fatalf("rebootstrap: %v\n%s", err, out)
 	}
 }
+
+// provctl cert server writes a server's certificate files; with --radius
+// also what FreeRADIUS's EAP-TLS trusts device certificates by: the
+// intermediate and root (client-ca.pem) and an empty ca_path.
+func TestCertServerRadius(t *testing.T) {
+	env := servertest.Start(t)
+	dir := filepath.Join(t.TempDir(), "radius")
+	out, err := provctl(t, env.DataDir, "cert", "server", "--radius", "--name", "radius.example.net", "--out", dir)
+	if err != nil || !strings.Contains(out, "client-ca.pem") {
+		t.Fatalf("cert server --radius: %v\n%s", err, out)
+	}
+	read := func(name string) []*x509.Certificate {
+		raw, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var certs []*x509.Certificate
+		for b, rest := pem.Decode(raw); b != nil; b, rest = pem.Decode(rest) {
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			certs = append(certs, c)
+		}
+		return certs
+	}
+	ca := env.Server.CA()
+	server, clients := read("server.pem"), read("client-ca.pem")
+	if len(server) != 2 || server[0].DNSNames[0] != "radius.example.net" || !server[1].Equal(ca.Intermediate()) {
+		t.Fatalf("server.pem: %d certificates", len(server))
+	}
+	if len(clients) != 2 || !clients[0].Equal(ca.Intermediate()) || !clients[1].Equal(ca.Root()) {
+		t.Fatalf("client-ca.pem: %d certificates", len(clients))
+	}
+	if st, err := os.Stat(filepath.Join(dir, "server.key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("server.key: %v %v", st, err)
+	}
+	if entries, err := os.ReadDir(filepath.Join(dir, "empty")); err != nil || len(entries) != 0 {
+		t.Fatalf("empty/: %v %v", entries, err)
+	}
+}
