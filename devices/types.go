@@ -2,6 +2,7 @@ package devices
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"net/url"
 	"regexp"
@@ -131,12 +132,22 @@ type Site struct {
 	// devices of an enterprise site check (EAP-TLS server name); empty:
 	// they check only that provisiond's CA issued it.
 	RADIUSServerName string `json:"radius_server_name,omitempty"`
+	// NAS are the site's access points (or their controller) that take
+	// RADIUS Disconnect-Requests (RFC 5176): a revoked device's live
+	// session is ended at once. Secrets are sealed at rest.
+	NAS []NAS `json:"nas,omitempty"`
 	// LwM2M is what the site's devices are told at an LwM2M bootstrap; nil:
 	// the site serves none.
 	LwM2M     *LwM2MProfile `json:"lwm2m,omitempty"`
 	Version   uint64        `json:"version"`
 	CreatedAt time.Time     `json:"created_at"`
 	UpdatedAt time.Time     `json:"updated_at"`
+}
+
+// NAS is a network access server that takes Disconnect-Requests.
+type NAS struct {
+	Address string `json:"address"` // host:port, port 3799 by default
+	Secret  string `json:"secret"`  // the RADIUS shared secret (sealed)
 }
 
 // ConfigOverride changes a device's config away from its site profile; set
@@ -273,6 +284,8 @@ func (s *Site) Validate() error {
 		return fmt.Errorf("%w: passphrase: an enterprise site has none: devices authenticate with their certificate (EAP-TLS)", ErrInvalid)
 	case len(s.RADIUSServerName) > 253:
 		return fmt.Errorf("%w: radius_server_name: at most 253 bytes", ErrInvalid)
+	case len(s.NAS) > 64:
+		return fmt.Errorf("%w: nas: at most 64", ErrInvalid)
 	case !s.Security.Enterprise() && !strings.HasPrefix(s.Passphrase, seal.Prefix) && (len(s.Passphrase) < 8 || len(s.Passphrase) > 63):
 		// A sealed passphrase was checked in clear before it was sealed.
 		return fmt.Errorf("%w: passphrase: must be 8-63 characters", ErrInvalid)
@@ -282,6 +295,19 @@ func (s *Site) Validate() error {
 		return fmt.Errorf("%w: cidr: prefix length must be between /8 and /30", ErrInvalid)
 	case s.CIDR.Masked() != s.CIDR:
 		return fmt.Errorf("%w: cidr: %s has host bits set (did you mean %s?)", ErrInvalid, s.CIDR, s.CIDR.Masked())
+	}
+	for i, n := range s.NAS {
+		host, port, err := net.SplitHostPort(n.Address)
+		if err != nil {
+			host, port = n.Address, "3799"
+		}
+		if _, err := netip.ParseAddr(host); err != nil || port == "" {
+			return fmt.Errorf("%w: nas[%d].address: %q is not an IP address with an optional :port", ErrInvalid, i, n.Address)
+		}
+		if n.Secret == "" || (!strings.HasPrefix(n.Secret, seal.Prefix) && len(n.Secret) > 128) {
+			return fmt.Errorf("%w: nas[%d].secret: 1-128 characters", ErrInvalid, i)
+		}
+		s.NAS[i].Address = net.JoinHostPort(host, port)
 	}
 	if !s.Gateway.IsValid() {
 		s.Gateway = s.CIDR.Addr().Next() // first host by convention

@@ -20,6 +20,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
+	sealpkg "github.com/provisiond/provisiond/pki/seal"
 )
 
 // Registry is the part of the inventory that fleet operations change.
@@ -431,6 +432,9 @@ func (f *Fleet) CreateSite(ctx context.Context, a Actor, s devices.Site) (device
 	if s.Passphrase, err = seal(f.secrets, s.Passphrase); err != nil {
 		return devices.Site{}, err
 	}
+	if err := sealNAS(f.secrets, &s); err != nil {
+		return devices.Site{}, err
+	}
 	out, err := f.reg.CreateSite(ctx, s, a.event("site.create", s.Name, map[string]string{"cidr": s.CIDR.String(), "ssid": s.SSID}))
 	if err == nil {
 		f.log.Info("site created", "site", s.Name, "actor", a.Name)
@@ -447,6 +451,9 @@ func (f *Fleet) UpdateSite(ctx context.Context, a Actor, name string, fn func(*d
 	sealing := func(s *devices.Site) error {
 		before := s.Passphrase
 		if err := fn(s); err != nil {
+			return err
+		}
+		if err := sealNAS(f.secrets, s); err != nil {
 			return err
 		}
 		if s.Passphrase == before {
@@ -761,4 +768,35 @@ func (f *Fleet) LwM2MCredentials(ctx context.Context, a Actor, id uuid.UUID, end
 	}
 	ep := endpoint(d.Serial)
 	return LwM2MCredentials{Endpoint: ep, PSKIdentity: ep, PSK: hex.EncodeToString(psk)}, nil
+}
+
+// sealNAS seals the NAS secrets of a site that are not sealed yet (new ones).
+func sealNAS(sec Secrets, s *devices.Site) error {
+	for i, n := range s.NAS {
+		if sec == nil || strings.HasPrefix(n.Secret, sealpkg.Prefix) {
+			continue
+		}
+		if len(n.Secret) == 0 || len(n.Secret) > 128 {
+			return fmt.Errorf("%w: nas[%d].secret: 1-128 characters", ErrInvalid, i)
+		}
+		v, err := sec.Seal(n.Secret)
+		if err != nil {
+			return err
+		}
+		s.NAS[i].Secret = v
+	}
+	return nil
+}
+
+// NASSecrets opens a site's NAS secrets (for Disconnect-Requests).
+func (f *Fleet) NASSecrets(site devices.Site) ([]devices.NAS, error) {
+	out := make([]devices.NAS, len(site.NAS))
+	for i, n := range site.NAS {
+		v, err := open(f.secrets, n.Secret)
+		if err != nil {
+			return nil, fmt.Errorf("site %s nas %s: %w", site.Name, n.Address, err)
+		}
+		out[i] = devices.NAS{Address: n.Address, Secret: v}
+	}
+	return out, nil
 }

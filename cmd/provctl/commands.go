@@ -32,6 +32,7 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 		{"ssid", "Wi-Fi SSID"}, {"security", "wpa2-psk, wpa3-sae, wpa2-enterprise or wpa3-enterprise (EAP-TLS with the device certificate)"},
 		{"passphrase", "Wi-Fi passphrase (8-63 characters; none for the enterprise modes)"},
 		{"radius-server-name", "enterprise modes: the name devices check in the RADIUS server's certificate"},
+		{"nas", "access points that take RADIUS Disconnect-Requests when a device is revoked: ADDR[:PORT]=SECRET,... (\"\" removes them)"},
 		{"cidr", "IPv4 address pool, e.g. 10.20.0.0/24"}, {"gateway", "default gateway (default: first host)"},
 		{"dns", "comma-separated DNS servers"}, {"ntp", "comma-separated NTP servers"}, {"lease", "lease time, e.g. 24h"},
 		{"reenroll", "keep-identity (default) or new-identity: a re-opened device keeps or changes its UUID"},
@@ -72,6 +73,20 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 	req.SSID, req.Security, req.Passphrase, req.CIDR = str("ssid"), str("security"), str("passphrase"), str("cidr")
 	req.Gateway, req.Lease, req.DNS, req.NTP, req.Reenroll = str("gateway"), str("lease"), list("dns"), list("ntp"), str("reenroll")
 	req.RADIUSServerName = str("radius-server-name")
+	if given["nas"] {
+		nas := []devices.NAS{}
+		for _, item := range strings.Split(*set["nas"], ",") {
+			if item = strings.TrimSpace(item); item == "" {
+				continue
+			}
+			addr, secret, ok := strings.Cut(item, "=")
+			if !ok {
+				return fmt.Errorf("--nas: %q: want ADDR[:PORT]=SECRET", item)
+			}
+			nas = append(nas, devices.NAS{Address: addr, Secret: secret})
+		}
+		req.NAS = &nas
+	}
 	if req.LwM2M, err = lwm2mProfile(given, set); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
 	"github.com/provisiond/provisiond/internal/testtools"
@@ -46,7 +47,7 @@ const radiusSecret = "test-shared-secret-0123"
 // loopback at port, the access points being 127.0.0.1) and the files of a
 // RADIUS server certificate from provisiond's CA. It returns when the
 // server is ready.
-func startFreeRADIUS(t testing.TB, env *servertest.Env, port int, debug bool) {
+func startFreeRADIUS(t testing.TB, env *servertest.Env, port int, debug bool, extra ...string) *syncBuffer {
 	t.Helper()
 	bin := testtools.Need(t, "freeradius")
 	dir := filepath.Join(t.TempDir(), "raddb")
@@ -85,6 +86,9 @@ func startFreeRADIUS(t testing.TB, env *servertest.Env, port int, debug bool) {
 	if err := cert.WriteFiles(filepath.Join(dir, "provisiond"), true); err != nil { // as provctl cert server --radius
 		t.Fatal(err)
 	}
+	for i, e := range extra { // more virtual servers
+		os.WriteFile(filepath.Join(dir, "sites-enabled", fmt.Sprintf("extra%d", i)), []byte(e), 0o640)
+	}
 	// The test runs as root: FreeRADIUS need not drop to freerad, whose
 	// group could not read the test's temporary directory.
 	conf := filepath.Join(dir, "radiusd.conf")
@@ -115,6 +119,30 @@ func startFreeRADIUS(t testing.TB, env *servertest.Env, port int, debug bool) {
 			t.Fatalf("freeradius did not start:\n%s", out.String())
 		}
 	}
+	return out
+}
+
+// nasStandIn is a FreeRADIUS virtual server that takes Disconnect-Requests
+// on port as an access point does (RFC 5176), answering Disconnect-ACK.
+func nasStandIn(port int) string {
+	return fmt.Sprintf(`server nas-stand-in {
+	listen {
+		type = coa
+		ipaddr = 127.0.0.1
+		port = %d
+	}
+	client provisiond {
+		ipaddr = 127.0.0.1/32
+		secret = nas-secret-0123
+	}
+	recv-coa {
+		ok
+	}
+	send-coa {
+		ok
+	}
+}
+`, port)
 }
 
 // eapTLS runs eapol_test's EAP-TLS against the RADIUS server with an
@@ -163,17 +191,20 @@ func eapTLS(t testing.TB, port int, identity, serverName string, ca *x509.Certif
 func TestEAPTLSWithFreeRADIUS(t *testing.T) {
 	env := servertest.Start(t, func(c *server.Config) { c.OCSPAddr = "127.0.0.1:0" })
 	str := func(s string) *string { return &s }
+	port, nasPort := freeUDPPort(t), freeUDPPort(t)
+	nas := []devices.NAS{{Address: fmt.Sprintf("127.0.0.1:%d", nasPort), Secret: "nas-secret-0123"}}
 	if err := env.Client.Do(context.Background(), http.MethodPost, "/api/v1/sites", httpapi.SiteRequest{Name: str("wifi"),
-		SSID: str("Plant"), Security: str("wpa2-enterprise"), CIDR: str("10.44.0.0/24"), RADIUSServerName: str("radius.example.net")}, nil); err != nil {
+		SSID: str("Plant"), Security: str("wpa2-enterprise"), CIDR: str("10.44.0.0/24"), RADIUSServerName: str("radius.example.net"),
+		NAS: &nas}, nil); err != nil {
 		t.Fatal(err)
 	}
-	port := freeUDPPort(t)
-	startFreeRADIUS(t, env, port, true)
+	radiusLog := startFreeRADIUS(t, env, port, true, nasStandIn(nasPort))
 	b := env.Mint(1, "wifi")[0]
 	dev, err := simulator.NewDevice(b)
 	if err != nil {
 		t.Fatal(err)
 	}
+	dev.MAC = "02:5e:10:00:02:0a"
 	res, err := dev.Enroll(context.Background(), simulator.EnrollOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -217,6 +248,18 @@ func TestEAPTLSWithFreeRADIUS(t *testing.T) {
 	}
 	if ok, out := eapTLS(t, port, join.EAPIdentity, join.ServerName, join.CA, dev.Chain, keyPEM); ok {
 		t.Fatalf("a revoked device's EAP-TLS was accepted:\n%s", out)
+	}
+	// The live session is ended at once: the site's access point (a
+	// FreeRADIUS stand-in) got a Disconnect-Request naming the device.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(radiusLog.String(), "Sent Disconnect-ACK"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no Disconnect-Request reached the access point")
+		}
+	}
+	logged := radiusLog.String()
+	if !strings.Contains(logged, "Received Disconnect-Request") || !strings.Contains(logged, `User-Name = "`+join.EAPIdentity+`"`) ||
+		!strings.Contains(logged, `Calling-Station-Id = "02-5E-10-00-02-0A"`) {
+		t.Fatalf("the Disconnect-Request:\n%s", logged)
 	}
 }
 

@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/cluster"
+	"github.com/provisiond/provisiond/transport/radius"
 )
 
 // relay carries the workflows' news to the front ends. The workflows are
@@ -17,6 +19,7 @@ import (
 type relay struct {
 	s         *Server
 	svc       *enroll.Service
+	fleet     *enroll.Fleet     // the sites' NAS secrets (Disconnect-Requests)
 	notifiers []enroll.Notifier // the CoAP server (Observe), the MQTT handler (retained configs)
 }
 
@@ -53,6 +56,49 @@ func (r *relay) Revoked(_ context.Context, revoked []devices.Device) {
 	}
 	r.cut(ids)
 	s.announce(cluster.Event{Kind: cluster.Revoked, IDs: ids})
+	r.disconnect(revoked)
+}
+
+// disconnect sends RADIUS Disconnect-Requests for the revoked devices to
+// their sites' access points (Site.NAS), in the background: a revocation
+// does not wait for access points. Only the replica that revoked sends.
+func (r *relay) disconnect(revoked []devices.Device) {
+	s := r.s
+	if r.fleet == nil {
+		return
+	}
+	sites := map[string][]devices.NAS{}
+	for _, d := range revoked {
+		if _, seen := sites[d.Site]; seen || d.Site == "" {
+			continue
+		}
+		site, err := s.store.Site(context.Background(), d.Site)
+		if err == nil && len(site.NAS) > 0 {
+			sites[d.Site], err = r.fleet.NASSecrets(site)
+		}
+		if err != nil {
+			s.log.Error("disconnect: site's access points", "site", d.Site, "err", err)
+			sites[d.Site] = nil
+		}
+	}
+	for _, d := range revoked {
+		nas := sites[d.Site]
+		if len(nas) == 0 {
+			continue
+		}
+		s.bg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for _, res := range radius.Disconnect(ctx, nas, radius.SessionOf(d), 2*time.Second, 2) {
+				switch {
+				case res.Err != nil:
+					s.log.Warn("disconnect: no answer from the access point", "serial", d.Serial, "nas", res.NAS, "err", res.Err)
+				default:
+					s.log.Info("disconnect: access point answered", "serial", d.Serial, "nas", res.NAS, "ack", res.ACK)
+				}
+			}
+		})
+	}
 }
 
 // cut ends the devices' sessions held here (DTLS, MQTT) and clears their

@@ -458,6 +458,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Notify: s.relay, Superseded: s.relay.crlDue, Throttles: throttles}, log)
 	s.relay.svc = svc
 	fleet := enroll.NewFleet(cfg.Fleet, s.store, sealer, s.relay, log)
+	s.relay.fleet = fleet
 	if s.clustered() {
 		// The cluster's current CRL, or a first one.
 		err = s.loadCRL(ctx)

@@ -33,6 +33,9 @@ type SiteRequest struct {
 	// RADIUSServerName is the name devices of an enterprise site check in
 	// the RADIUS server's certificate; "" removes it.
 	RADIUSServerName *string `json:"radius_server_name,omitempty"`
+	// NAS replaces the site's access points that take Disconnect-Requests
+	// when a device is revoked (each with its secret; [] removes them).
+	NAS *[]devices.NAS `json:"nas,omitempty"`
 	// LwM2M sets the site's LwM2M bootstrap profile; one with an empty
 	// server_uri removes it.
 	LwM2M *devices.LwM2MProfile `json:"lwm2m,omitempty"`
@@ -52,6 +55,9 @@ type SiteView struct {
 	Reenroll      string   `json:"reenroll"`
 	// RADIUSServerName: enterprise sites (docs/network.md).
 	RADIUSServerName string `json:"radius_server_name,omitempty"`
+	// NAS are the addresses of the site's Disconnect-Request targets (the
+	// secrets are write-only).
+	NAS []string `json:"nas,omitempty"`
 	// LwM2M is the site's LwM2M bootstrap profile, absent when it has none.
 	LwM2M       *devices.LwM2MProfile `json:"lwm2m,omitempty"`
 	Version     uint64                `json:"version"`
@@ -81,6 +87,9 @@ func (req SiteRequest) apply(s *devices.Site) error {
 	}
 	if req.RADIUSServerName != nil {
 		s.RADIUSServerName = *req.RADIUSServerName
+	}
+	if req.NAS != nil {
+		s.NAS = append([]devices.NAS(nil), *req.NAS...)
 	}
 	if req.CIDR != nil {
 		p, err := netip.ParsePrefix(*req.CIDR)
@@ -153,6 +162,9 @@ func (a *API) view(ctx context.Context, s devices.Site) (SiteView, error) {
 		RADIUSServerName: s.RADIUSServerName,
 		Version:          s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, Enrolled: enrolled, ConfigApplied: applied,
 		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
+	for _, n := range s.NAS {
+		v.NAS = append(v.NAS, n.Address)
+	}
 	for _, d := range s.DNS {
 		v.DNS = append(v.DNS, d.String())
 	}
