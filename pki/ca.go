@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"text/template"
 	"time"
 
@@ -101,6 +102,9 @@ type CA struct {
 	signer       crypto.Signer // the intermediate's key (CRL, OCSP)
 	tmpl         *template.Template
 	roots        *x509.CertPool
+
+	responderMu sync.Mutex
+	responder   *ocspResponder // the delegated OCSP signer, made on first use
 }
 
 // Open loads the CA from cfg.Dir, creating a new root and intermediate when

@@ -21,6 +21,7 @@ import (
 
 	"github.com/provisiond/provisiond/internal/testtools"
 	"github.com/provisiond/provisiond/pki/profile"
+	"golang.org/x/crypto/ocsp"
 
 	"github.com/google/uuid"
 
@@ -294,6 +295,24 @@ func TestOCSPEchoesTheNonce(t *testing.T) {
 		if err != nil || !strings.Contains(string(out), "Response verify OK") || !strings.Contains(string(out), want) ||
 			!strings.Contains(string(out), "OCSP Nonce") || strings.Contains(string(out), "Nonce Verify error") {
 			t.Fatalf("openssl ocsp (revoked %v): %v\n%s", revoked, err, out)
+		}
+		// Go's client too, with and without a nonce: it checks that the
+		// issuer signed the responder certificate the answer carries.
+		plain, err := ocsp.CreateRequest(leaf, ca.Intermediate(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, r := range map[string][]byte{"with a nonce": der, "without": plain} {
+			answer, err := ca.OCSP(r, func(*big.Int) (pki.Status, error) {
+				return pki.Status{Known: true, Revoked: revoked, RevokedAt: time.Now().Add(-time.Minute)}, nil
+			}, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			parsed, err := ocsp.ParseResponseForCert(answer, leaf, ca.Intermediate())
+			if wantStatus := map[bool]int{false: ocsp.Good, true: ocsp.Revoked}[revoked]; err != nil || parsed.Status != wantStatus {
+				t.Fatalf("Go's OCSP client, %s (revoked %v): %v %+v", name, revoked, err, parsed)
+			}
 		}
 	}
 }

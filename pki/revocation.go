@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -74,10 +75,14 @@ func (ca *CA) OCSP(der []byte, lookup func(serial *big.Int) (Status, error), now
 	if err != nil {
 		return nil, err
 	}
+	rs, err := ca.ocspResponder(now)
+	if err != nil {
+		return nil, err
+	}
 	tpl := ocsp.Response{
 		// The signer, in the response: OpenSSL (and so FreeRADIUS) looks
-		// for it there, not among the CAs it trusts.
-		Certificate:  ca.intermediate,
+		// for it there; Go's client checks that the issuer signed it.
+		Certificate:  rs.cert,
 		SerialNumber: req.SerialNumber,
 		ThisUpdate:   now.Add(-time.Minute),
 		NextUpdate:   now.Add(time.Hour),
@@ -91,9 +96,58 @@ func (ca *CA) OCSP(der []byte, lookup func(serial *big.Int) (Status, error), now
 	}
 	nonce, ok := requestNonce(der)
 	if !ok {
-		return ocsp.CreateResponse(ca.intermediate, ca.intermediate, tpl, ca.signer)
+		return ocsp.CreateResponse(ca.intermediate, rs.cert, tpl, rs.key)
 	}
-	return ca.responseWithNonce(req, tpl, nonce, now)
+	return ca.responseWithNonce(req, tpl, rs, nonce, now)
+}
+
+// ocspResponder is a delegated OCSP signer (RFC 6960 §4.2.2.2): a key of
+// this process and a certificate from the intermediate for it, with the
+// OCSPSigning usage and id-pkix-ocsp-nocheck. OCSP answers are signed with
+// it and carry it, which both Go's client (it checks the issuer signed the
+// embedded certificate) and OpenSSL's (it looks for the signer among the
+// response's certificates) accept. Each replica makes its own; it lasts a
+// week and is renewed a day before it ends.
+type ocspResponder struct {
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+}
+
+var oidOCSPNoCheck = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 5}
+
+func (ca *CA) ocspResponder(now time.Time) (*ocspResponder, error) {
+	ca.responderMu.Lock()
+	defer ca.responderMu.Unlock()
+	if r := ca.responder; r != nil && now.Before(r.cert.NotAfter.Add(-24*time.Hour)) {
+		return r, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, err
+	}
+	tpl := &x509.Certificate{
+		SerialNumber:    serial,
+		Subject:         pkix.Name{CommonName: ca.intermediate.Subject.CommonName + " OCSP responder"},
+		NotBefore:       now.Add(-5 * time.Minute),
+		NotAfter:        now.Add(7 * 24 * time.Hour),
+		KeyUsage:        x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+		ExtraExtensions: []pkix.Extension{{Id: oidOCSPNoCheck, Value: []byte{0x05, 0x00}}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, ca.intermediate, &key.PublicKey, ca.signer)
+	if err != nil {
+		return nil, fmt.Errorf("OCSP responder certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	ca.responder = &ocspResponder{key: key, cert: cert}
+	return ca.responder, nil
 }
 
 // The OCSP response structures (RFC 6960 §4.2.1), with the
@@ -152,13 +206,13 @@ var (
 
 // responseWithNonce signs a response to req that echoes the request's nonce
 // in its responseExtensions and names the certificate with the request's
-// own CertID (its hash algorithm), signed by the intermediate (ECDSA P-256
-// with SHA-256, the CA's key type).
-func (ca *CA) responseWithNonce(req *ocsp.Request, tpl ocsp.Response, nonce []byte, now time.Time) ([]byte, error) {
+// own CertID (its hash algorithm), signed by the delegated responder
+// (ECDSA P-256 with SHA-256).
+func (ca *CA) responseWithNonce(req *ocsp.Request, tpl ocsp.Response, rs *ocspResponder, nonce []byte, now time.Time) ([]byte, error) {
 	hashOID := map[crypto.Hash]asn1.ObjectIdentifier{crypto.SHA1: oidHashSHA1, crypto.SHA256: oidHashSHA256,
 		crypto.SHA384: oidHashSHA384, crypto.SHA512: oidHashSHA512}[req.HashAlgorithm]
-	if _, ok := ca.signer.Public().(*ecdsa.PublicKey); !ok || hashOID == nil {
-		return ocsp.CreateResponse(ca.intermediate, ca.intermediate, tpl, ca.signer)
+	if hashOID == nil {
+		return ocsp.CreateResponse(ca.intermediate, rs.cert, tpl, rs.key)
 	}
 	single := ocspSingleResponse{
 		CertID: ocspCertID{HashAlgorithm: pkix.AlgorithmIdentifier{Algorithm: hashOID, Parameters: asn1.RawValue{Tag: asn1.TagNull}},
@@ -174,7 +228,7 @@ func (ca *CA) responseWithNonce(req *ocsp.Request, tpl ocsp.Response, nonce []by
 		single.Revoked = ocspRevokedInfo{RevocationTime: tpl.RevokedAt.UTC(), Reason: asn1.Enumerated(tpl.RevocationReason)}
 	}
 	tbs, err := asn1.Marshal(ocspResponseData{
-		ResponderID: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 1, IsCompound: true, Bytes: ca.intermediate.RawSubject},
+		ResponderID: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 1, IsCompound: true, Bytes: rs.cert.RawSubject},
 		ProducedAt:  now.UTC().Truncate(time.Second),
 		Responses:   []ocspSingleResponse{single},
 		Extensions:  []pkix.Extension{{Id: oidOCSPNonce, Value: nonce}},
@@ -183,14 +237,14 @@ func (ca *CA) responseWithNonce(req *ocsp.Request, tpl ocsp.Response, nonce []by
 		return nil, err
 	}
 	digest := sha256.Sum256(tbs)
-	sig, err := ca.signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	sig, err := rs.key.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {
 		return nil, fmt.Errorf("sign OCSP response: %w", err)
 	}
 	basic, err := asn1.Marshal(ocspBasicResponse{TBSResponseData: asn1.RawValue{FullBytes: tbs},
 		SignatureAlgorithm: pkix.AlgorithmIdentifier{Algorithm: oidECDSASHA256},
 		Signature:          asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)},
-		Certificates:       []asn1.RawValue{{FullBytes: ca.intermediate.Raw}}})
+		Certificates:       []asn1.RawValue{{FullBytes: rs.cert.Raw}}})
 	if err != nil {
 		return nil, err
 	}
