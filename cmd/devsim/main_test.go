@@ -143,12 +143,12 @@ func TestDevsimLwM2M(t *testing.T) {
 		{"--idevid", "--lwm2m-format", "senml-json"},
 	} {
 		var out, errOut bytes.Buffer
-		err := run(context.Background(), append([]string{"--mint", "20", "--site", "lw", "--data", env.DataDir, "--json", "--transport", "lwm2m"}, args...), &out, &errOut)
+		err := run(context.Background(), append([]string{"--mint", "10", "--site", "lw", "--data", env.DataDir, "--json", "--transport", "lwm2m"}, args...), &out, &errOut)
 		if err != nil {
 			t.Fatalf("devsim %v: %v\n%s", args, err, errOut.String())
 		}
 		var sum simulator.Summary
-		if err := json.Unmarshal(out.Bytes(), &sum); err != nil || sum.Enrolled != 20 || sum.Failed != 0 || sum.P99 <= 0 {
+		if err := json.Unmarshal(out.Bytes(), &sum); err != nil || sum.Enrolled != 10 || sum.Failed != 0 || sum.P99 <= 0 {
 			t.Errorf("devsim %v: %+v %v\n%s", args, sum, err, out.String())
 		}
 	}

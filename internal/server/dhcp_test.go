@@ -93,7 +93,7 @@ func (r *dhcpRig) udhcpc(t *testing.T, mac string, extra ...string) string {
 	os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] && echo \"ip=$ip subnet=$subnet router=$router dns=$dns ntpsrv=$ntpsrv lease=$lease\" >> "+out+"\nexit 0\n"), 0o755)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	args := append([]string{"-i", r.pair.ClientIf, "-f", "-q", "-n", "-t", "3", "-T", "1", "-A", "1", "-s", script}, extra...)
+	args := append([]string{"-i", r.pair.ClientIf, "-f", "-q", "-n", "-t", "2", "-T", "1", "-A", "1", "-s", script}, extra...)
 	cmd := r.pair.Command(ctx, r.pair.Client, bin, args...)
 	cmdOut, err := cmd.CombinedOutput()
 	got, _ := os.ReadFile(out)
@@ -140,6 +140,7 @@ func lastLease(leases string) string {
 // release frees the lease; two devices never share an address; a revoked
 // device and an unknown MAC get nothing.
 func TestDHCPServesInventoryLeases(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	r := newDHCPRig(t)
 	env := r.env
 	ctx := context.Background()
@@ -202,6 +203,7 @@ func TestDHCPServesInventoryLeases(t *testing.T) {
 // inventory address), and stays silent for a device of another site asking
 // from there.
 func TestDHCPThroughARelay(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	relay := testtools.Need(t, "dhcrelay")
 	r := netnstest.NewRelayed(t)
 	var conn net.PacketConn

@@ -174,7 +174,8 @@ func TestLwM2MBootstrap(t *testing.T) {
 
 // Refusals: each with its answer, and the inventory unchanged.
 func TestLwM2MBootstrapRefusals(t *testing.T) {
-	env := servertest.Start(t, func(c *server.Config) { c.LwM2MTimeout = 3 * time.Second })
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
+	env := servertest.Start(t, func(c *server.Config) { c.LwM2MTimeout = 2 * time.Second })
 	lwm2mSite(t, env, "cert", "192.168.73.0/24", devices.LwM2MCertificate)
 	env.Site("plain", "192.168.74.0/24")
 	devs := mintLwM2M(t, env, 3, "cert", true)
@@ -187,7 +188,7 @@ func TestLwM2MBootstrapRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 		defer cancel()
 		err = run(ctx)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -241,6 +242,7 @@ func TestLwM2MBootstrapRefusals(t *testing.T) {
 // revoked device is refused (4.03); a re-opened one bootstraps with fresh
 // credentials.
 func TestLwM2MRebootstrapAndRevocation(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	env := servertest.Start(t)
 	lwm2mSite(t, env, "cert", "192.168.75.0/24", devices.LwM2MCertificate)
 	dev := mintLwM2M(t, env, 1, "cert", false)[0]
@@ -390,6 +392,7 @@ func TestLwM2MOwnPortAndEndpointPattern(t *testing.T) {
 // handshake slot until its bootstrap ends, as a certificate-less or PSK one
 // does, so that a storm cannot start more bootstraps than there are slots.
 func TestLwM2MBootstrapHoldsItsHandshakeSlot(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	env := servertest.Start(t, func(c *server.Config) {
 		c.LwM2MTimeout, c.HandshakeWait = 2*time.Second, 10*time.Second
 	})

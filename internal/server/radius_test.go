@@ -189,6 +189,7 @@ func eapTLS(t testing.TB, port int, identity, serverName string, ca *x509.Certif
 // authentication (OCSP to provisiond); a certificate from another CA is
 // refused.
 func TestEAPTLSWithFreeRADIUS(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	env := servertest.Start(t, func(c *server.Config) { c.OCSPAddr = "127.0.0.1:0" })
 	str := func(s string) *string { return &s }
 	port, nasPort := freeUDPPort(t), freeUDPPort(t)
