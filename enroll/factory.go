@@ -208,10 +208,7 @@ func SerialFromSubject(n pkix.Name, fields []string) string {
 // speaks for it: the same model, and the CA's batch when it names one.
 func (s *Service) authenticateFactory(ctx context.Context, req Request, fid FactoryIdentity, now time.Time, srcKey string, th throttled) (devices.Device, error) {
 	refuse := func(reason string) (devices.Device, error) {
-		s.bySerial.fail(ctx, req.Serial, now)
-		if srcKey != "" {
-			s.bySource.fail(ctx, srcKey, now)
-		}
+		s.failed(ctx, req.Serial, srcKey, now)
 		s.log.Info("enrollment refused", "serial", req.Serial, "source", req.Source, "factory_ca", fid.CA.ID, "reason", reason)
 		return devices.Device{}, fmt.Errorf("%w: %s", ErrFactoryCert, reason)
 	}

@@ -100,44 +100,21 @@ func (s *Service) BootstrapPSK(ctx context.Context, identity string) ([]byte, er
 // for it (Fleet.Rebootstrap). It then makes the credentials the site's
 // profile asks for; nothing is stored until CommitLwM2M.
 func (s *Service) PrepareLwM2M(ctx context.Context, req LwM2MRequest) (LwM2MGrant, error) {
-	if s.admit != nil {
-		select {
-		case s.admit <- struct{}{}:
-			defer func() { <-s.admit }()
-		default:
-			return LwM2MGrant{}, s.overloaded()
-		}
+	release, err := s.admitOne()
+	if err != nil {
+		return LwM2MGrant{}, err
 	}
+	defer release()
 	now := s.clock.Now()
 	if !devices.ValidSerial(req.Serial) {
 		return LwM2MGrant{}, fmt.Errorf("%w: endpoint name: not a device serial", ErrInvalid)
 	}
-	srcKey := ""
-	var th throttled
-	if req.Source.IsValid() && !s.fromLB(req.Source.Addr()) {
-		srcKey = req.Source.Addr().String()
-		ok, wait, seen, err := s.bySource.allow(ctx, srcKey, now)
-		if err != nil {
-			return LwM2MGrant{}, err
-		}
-		if !ok {
-			return LwM2MGrant{}, &RetryError{Err: ErrThrottled, After: wait}
-		}
-		th.source = seen
-	}
-	ok, wait, seen, err := s.bySerial.allow(ctx, req.Serial, now)
+	srcKey, th, err := s.checkThrottles(ctx, req.Serial, req.Source, now)
 	if err != nil {
 		return LwM2MGrant{}, err
 	}
-	if !ok {
-		return LwM2MGrant{}, &RetryError{Err: ErrThrottled, After: wait}
-	}
-	th.serial = seen
 	refuse := func(reason string) (LwM2MGrant, error) {
-		s.bySerial.fail(ctx, req.Serial, now)
-		if srcKey != "" {
-			s.bySource.fail(ctx, srcKey, now)
-		}
+		s.failed(ctx, req.Serial, srcKey, now)
 		s.log.Info("lwm2m bootstrap refused", "serial", req.Serial, "source", req.Source, "reason", reason)
 		return LwM2MGrant{}, fmt.Errorf("%w: %s", ErrUnauthorized, reason)
 	}

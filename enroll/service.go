@@ -203,6 +203,20 @@ func (s *Service) overloaded() error {
 	return &RetryError{Err: ErrOverloaded, After: s.cfg.OverloadRetry + jitter}
 }
 
+// admitOne takes one of the enrollment slots (Config.MaxInFlight), or
+// answers overloaded when none is free; release gives it back.
+func (s *Service) admitOne() (release func(), err error) {
+	if s.admit == nil {
+		return func() {}, nil
+	}
+	select {
+	case s.admit <- struct{}{}:
+		return func() { <-s.admit }, nil
+	default:
+		return nil, s.overloaded()
+	}
+}
+
 // Request is an enrollment request, decoded from any transport.
 type Request struct {
 	Serial          string
@@ -303,14 +317,11 @@ type Lease struct {
 // certificate, config and lease, recording all of it in one transaction.
 // Errors wrap this package's sentinels; RetryAfter tells when to retry.
 func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
-	if s.admit != nil {
-		select {
-		case s.admit <- struct{}{}:
-			defer func() { <-s.admit }()
-		default:
-			return Result{}, s.overloaded()
-		}
+	release, err := s.admitOne()
+	if err != nil {
+		return Result{}, err
 	}
+	defer release()
 	now := s.clock.Now()
 	if len(req.Factory) > 0 && req.ClaimToken == "" {
 		fid, err := s.IdentifyFactory(ctx, req.Factory)
@@ -328,29 +339,10 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 		}
 		req.Serial = req.PSKSerial
 	}
-	// Behind an external MQTT broker the device's address is unknown: then
-	// only the per-serial throttle applies.
-	srcKey := ""
-	var th throttled
-	if req.Source.IsValid() && !s.fromLB(req.Source.Addr()) {
-		srcKey = req.Source.Addr().String()
-		ok, wait, seen, err := s.bySource.allow(ctx, srcKey, now)
-		if err != nil {
-			return Result{}, err
-		}
-		if !ok {
-			return Result{}, &RetryError{Err: ErrThrottled, After: wait}
-		}
-		th.source = seen
-	}
-	ok, wait, seen, err := s.bySerial.allow(ctx, req.Serial, now)
+	srcKey, th, err := s.checkThrottles(ctx, req.Serial, req.Source, now)
 	if err != nil {
 		return Result{}, err
 	}
-	if !ok {
-		return Result{}, &RetryError{Err: ErrThrottled, After: wait}
-	}
-	th.serial = seen
 	csr, err := s.validate(req)
 	if err != nil {
 		return Result{}, err
@@ -389,6 +381,44 @@ func (s *Service) Enroll(ctx context.Context, req Request) (Result, error) {
 	return Result{}, fmt.Errorf("enroll %s: %w", req.Serial, devices.ErrConflict)
 }
 
+// checkThrottles checks a request against the per-source and per-serial
+// throttles. It returns the source's throttle key ("" when the source is not
+// throttled: unknown behind an external MQTT broker, or a load balancer's)
+// and which throttles had failures on record (a success then clears them).
+func (s *Service) checkThrottles(ctx context.Context, serial string, source netip.AddrPort, now time.Time) (string, throttled, error) {
+	srcKey := ""
+	var th throttled
+	if source.IsValid() && !s.fromLB(source.Addr()) {
+		srcKey = source.Addr().String()
+		ok, wait, seen, err := s.bySource.allow(ctx, srcKey, now)
+		if err != nil {
+			return "", th, err
+		}
+		if !ok {
+			return "", th, &RetryError{Err: ErrThrottled, After: wait}
+		}
+		th.source = seen
+	}
+	ok, wait, seen, err := s.bySerial.allow(ctx, serial, now)
+	if err != nil {
+		return "", th, err
+	}
+	if !ok {
+		return "", th, &RetryError{Err: ErrThrottled, After: wait}
+	}
+	th.serial = seen
+	return srcKey, th, nil
+}
+
+// failed counts a failed attempt against the serial and, when it is
+// throttled, the source.
+func (s *Service) failed(ctx context.Context, serial, srcKey string, now time.Time) {
+	s.bySerial.fail(ctx, serial, now)
+	if srcKey != "" {
+		s.bySource.fail(ctx, srcKey, now)
+	}
+}
+
 func (s *Service) validate(req Request) (*x509.CertificateRequest, error) {
 	switch {
 	case !devices.ValidSerial(req.Serial):
@@ -424,10 +454,7 @@ func (s *Service) authenticate(ctx context.Context, req Request, now time.Time, 
 	}
 	got := HashToken(req.ClaimToken)
 	if subtle.ConstantTimeCompare(got, want)&boolInt(known) != 1 {
-		s.bySerial.fail(ctx, req.Serial, now)
-		if srcKey != "" {
-			s.bySource.fail(ctx, srcKey, now)
-		}
+		s.failed(ctx, req.Serial, srcKey, now)
 		s.log.Info("enrollment refused", "serial", req.Serial, "source", req.Source, "reason", "unauthorized")
 		return d, ErrUnauthorized
 	}
