@@ -453,6 +453,32 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request, actor enroll.A
 
 // exportDevices streams every matching device as CSV or JSON lines.
 func (a *API) exportDevices(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
+	header := []string{"serial", "id", "model", "site", "state", "batch", "firmware_version", "address",
+		"cert_serial", "cert_not_after", "config_version", "applied_config_version", "health", "last_seen"}
+	a.export(w, r, actor, "export devices", header, func(d devices.Device) (any, []string, error) {
+		v := deviceView(d, false)
+		addr, notAfter, seen := "", "", ""
+		if v.Lease != nil {
+			addr = v.Lease.Address
+		}
+		if v.CertNotAfter != nil {
+			notAfter = v.CertNotAfter.Format(time.RFC3339)
+		}
+		if v.LastSeen != nil {
+			seen = v.LastSeen.Format(time.RFC3339)
+		}
+		return v, []string{v.Serial, v.ID.String(), v.Model, v.Site, v.State, v.BatchID, v.FirmwareVersion, addr,
+			v.CertSerial, notAfter, strconv.FormatUint(v.ConfigVersion, 10), strconv.FormatUint(v.AppliedVersion, 10), v.Health, seen}, nil
+	})
+}
+
+// export streams the devices the request's list filters select, a row
+// each (row's JSON value, or its CSV record under header; nil: the device
+// is left out), as CSV (format=csv, the default) or JSON lines, paging
+// through the inventory. A failure after the headers ends the export short
+// (logged as what).
+func (a *API) export(w http.ResponseWriter, r *http.Request, actor enroll.Actor, what string, header []string,
+	row func(devices.Device) (any, []string, error)) {
 	f, ok := a.deviceFilter(w, r, actor)
 	if !ok {
 		return
@@ -470,8 +496,8 @@ func (a *API) exportDevices(w http.ResponseWriter, r *http.Request, actor enroll
 	if format == "csv" {
 		w.Header().Set("Content-Type", "text/csv")
 		cw = csv.NewWriter(w)
-		_ = cw.Write([]string{"serial", "id", "model", "site", "state", "batch", "firmware_version", "address",
-			"cert_serial", "cert_not_after", "config_version", "applied_config_version", "health", "last_seen"})
+		defer cw.Flush()
+		_ = cw.Write(header)
 	} else {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		enc = json.NewEncoder(w)
@@ -480,35 +506,26 @@ func (a *API) exportDevices(w http.ResponseWriter, r *http.Request, actor enroll
 	for {
 		list, next, err := a.inv.Devices(r.Context(), f)
 		if err != nil {
-			a.log.Error("export devices", "err", err) // headers are gone: the export ends short
+			a.log.Error(what, "err", err) // headers are gone: the export ends short
 			return
 		}
 		for _, d := range list {
-			v := deviceView(d, false)
-			if enc != nil {
+			v, rec, err := row(d)
+			switch {
+			case err != nil:
+				a.log.Error(what, "serial", d.Serial, "err", err)
+				return
+			case v == nil:
+			case enc != nil:
 				_ = enc.Encode(v)
-				continue
+			default:
+				_ = cw.Write(rec)
 			}
-			addr, notAfter, seen := "", "", ""
-			if v.Lease != nil {
-				addr = v.Lease.Address
-			}
-			if v.CertNotAfter != nil {
-				notAfter = v.CertNotAfter.Format(time.RFC3339)
-			}
-			if v.LastSeen != nil {
-				seen = v.LastSeen.Format(time.RFC3339)
-			}
-			_ = cw.Write([]string{v.Serial, v.ID.String(), v.Model, v.Site, v.State, v.BatchID, v.FirmwareVersion, addr,
-				v.CertSerial, notAfter, strconv.FormatUint(v.ConfigVersion, 10), strconv.FormatUint(v.AppliedVersion, 10), v.Health, seen})
 		}
 		if next == uuid.Nil {
-			break
+			return
 		}
 		f.After = next
-	}
-	if cw != nil {
-		cw.Flush()
 	}
 }
 

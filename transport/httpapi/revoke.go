@@ -3,8 +3,6 @@ package httpapi
 import (
 	"context"
 	"encoding/base64"
-	"encoding/csv"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -142,59 +140,15 @@ func (a *API) lwm2mCredentials(w http.ResponseWriter, r *http.Request, actor enr
 // selected devices (the device list's filters), for the LwM2M management
 // server's security store: CSV (endpoint, psk_identity, psk) or JSON lines.
 func (a *API) exportLwM2MCredentials(w http.ResponseWriter, r *http.Request, actor enroll.Actor) {
-	f, ok := a.deviceFilter(w, r, actor)
-	if !ok {
-		return
-	}
-	format := r.URL.Query().Get("format")
-	if format == "" {
-		format = "csv"
-	}
-	if format != "csv" && format != "json" {
-		a.fail(w, fmt.Errorf("%w: format: csv or json", errBadRequest))
-		return
-	}
 	w.Header().Set("Cache-Control", "no-store")
-	var cw *csv.Writer
-	var enc *json.Encoder
-	if format == "csv" {
-		w.Header().Set("Content-Type", "text/csv")
-		cw = csv.NewWriter(w)
-		_ = cw.Write([]string{"endpoint", "psk_identity", "psk"})
-	} else {
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		enc = json.NewEncoder(w)
-	}
-	f.Limit = 1000
-	for {
-		list, next, err := a.inv.Devices(r.Context(), f)
-		if err != nil {
-			a.log.Error("export lwm2m credentials", "err", err) // headers are gone: the export ends short
-			return
-		}
-		for _, d := range list {
+	a.export(w, r, actor, "export lwm2m credentials", []string{"endpoint", "psk_identity", "psk"},
+		func(d devices.Device) (any, []string, error) {
 			if d.LwM2MPSK == "" || d.State == devices.StateRevoked {
-				continue
+				return nil, nil, nil
 			}
 			c, err := a.fleet.LwM2MCredentials(r.Context(), actor, d.ID)
-			if err != nil {
-				a.log.Error("export lwm2m credentials", "serial", d.Serial, "err", err)
-				return
-			}
-			if enc != nil {
-				_ = enc.Encode(c)
-			} else {
-				_ = cw.Write([]string{c.Endpoint, c.PSKIdentity, c.PSK})
-			}
-		}
-		if next == uuid.Nil {
-			break
-		}
-		f.After = next
-	}
-	if cw != nil {
-		cw.Flush()
-	}
+			return c, []string{c.Endpoint, c.PSKIdentity, c.PSK}, err
+		})
 }
 
 func (a *API) getCRL(w http.ResponseWriter, r *http.Request, _ enroll.Actor) {
