@@ -35,6 +35,8 @@ deps:
 	[ -x /usr/sbin/dhcrelay ] || missing="$$missing isc-dhcp-relay"; \
 	[ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
 	[ -x /usr/sbin/freeradius ] || missing="$$missing freeradius"; \
+	[ -f /usr/lib/freeradius/rlm_rest.so ] || missing="$$missing freeradius-rest"; \
+	command -v radclient >/dev/null || missing="$$missing freeradius-utils"; \
 	command -v eapol_test >/dev/null || missing="$$missing eapoltest"; \
 	command -v fish >/dev/null || missing="$$missing fish"; \
 	[ -x /usr/sbin/nginx ] && [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing nginx libnginx-mod-stream"; \

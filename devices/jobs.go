@@ -320,6 +320,7 @@ func applyJob(tx kv.Tx, job Job, d Device, now time.Time) (Device, bool, error) 
 				}
 			}
 			d.State = StateRevoked
+			d.WiFiPSK = "" // its RADIUS server serves it to nobody again
 			return nil
 		})
 		if err != nil {

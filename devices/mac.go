@@ -2,6 +2,7 @@ package devices
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"time"
@@ -15,6 +16,11 @@ import (
 // indexes it, lower case with colons ("02:00:5e:10:00:01"), or false when
 // s is not one (a device may report what it likes; only MACs are indexed).
 func NormalizeMAC(s string) (string, bool) {
+	if len(s) == 12 { // bare hex digits, as some access points send it
+		if _, err := hex.DecodeString(s); err == nil {
+			s = s[0:4] + "." + s[4:8] + "." + s[8:12]
+		}
+	}
 	hw, err := net.ParseMAC(s)
 	if err != nil || len(hw) != 6 {
 		return "", false

@@ -75,3 +75,20 @@ func TestDevicesByMACAndReleaseLease(t *testing.T) {
 		t.Fatalf("history: %+v", evs)
 	}
 }
+
+func TestNormalizeMAC(t *testing.T) {
+	for in, want := range map[string]string{
+		"02:00:5E:10:00:01":       "02:00:5e:10:00:01",
+		"02-00-5e-10-00-01":       "02:00:5e:10:00:01", // RADIUS Calling-Station-Id
+		"0200.5e10.0001":          "02:00:5e:10:00:01",
+		"02005E100001":            "02:00:5e:10:00:01", // bare, as some access points send it
+		"02005E10000":             "",
+		"02005E10000g":            "",
+		"02:00:5e:10:00:01:02:03": "", // not 48 bits
+	} {
+		got, ok := devices.NormalizeMAC(in)
+		if got != want || ok != (want != "") {
+			t.Errorf("NormalizeMAC(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+}

@@ -89,6 +89,7 @@ func (s *Store) Reopen(ctx context.Context, id uuid.UUID, tokenHash []byte, newI
 				d.State = StateClaimed
 			}
 			d.TokenHash = tokenHash
+			d.WiFiPSK = "" // revoked devices lose it; enrolling again gives a new one
 			d.CertSerial, d.CertDER, d.PublicKeyHash, d.CertNotAfter = "", nil, nil, time.Time{}
 			d.ProvisionedAt, d.AppliedConfigVersion, d.Health = time.Time{}, 0, ""
 			return nil

@@ -49,7 +49,10 @@ type Device struct {
 	LwM2MPSK string `json:"lwm2m_psk,omitempty"`
 	// Rebootstrap lets the device's next LwM2M bootstrap through although it
 	// is provisioned (an operator's trigger); the bootstrap clears it.
-	Rebootstrap     bool   `json:"rebootstrap,omitempty"`
+	Rebootstrap bool `json:"rebootstrap,omitempty"`
+	// WiFiPSK is the device's own Wi-Fi passphrase, sealed: given at its
+	// enrollment in a site with per-device PSKs; "" for the others.
+	WiFiPSK         string `json:"wifi_psk,omitempty"`
 	FirmwareVersion string `json:"firmware_version,omitempty"`
 	// FirmwarePin targets the device to this version whatever the rollouts
 	// say ("" follows them); it stays with the device through a re-key.
@@ -136,6 +139,12 @@ type Site struct {
 	// RADIUS Disconnect-Requests (RFC 5176): a revoked device's live
 	// session is ended at once. Secrets are sealed at rest.
 	NAS []NAS `json:"nas,omitempty"`
+	// PerDevicePSK gives each device of a wpa2-psk site a passphrase of
+	// its own (identity PSK), generated at its enrollment, delivered in its
+	// config and served to the site's RADIUS server by MAC
+	// (docs/network.md). The site's passphrase stays the one of devices
+	// enrolled before it was set.
+	PerDevicePSK bool `json:"per_device_psk,omitempty"`
 	// LwM2M is what the site's devices are told at an LwM2M bootstrap; nil:
 	// the site serves none.
 	LwM2M     *LwM2MProfile `json:"lwm2m,omitempty"`
@@ -211,11 +220,15 @@ type Role string
 // Token roles, from most to least powerful: an admin manages tokens, sites
 // and certificates; an operator runs the fleet (factory batches, site
 // changes); an installer claims devices for its sites; a viewer reads.
+// Beside them, a radius token is a RADIUS server's: it may only ask for the
+// Wi-Fi passphrase of a device by its MAC (per-device PSKs), and nothing
+// else, not even read.
 const (
 	RoleAdmin     Role = "admin"
 	RoleOperator  Role = "operator"
 	RoleInstaller Role = "installer"
 	RoleViewer    Role = "viewer"
+	RoleRADIUS    Role = "radius"
 )
 
 // Token is an API bearer token, stored under the SHA-256 of its secret.
@@ -229,10 +242,10 @@ type Token struct {
 	CreatedBy string    `json:"created_by,omitempty"`
 }
 
-// ValidRole reports whether r is one of the four roles.
+// ValidRole reports whether r is one of the roles.
 func ValidRole(r Role) bool {
 	switch r {
-	case RoleAdmin, RoleOperator, RoleInstaller, RoleViewer:
+	case RoleAdmin, RoleOperator, RoleInstaller, RoleViewer, RoleRADIUS:
 		return true
 	}
 	return false
@@ -284,6 +297,8 @@ func (s *Site) Validate() error {
 		return fmt.Errorf("%w: passphrase: an enterprise site has none: devices authenticate with their certificate (EAP-TLS)", ErrInvalid)
 	case len(s.RADIUSServerName) > 253:
 		return fmt.Errorf("%w: radius_server_name: at most 253 bytes", ErrInvalid)
+	case s.PerDevicePSK && s.Security != SecurityWPA2PSK:
+		return fmt.Errorf("%w: per_device_psk: only for security %q (access points take a per-device key by MAC for WPA2-PSK only)", ErrInvalid, SecurityWPA2PSK)
 	case len(s.NAS) > 64:
 		return fmt.Errorf("%w: nas: at most 64", ErrInvalid)
 	case !s.Security.Enterprise() && !strings.HasPrefix(s.Passphrase, seal.Prefix) && (len(s.Passphrase) < 8 || len(s.Passphrase) > 63):

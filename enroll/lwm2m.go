@@ -186,6 +186,25 @@ func (s *Service) PrepareLwM2M(ctx context.Context, req LwM2MRequest) (LwM2MGran
 	if site.LwM2M == nil {
 		return LwM2MGrant{}, fmt.Errorf("%w: site %q", ErrNoLwM2MProfile, site.Name)
 	}
+	// A device of a site with per-device PSKs gets its passphrase now, for
+	// the WLAN object; it is stored with the bootstrap (CommitLwM2M), or,
+	// in EST mode, where the EST-coaps enrollment that follows commits, at
+	// once: that enrollment then keeps it.
+	if psk, err := s.newWiFiPSK(site, d); err != nil {
+		return LwM2MGrant{}, fmt.Errorf("bootstrap %s: %w", d.Serial, err)
+	} else if psk != "" && site.LwM2M.SecurityMode == devices.LwM2MEST && site.LwM2M.WiFi {
+		if d, err = s.store.UpdateDevice(ctx, d.ID, func(x *devices.Device) (*devices.AuditEvent, error) {
+			if x.Rev != d.Rev {
+				return nil, fmt.Errorf("bootstrap %s: %w", d.Serial, devices.ErrConflict)
+			}
+			x.WiFiPSK = psk
+			return nil, nil
+		}); err != nil {
+			return LwM2MGrant{}, err
+		}
+	} else if psk != "" {
+		d.WiFiPSK = psk
+	}
 	cfg, err := s.render(ctx, site, d)
 	if err != nil {
 		return LwM2MGrant{}, err
@@ -264,6 +283,9 @@ func (s *Service) CommitLwM2M(ctx context.Context, g LwM2MGrant, source netip.Ad
 				x.CertSerial, x.CertDER, x.CertNotAfter, x.PublicKeyHash = fmt.Sprintf("%x", g.leaf.SerialNumber), g.leaf.Raw, g.leaf.NotAfter, h[:]
 			}
 			x.LwM2MPSK = sealedPSK
+			if d.WiFiPSK != "" {
+				x.WiFiPSK = d.WiFiPSK // given at PrepareLwM2M (or kept)
+			}
 			x.Rebootstrap = false
 			x.ConfigVersion++
 			x.ProvisionedAt = now

@@ -513,6 +513,10 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 		detail["auth"], detail["factory_ca"] = "factory-certificate", req.factory.CA.ID
 	}
 	rekey := req.Rekey && d.CertSerial != ""
+	wifiPSK, err := s.newWiFiPSK(site, d)
+	if err != nil {
+		return Result{}, fmt.Errorf("enroll %s: %w", d.Serial, err)
+	}
 	stored, err := s.store.Provision(ctx, devices.Provisioning{
 		DeviceID:  d.ID,
 		Rev:       d.Rev,
@@ -527,6 +531,9 @@ func (s *Service) enrollOnce(ctx context.Context, req Request, csr *x509.Certifi
 			}
 			if req.MAC != "" {
 				x.MAC = req.MAC
+			}
+			if wifiPSK != "" {
+				x.WiFiPSK = wifiPSK
 			}
 			x.CertSerial, x.CertDER, x.CertNotAfter = certSerial, leaf.Raw, leaf.NotAfter
 			x.PublicKeyHash = keyHash
@@ -607,6 +614,9 @@ func (s *Service) render(ctx context.Context, site devices.Site, d devices.Devic
 		}
 		d.Override = &o
 	}
+	if d.WiFiPSK, err = open(s.cfg.Secrets, d.WiFiPSK); err != nil {
+		return DeviceConfig{}, fmt.Errorf("device %s wifi passphrase: %w", d.Serial, err)
+	}
 	cfg := Render(site, d)
 	if cfg.WiFi.EAP != nil {
 		cfg.WiFi.EAP.CA = s.signer.Root()
@@ -626,6 +636,9 @@ func Render(site devices.Site, d devices.Device) DeviceConfig {
 		Version: d.ConfigVersion,
 		WiFi:    WiFi{SSID: site.SSID, Security: string(site.Security), Passphrase: site.Passphrase},
 		Network: Network{PrefixLen: site.CIDR.Bits(), Gateway: site.Gateway, DNS: site.DNS, NTP: site.NTP},
+	}
+	if site.PerDevicePSK && d.WiFiPSK != "" {
+		c.WiFi.Passphrase = d.WiFiPSK // the device's own (in clear here)
 	}
 	if d.Lease != nil {
 		c.Network.Address = d.Lease.Addr
@@ -685,6 +698,23 @@ func (s *Service) RenewLease(ctx context.Context, id uuid.UUID, source netip.Add
 	site, err := s.store.Site(ctx, d.Site)
 	if err != nil {
 		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
+	}
+	// A device enrolled before its site gave each device its own Wi-Fi
+	// passphrase gets one now, with a new config version.
+	if psk, err := s.newWiFiPSK(site, d); err != nil {
+		return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
+	} else if psk != "" {
+		if d, err = s.store.UpdateDevice(ctx, id, func(x *devices.Device) (*devices.AuditEvent, error) {
+			if x.WiFiPSK != "" || x.State == devices.StateRevoked {
+				return nil, nil
+			}
+			x.WiFiPSK = psk
+			x.ConfigVersion++
+			return &devices.AuditEvent{Time: s.clock.Now().UTC(), Actor: "device:" + x.Serial, Action: "device.wifi_psk", Target: x.Serial,
+				Source: source.String(), Detail: map[string]string{"site": site.Name}}, nil
+		}); err != nil {
+			return DeviceConfig{}, fmt.Errorf("renew lease: %w", err)
+		}
 	}
 	cfg, err := s.render(ctx, site, d)
 	if err != nil {

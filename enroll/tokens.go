@@ -102,7 +102,7 @@ func (x *Access) putToken(ctx context.Context, a Actor, secret, name string, rol
 	case name == "" || len(name) > 100:
 		return devices.Token{}, fmt.Errorf("%w: name: 1-100 characters", ErrInvalid)
 	case !devices.ValidRole(role):
-		return devices.Token{}, fmt.Errorf("%w: role: admin, operator, installer or viewer", ErrInvalid)
+		return devices.Token{}, fmt.Errorf("%w: role: admin, operator, installer, viewer or radius", ErrInvalid)
 	}
 	for _, s := range sites {
 		if _, err := x.store.Site(ctx, s); err != nil {

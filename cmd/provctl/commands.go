@@ -32,6 +32,7 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 		{"ssid", "Wi-Fi SSID"}, {"security", "wpa2-psk, wpa3-sae, wpa2-enterprise or wpa3-enterprise (EAP-TLS with the device certificate)"},
 		{"passphrase", "Wi-Fi passphrase (8-63 characters; none for the enterprise modes)"},
 		{"radius-server-name", "enterprise modes: the name devices check in the RADIUS server's certificate"},
+		{"per-device-psk", "true: each device of a wpa2-psk site gets a passphrase of its own, served to the RADIUS server by MAC (docs/network.md)"},
 		{"nas", "access points that take RADIUS Disconnect-Requests when a device is revoked: ADDR[:PORT]=SECRET,... (\"\" removes them)"},
 		{"cidr", "IPv4 address pool, e.g. 10.20.0.0/24"}, {"gateway", "default gateway (default: first host)"},
 		{"dns", "comma-separated DNS servers"}, {"ntp", "comma-separated NTP servers"}, {"lease", "lease time, e.g. 24h"},
@@ -86,6 +87,13 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 			nas = append(nas, devices.NAS{Address: addr, Secret: secret})
 		}
 		req.NAS = &nas
+	}
+	if given["per-device-psk"] {
+		b, err := strconv.ParseBool(*set["per-device-psk"])
+		if err != nil {
+			return fmt.Errorf("--per-device-psk: %q is neither true nor false", *set["per-device-psk"])
+		}
+		req.PerDevicePSK = &b
 	}
 	if req.LwM2M, err = lwm2mProfile(given, set); err != nil {
 		return err
@@ -162,8 +170,12 @@ func (e *env) site(sub string, args []string, stderr io.Writer) error {
 		return fmt.Errorf("unknown command: site %s", sub)
 	}
 	return e.print(v, func(w io.Writer) {
-		fmt.Fprintf(w, "site %s (version %d)\n  wifi:    %s (%s, passphrase set: %v)\n  network: %s via %s, dns %s, ntp %s\n  lease:   %s; %d of %d addresses in use; %d devices\n",
-			v.Name, v.Version, v.SSID, v.Security, v.PassphraseSet, v.CIDR, v.Gateway, strings.Join(v.DNS, ","), strings.Join(v.NTP, ","),
+		psk := ""
+		if v.PerDevicePSK {
+			psk = ", a passphrase per device"
+		}
+		fmt.Fprintf(w, "site %s (version %d)\n  wifi:    %s (%s, passphrase set: %v%s)\n  network: %s via %s, dns %s, ntp %s\n  lease:   %s; %d of %d addresses in use; %d devices\n",
+			v.Name, v.Version, v.SSID, v.Security, v.PassphraseSet, psk, v.CIDR, v.Gateway, strings.Join(v.DNS, ","), strings.Join(v.NTP, ","),
 			v.Lease, v.LeasesInUse, v.PoolSize, v.Devices)
 		if p := v.LwM2M; p != nil {
 			fmt.Fprintf(w, "  lwm2m:   %s (short server ID %d, lifetime %ds, binding %s, security %s, wifi %v)\n",
@@ -502,7 +514,7 @@ func (e *env) serverCert(args []string, stderr io.Writer) error {
 func (e *env) token(sub string, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("token "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	role := fs.String("role", "", "admin, operator, installer or viewer")
+	role := fs.String("role", "", "admin, operator, installer, viewer or radius (a RADIUS server's: per-device Wi-Fi passphrases by MAC only)")
 	sites := fs.String("sites", "", "comma-separated sites the token is limited to (default: all)")
 	pos, err := parse(fs, args)
 	if err != nil {

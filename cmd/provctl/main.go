@@ -66,7 +66,7 @@ commands:
   firmware add FILE --model M --version V [--min-bootloader V] [--min-hardware V] [--notes TEXT]
   firmware list | firmware rollout --model M --version V [--site S] [--percent P]
   firmware pause|resume|abort --model M [--site S] | firmware pin SERIAL|ID --version V
-  token create NAME --role admin|operator|installer|viewer [--sites S,S] | token list | token revoke ID
+  token create NAME --role admin|operator|installer|viewer|radius [--sites S,S] | token list | token revoke ID
   info
   cluster status                     replicas sharing the inventory in etcd, the elected one, etcd health and size
   completion bash|zsh|fish           a shell completion script: source <(provctl completion bash)

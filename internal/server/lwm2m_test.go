@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -78,6 +79,13 @@ func TestLwM2MBootstrap(t *testing.T) {
 	lwm2mSite(t, env, "cert", "192.168.70.0/24", devices.LwM2MCertificate)
 	lwm2mSite(t, env, "psk", "192.168.71.0/24", devices.LwM2MPSK)
 	lwm2mSite(t, env, "est", "192.168.72.0/24", devices.LwM2MEST)
+	yes := true // the psk and est sites give each device its own Wi-Fi passphrase
+	for _, site := range []string{"psk", "est"} {
+		if err := env.Client.Do(context.Background(), http.MethodPatch, "/api/v1/sites/"+site, httpapi.SiteRequest{PerDevicePSK: &yes}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	macs := 0
 	pool := x509.NewCertPool()
 	pool.AddCert(env.Server.CA().Root())
 	inter := x509.NewCertPool()
@@ -117,6 +125,24 @@ func TestLwM2MBootstrap(t *testing.T) {
 			d, err := env.Server.Store().DeviceBySerial(ctx, dev.Bundle.Serial)
 			if err != nil || d.State != devices.StateProvisioned || d.Lease == nil {
 				t.Fatalf("device after bootstrap: %+v %v", d, err)
+			}
+			// The WLAN key phrase is the site's, or the device's own
+			// passphrase, which the RADIUS server is then served (by a MAC
+			// the test gives the device; LwM2M clients report none).
+			if !tc.opts.NoWLAN {
+				macs++
+				mac := fmt.Sprintf("02:5e:10:00:04:%02x", macs)
+				if _, err := env.Server.Store().UpdateDevice(ctx, d.ID, func(x *devices.Device) (*devices.AuditEvent, error) { x.MAC = mac; return nil, nil }); err != nil {
+					t.Fatal(err)
+				}
+				var served map[string]struct{ Value string }
+				if err := env.Client.Do(ctx, http.MethodGet, "/api/v1/radius/mac-auth?mac="+mac, nil, &served); err != nil {
+					t.Fatal(err)
+				}
+				own := tc.site == "psk" || tc.site == "est"
+				if got := served["reply:Tunnel-Password"].Value; got != res.KeyPhrase || own != (len(got) == 26 && d.WiFiPSK != "") || own == (got == "passphrase-"+tc.site) {
+					t.Errorf("WLAN key phrase %q, served to RADIUS %q, per-device %v", res.KeyPhrase, got, own)
+				}
 			}
 			switch tc.site {
 			case "cert", "est":

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -200,6 +201,17 @@ type fleetFront struct {
 	*enroll.Fleet
 	changed  func()
 	endpoint func(serial string) string // the LwM2M endpoint name of a serial
+	svc      *enroll.Service
+}
+
+// WiFiKey answers a RADIUS server's MAC authorisation; a device of a site
+// outside the token's is one it does not know.
+func (f fleetFront) WiFiKey(ctx context.Context, a enroll.Actor, mac string) (enroll.WiFiKey, error) {
+	k, err := f.svc.WiFiKey(ctx, mac)
+	if k.Device.Site != "" && !a.CanSite(k.Device.Site) {
+		return enroll.WiFiKey{}, fmt.Errorf("%w: no enrolled device reported MAC %s", enroll.ErrUnknownDevice, mac)
+	}
+	return k, err
 }
 
 func (f fleetFront) LwM2MCredentials(ctx context.Context, a enroll.Actor, id uuid.UUID) (enroll.LwM2MCredentials, error) {

@@ -49,7 +49,29 @@ const radiusSecret = "test-shared-secret-0123"
 // server is ready.
 func startFreeRADIUS(t testing.TB, env *servertest.Env, port int, debug bool, extra ...string) *syncBuffer {
 	t.Helper()
+	return startFreeRADIUSWith(t, env, port, debug, radiusToken(t, env), extra...)
+}
+
+// radiusToken creates an API token of role radius for sites (every site
+// when none), as docs/network.md has the operator do.
+func radiusToken(t testing.TB, env *servertest.Env, sites ...string) string {
+	t.Helper()
+	var tok httpapi.TokenCreated
+	if err := env.Client.Do(context.Background(), http.MethodPost, "/api/v1/tokens",
+		httpapi.TokenRequest{Name: "freeradius", Role: devices.RoleRADIUS, Sites: sites}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	return tok.Secret
+}
+
+// startFreeRADIUSWith is startFreeRADIUS with the radius token its MAC
+// authorisations use (rest_provisiond, to provisiond's HTTPS API).
+func startFreeRADIUSWith(t testing.TB, env *servertest.Env, port int, debug bool, token string, extra ...string) *syncBuffer {
+	t.Helper()
 	bin := testtools.Need(t, "freeradius")
+	if _, err := os.Stat("/usr/lib/freeradius/rlm_rest.so"); err != nil {
+		t.Fatalf("FreeRADIUS's rest module is not installed (Debian's freeradius-rest; make test installs it): %v", err)
+	}
 	dir := filepath.Join(t.TempDir(), "raddb")
 	if out, err := exec.Command("cp", "-a", "/etc/freeradius/3.0", dir).CombinedOutput(); err != nil {
 		t.Fatalf("copy the FreeRADIUS configuration: %v\n%s", err, out)
@@ -76,8 +98,9 @@ func startFreeRADIUS(t testing.TB, env *servertest.Env, port int, debug bool, ex
 		}
 	}
 	install("mods-available/eap_provisiond", "provisiond.example.net:8080", ocsp)
+	install("mods-available/rest_provisiond", "https://provisiond.example.net:8443", "https://"+env.Server.HTTPAddr().String())
 	install("sites-available/provisiond", "port = 1812", fmt.Sprintf("port = %d", port), "ipaddr = *", "ipaddr = 127.0.0.1",
-		"ipaddr = 10.0.0.0/8", "ipaddr = 127.0.0.1/32", "CHANGE-ME-shared-secret", radiusSecret)
+		"ipaddr = 10.0.0.0/8", "ipaddr = 127.0.0.1/32", "CHANGE-ME-shared-secret", radiusSecret, "CHANGE-ME-radius-token", token)
 	var cert httpapi.ServerCertResponse
 	if err := env.Client.Do(context.Background(), http.MethodPost, "/api/v1/server-certificates",
 		httpapi.ServerCertRequest{Names: []string{"radius.example.net"}, Lifetime: "24h"}, &cert); err != nil {

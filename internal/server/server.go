@@ -538,7 +538,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	// and the manufacturers' (browsers offer only matching certificates).
 	s.caHint = &caHint{own: clientCAs, list: s.store.FactoryCAs, log: log}
 	s.httpsGate = &httpsGate{gate: newGate(cfg.MaxHandshakes, cfg.HandshakeWait, cfg.HandshakeTimeout)}
-	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleetFront{Fleet: fleet, changed: s.caHint.invalidate, endpoint: lwEP.Name}, Access: access, Revocation: s, Info: s.info,
+	api := httpapi.New(httpapi.Config{Inventory: s.store, Fleet: fleetFront{Fleet: fleet, changed: s.caHint.invalidate, endpoint: lwEP.Name, svc: svc}, Access: access, Revocation: s, Info: s.info,
 		Metrics: s.metrics.Handler(), Ready: s.Ready, Backup: s.Backup, Cluster: s.clusterAPI(), Pages: web.Handler(),
 		Firmware: &httpapi.Firmware{Catalogue: cat, Targets: enroll.NewRollouts(s.store, fwCat, fleet), Authorize: svc.Authorize},
 		Routes:   cfg.Routes}, log)

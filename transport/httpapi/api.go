@@ -61,6 +61,9 @@ type Fleet interface {
 	RemoveFactoryCA(ctx context.Context, a enroll.Actor, ref string) (devices.FactoryCA, error)
 	Rebootstrap(ctx context.Context, a enroll.Actor, id uuid.UUID) (devices.Device, error)
 	LwM2MCredentials(ctx context.Context, a enroll.Actor, id uuid.UUID) (enroll.LwM2MCredentials, error)
+	// WiFiKey is the Wi-Fi passphrase of the enrolled device that
+	// reported a MAC, for the RADIUS server's MAC authorisation.
+	WiFiKey(ctx context.Context, a enroll.Actor, mac string) (enroll.WiFiKey, error)
 }
 
 // Info is what GET /api/v1/info reports: where devices reach the service.
@@ -271,6 +274,7 @@ func (a *API) ownRoutes() []route {
 		{"POST /api/v1/devices/{ref}/rebootstrap", devices.RoleOperator, false, a.rebootstrap},
 		{"GET /api/v1/devices/{ref}/lwm2m-credentials", devices.RoleOperator, false, a.lwm2mCredentials},
 		{"GET /api/v1/lwm2m/credentials", devices.RoleOperator, false, a.exportLwM2MCredentials},
+		{"GET /api/v1/radius/mac-auth", devices.RoleRADIUS, false, a.radiusMACAuth},
 		{"GET /api/v1/jobs", devices.RoleViewer, global, a.listJobs},
 		{"GET /api/v1/jobs/{id}", devices.RoleViewer, global, a.getJob},
 		{"GET /api/v1/audit", devices.RoleViewer, global, a.listAudit},
@@ -297,6 +301,16 @@ func forbidSite(w http.ResponseWriter, actor enroll.Actor, site string) bool {
 
 var roleRank = map[devices.Role]int{devices.RoleViewer: 1, devices.RoleInstaller: 2, devices.RoleOperator: 3, devices.RoleAdmin: 4}
 
+// roleAllows says whether a token of role has may use a route that needs
+// role need. The radius role is beside the ranks: its routes take it and
+// operators and admins; it takes no other route.
+func roleAllows(has, need devices.Role) bool {
+	if need == devices.RoleRADIUS {
+		return has == devices.RoleRADIUS || roleRank[has] >= roleRank[devices.RoleOperator]
+	}
+	return roleRank[has] >= roleRank[need] // radius ranks 0
+}
+
 func (a *API) guard(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		actor := enroll.Actor{Name: "anonymous", Source: clientAddr(r)}
@@ -318,7 +332,7 @@ func (a *API) guard(rt route) http.Handler {
 				writeError(w, http.StatusUnauthorized, "unauthorized", "unknown token")
 				return
 			}
-			if roleRank[tok.Role] < roleRank[rt.role] {
+			if !roleAllows(tok.Role, rt.role) {
 				writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("needs role %s, token has %s", rt.role, tok.Role))
 				return
 			}

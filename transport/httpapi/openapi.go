@@ -84,6 +84,7 @@ var docs = map[string]routeDoc{
 	"POST /api/v1/devices/{ref}/reopen":           {"Re-open a revoked device with a fresh claim token", nil, ReopenResponse{}, 200},
 	"POST /api/v1/devices/{ref}/rebootstrap":      {"Let a provisioned device's next LwM2M bootstrap through (fresh credentials)", nil, DeviceView{}, 200},
 	"GET /api/v1/lwm2m/credentials":               {"Export the management-server PSKs of the selected devices (CSV or JSON lines)", nil, nil, 200},
+	"GET /api/v1/radius/mac-auth":                 {"A RADIUS server's MAC authorisation (?mac=): the device's Wi-Fi passphrase as FreeRADIUS rest JSON (reply:Tunnel-Password); 404 unknown, 403 revoked", nil, nil, 200},
 	"GET /api/v1/devices/{ref}/lwm2m-credentials": {"The management-server PSK a device's LwM2M bootstrap gave it", nil, enroll.LwM2MCredentials{}, 200},
 	"GET /api/v1/audit":                           {"Audit events newest first (query: before=ID, limit), or oldest first from after=ID; next is the following page's cursor", nil, AuditPage{}, 200},
 	"GET /api/v1/audit/verify":                    {"Verify every audit hash chain; the head's hash covers each chain's newest event", nil, devices.AuditHead{}, 200},

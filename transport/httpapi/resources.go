@@ -36,6 +36,9 @@ type SiteRequest struct {
 	// NAS replaces the site's access points that take Disconnect-Requests
 	// when a device is revoked (each with its secret; [] removes them).
 	NAS *[]devices.NAS `json:"nas,omitempty"`
+	// PerDevicePSK gives each device of a wpa2-psk site a passphrase of
+	// its own, served to the site's RADIUS server by MAC.
+	PerDevicePSK *bool `json:"per_device_psk,omitempty"`
 	// LwM2M sets the site's LwM2M bootstrap profile; one with an empty
 	// server_uri removes it.
 	LwM2M *devices.LwM2MProfile `json:"lwm2m,omitempty"`
@@ -58,6 +61,8 @@ type SiteView struct {
 	// NAS are the addresses of the site's Disconnect-Request targets (the
 	// secrets are write-only).
 	NAS []string `json:"nas,omitempty"`
+	// PerDevicePSK: each device gets a passphrase of its own.
+	PerDevicePSK bool `json:"per_device_psk,omitempty"`
 	// LwM2M is the site's LwM2M bootstrap profile, absent when it has none.
 	LwM2M       *devices.LwM2MProfile `json:"lwm2m,omitempty"`
 	Version     uint64                `json:"version"`
@@ -90,6 +95,9 @@ func (req SiteRequest) apply(s *devices.Site) error {
 	}
 	if req.NAS != nil {
 		s.NAS = append([]devices.NAS(nil), *req.NAS...)
+	}
+	if req.PerDevicePSK != nil {
+		s.PerDevicePSK = *req.PerDevicePSK
 	}
 	if req.CIDR != nil {
 		p, err := netip.ParsePrefix(*req.CIDR)
@@ -159,8 +167,8 @@ func (a *API) view(ctx context.Context, s devices.Site) (SiteView, error) {
 	}
 	v := SiteView{Name: s.Name, SSID: s.SSID, Security: string(s.Security), PassphraseSet: s.Passphrase != "",
 		CIDR: s.CIDR.String(), Gateway: s.Gateway.String(), NTP: s.NTP, Lease: s.LeaseTTL.String(), Reenroll: string(s.Reenroll), LwM2M: s.LwM2M,
-		RADIUSServerName: s.RADIUSServerName,
-		Version:          s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, Enrolled: enrolled, ConfigApplied: applied,
+		RADIUSServerName: s.RADIUSServerName, PerDevicePSK: s.PerDevicePSK,
+		Version: s.Version, PoolSize: s.PoolSize(), LeasesInUse: inUse, Devices: n, Enrolled: enrolled, ConfigApplied: applied,
 		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
 	for _, n := range s.NAS {
 		v.NAS = append(v.NAS, n.Address)
@@ -335,7 +343,8 @@ type DeviceView struct {
 	Lease           *LeaseView           `json:"lease,omitempty"`
 	ConfigVersion   uint64               `json:"config_version,omitempty"`
 	AppliedVersion  uint64               `json:"applied_config_version,omitempty"`
-	Override        *OverrideFields      `json:"override,omitempty"` // passphrase never shown
+	Override        *OverrideFields      `json:"override,omitempty"`     // passphrase never shown
+	WiFiPSKSet      bool                 `json:"wifi_psk_set,omitempty"` // the device has a Wi-Fi passphrase of its own (never shown)
 	Health          string               `json:"health,omitempty"`
 	LastSeen        *time.Time           `json:"last_seen,omitempty"`
 	ProvisionedAt   *time.Time           `json:"provisioned_at,omitempty"`
@@ -352,7 +361,7 @@ type LeaseView struct {
 func deviceView(d devices.Device, withCert bool) DeviceView {
 	v := DeviceView{ID: d.ID, Serial: d.Serial, Model: d.Model, BatchID: d.BatchID, Site: d.Site, State: string(d.State),
 		FirmwareVersion: d.FirmwareVersion, MAC: d.MAC, CertSerial: d.CertSerial, ConfigVersion: d.ConfigVersion,
-		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}
+		WiFiPSKSet: d.WiFiPSK != "", CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}
 	if !d.CertNotAfter.IsZero() {
 		t := d.CertNotAfter
 		v.CertNotAfter = &t

@@ -301,7 +301,7 @@ async function tokens() {
   const list = (await api("GET", "/api/v1/tokens")).tokens || [];
   const form = el("form", { class: "row", "aria-label": "New token" },
     el("div", {}, el("label", { for: "t-name" }, "Name"), el("input", { id: "t-name", name: "name", required: true })),
-    el("div", {}, el("label", { for: "t-role" }, "Role"), el("select", { id: "t-role", name: "role" }, ["viewer", "installer", "operator", "admin"].map((r) => el("option", { value: r }, r)))),
+    el("div", {}, el("label", { for: "t-role" }, "Role"), el("select", { id: "t-role", name: "role" }, ["viewer", "installer", "operator", "admin", "radius"].map((r) => el("option", { value: r }, r)))),
     el("div", {}, el("label", { for: "t-sites" }, "Sites (comma-separated; empty: all)"), el("input", { id: "t-sites", name: "sites" })),
     el("button", { type: "submit" }, "Create token"));
   const secret = el("p", { class: "status", role: "status" });
