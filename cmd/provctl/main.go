@@ -39,6 +39,7 @@ const usage = `usage: provctl [global flags] COMMAND ...
 
 commands:
   site create NAME --ssid S --security wpa2-psk|wpa3-sae --passphrase P --cidr CIDR [--gateway IP --dns IP,IP --ntp HOST,HOST --lease 24h]
+                                     [--per-device-psk true: wpa2-psk, each device its own passphrase, served to RADIUS by MAC]
                                      [--lwm2m-server coaps://H:P [--lwm2m-server-id N --lwm2m-lifetime S --lwm2m-binding U --lwm2m-security certificate|est|psk --lwm2m-wifi true]]
   site list | site show NAME | site update NAME [same flags as create] | site delete NAME
   factory mint --model M --count N [--site S] [--idevid [--mfr-ca DIR]] [--lwm2m-psk] --out DIR
