@@ -133,6 +133,7 @@ bench: build etcd
 	$(GO) test -run XXX -bench 'EnrollTransports' -benchtime 3000x ./internal/server/
 	$(GO) test -run XXX -bench DHCPRespond -benchtime 3s ./transport/dhcp/
 	$(GO) test -run XXX -bench EAPTLSWithFreeRADIUS -benchtime 200x ./internal/server/
+	$(GO) test -run XXX -bench MACAuthWithFreeRADIUS -benchtime 10000x ./internal/server/
 	$(GO) test -run XXX -bench FirmwareDownload -benchtime 10x ./internal/server/
 	$(GO) test -run XXX -bench 'EnrollStore' -benchtime 3000x ./internal/server/
 	$(GO) test -run XXX -bench 'RevocationFanout' -benchtime 200x ./internal/server/
