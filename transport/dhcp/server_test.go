@@ -2,11 +2,13 @@ package dhcp
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,7 +16,9 @@ import (
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/devices/kv/boltkv"
+	"github.com/provisiond/provisiond/devices/kv/etcdkv"
 	"github.com/provisiond/provisiond/enroll"
+	"github.com/provisiond/provisiond/internal/etcdtest"
 )
 
 var deviceMAC = net.HardwareAddr{0x02, 0x5e, 0x10, 0, 0, 0x0a}
@@ -164,5 +168,103 @@ func BenchmarkDHCPRespond(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "answers/s")
 		})
+	}
+}
+
+// Two replicas on one etcd inventory answer the same clients at once (a
+// site whose two DHCP servers both hear every broadcast): every device's
+// leases had lapsed, so each answer allocates again from a pool with one
+// spare address. Both replicas offer each device the same address, no two
+// devices get one address, and the inventory holds what was offered.
+func TestTwoReplicasNeverShareAnAddress(t *testing.T) {
+	ctx := context.Background()
+	etcd := etcdtest.Start(t, etcdtest.Options{NoFsync: true})
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var replicas []*Server
+	var store *devices.Store
+	for i := range 2 {
+		s, err := devices.New(ctx, etcdkv.New(etcd.Client(t), etcdkv.Options{Prefix: "/dhcp-replicas/"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := New(Config{Service: enroll.New(enroll.Config{}, enroll.Ports{Store: s}, quiet), Conn: conn,
+			ServerIP: netip.MustParseAddr("10.9.0.1"), Log: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Close() })
+		replicas = append(replicas, srv)
+		if i == 0 {
+			store = s
+		}
+	}
+	// A /28: 13 leasable addresses, 12 devices.
+	site := devices.Site{Name: "lan", SSID: "lan", Security: devices.SecurityWPA2PSK, Passphrase: "passphrase-lan",
+		CIDR: netip.MustParsePrefix("10.9.0.0/28"), LeaseTTL: time.Hour}
+	if _, err := store.CreateSite(ctx, site, devices.AuditEvent{Actor: "test", Action: "site.create", Target: "lan"}); err != nil {
+		t.Fatal(err)
+	}
+	var rows []devices.ImportRow
+	for i := range 12 {
+		rows = append(rows, devices.ImportRow{Serial: fmt.Sprintf("TH1-%04d", i), Model: "TH1", TokenHash: make([]byte, 32)})
+	}
+	_, res, err := store.ImportBatch(ctx, devices.Batch{ID: "b1", Model: "TH1", Site: "lan"}, rows,
+		devices.AuditEvent{Actor: "test", Action: "batch.import", Target: "b1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var macs []net.HardwareAddr
+	for i, r := range res {
+		d, err := store.Device(ctx, r.DeviceID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mac := net.HardwareAddr{0x02, 0x5e, 0x10, 0, 1, byte(i)}
+		// Enrolled two hours ago with a one-hour lease: lapsed.
+		if _, err := store.Provision(ctx, devices.Provisioning{DeviceID: d.ID, Rev: d.Rev, Now: time.Now().Add(-2 * time.Hour).UTC(),
+			Apply: func(x *devices.Device) { x.State, x.MAC = devices.StateProvisioned, mac.String() },
+			Audit: devices.AuditEvent{Actor: "test", Action: "device.enroll", Target: d.Serial}}); err != nil {
+			t.Fatal(err)
+		}
+		macs = append(macs, mac)
+	}
+	offers := make([][2]netip.Addr, len(macs))
+	var wg sync.WaitGroup
+	for i, mac := range macs {
+		for r, srv := range replicas {
+			wg.Go(func() {
+				m, err := dhcpv4.NewDiscovery(mac)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				reply, _, result := srv.respond(m.ToBytes(), peer)
+				if reply == nil || reply.MessageType() != dhcpv4.MessageTypeOffer {
+					t.Errorf("replica %d, device %d: no offer (%s)", r, i, result)
+					return
+				}
+				offers[i][r], _ = netip.AddrFromSlice(reply.YourIPAddr.To4())
+			})
+		}
+	}
+	wg.Wait()
+	seen := map[netip.Addr]int{}
+	for i, o := range offers {
+		if o[0] != o[1] {
+			t.Errorf("device %d: replica 0 offered %s, replica 1 %s", i, o[0], o[1])
+		}
+		if j, dup := seen[o[0]]; dup {
+			t.Errorf("devices %d and %d were both offered %s", j, i, o[0])
+		}
+		seen[o[0]] = i
+		ds, err := store.DevicesByMAC(ctx, macs[i].String())
+		if err != nil || len(ds) != 1 || ds[0].Lease == nil || ds[0].Lease.Addr != o[0] || !ds[0].Lease.Expires.After(time.Now()) {
+			t.Errorf("device %d offered %s, inventory %+v (%v)", i, o[0], ds, err)
+		}
 	}
 }
