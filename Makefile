@@ -139,6 +139,7 @@ bench: build etcd
 	$(GO) test -run XXX -bench 'RevocationFanout' -benchtime 200x ./internal/server/
 	MIGRATE_DEVICES=100000 $(GO) test -run XXX -bench Migrate -benchtime 1x -timeout 30m ./devices/
 	INVENTORY_DEVICES=$(INVENTORY_DEVICES) $(GO) test -run XXX -bench LargeInventory -benchtime 1000x -timeout 60m ./internal/server/
+	$(MAKE) cpu
 	$(MAKE) storm
 	$(MAKE) rates
 	$(MAKE) soak
@@ -161,6 +162,17 @@ rates: build
 	for r in $(RATES); do echo "offered $$r/s for 10 s:"; \
 		bin/devsim --mint $$((r * 10)) --site big --data $(RATE_DIR)/data --arrival rate --rate $$r \
 			--concurrency 2000 --attempts 20 --quiet || exit 1; done
+
+# Issue 17's CPU table: the CPU time per enrollment of the server (against
+# its public-key floor, internal/floor, measured first on one core) and of
+# devsim (against the server's), over DTLS, MQTT and EST; CPU_N devices,
+# 64 at a time, each transport on a fresh provisiond.
+CPU_N          ?= 5000
+CPU_DIR        ?= /tmp/provisiond-cpu
+CPU_TRANSPORTS ?= coap mqtt est
+cpu: build
+	@for t in $(CPU_TRANSPORTS); do ( $(call bench_server,$(CPU_DIR)) && echo "$$t:" && \
+		bin/devsim --mint $(CPU_N) --site big --data $(CPU_DIR)/data --concurrency 64 --transport $$t --cpu --quiet ) || exit 1; done
 
 # SOAK_N devices enrolled over MQTT stay online SOAK_FOR: three site-wide
 # pushes, lease renewals, then 100 revocations one by one; prints push and

@@ -83,6 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fwCoAP := fs.Bool("firmware-coap", false, "with --soak: download firmware targets over CoAP block-wise (default HTTPS)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
+	cpu := fs.Bool("cpu", false, "report the CPU time server and devsim spent per enrollment, against the server's public-key floor measured first (needs the ops API: --data or --api/--token-file)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -120,7 +121,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var list []wire.Bundle
 	var c *httpapi.Client
-	if *mint > 0 || *soakFor > 0 {
+	if *mint > 0 || *soakFor > 0 || *cpu {
 		var err error
 		if c, err = httpapi.Connect(*api, *tokenFile, *caFile, *data); err != nil {
 			return err
@@ -153,7 +154,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if !*quiet && !*asJSON {
 		opts.Progress = stderr
 	}
+	var cpuR *cpuReport
+	if *cpu {
+		r, err := startCPU(ctx, c)
+		if err != nil {
+			return fmt.Errorf("--cpu: %w", err)
+		}
+		cpuR = &r
+	}
 	outs, sum := simulator.Run(ctx, list, opts)
+	if cpuR != nil {
+		r, err := cpuR.finish(ctx, c, sum.Enrolled)
+		if err != nil {
+			return fmt.Errorf("--cpu: %w", err)
+		}
+		cpuR = &r
+	}
 	var soaked *soakReport
 	if *soakFor > 0 {
 		r := soak(ctx, outs, soakPlan{duration: *soakFor, site: *site, pushes: *pushes, revocations: *revoke, api: c,
@@ -165,13 +181,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		enc.SetIndent("", "  ")
 		out := struct {
 			simulator.Summary
+			CPU  *cpuReport  `json:"cpu,omitempty"`
 			Soak *soakReport `json:"soak,omitempty"`
-		}{sum, soaked}
+		}{sum, cpuR, soaked}
 		if err := enc.Encode(out); err != nil {
 			return err
 		}
 	} else {
 		fmt.Fprintln(stdout, sum)
+		if cpuR != nil {
+			fmt.Fprintln(stdout, cpuR)
+		}
 		if soaked != nil {
 			fmt.Fprintln(stdout, soaked)
 		}

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -147,16 +143,6 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 // serverRSS reads process_resident_memory_bytes from the server's /metrics.
 func serverRSS(ctx context.Context, api *httpapi.Client) (int64, error) {
-	var raw []byte
-	if err := api.Do(ctx, "GET", "/metrics", nil, &raw); err != nil {
-		return 0, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(raw))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "process_resident_memory_bytes "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			return int64(f), err
-		}
-	}
-	return 0, errors.New("no process_resident_memory_bytes in /metrics")
+	v, err := serverMetric(ctx, api, "process_resident_memory_bytes")
+	return int64(v), err
 }

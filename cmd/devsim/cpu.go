@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/provisiond/provisiond/internal/floor"
+	"github.com/provisiond/provisiond/transport/httpapi"
+)
+
+// cpuReport is the CPU time each side spent per enrollment during the run,
+// against the server's public-key floor measured just before it
+// (internal/floor, one core) on the same machine.
+type cpuReport struct {
+	Floor        time.Duration `json:"floor_ns"`
+	Server       time.Duration `json:"server_ns"` // per enrollment, from the server's process_cpu_seconds_total
+	Devsim       time.Duration `json:"devsim_ns"` // per enrollment, this process's user+system time
+	ServerRatio  float64       `json:"server_to_floor"`
+	DevsimRatio  float64       `json:"devsim_to_server"`
+	ServerBefore float64       `json:"-"`
+	DevsimBefore time.Duration `json:"-"`
+}
+
+func (r cpuReport) String() string {
+	return fmt.Sprintf("CPU per enrollment: server %v (%.2fx the public-key floor of %v), devsim %v (%.2fx the server's)",
+		r.Server.Round(time.Microsecond), r.ServerRatio, r.Floor.Round(time.Microsecond), r.Devsim.Round(time.Microsecond), r.DevsimRatio)
+}
+
+// startCPU measures the floor and reads both processes' CPU time.
+func startCPU(ctx context.Context, api *httpapi.Client) (cpuReport, error) {
+	var r cpuReport
+	var err error
+	if r.Floor, err = floor.Measure(2 * time.Second); err != nil {
+		return r, err
+	}
+	if r.ServerBefore, err = serverMetric(ctx, api, "process_cpu_seconds_total"); err != nil {
+		return r, err
+	}
+	r.DevsimBefore = ownCPU()
+	return r, nil
+}
+
+// finish reads the CPU times again and divides by the enrollments.
+func (r cpuReport) finish(ctx context.Context, api *httpapi.Client, enrolled int) (cpuReport, error) {
+	if enrolled == 0 {
+		return r, fmt.Errorf("no enrollment to divide by")
+	}
+	after, err := serverMetric(ctx, api, "process_cpu_seconds_total")
+	if err != nil {
+		return r, err
+	}
+	r.Server = time.Duration((after - r.ServerBefore) * float64(time.Second) / float64(enrolled))
+	r.Devsim = (ownCPU() - r.DevsimBefore) / time.Duration(enrolled)
+	r.ServerRatio = float64(r.Server) / float64(r.Floor)
+	if r.Server > 0 {
+		r.DevsimRatio = float64(r.Devsim) / float64(r.Server)
+	}
+	return r, nil
+}
+
+func ownCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// serverMetric reads one unlabelled value from the server's /metrics.
+func serverMetric(ctx context.Context, api *httpapi.Client, name string) (float64, error) {
+	var raw []byte
+	if err := api.Do(ctx, "GET", "/metrics", nil, &raw); err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in /metrics", name)
+}
