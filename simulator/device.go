@@ -56,6 +56,12 @@ type Device struct {
 	// enrollment (the DHCP server knows the device by it); "" reports none.
 	MAC string
 
+	// PQ offers the hybrid post-quantum key exchange (X25519MLKEM768) in
+	// TLS, as Go's TLS does by default. Without it the device offers X25519
+	// and P-256, as device TLS stacks such as mbedTLS do (DTLS has no
+	// hybrid either).
+	PQ bool
+
 	// Set by a successful Enroll.
 	Enrollment *wire.EnrollResponse
 	Chain      []*x509.Certificate
@@ -361,4 +367,12 @@ func (d *Device) PEM() []byte {
 		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return b.Bytes()
+}
+
+// curves is what the device's TLS offers for the key exchange (PQ).
+func (d *Device) curves() []tls.CurveID {
+	if d.PQ {
+		return nil // Go's default: X25519MLKEM768 first
+	}
+	return []tls.CurveID{tls.X25519, tls.CurveP256}
 }

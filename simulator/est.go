@@ -160,7 +160,7 @@ func (d *Device) httpsTo(override string, cert *tls.Certificate) (*http.Client, 
 }
 
 func (d *Device) httpsClient(host string, cert *tls.Certificate) *http.Client {
-	tc := &tls.Config{RootCAs: d.roots, ServerName: host, MinVersion: tls.VersionTLS12}
+	tc := &tls.Config{RootCAs: d.roots, ServerName: host, MinVersion: tls.VersionTLS12, CurvePreferences: d.curves()}
 	if cert != nil {
 		tc.Certificates = []tls.Certificate{*cert}
 	}

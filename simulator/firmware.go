@@ -123,7 +123,7 @@ func (d *Device) download(ctx context.Context, uri string, size, chunk int64) ([
 	if err != nil {
 		return nil, err
 	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: d.roots, Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}}}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: d.roots, Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12, CurvePreferences: d.curves()}}}
 	defer hc.CloseIdleConnections()
 	buf := make([]byte, 0, size)
 	for int64(len(buf)) < size {

@@ -49,7 +49,7 @@ func (d *Device) mqttClient(ctx context.Context, o MQTTOptions, clientID string,
 		return nil, err
 	}
 	tc := &tls.Config{
-		ServerName: host, MinVersion: tls.VersionTLS12,
+		ServerName: host, MinVersion: tls.VersionTLS12, CurvePreferences: d.curves(),
 		// Same check as for DTLS, remembering fully verified chains (verify.go).
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {

@@ -32,6 +32,7 @@ type RunOptions struct {
 	Attempts    int           // per device, including the first; default 3
 	MaxWait     time.Duration // caps every wait between attempts (tests, impatient runs); 0: honour the server's hints fully
 	Progress    io.Writer     // one line per second when set
+	PQ          bool          // devices offer the hybrid post-quantum TLS key exchange (Device.PQ)
 
 	// Arrival: "storm" (default: every device at once, Concurrency at a time),
 	// "rate" (Rate devices per second) or "ramp" (a rate growing linearly
@@ -203,6 +204,7 @@ func enrollOne(ctx context.Context, b wire.Bundle, transport string, o RunOption
 		return out
 	}
 	out.Device = d
+	d.PQ = o.PQ
 	for out.Attempts < o.Attempts {
 		out.Attempts++
 		actx, cancel := context.WithTimeout(ctx, o.Timeout)

@@ -83,6 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fwCoAP := fs.Bool("firmware-coap", false, "with --soak: download firmware targets over CoAP block-wise (default HTTPS)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
+	pq := fs.Bool("pq", false, "devices offer the hybrid post-quantum TLS key exchange (X25519MLKEM768) as Go's TLS does by default; without: X25519 and P-256, as device TLS stacks such as mbedTLS offer")
 	cpu := fs.Bool("cpu", false, "report the CPU time server and devsim spent per enrollment, against the server's public-key floor measured first (needs the ops API: --data or --api/--token-file)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -150,13 +151,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	opts := simulator.RunOptions{Concurrency: *conc, Transport: *transport, Endpoint: *server, Broker: *broker, HTTPS: *httpsEP,
-		Format: f, LwM2MFormat: lwf, Attempts: *attempts, Timeout: *timeout, Arrival: *arrival, Rate: *rate, Ramp: *ramp, MaxWait: *maxWait}
+		Format: f, LwM2MFormat: lwf, Attempts: *attempts, Timeout: *timeout, Arrival: *arrival, Rate: *rate, Ramp: *ramp, MaxWait: *maxWait, PQ: *pq}
 	if !*quiet && !*asJSON {
 		opts.Progress = stderr
 	}
 	var cpuR *cpuReport
 	if *cpu {
-		r, err := startCPU(ctx, c)
+		r, err := startCPU(ctx, c, *transport)
 		if err != nil {
 			return fmt.Errorf("--cpu: %w", err)
 		}

@@ -72,9 +72,36 @@ func (k *Keys) Once() error {
 	return nil
 }
 
-// Measure runs Once for about d on one goroutine and returns its CPU time
-// per enrollment (wall time on one goroutine: the work does not block).
-func Measure(d time.Duration) (time.Duration, error) {
+// MutualHandshake is the public-key work of one more handshake in which
+// the device presents its new certificate (EST devices read their config
+// over mutual TLS after enrolling): an X25519 pair and secret, the
+// server's signature, the check of the client's CertificateVerify, and of
+// its chain (the leaf's signature by the intermediate and the
+// intermediate's by the root).
+func (k *Keys) MutualHandshake() error {
+	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	if _, err := eph.ECDH(eph.PublicKey()); err != nil {
+		return err
+	}
+	sig, err := ecdsa.SignASN1(rand.Reader, k.server, k.digest[:])
+	if err != nil {
+		return err
+	}
+	for range 3 {
+		if !ecdsa.VerifyASN1(&k.server.PublicKey, k.digest[:], sig) {
+			return errors.New("floor: a signature does not verify")
+		}
+	}
+	return nil
+}
+
+// Measure runs one enrollment's floor (Once, and MutualHandshake when
+// mutual) for about d on one goroutine and returns its CPU time per
+// enrollment (wall time on one goroutine: the work does not block).
+func Measure(d time.Duration, mutual bool) (time.Duration, error) {
 	k, err := NewKeys()
 	if err != nil {
 		return 0, err
@@ -83,6 +110,11 @@ func Measure(d time.Duration) (time.Duration, error) {
 	for time.Since(start) < d || n < 10 {
 		if err := k.Once(); err != nil {
 			return 0, err
+		}
+		if mutual {
+			if err := k.MutualHandshake(); err != nil {
+				return 0, err
+			}
 		}
 		n++
 	}

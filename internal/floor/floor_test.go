@@ -6,12 +6,19 @@ import (
 )
 
 func TestOnceAndMeasure(t *testing.T) {
-	d, err := Measure(20 * time.Millisecond)
+	d, err := Measure(20*time.Millisecond, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d <= 0 || d > 50*time.Millisecond {
 		t.Fatalf("floor %v per enrollment", d)
+	}
+	m, err := Measure(20*time.Millisecond, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m <= d {
+		t.Fatalf("a second, mutual handshake costs nothing: %v against %v", m, d)
 	}
 }
 
@@ -24,6 +31,23 @@ func BenchmarkEnrollmentFloor(b *testing.B) {
 	}
 	for b.Loop() {
 		if err := k.Once(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEnrollmentFloorEST adds the mutual-TLS handshake of an EST
+// device reading its config with its new certificate.
+func BenchmarkEnrollmentFloorEST(b *testing.B) {
+	k, err := NewKeys()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := k.Once(); err != nil {
+			b.Fatal(err)
+		}
+		if err := k.MutualHandshake(); err != nil {
 			b.Fatal(err)
 		}
 	}
