@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -165,12 +164,11 @@ func buildIndex(ctx context.Context, db kv.DB) error {
 				if n == indexChunk {
 					return false, nil
 				}
-				var f indexedFields
-				if err := json.Unmarshal(v, &f); err != nil {
-					return false, fmt.Errorf("decode device %x: %w", k, err)
+				var d Device
+				if err := decodeDevice(v, &d); err != nil {
+					return false, fmt.Errorf("device %x: %w", k, err)
 				}
-				d := Device{ID: uuid.UUID(k), Site: f.Site, State: f.State, Model: f.Model, FirmwareVersion: f.FirmwareVersion,
-					BatchID: f.BatchID, ConfigVersion: f.ConfigVersion, AppliedConfigVersion: f.AppliedConfigVersion}
+				d.ID = uuid.UUID(k)
 				for _, fv := range indexed(&d) {
 					keys = append(keys, indexKey(fv[0][0], fv[1], d.ID))
 				}
@@ -215,18 +213,6 @@ func buildIndex(ctx context.Context, db kv.DB) error {
 // indexChunk is the number of devices per index-building transaction (a
 // variable so that tests can make chunks small).
 var indexChunk = 50_000
-
-// indexedFields is what the index needs from a device record; decoding
-// only these skips allocating the rest (the certificate above all).
-type indexedFields struct {
-	Site                 string `json:"site"`
-	State                State  `json:"state"`
-	Model                string `json:"model"`
-	FirmwareVersion      string `json:"firmware_version"`
-	BatchID              string `json:"batch_id"`
-	ConfigVersion        uint64 `json:"config_version"`
-	AppliedConfigVersion uint64 `json:"applied_config_version"`
-}
 
 // countIndex counts the devices with an index entry for field and value.
 func countIndex(tx kv.Tx, field byte, value string) (int, error) {

@@ -163,19 +163,23 @@ func putDevice(tx kv.Tx, old *Device, d *Device) error {
 	if err := putIndexes(tx, old, d); err != nil {
 		return err
 	}
-	return putJSON(tx, bucketDevices, d.ID[:], d)
+	raw, err := encodeDevice(d)
+	if err != nil {
+		return err
+	}
+	return tx.Put(bucketDevices, d.ID[:], raw)
 }
 
 func getDevice(tx kv.Tx, id uuid.UUID) (Device, error) {
 	var d Device
-	ok, err := getJSON(tx, bucketDevices, id[:], &d)
+	raw, err := kv.Peek(tx, bucketDevices, id[:])
 	if err != nil {
 		return d, err
 	}
-	if !ok {
+	if raw == nil {
 		return d, fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}
-	return d, nil
+	return d, decodeDevice(raw, &d)
 }
 
 // mutate is the one read-modify-write of a device record: fn changes d (a
@@ -219,7 +223,7 @@ func (s *Store) Device(ctx context.Context, id uuid.UUID) (Device, error) {
 // decoyRecord is decoded when a serial is unknown, so that looking up an
 // unknown serial costs what looking up a known one does (claim checks must not
 // reveal which serials exist through their timing).
-var decoyRecord, _ = json.Marshal(Device{Serial: "DECOY-SERIAL-0000", Model: "DECOY-MODEL", State: StateClaimed,
+var decoyRecord, _ = encodeDevice(&Device{Serial: "DECOY-SERIAL-0000", Model: "DECOY-MODEL", State: StateClaimed,
 	Site: "decoy-site", BatchID: "00000000-0000-0000-0000-000000000000", TokenHash: make([]byte, 32), Rev: 1})
 
 // DeviceBySerial returns the device with the given serial.
@@ -232,7 +236,7 @@ func (s *Store) DeviceBySerial(ctx context.Context, serial string) (Device, erro
 		}
 		if len(raw) != 16 {
 			var decoy Device
-			_ = json.Unmarshal(decoyRecord, &decoy)
+			_ = decodeDevice(decoyRecord, &decoy)
 			return fmt.Errorf("serial %q: %w", serial, ErrNotFound)
 		}
 		d, err = getDevice(tx, uuid.UUID(raw))
@@ -293,8 +297,8 @@ func (s *Store) Devices(ctx context.Context, f Filter) (list []Device, next uuid
 		// add takes a candidate record; false once the page is full.
 		add := func(raw []byte) (bool, error) {
 			var d Device
-			if err := json.Unmarshal(raw, &d); err != nil {
-				return false, fmt.Errorf("decode device: %w", err)
+			if err := decodeDevice(raw, &d); err != nil {
+				return false, err
 			}
 			if !f.Match(&d) {
 				return true, nil

@@ -28,65 +28,65 @@ const (
 
 // Device is one inventory record.
 type Device struct {
-	ID        uuid.UUID `json:"id"`
-	Serial    string    `json:"serial"`
-	Model     string    `json:"model"`
-	BatchID   string    `json:"batch_id,omitempty"`
-	Site      string    `json:"site,omitempty"`
-	State     State     `json:"state"`
-	TokenHash []byte    `json:"token_hash"` // SHA-256 of the claim token; never the token
+	ID        uuid.UUID `json:"id" cbor:"1,keyasint"`
+	Serial    string    `json:"serial" cbor:"2,keyasint"`
+	Model     string    `json:"model" cbor:"3,keyasint"`
+	BatchID   string    `json:"batch_id,omitempty" cbor:"4,keyasint,omitempty"`
+	Site      string    `json:"site,omitempty" cbor:"5,keyasint,omitempty"`
+	State     State     `json:"state" cbor:"6,keyasint"`
+	TokenHash []byte    `json:"token_hash" cbor:"7,keyasint"` // SHA-256 of the claim token; never the token
 	// ClaimCodeHash is the hash of the label's claim-code secret; cleared by
 	// the claim that uses it (single use).
-	ClaimCodeHash []byte `json:"claim_code_hash,omitempty"`
+	ClaimCodeHash []byte `json:"claim_code_hash,omitempty" cbor:"8,keyasint,omitempty"`
 	// FactoryCA is the manufacturer CA (FactoryCA.ID) whose certificate the
 	// device last enrolled with, or that registered it on first contact.
-	FactoryCA string `json:"factory_ca,omitempty"`
+	FactoryCA string `json:"factory_ca,omitempty" cbor:"9,keyasint,omitempty"`
 	// BootstrapPSK is the LwM2M bootstrap PSK minted with the device's
 	// batch (it is in the device's flash), sealed; "" for a device without.
-	BootstrapPSK string `json:"bootstrap_psk,omitempty"`
+	BootstrapPSK string `json:"bootstrap_psk,omitempty" cbor:"10,keyasint,omitempty"`
 	// LwM2MPSK is the PSK an LwM2M bootstrap gave the device for its
 	// management server (security mode psk), sealed.
-	LwM2MPSK string `json:"lwm2m_psk,omitempty"`
+	LwM2MPSK string `json:"lwm2m_psk,omitempty" cbor:"11,keyasint,omitempty"`
 	// Rebootstrap lets the device's next LwM2M bootstrap through although it
 	// is provisioned (an operator's trigger); the bootstrap clears it.
-	Rebootstrap bool `json:"rebootstrap,omitempty"`
+	Rebootstrap bool `json:"rebootstrap,omitempty" cbor:"12,keyasint,omitempty"`
 	// WiFiPSK is the device's own Wi-Fi passphrase, sealed: given at its
 	// enrollment in a site with per-device PSKs; "" for the others.
-	WiFiPSK         string `json:"wifi_psk,omitempty"`
-	FirmwareVersion string `json:"firmware_version,omitempty"`
+	WiFiPSK         string `json:"wifi_psk,omitempty" cbor:"13,keyasint,omitempty"`
+	FirmwareVersion string `json:"firmware_version,omitempty" cbor:"14,keyasint,omitempty"`
 	// FirmwarePin targets the device to this version whatever the rollouts
 	// say ("" follows them); it stays with the device through a re-key.
-	FirmwarePin string `json:"firmware_pin,omitempty"`
-	MAC         string `json:"mac,omitempty"`
+	FirmwarePin string `json:"firmware_pin,omitempty" cbor:"15,keyasint,omitempty"`
+	MAC         string `json:"mac,omitempty" cbor:"16,keyasint,omitempty"`
 	// Issued identity: the current certificate and the key it certifies.
-	CertSerial    string    `json:"cert_serial,omitempty"` // hex
-	CertDER       []byte    `json:"cert_der,omitempty"`
-	PublicKeyHash []byte    `json:"public_key_hash,omitempty"` // SHA-256 of SubjectPublicKeyInfo
-	CertNotAfter  time.Time `json:"cert_not_after,omitzero"`
+	CertSerial    string    `json:"cert_serial,omitempty" cbor:"17,keyasint,omitempty"` // hex
+	CertDER       []byte    `json:"cert_der,omitempty" cbor:"18,keyasint,omitempty"`
+	PublicKeyHash []byte    `json:"public_key_hash,omitempty" cbor:"19,keyasint,omitempty"` // SHA-256 of SubjectPublicKeyInfo
+	CertNotAfter  time.Time `json:"cert_not_after,omitzero" cbor:"20,keyasint,omitzero"`
 	// The certificate a renewal replaced, still accepted at handshakes for the
 	// retry window after RenewedAt (a device that lost the renewal answer).
-	PrevCertSerial string          `json:"prev_cert_serial,omitempty"`
-	RenewedAt      time.Time       `json:"renewed_at,omitzero"`
-	Lease          *Lease          `json:"lease,omitempty"`
-	ConfigVersion  uint64          `json:"config_version,omitempty"` // desired
-	Override       *ConfigOverride `json:"override,omitempty"`       // per-device changes to the site profile
+	PrevCertSerial string          `json:"prev_cert_serial,omitempty" cbor:"21,keyasint,omitempty"`
+	RenewedAt      time.Time       `json:"renewed_at,omitzero" cbor:"22,keyasint,omitzero"`
+	Lease          *Lease          `json:"lease,omitempty" cbor:"23,keyasint,omitempty"`
+	ConfigVersion  uint64          `json:"config_version,omitempty" cbor:"24,keyasint,omitempty"` // desired
+	Override       *ConfigOverride `json:"override,omitempty" cbor:"25,keyasint,omitempty"`       // per-device changes to the site profile
 	// What the device last reported about itself (operational channel).
-	AppliedConfigVersion uint64    `json:"applied_config_version,omitempty"`
-	Health               string    `json:"health,omitempty"`
-	LastSeen             time.Time `json:"last_seen,omitzero"`
-	ProvisionedAt        time.Time `json:"provisioned_at,omitzero"`
-	CreatedAt            time.Time `json:"created_at"`
-	UpdatedAt            time.Time `json:"updated_at"`
+	AppliedConfigVersion uint64    `json:"applied_config_version,omitempty" cbor:"26,keyasint,omitempty"`
+	Health               string    `json:"health,omitempty" cbor:"27,keyasint,omitempty"`
+	LastSeen             time.Time `json:"last_seen,omitzero" cbor:"28,keyasint,omitzero"`
+	ProvisionedAt        time.Time `json:"provisioned_at,omitzero" cbor:"29,keyasint,omitzero"`
+	CreatedAt            time.Time `json:"created_at" cbor:"30,keyasint"`
+	UpdatedAt            time.Time `json:"updated_at" cbor:"31,keyasint"`
 	// Rev increases with every write; Provision uses it to detect concurrent change.
-	Rev uint64 `json:"rev"`
+	Rev uint64 `json:"rev" cbor:"32,keyasint"`
 }
 
 // Lease is an IPv4 address held by a device until Expires.
 type Lease struct {
-	Site     string     `json:"site"`
-	Addr     netip.Addr `json:"addr"`
-	DeviceID uuid.UUID  `json:"device_id"`
-	Expires  time.Time  `json:"expires"`
+	Site     string     `json:"site" cbor:"1,keyasint"`
+	Addr     netip.Addr `json:"addr" cbor:"2,keyasint"`
+	DeviceID uuid.UUID  `json:"device_id" cbor:"3,keyasint"`
+	Expires  time.Time  `json:"expires" cbor:"4,keyasint"`
 }
 
 // Security is a Wi-Fi security mode.

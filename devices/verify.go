@@ -43,7 +43,7 @@ func (s *Store) Verify(ctx context.Context) ([]string, error) {
 		devs := map[uuid.UUID]*Device{}
 		err := tx.Ascend(bucketDevices, nil, nil, func(k, v []byte) (bool, error) {
 			var d Device
-			if err := json.Unmarshal(v, &d); err != nil {
+			if err := decodeDevice(v, &d); err != nil {
 				add("device %x: undecodable: %v", k, err)
 				return true, nil
 			}

@@ -1,0 +1,98 @@
+package devices
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/provisiond/provisiond/devices/kv"
+	"github.com/provisiond/provisiond/devices/kv/boltkv"
+)
+
+// fullDevice has every field set, times with nanoseconds.
+func fullDevice() Device {
+	t := func(s int) time.Time { return time.Date(2026, 11, 30, 9, 0, s, 123456789, time.UTC) }
+	id := uuid.New()
+	return Device{ID: id, Serial: "P-0001", Model: "TH1", BatchID: uuid.NewString(), Site: "hq", State: StateProvisioned,
+		TokenHash: make([]byte, 32), ClaimCodeHash: []byte{1, 2, 3}, FactoryCA: "ca1", BootstrapPSK: "sealed:a", LwM2MPSK: "sealed:b",
+		Rebootstrap: true, WiFiPSK: "sealed:c", FirmwareVersion: "1.2.3", FirmwarePin: "1.2.4", MAC: "02:00:5e:10:00:01",
+		CertSerial: "0a1b", CertDER: []byte{0x30, 0x82, 1, 2}, PublicKeyHash: make([]byte, 32), CertNotAfter: t(1),
+		PrevCertSerial: "09", RenewedAt: t(2), Lease: &Lease{Site: "hq", Addr: netip.MustParseAddr("10.0.0.7"), DeviceID: id, Expires: t(3)},
+		ConfigVersion: 7, Override: &ConfigOverride{SSID: "x", Security: SecurityWPA2PSK, Passphrase: "sealed:d",
+			DNS: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, NTP: []string{"ntp"}},
+		AppliedConfigVersion: 6, Health: "ok", LastSeen: t(4), ProvisionedAt: t(5), CreatedAt: t(6), UpdatedAt: t(7), Rev: 9}
+}
+
+// A device record survives CBOR exactly, is smaller than its JSON, and a
+// record written as JSON before still reads.
+func TestDeviceRecordEncoding(t *testing.T) {
+	for name, d := range map[string]Device{"every field": fullDevice(), "empty": {ID: uuid.New(), Serial: "S", CreatedAt: time.Now().UTC()}} {
+		raw, err := encodeDevice(&d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Device
+		if err := decodeDevice(raw, &back); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(back, d) {
+			t.Errorf("%s: CBOR round trip:\n got %+v\nwant %+v", name, back, d)
+		}
+		js, _ := json.Marshal(d)
+		var old Device
+		if err := decodeDevice(js, &old); err != nil || !reflect.DeepEqual(old, d) {
+			t.Errorf("%s: a JSON record: %v\n got %+v\nwant %+v", name, err, old, d)
+		}
+		if len(raw) >= len(js) {
+			t.Errorf("%s: CBOR %d bytes, JSON %d", name, len(raw), len(js))
+		}
+		t.Logf("%s: CBOR %d bytes, JSON %d", name, len(raw), len(js))
+	}
+}
+
+// A store holding JSON device records (written before CBOR) reads them,
+// finds them by serial and rewrites them in CBOR when they change.
+func TestJSONDeviceRecordsStillRead(t *testing.T) {
+	ctx := context.Background()
+	db, err := boltkv.Open(filepath.Join(t.TempDir(), "inv.db"), boltkv.Options{Buckets: Buckets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := fullDevice()
+	d.Lease = nil
+	js, _ := json.Marshal(d)
+	if err := db.Update(ctx, func(tx kv.Tx) error {
+		if err := tx.Put(bucketDevices, d.ID[:], js); err != nil {
+			return err
+		}
+		return tx.Put(bucketSerials, []byte(d.Serial), d.ID[:])
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.DeviceBySerial(ctx, d.Serial)
+	if err != nil || !reflect.DeepEqual(got, d) {
+		t.Fatalf("a JSON record: %v\n got %+v\nwant %+v", err, got, d)
+	}
+	if ds, err := s.DevicesByMAC(ctx, d.MAC); err != nil || len(ds) != 1 {
+		t.Fatalf("the index built over a JSON record: %v %v", ds, err)
+	}
+	if _, err := s.UpdateDevice(ctx, d.ID, func(x *Device) (*AuditEvent, error) { x.Health = "changed"; return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	var raw []byte
+	db.View(ctx, func(tx kv.Tx) error { raw, err = tx.Get(bucketDevices, d.ID[:]); return err })
+	if len(raw) == 0 || raw[0] == '{' || len(raw) >= len(js) {
+		t.Fatalf("the changed record was not rewritten in CBOR: %q", raw)
+	}
+}
