@@ -118,7 +118,11 @@ func appendAudit(tx kv.Tx, ev AuditEvent) error {
 		return err
 	}
 	key := auditKey(nanos, ev.Chain, ev.Seq)
-	if err := putJSON(tx, bucketAuditLog, key, ev); err != nil {
+	raw, err := encodeAuditEvent(&ev)
+	if err != nil {
+		return err
+	}
+	if err := tx.Put(bucketAuditLog, key, raw); err != nil {
 		return err
 	}
 	if ev.Target != "" {
@@ -208,7 +212,7 @@ func (s *Store) Audit(ctx context.Context, q AuditQuery) ([]AuditEvent, error) {
 
 func decodeAuditEvent(k, v []byte) (AuditEvent, error) {
 	var ev AuditEvent
-	if err := json.Unmarshal(v, &ev); err != nil {
+	if err := decodeAuditRecord(v, &ev); err != nil {
 		return ev, fmt.Errorf("decode audit event %x: %w", k, err)
 	}
 	ev.ID = hex.EncodeToString(k)
@@ -332,7 +336,7 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditHead, error) {
 				return false, fmt.Errorf("%w: malformed log key %x", ErrAuditTampered, k)
 			}
 			var ev AuditEvent
-			if err := json.Unmarshal(raw, &ev); err != nil {
+			if err := decodeAuditRecord(raw, &ev); err != nil {
 				return false, fmt.Errorf("%w: chain %d: event %d does not decode: %v", ErrAuditTampered, chain, seq, err)
 			}
 			if ev.Chain != chain || ev.Seq != seq {

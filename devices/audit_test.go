@@ -54,10 +54,12 @@ func TestAuditChainDetectsTampering(t *testing.T) {
 		{"edit an event", func(t *testing.T, tx *bolt.Tx) error {
 			b := tx.Bucket([]byte("auditlog"))
 			k := eventKey(t, tx, chain, 3)
-			var ev map[string]any
-			json.Unmarshal(b.Get(k), &ev)
-			ev["actor"] = "token:innocent"
-			raw, _ := json.Marshal(ev)
+			ev, err := devices.DecodeAuditRecord(b.Get(k))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev.Actor = "token:innocent"
+			raw, _ := devices.EncodeAuditRecord(ev)
 			return b.Put(k, raw)
 		}, "event 3 was modified"},
 		{"remove an event", func(t *testing.T, tx *bolt.Tx) error {
@@ -80,11 +82,13 @@ func TestAuditChainDetectsTampering(t *testing.T) {
 		{"edit an event and rehash it", func(t *testing.T, tx *bolt.Tx) error {
 			b := tx.Bucket([]byte("auditlog"))
 			k := eventKey(t, tx, chain, 2)
-			var ev devices.AuditEvent
-			json.Unmarshal(b.Get(k), &ev)
+			ev, err := devices.DecodeAuditRecord(b.Get(k))
+			if err != nil {
+				t.Fatal(err)
+			}
 			ev.Target = "someone-else"
 			ev.Hash, _ = devices.HashAuditEvent(ev)
-			raw, _ := json.Marshal(ev)
+			raw, _ := devices.EncodeAuditRecord(ev)
 			return b.Put(k, raw)
 		}, "event 3 does not chain to event 2"},
 		{"move an event to another chain", func(t *testing.T, tx *bolt.Tx) error {

@@ -15,3 +15,13 @@ func SetAuditMoveChunk(n int) (restore func()) {
 	auditMoveChunk = n
 	return func() { auditMoveChunk = old }
 }
+
+// DecodeAuditRecord and EncodeAuditRecord read and write a stored audit
+// event as the store does (tests that tamper with the file).
+func DecodeAuditRecord(raw []byte) (AuditEvent, error) {
+	var ev AuditEvent
+	err := decodeAuditRecord(raw, &ev)
+	return ev, err
+}
+
+func EncodeAuditRecord(ev AuditEvent) ([]byte, error) { return encodeAuditEvent(&ev) }

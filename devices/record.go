@@ -7,7 +7,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 )
 
-// Device records are stored in CBOR with the integer keys of Device's cbor
+// Device records and audit events are stored in CBOR with the integer keys of Device's cbor
 // tags: the certificate and hashes as bytes instead of base64, no field
 // names. A provisioned device's record is about 900 bytes instead of the
 // 1,450 of its JSON (issue 17: bytes written per enrollment, store per
@@ -16,7 +16,7 @@ import (
 // change.
 var (
 	// Times as RFC 3339 with nanoseconds: exact, as the JSON records were.
-	recordEnc = must(cbor.EncOptions{Time: cbor.TimeRFC3339Nano}.EncMode())
+	recordEnc = must(cbor.EncOptions{Time: cbor.TimeRFC3339Nano, Sort: cbor.SortCoreDeterministic}.EncMode())
 	recordDec = must(cbor.DecOptions{MaxArrayElements: 1 << 16, MaxMapPairs: 1 << 16}.DecMode())
 )
 
@@ -46,4 +46,23 @@ func decodeDevice(raw []byte, d *Device) error {
 		return fmt.Errorf("decode device record: %w", err)
 	}
 	return nil
+}
+
+// encodeAuditEvent stores an event (its hash is over its JSON, whatever
+// stores it: HashAuditEvent). An enrollment's event is about 370 bytes
+// instead of 500.
+func encodeAuditEvent(ev *AuditEvent) ([]byte, error) {
+	raw, err := recordEnc.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode audit event: %w", err)
+	}
+	return raw, nil
+}
+
+// decodeAuditEvent reads a stored event, CBOR or (written before) JSON.
+func decodeAuditRecord(raw []byte, ev *AuditEvent) error {
+	if len(raw) > 0 && raw[0] == '{' {
+		return json.Unmarshal(raw, ev)
+	}
+	return recordDec.Unmarshal(raw, ev)
 }

@@ -96,3 +96,55 @@ func TestJSONDeviceRecordsStillRead(t *testing.T) {
 		t.Fatalf("the changed record was not rewritten in CBOR: %q", raw)
 	}
 }
+
+// An audit event survives CBOR with its hash verifying, and a chain whose
+// older events are JSON (written before) and newer ones CBOR verifies.
+func TestAuditRecordEncoding(t *testing.T) {
+	ctx := context.Background()
+	db, err := boltkv.Open(filepath.Join(t.TempDir(), "inv.db"), boltkv.Options{Buckets: Buckets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ev := AuditEvent{Time: time.Date(2026, 11, 30, 9, 0, 0, 123456789, time.UTC), Actor: "device:P-1", Action: "device.enroll",
+		Target: "P-1", Source: "192.0.2.1:5683", Detail: map[string]string{"transport": "coap", "site": "hq"}}
+	// Two events stored as JSON, as a store written before CBOR holds them.
+	for range 2 {
+		if err := db.Update(ctx, func(tx kv.Tx) error {
+			x := ev
+			x.Chain = auditChain(x.Target)
+			head, _, err := readHead(tx, x.Chain)
+			if err != nil {
+				return err
+			}
+			x.Seq, x.PrevHash = head.seq+1, head.hash
+			nanos := max(x.Time.UnixNano(), head.nanos+1)
+			x.Hash, _ = HashAuditEvent(x)
+			if err := putJSON(tx, bucketAuditLog, auditKey(nanos, x.Chain, x.Seq), x); err != nil {
+				return err
+			}
+			return tx.Put(bucketAuditHead, chainKey(x.Chain), chainHead{seq: x.Seq, nanos: nanos, hash: x.Hash}.encode())
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AppendAudit(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.VerifyAudit(ctx); err != nil {
+		t.Fatalf("a chain of JSON then CBOR events: %v", err)
+	}
+	h, err := s.History(ctx, "P-1", 10)
+	if err != nil || len(h) != 1 || h[0].Seq != 3 || !reflect.DeepEqual(h[0].Detail, ev.Detail) || !h[0].Time.Equal(ev.Time) {
+		t.Fatalf("history (the JSON events were stored without theirs): %+v %v", h, err)
+	}
+	raw, _ := encodeAuditEvent(&h[0])
+	js, _ := json.Marshal(h[0])
+	if raw[0] == '{' || len(raw) >= len(js) {
+		t.Fatalf("CBOR %d bytes, JSON %d", len(raw), len(js))
+	}
+}

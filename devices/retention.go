@@ -3,7 +3,6 @@ package devices
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -87,7 +86,7 @@ func (s *Store) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 					return false, nil
 				}
 				var ev AuditEvent
-				if err := json.Unmarshal(v, &ev); err != nil {
+				if err := decodeAuditRecord(v, &ev); err != nil {
 					return false, fmt.Errorf("%w: chain %d: an event does not decode: %v", ErrAuditTampered, chain, err)
 				}
 				chains[chain] = true

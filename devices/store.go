@@ -39,6 +39,11 @@ var (
 		bucketHistory, bucketIndex, bucketJobs, bucketJobRows, bucketServerCerts, bucketRollouts, bucketLegacyAudit, bucketFactoryCAs}
 )
 
+// AppendBuckets are the buckets whose keys grow with time (the audit log:
+// its keys start with the event's time), for engines that can pack them
+// (boltkv.Options.AppendBuckets).
+var AppendBuckets = [][]byte{bucketAuditLog}
+
 // Store is the inventory over a storage engine (package kv). It is safe for
 // concurrent use.
 type Store struct {

@@ -255,20 +255,21 @@ func ValidRole(r Role) bool {
 type AuditEvent struct {
 	// ID is the event's place in the log (a cursor for paging), set when
 	// the event is read; it is not part of the record or of its hash.
-	ID string `json:"id,omitempty"`
+	ID string `json:"id,omitempty" cbor:"-"`
 	// Chain and Seq place the event in its hash chain (see AuditChains).
-	Chain  uint16            `json:"chain,omitempty"`
-	Seq    uint64            `json:"seq"`
-	Time   time.Time         `json:"time"`
-	Actor  string            `json:"actor"`  // "device:<serial>", "token:<id>", "system"
-	Action string            `json:"action"` // e.g. "site.create", "device.enroll"
-	Target string            `json:"target"` // what it acted on
-	Source string            `json:"source,omitempty"`
-	Detail map[string]string `json:"detail,omitempty"`
+	Chain  uint16            `json:"chain,omitempty" cbor:"1,keyasint,omitempty"`
+	Seq    uint64            `json:"seq" cbor:"2,keyasint"`
+	Time   time.Time         `json:"time" cbor:"3,keyasint"`
+	Actor  string            `json:"actor" cbor:"4,keyasint"`  // "device:<serial>", "token:<id>", "system"
+	Action string            `json:"action" cbor:"5,keyasint"` // e.g. "site.create", "device.enroll"
+	Target string            `json:"target" cbor:"6,keyasint"` // what it acted on
+	Source string            `json:"source,omitempty" cbor:"7,keyasint,omitempty"`
+	Detail map[string]string `json:"detail,omitempty" cbor:"8,keyasint,omitempty"`
 	// The hash chain: Hash is SHA-256 over PrevHash and this event's JSON
-	// (with Hash empty); PrevHash is the previous event's Hash.
-	PrevHash string `json:"prev_hash"`
-	Hash     string `json:"hash"`
+	// (with Hash empty, whatever encoding stores it); PrevHash is the
+	// previous event's Hash.
+	PrevHash string `json:"prev_hash" cbor:"9,keyasint"`
+	Hash     string `json:"hash" cbor:"10,keyasint"`
 }
 
 var (

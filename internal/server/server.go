@@ -175,7 +175,7 @@ func openStore(ctx context.Context, cfg Config) (*devices.Store, *etcdkv.DB, err
 // embedded engine), creating it when absent. A store of an older layout is
 // copied to path.before-MIGRATIONS before New brings it up to date.
 func OpenInventory(ctx context.Context, path string, opts boltkv.Options) (*devices.Store, error) {
-	opts.Buckets = devices.Buckets
+	opts.Buckets, opts.AppendBuckets = devices.Buckets, devices.AppendBuckets
 	db, err := boltkv.Open(path, opts)
 	if err != nil {
 		return nil, err
