@@ -263,6 +263,7 @@ func BenchmarkRevocationFanout(b *testing.B) {
 // which it fetched from A by its digest, and the device's checks pass.
 // B's internal image route refuses anyone but a replica.
 func TestClusterSharesFirmware(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	etcd := etcdtest.Start(t, etcdtest.Options{NoFsync: true})
 	envs := startReplicas(t, etcd.URL()+"/firmware", 2)
 	a, b := envs[0], envs[1]
@@ -327,6 +328,7 @@ func portOf(hostport string) string {
 // hint within the request bound, the API 503 with Retry-After, and nothing
 // is half-written: once quorum is back the same device enrolls.
 func TestQuorumLossAnswersUnavailable(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	etcd := etcdtest.Start(t, etcdtest.Options{Members: 3, NoFsync: true})
 	env := servertest.Start(t, func(c *server.Config) { c.Store = etcd.URL() + "/quorum" })
 	env.Site("hq", "10.110.0.0/24")

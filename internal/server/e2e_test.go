@@ -296,6 +296,7 @@ func csrFor(t *testing.T, key any) []byte {
 // A device flashed with another CA's root must refuse this server, even
 // after other devices verified (and cached) this server's chain.
 func TestDeviceRefusesServerOfAnotherCA(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	env := servertest.Start(t)
 	other := servertest.Start(t)
 	env.Site("hq", "10.20.0.0/24")

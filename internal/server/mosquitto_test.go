@@ -92,6 +92,7 @@ func startMosquitto(t *testing.T, env *servertest.Env, devPort, bootPort string)
 // TestMosquittoBroker runs bootstrap and the operational channel through a
 // real Mosquitto, provisiond consuming requests by shared subscription.
 func TestMosquittoBroker(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	devPort, bootPort := freePort(t), freePort(t)
 	env := servertest.Start(t, func(c *server.Config) {
 		c.MQTTAddr = ""

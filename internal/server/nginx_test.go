@@ -24,6 +24,7 @@ import (
 // address (--lb-addrs), failed attempts from many devices behind it do not
 // block the others by source address.
 func TestNginxInFront(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	nginx := testtools.Need(t, "nginx")
 	const module = "/usr/lib/nginx/modules/ngx_stream_module.so"
 	if _, err := os.Stat(module); err != nil {

@@ -23,6 +23,7 @@ import (
 // POST /api/v1/qr-decode reads a printed label from a camera frame, and
 // refuses what is not one with a clear answer.
 func TestQRDecode(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	env := servertest.Start(t)
 	minted, err := env.Client.Mint(ctxT(t), "TH1", 1, "")
 	if err != nil {

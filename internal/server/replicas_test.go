@@ -22,6 +22,7 @@ import (
 // the store; what one enrolls the other lists; a replica with a CA of its
 // own, the wrong passphrase or none is refused.
 func TestReplicasShareOneInventory(t *testing.T) {
+	t.Parallel() // mostly waiting (timeouts, other processes): overlaps with the other waiting tests
 	cluster := etcdtest.Start(t, etcdtest.Options{NoFsync: true})
 	store := cluster.URL() + "/replicas"
 	a := servertest.Start(t, func(c *server.Config) { c.Store = store })
