@@ -59,7 +59,7 @@ func encodeAuditEvent(ev *AuditEvent) ([]byte, error) {
 	return raw, nil
 }
 
-// decodeAuditEvent reads a stored event, CBOR or (written before) JSON.
+// decodeAuditRecord reads a stored event, CBOR or (written before) JSON.
 func decodeAuditRecord(raw []byte, ev *AuditEvent) error {
 	if len(raw) > 0 && raw[0] == '{' {
 		return json.Unmarshal(raw, ev)

@@ -68,11 +68,11 @@ func ClientIDDevice(cid []byte) (uuid.UUID, bool) {
 	return uuid.Nil, false
 }
 
-// dhcpDevice finds the device a DHCP client is: by client identifier when
-// it names one, else by MAC. Unknown, not yet enrolled and revoked devices
-// are refused (ErrUnknownDevice, ErrRevoked); so is a MAC two live devices
-// reported.
-func (s *Service) dhcpDevice(ctx context.Context, c DHCPClient) (devices.Device, devices.Site, error) {
+// networkDevice finds the device a DHCP client (or, by MAC alone, a RADIUS
+// MAC authorisation) is: by client identifier when it names one, else by
+// MAC. Unknown, not yet enrolled and revoked devices are refused
+// (ErrUnknownDevice, ErrRevoked); so is a MAC two live devices reported.
+func (s *Service) networkDevice(ctx context.Context, c DHCPClient) (devices.Device, devices.Site, error) {
 	ds, ok := s.store.(DHCPStore)
 	if !ok {
 		return devices.Device{}, devices.Site{}, errors.New("dhcp: the store cannot look devices up by MAC")
@@ -132,7 +132,7 @@ func (s *Service) dhcpDevice(ctx context.Context, c DHCPClient) (devices.Device,
 // on a request. A request for another address than the device's is
 // refused with ErrInvalid (the server answers DHCPNAK).
 func (s *Service) DHCPLease(ctx context.Context, c DHCPClient, renew bool, requested netip.Addr) (DHCPLease, error) {
-	d, site, err := s.dhcpDevice(ctx, c)
+	d, site, err := s.networkDevice(ctx, c)
 	if err != nil {
 		return DHCPLease{}, err
 	}
@@ -172,7 +172,7 @@ func (s *Service) DHCPLease(ctx context.Context, c DHCPClient, renew bool, reque
 // addr (it must be the device's address: a release of another's is
 // ignored).
 func (s *Service) DHCPRelease(ctx context.Context, c DHCPClient, addr netip.Addr) error {
-	d, _, err := s.dhcpDevice(ctx, c)
+	d, _, err := s.networkDevice(ctx, c)
 	if err != nil {
 		return err
 	}

@@ -57,7 +57,7 @@ func (s *Service) WiFiKey(ctx context.Context, mac string) (WiFiKey, error) {
 	if _, ok := devices.NormalizeMAC(mac); !ok {
 		return WiFiKey{}, fmt.Errorf("%w: mac: %q is not a MAC address", ErrInvalid, mac)
 	}
-	d, site, err := s.dhcpDevice(ctx, DHCPClient{MAC: mac})
+	d, site, err := s.networkDevice(ctx, DHCPClient{MAC: mac})
 	if err != nil {
 		return WiFiKey{Device: d}, err
 	}

@@ -23,32 +23,27 @@ func TestOnceAndMeasure(t *testing.T) {
 }
 
 // BenchmarkEnrollmentFloor is the server's unavoidable public-key work per
-// enrollment on one core (docs/performance.md, issue 17's denominator).
+// enrollment on one core (docs/performance.md, issue 17's denominator);
+// est adds the mutual-TLS handshake of an EST device reading its config
+// with its new certificate.
 func BenchmarkEnrollmentFloor(b *testing.B) {
 	k, err := NewKeys()
 	if err != nil {
 		b.Fatal(err)
 	}
-	for b.Loop() {
-		if err := k.Once(); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkEnrollmentFloorEST adds the mutual-TLS handshake of an EST
-// device reading its config with its new certificate.
-func BenchmarkEnrollmentFloorEST(b *testing.B) {
-	k, err := NewKeys()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		if err := k.Once(); err != nil {
-			b.Fatal(err)
-		}
-		if err := k.MutualHandshake(); err != nil {
-			b.Fatal(err)
-		}
+	for _, mutual := range []bool{false, true} {
+		name := map[bool]string{false: "enrollment", true: "est"}[mutual]
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if err := k.Once(); err != nil {
+					b.Fatal(err)
+				}
+				if mutual {
+					if err := k.MutualHandshake(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
 	}
 }
