@@ -12,7 +12,7 @@ PKGS     := ./...
 # service the package starts is stopped: the test runs its own nginx).
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps etcd estclient vet lint vuln fmt-check size-check build bench storm rates soak fuzz clean
+.PHONY: run test deps etcd estclient vet lint vuln fmt-check size-check build bench storm rates soak soak-mosquitto fuzz clean
 
 run:
 	$(GO) run ./cmd/provisiond
@@ -146,6 +146,7 @@ bench: build etcd
 	$(MAKE) storm
 	$(MAKE) rates
 	$(MAKE) soak
+	$(MAKE) soak-mosquitto
 
 # $(call bench_server,DIR): in a recipe line, start provisiond on a fresh
 # DIR/data with a site "big" (a /14 pool); it stops when the line ends.
@@ -189,6 +190,28 @@ soak: build
 	@$(call bench_server,$(SOAK_DIR)) && \
 	bin/devsim --mint $(SOAK_N) --site big --data $(SOAK_DIR)/data $(call transport_flags,$(SOAK_TRANSPORT)) --soak $(SOAK_FOR) \
 		--pushes 3 --revoke 100 --renew-lease-every 60s --quiet
+
+# The same fleet online on Mosquitto 2.0 (docs/mosquitto, provisiond
+# --mqtt-broker): the devices enroll over DTLS, then SOAK_N stay online on
+# Mosquitto's mutual-TLS listener; prints provisiond's RSS and Mosquitto's.
+# No revocations: provisiond cannot cut a session on Mosquitto.
+MQ_DIR ?= /tmp/provisiond-soak-mosquitto
+soak-mosquitto: build
+	@rm -rf $(MQ_DIR); mkdir -p $(MQ_DIR)/mosquitto; \
+	bin/provisiond --data $(MQ_DIR)/data --log-level warn --http-addr 127.0.0.1:18443 --coaps-addr 127.0.0.1:15684 \
+		--mqtt-broker mqtts://127.0.0.1:18885 --mqtt-bootstrap-url mqtts://127.0.0.1:18886 & pid=$$!; \
+	trap "kill $$pid" EXIT; \
+	for i in $$(seq 100); do [ -f $(MQ_DIR)/data/server.json ] && break; sleep 0.1; done; \
+	bin/provctl --data $(MQ_DIR)/data site create big --ssid Big --security wpa3-sae \
+		--passphrase big-site-pass --cidr 10.128.0.0/14 >/dev/null && \
+	bin/provctl --data $(MQ_DIR)/data cert server --name localhost --ip 127.0.0.1 --out $(MQ_DIR)/mosquitto >/dev/null && \
+	cp docs/mosquitto/acl-devices docs/mosquitto/acl-bootstrap $(MQ_DIR)/mosquitto/ && \
+	sed -e 's#/etc/mosquitto/provisiond/#$(MQ_DIR)/mosquitto/#' -e 's#^listener 8883#listener 18885 127.0.0.1#' \
+		-e 's#^listener 8884#listener 18886 127.0.0.1#' docs/mosquitto/mosquitto.conf > $(MQ_DIR)/mosquitto/mosquitto.conf && \
+	printf 'persistence false\nuser %s\n' "$$(id -un)" >> $(MQ_DIR)/mosquitto/mosquitto.conf && \
+	{ mosquitto -c $(MQ_DIR)/mosquitto/mosquitto.conf 2>$(MQ_DIR)/mosquitto.log & mpid=$$!; trap "kill $$pid $$mpid" EXIT; sleep 2; \
+	bin/devsim --mint $(SOAK_N) --site big --data $(MQ_DIR)/data --transport coap --broker mqtts://127.0.0.1:18885 \
+		--soak $(SOAK_FOR) --pushes 3 --revoke 0 --renew-lease-every 60s --rss-pid $$mpid --quiet; }
 
 # The boot-storm table in docs/performance.md: a provisiond process, a peak
 # run at 64 devices at a time, then STORM_X times as many at once; prints

@@ -80,6 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	revoke := fs.Int("revoke", 10, "with --soak: devices revoked one by one at the end")
 	leaseEvery := fs.Duration("renew-lease-every", time.Minute, "with --soak: each device renews its lease this often (0: never)")
 	certEvery := fs.Duration("renew-cert-every", 0, "with --soak: each device renews its certificate this often (0: never)")
+	rssPID := fs.Int("rss-pid", 0, "with --soak: also report the resident memory of this process on this machine (an external MQTT broker's), read when the server's is")
 	fwCoAP := fs.Bool("firmware-coap", false, "with --soak: download firmware targets over CoAP block-wise (default HTTPS)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
@@ -173,7 +174,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var soaked *soakReport
 	if *soakFor > 0 {
-		r := soak(ctx, outs, soakPlan{duration: *soakFor, site: *site, pushes: *pushes, revocations: *revoke, api: c,
+		r := soak(ctx, outs, soakPlan{duration: *soakFor, site: *site, pushes: *pushes, revocations: *revoke, api: c, rssPID: *rssPID,
 			opts: simulator.SoakOptions{Broker: *broker, Concurrency: *conc, LeaseEvery: *leaseEvery, CertEvery: *certEvery, FirmwareOverCoAP: *fwCoAP}}, opts.Progress)
 		soaked = &r
 	}

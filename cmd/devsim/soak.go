@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +21,7 @@ type soakPlan struct {
 	pushes      int    // site-wide config pushes, spread over the duration
 	revocations int    // devices revoked one by one at the end
 	api         *httpapi.Client
+	rssPID      int // a local process whose RSS is read beside the server's (0: none)
 }
 
 // soakReport is the soak part of devsim's summary.
@@ -30,6 +33,7 @@ type soakReport struct {
 	Push           simulator.Latencies   `json:"push"`
 	Revocation     simulator.Latencies   `json:"revocation"`
 	ServerRSSBytes int64                 `json:"server_rss_bytes,omitempty"`
+	OtherRSSBytes  int64                 `json:"other_rss_bytes,omitempty"` // --rss-pid's process
 	Problems       []string              `json:"problems,omitempty"`
 }
 
@@ -52,6 +56,9 @@ func (r soakReport) String() string {
 	}
 	if r.ServerRSSBytes > 0 {
 		fmt.Fprintf(&b, "\n  server RSS %d MB", r.ServerRSSBytes>>20)
+	}
+	if r.OtherRSSBytes > 0 {
+		fmt.Fprintf(&b, "\n  --rss-pid process RSS %d MB", r.OtherRSSBytes>>20)
 	}
 	for _, p := range r.Problems {
 		fmt.Fprintf(&b, "\n  problem: %s", p)
@@ -106,6 +113,13 @@ func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io
 	} else {
 		problem("server RSS: %v", err)
 	}
+	if p.rssPID > 0 {
+		if rss, err := processRSS(p.rssPID); err == nil {
+			r.OtherRSSBytes = rss
+		} else {
+			problem("--rss-pid: %v", err)
+		}
+	}
 	sleep(ctx, time.Until(start.Add(p.duration)))
 	var cuts []time.Duration
 	ids := fleet.DeviceIDs()
@@ -127,6 +141,24 @@ func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io
 	r.Duration = time.Since(start)
 	r.Stats = fleet.Stats()
 	return r
+}
+
+// processRSS reads a local process's resident set size (VmRSS) from /proc.
+func processRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("process %d: VmRSS %q: %w", pid, v, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("process %d: no VmRSS in /proc/%d/status", pid, pid)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
