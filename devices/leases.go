@@ -1,9 +1,9 @@
 package devices
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"time"
@@ -167,25 +167,73 @@ func (s *Store) LeasesInUseBySite(ctx context.Context, now time.Time) (map[strin
 	return out, err
 }
 
-var expiresField = []byte(`"expires":"`)
+// leaseRecord is a lease as the leases bucket stores it, in CBOR. Its key
+// already names the site and the address, so the value holds the device and
+// the expiry in Unix seconds (leases end on whole seconds: acquireLease):
+// about 25 bytes, against the 120-150 of the JSON Lease stored before
+// (issue 17), which still reads.
+type leaseRecord struct {
+	DeviceID uuid.UUID `cbor:"1,keyasint"`
+	Expires  int64     `cbor:"2,keyasint"`
+}
+
+func putLease(tx kv.Tx, l Lease) error {
+	raw, err := recordEnc.Marshal(leaseRecord{DeviceID: l.DeviceID, Expires: l.Expires.Unix()})
+	if err != nil {
+		return fmt.Errorf("encode lease %s in %s: %w", l.Addr, l.Site, err)
+	}
+	return tx.Put(bucketLeases, leaseKey(l.Site, l.Addr), raw)
+}
+
+// getLease reads the lease of addr in site, if there is one.
+func getLease(tx kv.Tx, site string, addr netip.Addr) (Lease, bool, error) {
+	key := leaseKey(site, addr)
+	raw, err := kv.Peek(tx, bucketLeases, key)
+	if raw == nil || err != nil {
+		return Lease{}, false, err
+	}
+	l, err := decodeLease(key, raw)
+	return l, true, err
+}
+
+// decodeLease reads the lease stored under key k: CBOR, or JSON as written
+// before.
+func decodeLease(k, v []byte) (Lease, error) {
+	if len(v) > 0 && v[0] == '{' {
+		var l Lease
+		if err := json.Unmarshal(v, &l); err != nil {
+			return Lease{}, fmt.Errorf("decode lease %x: %w", k, err)
+		}
+		return l, nil
+	}
+	var r leaseRecord
+	if len(k) < 5 || k[len(k)-5] != 0 {
+		return Lease{}, fmt.Errorf("lease key %x: not a site and an address", k)
+	}
+	if err := recordDec.Unmarshal(v, &r); err != nil {
+		return Lease{}, fmt.Errorf("decode lease %x: %w", k, err)
+	}
+	return Lease{Site: string(k[:len(k)-5]), Addr: netip.AddrFrom4([4]byte(k[len(k)-4:])), DeviceID: r.DeviceID,
+		Expires: time.Unix(r.Expires, 0).UTC()}, nil
+}
 
 // leaseExpires reads a stored lease's expiry. Counting a million leases is
-// on the metrics path, so it looks for the field encoding/json wrote instead
-// of decoding the whole record (100 ns against 1.4 µs, BenchmarkLeaseExpires),
-// and decodes only when that fails.
+// on the metrics path, so it decodes only the expiry (BenchmarkLeaseExpires).
+// A JSON lease, as stored before, is decoded whole.
 func leaseExpires(v []byte) (time.Time, error) {
-	if i := bytes.LastIndex(v, expiresField); i >= 0 {
-		rest := v[i+len(expiresField):]
-		if j := bytes.IndexByte(rest, '"'); j > 0 {
-			if t, err := time.Parse(time.RFC3339Nano, string(rest[:j])); err == nil {
-				return t, nil
-			}
+	if len(v) > 0 && v[0] == '{' {
+		var l struct {
+			Expires time.Time `json:"expires"`
 		}
+		return l.Expires, jsonUnmarshal(v, &l)
 	}
-	var l struct {
-		Expires time.Time `json:"expires"`
+	var r struct {
+		Expires int64 `cbor:"2,keyasint"`
 	}
-	return l.Expires, jsonUnmarshal(v, &l)
+	if err := recordDec.Unmarshal(v, &r); err != nil {
+		return time.Time{}, fmt.Errorf("decode lease: %w", err)
+	}
+	return time.Unix(r.Expires, 0).UTC(), nil
 }
 
 func leaseKey(site string, a netip.Addr) []byte {
@@ -208,14 +256,13 @@ func leaseKey(site string, a netip.Addr) []byte {
 func acquireLease(tx kv.Tx, site *Site, d *Device, now time.Time) (Lease, error) {
 	expires := now.Add(site.LeaseTTL).UTC().Truncate(time.Second)
 	if d.Lease != nil && d.Lease.Site == site.Name && site.CIDR.Contains(d.Lease.Addr) {
-		var held Lease
-		ok, err := getJSON(tx, bucketLeases, leaseKey(site.Name, d.Lease.Addr), &held)
+		held, ok, err := getLease(tx, site.Name, d.Lease.Addr)
 		if err != nil {
 			return Lease{}, err
 		}
 		if ok && held.DeviceID == d.ID {
 			held.Expires = expires
-			return held, putJSON(tx, bucketLeases, leaseKey(site.Name, held.Addr), held)
+			return held, putLease(tx, held)
 		}
 	}
 	if d.Lease != nil { // lease of another site or pool, or reclaimed: let it go
@@ -234,9 +281,7 @@ func acquireLease(tx kv.Tx, site *Site, d *Device, now time.Time) (Lease, error)
 		if addr == site.Gateway {
 			continue
 		}
-		key := leaseKey(site.Name, addr)
-		var held Lease
-		ok, err := getJSON(tx, bucketLeases, key, &held)
+		held, ok, err := getLease(tx, site.Name, addr)
 		if err != nil {
 			return Lease{}, err
 		}
@@ -249,7 +294,7 @@ func acquireLease(tx kv.Tx, site *Site, d *Device, now time.Time) (Lease, error)
 			}
 		}
 		l := Lease{Site: site.Name, Addr: addr, DeviceID: d.ID, Expires: expires}
-		return l, putJSON(tx, bucketLeases, key, l)
+		return l, putLease(tx, l)
 	}
 	return Lease{}, ErrPoolExhausted
 }
@@ -259,14 +304,12 @@ func releaseLease(tx kv.Tx, d *Device) error {
 	if d.Lease == nil {
 		return nil
 	}
-	key := leaseKey(d.Lease.Site, d.Lease.Addr)
-	var held Lease
-	ok, err := getJSON(tx, bucketLeases, key, &held)
+	held, ok, err := getLease(tx, d.Lease.Site, d.Lease.Addr)
 	if err != nil {
 		return err
 	}
 	if ok && held.DeviceID == d.ID {
-		if err := tx.Delete(bucketLeases, key); err != nil {
+		if err := tx.Delete(bucketLeases, leaseKey(d.Lease.Site, d.Lease.Addr)); err != nil {
 			return err
 		}
 	}

@@ -3,7 +3,6 @@ package devices
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 
 	"github.com/google/uuid"
@@ -72,15 +71,14 @@ func (s *Store) Verify(ctx context.Context) ([]string, error) {
 				add("device %s: certificate %s does not lead to it", id, d.CertSerial)
 			}
 			if d.Lease != nil {
-				var l Lease
-				if ok, err := getJSON(tx, bucketLeases, leaseKey(d.Lease.Site, d.Lease.Addr), &l); err != nil || !ok || l.DeviceID != id {
+				if l, ok, err := getLease(tx, d.Lease.Site, d.Lease.Addr); err != nil || !ok || l.DeviceID != id {
 					add("device %s: its lease %s in %s is not its own (record %v, held by %s)", id, d.Lease.Addr, d.Lease.Site, ok, l.DeviceID)
 				}
 			}
 		}
 		err = tx.Ascend(bucketLeases, nil, nil, func(k, v []byte) (bool, error) {
-			var l Lease
-			if err := json.Unmarshal(v, &l); err != nil {
+			l, err := decodeLease(k, v)
+			if err != nil {
 				add("lease %x: undecodable: %v", k, err)
 				return true, nil
 			}
