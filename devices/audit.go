@@ -105,7 +105,8 @@ func appendAudit(tx kv.Tx, ev AuditEvent) error {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	ev.Time = ev.Time.UTC()
+	// To the microsecond, in UTC: stored as a number (auditRecord).
+	ev.Time = ev.Time.UTC().Truncate(time.Microsecond)
 	ev.ID = ""
 	ev.Chain = auditChain(ev.Target)
 	head, _, err := readHead(tx, ev.Chain)

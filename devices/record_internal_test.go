@@ -29,8 +29,9 @@ func fullDevice() Device {
 		AppliedConfigVersion: 6, Health: "ok", LastSeen: t(4), ProvisionedAt: t(5), CreatedAt: t(6), UpdatedAt: t(7), Rev: 9}
 }
 
-// A device record survives CBOR exactly, is smaller than its JSON, and a
-// record written as JSON before still reads.
+// A device record survives CBOR exactly (its times rounded to the
+// microsecond by encodeDevice, in the caller's copy too), is smaller than
+// its JSON, and a record written as JSON before still reads.
 func TestDeviceRecordEncoding(t *testing.T) {
 	for name, d := range map[string]Device{"every field": fullDevice(), "empty": {ID: uuid.New(), Serial: "S", CreatedAt: time.Now().UTC()}} {
 		raw, err := encodeDevice(&d)
@@ -48,6 +49,9 @@ func TestDeviceRecordEncoding(t *testing.T) {
 		var old Device
 		if err := decodeDevice(js, &old); err != nil || !reflect.DeepEqual(old, d) {
 			t.Errorf("%s: a JSON record: %v\n got %+v\nwant %+v", name, err, old, d)
+		}
+		if d.CreatedAt.Nanosecond()%1000 != 0 || d.CreatedAt.Location() != time.UTC {
+			t.Errorf("%s: encodeDevice left CreatedAt %v", name, d.CreatedAt)
 		}
 		if len(raw) >= len(js) {
 			t.Errorf("%s: CBOR %d bytes, JSON %d", name, len(raw), len(js))
@@ -81,8 +85,10 @@ func TestJSONDeviceRecordsStillRead(t *testing.T) {
 	}
 	defer s.Close()
 	got, err := s.DeviceBySerial(ctx, d.Serial)
-	if err != nil || !reflect.DeepEqual(got, d) {
-		t.Fatalf("a JSON record: %v\n got %+v\nwant %+v", err, got, d)
+	want := d
+	roundTimes(&want) // times are kept to the microsecond
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("a JSON record: %v\n got %+v\nwant %+v", err, got, want)
 	}
 	if ds, err := s.DevicesByMAC(ctx, d.MAC); err != nil || len(ds) != 1 {
 		t.Fatalf("the index built over a JSON record: %v %v", ds, err)
@@ -98,7 +104,8 @@ func TestJSONDeviceRecordsStillRead(t *testing.T) {
 }
 
 // An audit event survives CBOR with its hash verifying, and a chain whose
-// older events are JSON (written before) and newer ones CBOR verifies.
+// older events are JSON and CBOR with text times and hashes (both written
+// before) and newer ones CBOR with numbers and bytes verifies.
 func TestAuditRecordEncoding(t *testing.T) {
 	ctx := context.Background()
 	db, err := boltkv.Open(filepath.Join(t.TempDir(), "inv.db"), boltkv.Options{Buckets: Buckets})
@@ -112,8 +119,11 @@ func TestAuditRecordEncoding(t *testing.T) {
 	defer s.Close()
 	ev := AuditEvent{Time: time.Date(2026, 11, 30, 9, 0, 0, 123456789, time.UTC), Actor: "device:P-1", Action: "device.enroll",
 		Target: "P-1", Source: "192.0.2.1:5683", Detail: map[string]string{"transport": "coap", "site": "hq"}}
-	// Two events stored as JSON, as a store written before CBOR holds them.
-	for range 2 {
+	// Two events stored as JSON, as a store written before CBOR holds them,
+	// then one as the first CBOR encoding stored them (times and hashes as
+	// text), all with nanoseconds.
+	var oldCBOR int
+	for i := range 3 {
 		if err := db.Update(ctx, func(tx kv.Tx) error {
 			x := ev
 			x.Chain = auditChain(x.Target)
@@ -124,7 +134,16 @@ func TestAuditRecordEncoding(t *testing.T) {
 			x.Seq, x.PrevHash = head.seq+1, head.hash
 			nanos := max(x.Time.UnixNano(), head.nanos+1)
 			x.Hash, _ = HashAuditEvent(x)
-			if err := putJSON(tx, bucketAuditLog, auditKey(nanos, x.Chain, x.Seq), x); err != nil {
+			if i == 2 {
+				raw, err := recordEnc.Marshal(&x)
+				if err != nil {
+					return err
+				}
+				oldCBOR = len(raw)
+				if err := tx.Put(bucketAuditLog, auditKey(nanos, x.Chain, x.Seq), raw); err != nil {
+					return err
+				}
+			} else if err := putJSON(tx, bucketAuditLog, auditKey(nanos, x.Chain, x.Seq), x); err != nil {
 				return err
 			}
 			return tx.Put(bucketAuditHead, chainKey(x.Chain), chainHead{seq: x.Seq, nanos: nanos, hash: x.Hash}.encode())
@@ -136,15 +155,37 @@ func TestAuditRecordEncoding(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := s.VerifyAudit(ctx); err != nil {
-		t.Fatalf("a chain of JSON then CBOR events: %v", err)
+		t.Fatalf("a chain of JSON, then text CBOR, then CBOR events: %v", err)
 	}
 	h, err := s.History(ctx, "P-1", 10)
-	if err != nil || len(h) != 1 || h[0].Seq != 3 || !reflect.DeepEqual(h[0].Detail, ev.Detail) || !h[0].Time.Equal(ev.Time) {
-		t.Fatalf("history (the JSON events were stored without theirs): %+v %v", h, err)
+	if err != nil || len(h) != 1 || h[0].Seq != 4 || !reflect.DeepEqual(h[0].Detail, ev.Detail) || !h[0].Time.Equal(ev.Time.Truncate(time.Microsecond)) {
+		t.Fatalf("history (the earlier events were stored without theirs): %+v %v", h, err)
+	}
+	if got, err := HashAuditEvent(h[0]); err != nil || got != h[0].Hash {
+		t.Fatalf("the event as read hashes to %s, stored %s (%v)", got, h[0].Hash, err)
 	}
 	raw, _ := encodeAuditEvent(&h[0])
 	js, _ := json.Marshal(h[0])
-	if raw[0] == '{' || len(raw) >= len(js) {
-		t.Fatalf("CBOR %d bytes, JSON %d", len(raw), len(js))
+	if raw[0] == '{' || len(raw) >= len(js) || len(raw) > oldCBOR-60 {
+		t.Fatalf("CBOR %d bytes, JSON %d, text CBOR %d", len(raw), len(js), oldCBOR)
+	}
+	t.Logf("an event: CBOR %d bytes, text CBOR %d, JSON %d", len(raw), oldCBOR, len(js))
+	// Hashes that are not lower-case hex, and times not in whole
+	// microseconds or not in UTC, are stored as they are.
+	for _, x := range []AuditEvent{
+		{Seq: 1, Time: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), PrevHash: "ABCD", Hash: "not hex"},
+		{Seq: 2, Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.FixedZone("X", 3600)), PrevHash: "", Hash: "00ff"},
+		{Seq: 3, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), PrevHash: "00", Hash: "0a0b0c"},
+	} {
+		raw, err := encodeAuditEvent(&x)
+		var back AuditEvent
+		if err == nil {
+			err = decodeAuditRecord(raw, &back)
+		}
+		xj, _ := json.Marshal(x)
+		bj, _ := json.Marshal(back)
+		if err != nil || string(xj) != string(bj) {
+			t.Errorf("event %d: %v\n got %s\nwant %s", x.Seq, err, bj, xj)
+		}
 	}
 }

@@ -181,7 +181,7 @@ func TestExpiredLeaseIsReclaimed(t *testing.T) {
 	}
 	// The reclaim is recorded by B's provisioning, at its time, not later.
 	evs, _ := s.History(context.Background(), "A", 100)
-	if !hasAction(evs, "lease.expire") || !evs[len(evs)-1].Time.Equal(now.Add(2*time.Minute)) {
+	if !hasAction(evs, "lease.expire") || !evs[len(evs)-1].Time.Equal(now.Add(2*time.Minute).Truncate(time.Microsecond)) {
 		t.Errorf("want a lease.expire audit event of A at B's provisioning, got %+v", evs)
 	}
 }
