@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/google/uuid"
 )
 
 // Device records and audit events are stored in CBOR with the integer keys of Device's cbor
@@ -58,6 +59,18 @@ func roundTimes(d *Device) {
 // that the caller holds what a read gives).
 func encodeDevice(d *Device) ([]byte, error) {
 	roundTimes(d)
+	if l := d.Lease; l != nil && (l.DeviceID == d.ID || l.Site == d.Site) {
+		// Stored without what the record already says (decodeDevice).
+		short := *l
+		if short.DeviceID == d.ID {
+			short.DeviceID = uuid.Nil
+		}
+		if short.Site == d.Site {
+			short.Site = ""
+		}
+		d.Lease = &short
+		defer func() { d.Lease = l }()
+	}
 	raw, err := deviceEnc.Marshal(d)
 	if err != nil {
 		return nil, fmt.Errorf("encode device %s: %w", d.ID, err)
@@ -74,6 +87,14 @@ func decodeDevice(raw []byte, d *Device) error {
 	}
 	if err != nil {
 		return fmt.Errorf("decode device record: %w", err)
+	}
+	if l := d.Lease; l != nil {
+		if l.DeviceID == uuid.Nil {
+			l.DeviceID = d.ID
+		}
+		if l.Site == "" {
+			l.Site = d.Site
+		}
 	}
 	roundTimes(d)
 	return nil

@@ -33,10 +33,17 @@ func fullDevice() Device {
 // microsecond by encodeDevice, in the caller's copy too), is smaller than
 // its JSON, and a record written as JSON before still reads.
 func TestDeviceRecordEncoding(t *testing.T) {
-	for name, d := range map[string]Device{"every field": fullDevice(), "empty": {ID: uuid.New(), Serial: "S", CreatedAt: time.Now().UTC()}} {
+	other := fullDevice()
+	other.Lease.Site = "old-site" // a lease in another site than the device's: kept whole
+	for name, d := range map[string]Device{"every field": fullDevice(), "lease of another site": other,
+		"empty": {ID: uuid.New(), Serial: "S", CreatedAt: time.Now().UTC()}} {
+		lease := d.Lease
 		raw, err := encodeDevice(&d)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if d.Lease != lease {
+			t.Errorf("%s: encodeDevice left the caller another lease", name)
 		}
 		var back Device
 		if err := decodeDevice(raw, &back); err != nil {

@@ -82,10 +82,13 @@ type Device struct {
 }
 
 // Lease is an IPv4 address held by a device until Expires.
+//
+// Inside a device record, its Site and DeviceID are left out when they are
+// the device's own (encodeDevice), as they nearly always are.
 type Lease struct {
-	Site     string     `json:"site" cbor:"1,keyasint"`
+	Site     string     `json:"site" cbor:"1,keyasint,omitempty"`
 	Addr     netip.Addr `json:"addr" cbor:"2,keyasint"`
-	DeviceID uuid.UUID  `json:"device_id" cbor:"3,keyasint"`
+	DeviceID uuid.UUID  `json:"device_id" cbor:"3,keyasint,omitzero"`
 	Expires  time.Time  `json:"expires" cbor:"4,keyasint"`
 }
 
