@@ -110,13 +110,17 @@ type auditRecord struct {
 	Chain    uint16            `cbor:"1,keyasint,omitempty"`
 	Seq      uint64            `cbor:"2,keyasint"`
 	Time     storedTime        `cbor:"3,keyasint"`
-	Actor    string            `cbor:"4,keyasint"`
+	Actor    string            `cbor:"4,keyasint,omitempty"`
 	Action   string            `cbor:"5,keyasint"`
 	Target   string            `cbor:"6,keyasint"`
 	Source   string            `cbor:"7,keyasint,omitempty"`
 	Detail   map[string]string `cbor:"8,keyasint,omitempty"`
 	PrevHash storedHash        `cbor:"9,keyasint"`
 	Hash     storedHash        `cbor:"10,keyasint"`
+	// SelfActor stands for an Actor of "device:<Target>", a device acting on
+	// itself (its enrollment, state reports, lease renewals: most events),
+	// which is then not stored.
+	SelfActor bool `cbor:"11,keyasint,omitempty"`
 }
 
 // storedHash is a hex hash, stored as its bytes when that gives back the
@@ -177,9 +181,13 @@ func (t *storedTime) UnmarshalCBOR(data []byte) error {
 // stores it: HashAuditEvent). An enrollment's event is about 310 bytes
 // instead of the 500 of its JSON.
 func encodeAuditEvent(ev *AuditEvent) ([]byte, error) {
-	raw, err := recordEnc.Marshal(auditRecord{Chain: ev.Chain, Seq: ev.Seq, Time: storedTime(ev.Time), Actor: ev.Actor,
+	r := auditRecord{Chain: ev.Chain, Seq: ev.Seq, Time: storedTime(ev.Time), Actor: ev.Actor,
 		Action: ev.Action, Target: ev.Target, Source: ev.Source, Detail: ev.Detail,
-		PrevHash: storedHash(ev.PrevHash), Hash: storedHash(ev.Hash)})
+		PrevHash: storedHash(ev.PrevHash), Hash: storedHash(ev.Hash)}
+	if ev.Target != "" && ev.Actor == selfActor(ev.Target) {
+		r.Actor, r.SelfActor = "", true
+	}
+	raw, err := recordEnc.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("encode audit event: %w", err)
 	}
@@ -197,5 +205,11 @@ func decodeAuditRecord(raw []byte, ev *AuditEvent) error {
 	}
 	*ev = AuditEvent{Chain: r.Chain, Seq: r.Seq, Time: time.Time(r.Time), Actor: r.Actor, Action: r.Action,
 		Target: r.Target, Source: r.Source, Detail: r.Detail, PrevHash: string(r.PrevHash), Hash: string(r.Hash)}
+	if r.SelfActor {
+		ev.Actor = selfActor(r.Target)
+	}
 	return nil
 }
+
+// selfActor is the Actor of a device acting on itself: its Target is its serial.
+func selfActor(serial string) string { return "device:" + serial }

@@ -168,6 +168,9 @@ func TestAuditRecordEncoding(t *testing.T) {
 	if err != nil || len(h) != 1 || h[0].Seq != 4 || !reflect.DeepEqual(h[0].Detail, ev.Detail) || !h[0].Time.Equal(ev.Time.Truncate(time.Microsecond)) {
 		t.Fatalf("history (the earlier events were stored without theirs): %+v %v", h, err)
 	}
+	if h[0].Actor != ev.Actor || h[0].Target != ev.Target {
+		t.Fatalf("a device's own event read back as actor %q, target %q", h[0].Actor, h[0].Target)
+	}
 	if got, err := HashAuditEvent(h[0]); err != nil || got != h[0].Hash {
 		t.Fatalf("the event as read hashes to %s, stored %s (%v)", got, h[0].Hash, err)
 	}
@@ -183,6 +186,11 @@ func TestAuditRecordEncoding(t *testing.T) {
 		{Seq: 1, Time: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), PrevHash: "ABCD", Hash: "not hex"},
 		{Seq: 2, Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.FixedZone("X", 3600)), PrevHash: "", Hash: "00ff"},
 		{Seq: 3, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), PrevHash: "00", Hash: "0a0b0c"},
+		// Actors: a device acting on another target, an operator, none.
+		{Seq: 4, Actor: "device:P-1", Target: "P-2"},
+		{Seq: 5, Actor: "token:abc", Target: "P-1"},
+		{Seq: 6, Actor: "", Target: "P-1"},
+		{Seq: 7, Actor: "device:", Target: ""},
 	} {
 		raw, err := encodeAuditEvent(&x)
 		var back AuditEvent
