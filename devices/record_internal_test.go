@@ -2,13 +2,25 @@ package devices
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"fmt"
+	"maps"
+	"math/big"
 	"net/netip"
 	"path/filepath"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/google/uuid"
 
 	"github.com/provisiond/provisiond/devices/kv"
@@ -35,8 +47,13 @@ func fullDevice() Device {
 func TestDeviceRecordEncoding(t *testing.T) {
 	other := fullDevice()
 	other.Lease.Site = "old-site" // a lease in another site than the device's: kept whole
+	odd := fullDevice()
+	odd.BatchID, odd.State = "batch-7", State("quarantined") // no UUID, no known state: kept as text
+	upper := fullDevice()
+	upper.BatchID = strings.ToUpper(upper.BatchID) // a UUID, but not in canonical form
 	for name, d := range map[string]Device{"every field": fullDevice(), "lease of another site": other,
-		"empty": {ID: uuid.New(), Serial: "S", CreatedAt: time.Now().UTC()}} {
+		"empty": {ID: uuid.New(), Serial: "S", CreatedAt: time.Now().UTC()}, "batch and state as text": odd,
+		"upper-case batch": upper} {
 		lease := d.Lease
 		raw, err := encodeDevice(&d)
 		if err != nil {
@@ -63,7 +80,94 @@ func TestDeviceRecordEncoding(t *testing.T) {
 		if len(raw) >= len(js) {
 			t.Errorf("%s: CBOR %d bytes, JSON %d", name, len(raw), len(js))
 		}
+		var stored map[int]cbor.RawMessage
+		if err := recordDec.Unmarshal(raw, &stored); err != nil {
+			t.Fatal(err)
+		}
+		_, batchBytes := stored[34]
+		_, stateCode := stored[35]
+		if batchBytes != (name == "every field" || name == "lease of another site") ||
+			stateCode != (name != "empty" && name != "batch and state as text") {
+			t.Errorf("%s: batch as bytes %v, state as a number %v", name, batchBytes, stateCode)
+		}
 		t.Logf("%s: CBOR %d bytes, JSON %d", name, len(raw), len(js))
+	}
+}
+
+// certDevice is fullDevice with a certificate expiring at notAfter, and its
+// facts as enrollment records them.
+func certDevice(t testing.TB, notAfter time.Time) Device {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: new(big.Int).SetBytes([]byte{0x0a, 0xbc, 0xde, 0xf0, 0x01, 0x7f, 0x33, 0x81, 0x9c, 0x12, 0x44, 0xe0, 0x5d, 0x61, 0x02, 0xaa}),
+		Subject: pkix.Name{CommonName: "dev"}, NotBefore: notAfter.AddDate(-1, 0, 0), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	keyHash := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	d := fullDevice()
+	d.CertSerial, d.CertDER, d.PublicKeyHash, d.CertNotAfter = fmt.Sprintf("%x", leaf.SerialNumber), der, keyHash[:], leaf.NotAfter
+	return d
+}
+
+// A record whose certificate facts are its certificate's (as enrollment
+// and renewal set them) does not store them, and reads them back from the
+// certificate; one whose facts differ keeps its own.
+func TestDeviceRecordCertFacts(t *testing.T) {
+	for _, notAfter := range []time.Time{time.Date(2036, 1, 2, 3, 4, 5, 0, time.UTC), time.Date(2051, 1, 2, 3, 4, 5, 0, time.UTC)} { // UTCTime, GeneralizedTime
+		d := certDevice(t, notAfter)
+		mismatched := d
+		mismatched.CertSerial = "ff"
+		for name, want := range map[string]Device{"facts": d, "mismatched": mismatched} {
+			raw, err := encodeDevice(&want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stored map[int]cbor.RawMessage
+			if err := recordDec.Unmarshal(raw, &stored); err != nil {
+				t.Fatal(err)
+			}
+			_, hasSerial := stored[17]
+			if _, facts := stored[33]; facts == hasSerial || facts != (name == "facts") {
+				t.Errorf("%s, %v: stored keys %v", name, notAfter, slices.Sorted(maps.Keys(stored)))
+			}
+			var back Device
+			if err := decodeDevice(raw, &back); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(back, want) {
+				t.Errorf("%s, %v: round trip:\n got %+v\nwant %+v", name, notAfter, back, want)
+			}
+		}
+	}
+}
+
+// BenchmarkDecodeDevice reads a provisioned device's record whose
+// certificate serial, key hash and NotAfter are taken from its certificate
+// (as enrollment stores them), against one that stores them.
+func BenchmarkDecodeDevice(b *testing.B) {
+	d := certDevice(b, time.Now().AddDate(0, 3, 0))
+	stored := d
+	stored.CertSerial = "ff" // not the certificate's: stored
+	for name, x := range map[string]Device{"derived": d, "stored": stored} {
+		raw, err := encodeDevice(&x)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(raw)))
+			for b.Loop() {
+				var back Device
+				if err := decodeDevice(raw, &back); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -125,7 +229,8 @@ func TestAuditRecordEncoding(t *testing.T) {
 	}
 	defer s.Close()
 	ev := AuditEvent{Time: time.Date(2026, 11, 30, 9, 0, 0, 123456789, time.UTC), Actor: "device:P-1", Action: "device.enroll",
-		Target: "P-1", Source: "192.0.2.1:5683", Detail: map[string]string{"transport": "coap", "site": "hq"}}
+		Target: "P-1", Source: "192.0.2.1:5683", Detail: map[string]string{"transport": "coap", "site": "hq",
+			"device_id": uuid.NewString(), "cert_serial": "3a9f00c4e1d2b7a6958473625140f0e1"}}
 	// Two events stored as JSON, as a store written before CBOR holds them,
 	// then one as the first CBOR encoding stored them (times and hashes as
 	// text), all with nanoseconds.
@@ -191,16 +296,44 @@ func TestAuditRecordEncoding(t *testing.T) {
 		{Seq: 5, Actor: "token:abc", Target: "P-1"},
 		{Seq: 6, Actor: "", Target: "P-1"},
 		{Seq: 7, Actor: "device:", Target: ""},
+		// Details that look like a UUID or hex but are not in the form
+		// stored as bytes stay text.
+		{Seq: 8, Detail: map[string]string{"a": strings.ToUpper(uuid.NewString()), "b": "ABCD", "c": "abc", "d": "ab", "e": "",
+			"f": "1234", "g": "{" + uuid.NewString() + "}", "h": uuid.NewString(), "i": "00000000", "j": "héllo"}},
+		// Actions and detail keys in the codebooks and not.
+		{Seq: 9, Action: "lease.renew", Detail: map[string]string{"site": "hq", "address": "10.0.0.7", "zone": "b", "3": "x"}},
+		{Seq: 10, Action: "site.create", Detail: map[string]string{"transport": "coap"}},
+		{Seq: 11, Action: "device.enroll", Detail: map[string]string{}},
 	} {
 		raw, err := encodeAuditEvent(&x)
 		var back AuditEvent
 		if err == nil {
 			err = decodeAuditRecord(raw, &back)
 		}
+		if x.Detail != nil && len(x.Detail) == 0 {
+			x.Detail = nil // an empty detail is not stored
+		}
 		xj, _ := json.Marshal(x)
 		bj, _ := json.Marshal(back)
 		if err != nil || string(xj) != string(bj) {
 			t.Errorf("event %d: %v\n got %s\nwant %s", x.Seq, err, bj, xj)
+		}
+	}
+}
+
+// A stored event with a code no codebook has is an error, not a guess.
+func TestAuditRecordUnknownCode(t *testing.T) {
+	for name, rec := range map[string]map[int]any{
+		"action":     {2: 1, 5: 200, 6: "P-1"},
+		"detail key": {2: 1, 5: 3, 6: "P-1", 8: map[any]string{uint64(99): "x"}},
+	} {
+		raw, err := recordEnc.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ev AuditEvent
+		if err := decodeAuditRecord(raw, &ev); err == nil {
+			t.Errorf("%s: read as %+v", name, ev)
 		}
 	}
 }
