@@ -37,7 +37,33 @@ const (
 	// fieldMAC indexes devices by the MAC they reported (NormalizeMAC), for
 	// the DHCP server.
 	fieldMAC byte = 'a'
+	// fieldStateCode and fieldBatchUUID are fieldState and fieldBatch in
+	// fewer bytes (index version 4): a known state as its one-byte code
+	// (stateCode), a batch ID that is a canonical UUID as its 16 bytes.
+	// Other values stay under the text fields, so neither form can be
+	// mistaken for the other.
+	fieldStateCode byte = 's'
+	fieldBatchUUID byte = 'u'
 )
+
+// indexField is the field and value under which a value of field is
+// indexed: fieldState and fieldBatch values in their short form where they
+// have one.
+func indexField(field byte, value string) (byte, string) {
+	switch field {
+	case fieldState:
+		if c := stateCode(State(value)); c != 0 {
+			return fieldStateCode, string([]byte{c})
+		}
+	case fieldBatch:
+		if len(value) == 36 {
+			if id, err := uuid.Parse(value); err == nil && id.String() == value {
+				return fieldBatchUUID, string(id[:])
+			}
+		}
+	}
+	return field, value
+}
 
 // Convergence states in the fieldConvergence index.
 const (
@@ -51,7 +77,7 @@ func convergenceValue(site, state string) string { return site + "\x00" + state 
 // builds the index once for stores written before it existed.
 var keyIndexVersion = []byte("index_version")
 
-const indexVersion = "3"
+const indexVersion = "4"
 
 func indexPrefix(field byte, value string) []byte {
 	k := make([]byte, 0, 3+len(value)+16)
@@ -80,7 +106,8 @@ func indexed(d *Device) [][2]string {
 		v string
 	}{{fieldState, string(d.State)}, {fieldModel, d.Model}, {fieldFirmware, d.FirmwareVersion}, {fieldBatch, d.BatchID}, {fieldConvergence, conv}, {fieldMAC, mac}} {
 		if fv.v != "" && len(fv.v) <= 0xFFFF {
-			out = append(out, [2]string{string(fv.f), fv.v})
+			f, v := indexField(fv.f, fv.v)
+			out = append(out, [2]string{string(f), v})
 		}
 	}
 	return out
@@ -140,7 +167,8 @@ func deleteIndexes(tx kv.Tx, d *Device) error {
 // written in sorted order: one transaction over a million random keys took
 // 12 minutes on bbolt, sorted chunks take seconds. A crash part-way leaves no
 // version mark, so the next start begins again (writing an index key twice
-// is harmless).
+// is harmless). Keys of the text form that version 4 indexes in a short
+// form (indexField) are deleted as it goes.
 func buildIndex(ctx context.Context, db kv.DB) error {
 	var done bool
 	if err := db.View(ctx, func(tx kv.Tx) error {
@@ -152,11 +180,11 @@ func buildIndex(ctx context.Context, db kv.DB) error {
 	}
 	var after []byte
 	for {
-		var keys [][]byte
+		var keys, stale [][]byte
 		var last []byte
 		n := 0
 		err := db.View(ctx, func(tx kv.Tx) error {
-			keys, last, n = keys[:0], nil, 0
+			keys, stale, last, n = keys[:0], stale[:0], nil, 0
 			return tx.Ascend(bucketDevices, nil, after, func(k, v []byte) (bool, error) {
 				if after != nil && bytes.Equal(k, after) {
 					return true, nil
@@ -172,6 +200,14 @@ func buildIndex(ctx context.Context, db kv.DB) error {
 				for _, fv := range indexed(&d) {
 					keys = append(keys, indexKey(fv[0][0], fv[1], d.ID))
 				}
+				for _, fv := range [...]struct {
+					f byte
+					v string
+				}{{fieldState, string(d.State)}, {fieldBatch, d.BatchID}} {
+					if f, _ := indexField(fv.f, fv.v); f != fv.f && len(fv.v) <= 0xFFFF {
+						stale = append(stale, indexKey(fv.f, fv.v, d.ID))
+					}
+				}
 				last = bytes.Clone(k)
 				n++
 				return true, nil
@@ -180,16 +216,26 @@ func buildIndex(ctx context.Context, db kv.DB) error {
 		if err != nil {
 			return fmt.Errorf("build device index: %w", err)
 		}
+		// The stale keys are deleted first, then the new ones put, each in
+		// sorted order.
 		slices.SortFunc(keys, bytes.Compare)
+		slices.SortFunc(stale, bytes.Compare)
+		ops := append(stale, keys...)
 		finished := n < indexChunk
 		// Sorted keys go in transactions as large as the engine takes (bbolt:
 		// the whole chunk).
-		per := kv.PerTx(db, 1, 1, len(keys)+1) // and the version mark
-		for i := 0; i < len(keys) || i == 0; i += per {
-			part := keys[i:min(i+per, len(keys))]
-			final := finished && i+per >= len(keys)
+		per := kv.PerTx(db, 1, 1, len(ops)+1) // and the version mark
+		for i := 0; i < len(ops) || i == 0; i += per {
+			part := ops[i:min(i+per, len(ops))]
+			final := finished && i+per >= len(ops)
 			err = db.Update(ctx, func(tx kv.Tx) error {
-				for _, k := range part {
+				for j, k := range part {
+					if i+j < len(stale) {
+						if err := tx.Delete(bucketIndex, k); err != nil {
+							return err
+						}
+						continue
+					}
 					if err := tx.Put(bucketIndex, k, nil); err != nil {
 						return err
 					}
@@ -266,7 +312,8 @@ func filterRanges(f Filter) []keyRange {
 		v string
 	}{{fieldState, string(f.State)}, {fieldModel, f.Model}, {fieldFirmware, f.Firmware}, {fieldBatch, f.Batch}} {
 		if fv.v != "" {
-			rs = append(rs, keyRange{bucket: bucketIndex, prefix: indexPrefix(fv.f, fv.v)})
+			f, v := indexField(fv.f, fv.v)
+			rs = append(rs, keyRange{bucket: bucketIndex, prefix: indexPrefix(f, v)})
 		}
 	}
 	return rs

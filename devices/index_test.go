@@ -1,11 +1,13 @@
 package devices_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +21,12 @@ import (
 
 // indexFleet loads n devices with attributes drawn from small sets, so that
 // filters on one or several of them match many, few or no devices.
+// Batch IDs that are UUIDs are indexed by their bytes (fieldBatchUUID).
+const (
+	batchU3 = "0e2c0b3e-4f1a-4c55-9d1e-6a7b8c9d0e13"
+	batchU4 = "0e2c0b3e-4f1a-4c55-9d1e-6a7b8c9d0e14"
+)
+
 func indexFleet(t *testing.T, s *devices.Store, n int, rng *rand.Rand) {
 	t.Helper()
 	for _, name := range []string{"north", "south", "east"} {
@@ -31,7 +39,7 @@ func indexFleet(t *testing.T, s *devices.Store, n int, rng *rand.Rand) {
 	ds := make([]devices.Device, n)
 	for i := range ds {
 		d := devices.Device{ID: uuid.New(), Serial: fmt.Sprintf("IDX-%05d", i), TokenHash: hash("t"),
-			Model: pick("A", "B", "C"), BatchID: pick("b1", "b2", "b3", "b4"), CreatedAt: now, UpdatedAt: now}
+			Model: pick("A", "B", "C"), BatchID: pick("b1", "b2", batchU3, batchU4), CreatedAt: now, UpdatedAt: now}
 		d.Site = pick("", "north", "south", "east")
 		d.State = devices.StateManufactured
 		if d.Site != "" {
@@ -83,7 +91,7 @@ func randomFilter(rng *rand.Rand, now time.Time) devices.Filter {
 	f.State = devices.State(maybe("manufactured", "claimed", "provisioned", "active", "revoked"))
 	f.Model = maybe("A", "B", "C", "Z")
 	f.Firmware = maybe("1.0", "1.1", "2.0")
-	f.Batch = maybe("b1", "b2", "b3", "b4", "b9")
+	f.Batch = maybe("b1", "b2", batchU3, batchU4, "b9", strings.ToUpper(batchU3))
 	if rng.IntN(6) == 0 {
 		f.SeenAfter = now.Add(-24 * time.Hour)
 	}
@@ -302,6 +310,92 @@ func TestIndexBuiltForOlderStore(t *testing.T) {
 		t.Fatalf("model A after reopening: %d devices, %v", len(list), err)
 	}
 	checkListings(t, s, rng, 200)
+}
+
+// A store indexed by version 3, which kept states and UUID batch IDs as
+// text, is re-indexed in the short form when opened: its text keys are
+// gone, and listings by state and batch find what they did.
+func TestIndexVersion3Upgraded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "inv.db")
+	s, err := openPath(path, boltkv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	indexFleet(t, s, 300, rng)
+	want := map[string]int{}
+	for _, f := range []devices.Filter{{State: devices.StateActive}, {State: devices.StateClaimed}, {Batch: batchU3}, {Batch: "b1"}, {Batch: batchU4, State: devices.StateRevoked}} {
+		f.Limit = 1000
+		list, _, err := s.Devices(context.Background(), f)
+		if err != nil || len(list) == 0 {
+			t.Fatalf("%+v: %d devices, %v", f, len(list), err)
+		}
+		want[fmt.Sprint(f)] = len(list)
+	}
+	s.Close()
+
+	// Rewrite the index as version 3 wrote it.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	textKey := func(field byte, value string, id []byte) []byte {
+		k := append([]byte{field}, byte(len(value)>>8), byte(len(value)))
+		return append(append(k, value...), id...)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		idx := tx.Bucket([]byte("index"))
+		var short [][]byte
+		idx.ForEach(func(k, _ []byte) error {
+			if k[0] == 's' || k[0] == 'u' {
+				short = append(short, bytes.Clone(k))
+			}
+			return nil
+		})
+		if len(short) == 0 {
+			t.Fatal("no short index keys")
+		}
+		for _, k := range short {
+			id := k[len(k)-16:]
+			v := k[3 : len(k)-16]
+			var err error
+			if k[0] == 's' {
+				states := map[byte]string{1: "manufactured", 2: "claimed", 3: "provisioned", 4: "active", 5: "revoked"}
+				err = idx.Put(textKey('t', states[v[0]], id), nil)
+			} else {
+				err = idx.Put(textKey('b', uuid.UUID(v).String(), id), nil)
+			}
+			if err != nil {
+				return err
+			}
+			if err := idx.Delete(k); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket([]byte("meta")).Put([]byte("index_version"), []byte("3"))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	defer devices.SetIndexChunk(11)()
+	s, err = openPath(path, boltkv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, f := range []devices.Filter{{State: devices.StateActive}, {State: devices.StateClaimed}, {Batch: batchU3}, {Batch: "b1"}, {Batch: batchU4, State: devices.StateRevoked}} {
+		f.Limit = 1000
+		list, _, err := s.Devices(context.Background(), f)
+		if err != nil || len(list) != want[fmt.Sprint(f)] {
+			t.Errorf("%+v after the upgrade: %d devices (%v), want %d", f, len(list), err, want[fmt.Sprint(f)])
+		}
+	}
+	if problems, err := s.Verify(context.Background()); err != nil || len(problems) != 0 {
+		t.Fatalf("after the upgrade: %v %v", problems, err)
+	}
+	checkListings(t, s, rng, 100)
 }
 
 func TestLoadRefusesWithoutChange(t *testing.T) {
