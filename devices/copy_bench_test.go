@@ -2,6 +2,11 @@ package devices_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +21,8 @@ import (
 	"github.com/provisiond/provisiond/devices/kv/boltkv"
 	"github.com/provisiond/provisiond/devices/kv/etcdkv"
 	"github.com/provisiond/provisiond/internal/etcdtest"
+	"github.com/provisiond/provisiond/pki"
+	"github.com/provisiond/provisiond/pki/profile"
 )
 
 // BenchmarkMigrate moves a single node's inventory of MIGRATE_DEVICES
@@ -40,19 +47,36 @@ func BenchmarkMigrate(b *testing.B) {
 		b.Fatal(err)
 	}
 	now := time.Now()
-	// A device certificate as the CA issues them is about 560 bytes of DER.
-	certDER := make([]byte, 560)
-	for i := range certDER {
-		certDER[i] = byte(i * 7)
+	// Each device has a certificate from a real CA, as enrollment records
+	// it (serial, key hash, NotAfter), and a factory batch's UUID.
+	ca, _, err := pki.Open(pki.Config{Dir: b.TempDir(), Passphrase: []byte("migrate-bench-passphrase")})
+	if err != nil {
+		b.Fatal(err)
 	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	csr, _ := x509.ParseCertificateRequest(csrDER)
+	keyHash := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	batch := uuid.NewString()
 	const chunk = 2000
 	for c := 0; c < n; c += chunk {
 		ds := make([]devices.Device, 0, chunk)
 		for i := c; i < min(c+chunk, n); i++ {
-			ds = append(ds, devices.Device{ID: uuid.New(), Serial: fmt.Sprintf("MIG-%07d", i), TokenHash: hash("t"), Model: "SENSOR-A",
-				BatchID: "b1", Site: "big", State: devices.StateActive, FirmwareVersion: "1.4.2", CreatedAt: now, UpdatedAt: now,
-				LastSeen: now, CertSerial: fmt.Sprintf("%032x", i), PublicKeyHash: hash(fmt.Sprint(i)), CertNotAfter: now.AddDate(0, 3, 0),
-				CertDER: certDER, ConfigVersion: 1, AppliedConfigVersion: 1, Health: "ok", ProvisionedAt: now})
+			d := devices.Device{ID: uuid.New(), Serial: fmt.Sprintf("MIG-%07d", i), TokenHash: hash("t"), Model: "SENSOR-A",
+				BatchID: batch, Site: "big", State: devices.StateActive, FirmwareVersion: "1.4.2", CreatedAt: now, UpdatedAt: now,
+				LastSeen: now, PublicKeyHash: keyHash[:], ConfigVersion: 1, AppliedConfigVersion: 1, Health: "ok", ProvisionedAt: now}
+			leaf, err := ca.IssueDevice(csr, profile.Device{ID: d.ID, Serial: d.Serial, Model: d.Model, Site: d.Site})
+			if err != nil {
+				b.Fatal(err)
+			}
+			d.CertSerial, d.CertDER, d.CertNotAfter = fmt.Sprintf("%x", leaf.SerialNumber), leaf.Raw, leaf.NotAfter
+			ds = append(ds, d)
 		}
 		if err := src.Load(ctx, ds, now, devices.AuditEvent{Action: "inventory.load"}); err != nil {
 			b.Fatal(err)

@@ -3,7 +3,11 @@ package server_test
 import (
 	"context"
 	"net/http"
+	"path/filepath"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/internal/etcdtest"
@@ -109,4 +113,41 @@ func benchEnrollOn(b *testing.B, transport, store string) {
 		b.ReportMetric(float64(after.Reruns-before.Reruns)/n, "reruns/enroll")
 		b.ReportMetric(float64(after.Fenced-before.Fenced), "fenced")
 	}
+	if store == "" {
+		// The store per device (issue 17): every bucket's pages, the bytes
+		// in use and the bytes allocated, over the devices enrolled.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := env.Server.Shutdown(ctx); err != nil {
+			b.Fatal(err)
+		}
+		inUse, alloc := bboltBytes(b, filepath.Join(env.DataDir, server.InventoryFile))
+		b.ReportMetric(float64(inUse)/float64(sum.Enrolled), "store-bytes/device")
+		b.ReportMetric(float64(alloc)/float64(sum.Enrolled), "store-page-bytes/device")
+	}
+}
+
+// bboltBytes sums the bytes in use and the bytes of pages allocated over
+// every bucket of a bbolt file (leaf and branch pages).
+func bboltBytes(b *testing.B, path string) (inUse, alloc int) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, bk *bolt.Bucket) error {
+			st := bk.Stats()
+			inUse += st.LeafInuse + st.BranchInuse
+			alloc += st.LeafAlloc + st.BranchAlloc
+			if st.KeyN > 0 {
+				b.Logf("%-12s %7d keys %9d bytes in use (branch pages %7d) %9d allocated", name, st.KeyN,
+					st.LeafInuse+st.BranchInuse, st.BranchInuse, st.LeafAlloc+st.BranchAlloc)
+			}
+			return nil
+		})
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return inUse, alloc
 }
