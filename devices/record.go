@@ -65,26 +65,28 @@ func roundTimes(d *Device) {
 // deviceRecord is a Device as the store keeps it: the Device's own fields
 // (CBOR, integer keys), less what can be had from the rest of the record
 // (issue 17: store per device):
+//   - a known State as a number (storedState), under the State's own key;
 //   - CertSerial, PublicKeyHash and CertNotAfter when they are CertDER's
 //     serial (in hex), the SHA-256 of its SubjectPublicKeyInfo and its
 //     NotAfter, as enrollment and renewal set them (CertFacts): 75 bytes;
-//   - a BatchID that is a UUID in canonical form, stored as its 16 bytes
-//     (Batch): 19 bytes;
-//   - a known State, stored as a number (StateCode): 9 to 10 bytes;
+//   - a BatchID that is a UUID in canonical form, as its 16 bytes (Batch);
 //   - a lease's device ID and site when they are the device's own.
 //
 // Every one of them is restored by decodeDevice, so a read gives back
-// exactly what was written. A record without the new keys (written before
-// them) reads as it always did.
+// exactly what was written, and a record written before reads as it always
+// did. The certificate facts and the batch are left out only from a record
+// whose state is a number: a reader from before this layout refuses a
+// number there (its State is text), so it cannot take such a record for
+// a whole one, nor write one back without what it left out.
 type deviceRecord struct {
 	Device
-	CertFacts bool   `cbor:"33,keyasint,omitempty"`
-	Batch     []byte `cbor:"34,keyasint,omitempty"`
-	StateCode uint8  `cbor:"35,keyasint,omitempty"`
+	State     storedState `cbor:"6,keyasint"` // shadows Device.State
+	CertFacts bool        `cbor:"33,keyasint,omitempty"`
+	Batch     []byte      `cbor:"34,keyasint,omitempty"`
 }
 
-// stateCodes number the known states for deviceRecord.StateCode (never
-// renumber: records hold them).
+// stateCodes number the known states for storedState (never renumber:
+// records hold them).
 var stateCodes = [...]State{1: StateManufactured, 2: StateClaimed, 3: StateProvisioned, 4: StateActive, 5: StateRevoked}
 
 func stateCode(s State) uint8 {
@@ -96,11 +98,38 @@ func stateCode(s State) uint8 {
 	return 0
 }
 
+// storedState is a device's state in its record: a number when stateCodes
+// has it, else its text.
+type storedState State
+
+func (s storedState) MarshalCBOR() ([]byte, error) {
+	if c := stateCode(State(s)); c != 0 {
+		return recordEnc.Marshal(c)
+	}
+	return recordEnc.Marshal(string(s))
+}
+
+func (s *storedState) UnmarshalCBOR(data []byte) error {
+	if len(data) > 0 && data[0]>>5 == 0 { // an unsigned integer: a code
+		var c uint64
+		if err := recordDec.Unmarshal(data, &c); err != nil {
+			return err
+		}
+		if c == 0 || c >= uint64(len(stateCodes)) {
+			return fmt.Errorf("unknown state %d", c)
+		}
+		*s = storedState(stateCodes[c])
+		return nil
+	}
+	return recordDec.Unmarshal(data, (*string)(s))
+}
+
 // encodeDevice stores d, its times rounded to the microsecond (in d too, so
 // that the caller holds what a read gives).
 func encodeDevice(d *Device) ([]byte, error) {
 	roundTimes(d)
-	r := deviceRecord{Device: *d}
+	r := deviceRecord{Device: *d, State: storedState(d.State)}
+	coded := stateCode(d.State) != 0
 	if l := d.Lease; l != nil && (l.DeviceID == d.ID || l.Site == d.Site) {
 		short := *l
 		if short.DeviceID == d.ID {
@@ -111,17 +140,14 @@ func encodeDevice(d *Device) ([]byte, error) {
 		}
 		r.Lease = &short
 	}
-	if len(d.CertDER) > 0 {
+	if coded && len(d.CertDER) > 0 {
 		if serial, keyHash, notAfter, ok := certFacts(d.CertDER); ok && serial == d.CertSerial &&
 			bytes.Equal(keyHash, d.PublicKeyHash) && notAfter.Equal(d.CertNotAfter) {
 			r.CertSerial, r.PublicKeyHash, r.CertNotAfter, r.CertFacts = "", nil, time.Time{}, true
 		}
 	}
-	if id, err := uuid.Parse(d.BatchID); err == nil && id.String() == d.BatchID {
+	if id, err := uuid.Parse(d.BatchID); err == nil && id.String() == d.BatchID && coded {
 		r.BatchID, r.Batch = "", id[:]
-	}
-	if c := stateCode(d.State); c != 0 {
-		r.State, r.StateCode = "", c
 	}
 	raw, err := unixTimeEnc.Marshal(&r)
 	if err != nil {
@@ -144,6 +170,7 @@ func decodeDevice(raw []byte, d *Device) error {
 		return fmt.Errorf("decode device record: %w", err)
 	}
 	*d = r.Device
+	d.State = State(r.State)
 	if l := d.Lease; l != nil {
 		if l.DeviceID == uuid.Nil {
 			l.DeviceID = d.ID
@@ -161,12 +188,6 @@ func decodeDevice(raw []byte, d *Device) error {
 	}
 	if len(r.Batch) == 16 {
 		d.BatchID = uuid.UUID(r.Batch).String()
-	}
-	if r.StateCode != 0 {
-		if int(r.StateCode) >= len(stateCodes) {
-			return fmt.Errorf("decode device record %s: unknown state %d", d.ID, r.StateCode)
-		}
-		d.State = stateCodes[r.StateCode]
 	}
 	roundTimes(d)
 	return nil

@@ -33,7 +33,7 @@ type Device struct {
 	Model     string    `json:"model" cbor:"3,keyasint"`
 	BatchID   string    `json:"batch_id,omitempty" cbor:"4,keyasint,omitempty"`
 	Site      string    `json:"site,omitempty" cbor:"5,keyasint,omitempty"`
-	State     State     `json:"state" cbor:"6,keyasint,omitempty"`
+	State     State     `json:"state" cbor:"6,keyasint"`
 	TokenHash []byte    `json:"token_hash" cbor:"7,keyasint"` // SHA-256 of the claim token; never the token
 	// ClaimCodeHash is the hash of the label's claim-code secret; cleared by
 	// the claim that uses it (single use).
