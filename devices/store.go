@@ -18,6 +18,14 @@ import (
 	"github.com/provisiond/provisiond/devices/kv"
 )
 
+// Layout is the inventory layout this version reads and writes. Layout 2:
+// device records leave out what the rest of them gives back, with their
+// state as a number (deviceRecord), and audit events number their actions
+// and detail keys (auditRecord); the index is version 4. A version of an
+// older layout cannot read what this one writes, so a cluster's replicas
+// announce their layout and a replica does not start beside an older one.
+const Layout = 2
+
 var (
 	bucketDevices = []byte("devices")
 	bucketSerials = []byte("serials")

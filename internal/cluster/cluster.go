@@ -66,6 +66,10 @@ type Replica struct {
 	API     string    `json:"api"` // its HTTPS API
 	Version string    `json:"version"`
 	Started time.Time `json:"started"`
+	// Layout is the inventory layout the replica reads and writes
+	// (devices.Layout). Replicas from before layouts were announced have
+	// none (0).
+	Layout int `json:"layout,omitempty"`
 }
 
 // Config builds a Node.

@@ -37,7 +37,13 @@ type Member struct {
 
 // Replicas lists the replicas registered now (this one included).
 func (n *Node) Replicas(ctx context.Context) ([]Replica, error) {
-	resp, err := n.cli.Get(ctx, n.cfg.Prefix+"replicas/", clientv3.WithPrefix())
+	return ListReplicas(ctx, n.cli, n.cfg.Prefix)
+}
+
+// ListReplicas lists the replicas registered now in the cluster whose keys
+// are under prefix, without joining it.
+func ListReplicas(ctx context.Context, cli *clientv3.Client, prefix string) ([]Replica, error) {
+	resp, err := cli.Get(ctx, prefix+"replicas/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("cluster replicas: %w", err)
 	}

@@ -3,12 +3,14 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/provisiond/provisiond/devices"
 	"github.com/provisiond/provisiond/devices/kv/etcdkv"
 	"github.com/provisiond/provisiond/enroll"
 	"github.com/provisiond/provisiond/internal/cluster"
@@ -30,6 +32,34 @@ func (s *Server) clustered() bool { return s.etcd != nil }
 // always on its own, when elected in a cluster.
 func (s *Server) leading() bool { return s.node == nil || s.node.Leading() }
 
+// checkLayouts refuses to open a cluster's inventory while a replica of
+// another inventory layout runs on it: an older replica could not read the
+// records this one writes, nor keep the index as this one does, and this
+// one could not read a newer one's. A release that changes the layout is
+// upgraded with every replica of the older one stopped first
+// (docs/cluster.md, Upgrades).
+func checkLayouts(ctx context.Context, db *etcdkv.DB) error {
+	rs, err := cluster.ListReplicas(ctx, db.Client(), db.Prefix())
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	for _, r := range rs {
+		switch {
+		case r.Layout < devices.Layout:
+			return fmt.Errorf("%w: replica %s on %s (version %s) runs with inventory layout %d, this version writes layout %d, which it cannot read; "+
+				"stop every replica of the older version, then start this one (docs/cluster.md, Upgrades)", ErrLayout, r.ID, r.Host, r.Version, r.Layout, devices.Layout)
+		case r.Layout > devices.Layout:
+			return fmt.Errorf("%w: replica %s on %s (version %s) writes inventory layout %d, which this version (layout %d) cannot read; "+
+				"run that version here too", ErrLayout, r.ID, r.Host, r.Version, r.Layout, devices.Layout)
+		}
+	}
+	return nil
+}
+
+// ErrLayout: a replica of another inventory layout runs on the cluster's
+// inventory (checkLayouts).
+var ErrLayout = errors.New("a replica of another inventory layout runs on this inventory")
+
 // joinCluster registers this replica, starts applying the others' events
 // and campaigns for the cluster-wide work.
 func (s *Server) joinCluster(ctx context.Context, svc *enroll.Service, fleet *enroll.Fleet) error {
@@ -37,7 +67,7 @@ func (s *Server) joinCluster(ctx context.Context, svc *enroll.Service, fleet *en
 	node, err := cluster.Join(ctx, cluster.Config{
 		Client: s.etcd.Client(),
 		Prefix: s.etcd.Prefix(),
-		Self: cluster.Replica{ID: uuid.NewString(), Host: host, Version: Version, Started: time.Now().UTC(),
+		Self: cluster.Replica{ID: uuid.NewString(), Host: host, Version: Version, Started: time.Now().UTC(), Layout: devices.Layout,
 			API: "https://" + net.JoinHostPort(s.cfg.AdvertiseHost, port(s.httpLn.Addr()))},
 		Apply:  func(ctx context.Context, ev cluster.Event) { s.applyEvent(ctx, svc, ev) },
 		Resync: func(ctx context.Context) { s.resyncSessions(ctx, svc) },

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +20,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/provisiond/provisiond/devices"
+	"github.com/provisiond/provisiond/devices/kv/etcdkv"
 	"github.com/provisiond/provisiond/internal/etcdtest"
 	"github.com/provisiond/provisiond/internal/server"
 	"github.com/provisiond/provisiond/internal/servertest"
@@ -182,6 +184,56 @@ func TestClusterPropagatesChanges(t *testing.T) {
 		st2 := clusterStatus(t, other)
 		return st2.Leader != "" && st2.Leader != st.Leader && len(st2.Replicas) == 2
 	}, "another replica leads")
+}
+
+// A replica does not start beside one of an older inventory layout, which
+// could not read the records it writes, nor beside a newer one, whose
+// records it could not read; once they are gone it starts, and announces
+// its own layout.
+func TestClusterRefusesOtherLayouts(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Options{NoFsync: true})
+	store := etcd.URL() + "/layouts"
+	ctx := ctxT(t)
+	db, err := etcdkv.Dial(ctx, store, etcdkv.DialConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// A replica as the version before layouts announced itself.
+	key := db.Prefix() + "replicas/older"
+	if _, err := db.Client().Put(ctx, key, `{"id":"older","host":"node-7","api":"https://node-7:8443","version":"v0.16.0","started":"2026-11-29T10:00:00Z"}`); err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.Defaults()
+	cfg.DataDir, cfg.Store = t.TempDir(), store
+	cfg.CoAPSAddr, cfg.HTTPAddr, cfg.MQTTAddr, cfg.AdvertiseHost = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1"
+	cfg.CAPassphrase = "test-passphrase-0123456789"
+	refused := func(want string) {
+		t.Helper()
+		srv, err := server.Start(ctx, cfg, servertest.Logger(t))
+		if err == nil {
+			srv.Shutdown(ctx)
+			t.Fatalf("started beside %s", want)
+		}
+		if !errors.Is(err, server.ErrLayout) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("refusal: %v", err)
+		}
+		t.Log(err)
+	}
+	refused("node-7")
+	newer := fmt.Sprintf(`{"id":"newer","host":"node-9","version":"v9","started":"2026-11-29T10:00:00Z","layout":%d}`, devices.Layout+1)
+	if _, err := db.Client().Put(ctx, key, newer); err != nil {
+		t.Fatal(err)
+	}
+	refused("node-9")
+	if _, err := db.Client().Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	env := startReplicas(t, store, 1)[0]
+	st := clusterStatus(t, env)
+	if len(st.Replicas) != 1 || st.Replicas[0].Layout != devices.Layout {
+		t.Fatalf("replicas: %+v", st.Replicas)
+	}
 }
 
 // The throttles count in the shared inventory: five wrong claim tokens for

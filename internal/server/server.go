@@ -163,6 +163,10 @@ func openStore(ctx context.Context, cfg Config) (*devices.Store, *etcdkv.DB, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("store: %w", err)
 	}
+	if err := checkLayouts(ctx, db); err != nil {
+		_ = db.Close()
+		return nil, nil, err
+	}
 	st, err := devices.New(ctx, db)
 	if err != nil {
 		_ = db.Close()

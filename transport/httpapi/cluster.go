@@ -19,6 +19,7 @@ type ClusterReplica struct {
 	API     string    `json:"api"`
 	Version string    `json:"version"`
 	Started time.Time `json:"started"`
+	Layout  int       `json:"layout,omitempty"` // the inventory layout it reads and writes
 }
 
 // EtcdMember is one etcd member as the answering replica sees it.
