@@ -85,43 +85,21 @@ type deviceRecord struct {
 	Batch     []byte      `cbor:"34,keyasint,omitempty"`
 }
 
-// stateCodes number the known states for storedState (never renumber:
-// records hold them).
-var stateCodes = [...]State{1: StateManufactured, 2: StateClaimed, 3: StateProvisioned, 4: StateActive, 5: StateRevoked}
+// stateCodes number the known states for storedState and the index
+// (fieldStateCode).
+var stateCodes = codebook{1: string(StateManufactured), 2: string(StateClaimed), 3: string(StateProvisioned),
+	4: string(StateActive), 5: string(StateRevoked)}
 
-func stateCode(s State) uint8 {
-	for i, k := range stateCodes {
-		if i > 0 && k == s {
-			return uint8(i)
-		}
-	}
-	return 0
-}
+func stateCode(s State) uint8 { return uint8(stateCodes.code(string(s))) }
 
 // storedState is a device's state in its record: a number when stateCodes
 // has it, else its text.
 type storedState State
 
-func (s storedState) MarshalCBOR() ([]byte, error) {
-	if c := stateCode(State(s)); c != 0 {
-		return recordEnc.Marshal(c)
-	}
-	return recordEnc.Marshal(string(s))
-}
+func (s storedState) MarshalCBOR() ([]byte, error) { return stateCodes.marshal(string(s)) }
 
 func (s *storedState) UnmarshalCBOR(data []byte) error {
-	if len(data) > 0 && data[0]>>5 == 0 { // an unsigned integer: a code
-		var c uint64
-		if err := recordDec.Unmarshal(data, &c); err != nil {
-			return err
-		}
-		if c == 0 || c >= uint64(len(stateCodes)) {
-			return fmt.Errorf("unknown state %d", c)
-		}
-		*s = storedState(stateCodes[c])
-		return nil
-	}
-	return recordDec.Unmarshal(data, (*string)(s))
+	return stateCodes.unmarshal(data, (*string)(s))
 }
 
 // encodeDevice stores d, its times rounded to the microsecond (in d too, so
@@ -277,9 +255,9 @@ func (h *storedHash) UnmarshalCBOR(data []byte) error {
 	return nil
 }
 
-// codebook numbers the names an audit event most often holds, so that it
-// stores a number instead of the text. Codes are stored: a codebook only
-// grows, at its end.
+// codebook numbers names that records often hold (a device's state, an
+// audit event's action and detail keys), so that they store a number
+// instead of the text. Codes are stored: a codebook only grows, at its end.
 type codebook []string
 
 // auditActions are the actions of a device's own events, written per
@@ -308,28 +286,36 @@ func (c codebook) name(code uint64) (string, error) {
 	return c[code], nil
 }
 
+// marshal stores s as its code when it has one, else as its text.
+func (c codebook) marshal(s string) ([]byte, error) {
+	if code := c.code(s); code != 0 {
+		return recordEnc.Marshal(code)
+	}
+	return recordEnc.Marshal(s)
+}
+
+// unmarshal reads what marshal stored: a code (an unsigned integer) or text.
+func (c codebook) unmarshal(data []byte, s *string) error {
+	if len(data) > 0 && data[0]>>5 == 0 {
+		var code uint64
+		if err := recordDec.Unmarshal(data, &code); err != nil {
+			return err
+		}
+		name, err := c.name(code)
+		*s = name
+		return err
+	}
+	return recordDec.Unmarshal(data, s)
+}
+
 // storedAction is an event's action, stored as its number in
 // auditActions when it has one, else as its text.
 type storedAction string
 
-func (a storedAction) MarshalCBOR() ([]byte, error) {
-	if c := auditActions.code(string(a)); c != 0 {
-		return recordEnc.Marshal(c)
-	}
-	return recordEnc.Marshal(string(a))
-}
+func (a storedAction) MarshalCBOR() ([]byte, error) { return auditActions.marshal(string(a)) }
 
 func (a *storedAction) UnmarshalCBOR(data []byte) error {
-	if len(data) > 0 && data[0]>>5 == 0 { // an unsigned integer: a code
-		var c uint64
-		if err := recordDec.Unmarshal(data, &c); err != nil {
-			return err
-		}
-		name, err := auditActions.name(c)
-		*a = storedAction(name)
-		return err
-	}
-	return recordDec.Unmarshal(data, (*string)(a))
+	return auditActions.unmarshal(data, (*string)(a))
 }
 
 // storedDetail is an event's details: keys in auditDetailKeys as their
