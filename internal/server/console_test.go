@@ -248,7 +248,10 @@ func TestWebConsole(t *testing.T) {
 		chromedp.Poll[chromedp.Void](`document.getElementById("code").value.startsWith("PD1:")`, chromedp.WithPollingTimeout(60*time.Second)),
 	); err != nil {
 		status, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("claim-status")))
-		t.Fatalf("scanning the label: %v (page says %q)", err, status)
+		video, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`(() => { const v = document.getElementById("video");
+			return "width " + v.videoWidth + ", height " + v.videoHeight + ", readyState " + v.readyState + ", paused " + v.paused +
+				", time " + v.currentTime + ", BarcodeDetector " + ("BarcodeDetector" in window); })()`))
+		t.Fatalf("scanning the label: %v (page says %q; video: %s)", err, status, video)
 	}
 	code, err := chromedp.Run(ctx, chromedp.Value(chromedp.ID("code")))
 	if err != nil {
