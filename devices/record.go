@@ -219,40 +219,12 @@ type auditRecord struct {
 	Target   string       `cbor:"6,keyasint"`
 	Source   string       `cbor:"7,keyasint,omitempty"`
 	Detail   storedDetail `cbor:"8,keyasint,omitempty"`
-	PrevHash storedHash   `cbor:"9,keyasint"`
-	Hash     storedHash   `cbor:"10,keyasint"`
+	PrevHash storedText   `cbor:"9,keyasint"` // a hash: its 32 bytes
+	Hash     storedText   `cbor:"10,keyasint"`
 	// SelfActor stands for an Actor of "device:<Target>", a device acting on
 	// itself (its enrollment, state reports, lease renewals: most events),
 	// which is then not stored.
 	SelfActor bool `cbor:"11,keyasint,omitempty"`
-}
-
-// storedHash is a hex hash, stored as its bytes when that gives back the
-// same text (lower-case hex), else as the text.
-type storedHash string
-
-func (h storedHash) MarshalCBOR() ([]byte, error) {
-	if b, err := hex.DecodeString(string(h)); err == nil && hex.EncodeToString(b) == string(h) {
-		return recordEnc.Marshal(b)
-	}
-	return recordEnc.Marshal(string(h))
-}
-
-func (h *storedHash) UnmarshalCBOR(data []byte) error {
-	if len(data) > 0 && data[0]>>5 == 2 { // a byte string
-		var b []byte
-		if err := recordDec.Unmarshal(data, &b); err != nil {
-			return err
-		}
-		*h = storedHash(hex.EncodeToString(b))
-		return nil
-	}
-	var s string
-	if err := recordDec.Unmarshal(data, &s); err != nil {
-		return err
-	}
-	*h = storedHash(s)
-	return nil
 }
 
 // codebook numbers names that records often hold (a device's state, an
@@ -358,11 +330,11 @@ func (d *storedDetail) UnmarshalCBOR(data []byte) error {
 	return nil
 }
 
-// storedText is a detail of an event: a UUID in canonical form is stored as
-// its 16 bytes (tagged 37, RFC 9562's CBOR tag), lower-case hex of whole
-// bytes as those bytes (a certificate serial, a hash), anything else as the
-// text. Each reads back to the same text: an enrollment's device_id and
-// cert_serial take 35 bytes fewer.
+// storedText is an event's hash or detail: a UUID in canonical form is
+// stored as its 16 bytes (tagged 37, RFC 9562's CBOR tag), lower-case hex of
+// whole bytes as those bytes (a hash, a certificate serial), anything else
+// as the text. Each reads back to the same text: a hash takes 32 bytes
+// instead of 64, an enrollment's device_id and cert_serial 35 fewer.
 type storedText string
 
 const cborTagUUID = 37
@@ -384,7 +356,7 @@ func (t storedText) MarshalCBOR() ([]byte, error) {
 
 func (t *storedText) UnmarshalCBOR(data []byte) error {
 	if len(data) == 0 {
-		return fmt.Errorf("empty detail")
+		return fmt.Errorf("empty value")
 	}
 	switch data[0] >> 5 {
 	case 2: // a byte string: hex
@@ -401,7 +373,7 @@ func (t *storedText) UnmarshalCBOR(data []byte) error {
 		}
 		b, ok := tag.Content.([]byte)
 		if tag.Number != cborTagUUID || !ok || len(b) != 16 {
-			return fmt.Errorf("detail: unknown tag %d", tag.Number)
+			return fmt.Errorf("unknown tag %d", tag.Number)
 		}
 		*t = storedText(uuid.UUID(b).String())
 		return nil
@@ -446,7 +418,7 @@ func (t *storedTime) UnmarshalCBOR(data []byte) error {
 func encodeAuditEvent(ev *AuditEvent) ([]byte, error) {
 	r := auditRecord{Chain: ev.Chain, Seq: ev.Seq, Time: storedTime(ev.Time), Actor: ev.Actor,
 		Action: storedAction(ev.Action), Target: ev.Target, Source: ev.Source, Detail: storedDetail(ev.Detail),
-		PrevHash: storedHash(ev.PrevHash), Hash: storedHash(ev.Hash)}
+		PrevHash: storedText(ev.PrevHash), Hash: storedText(ev.Hash)}
 	if ev.Target != "" && ev.Actor == selfActor(ev.Target) {
 		r.Actor, r.SelfActor = "", true
 	}
