@@ -1,0 +1,363 @@
+//lint:file-ignore SA1019 go-coap v3.8 takes pion's *dtls.Config, which pion has deprecated in favour of options
+
+package floor_test
+
+// The bare transport: what go-coap and pion (the fixed choices for CoAP
+// over DTLS) cost a server per enrollment around the public-key floor,
+// with nothing of provisiond's in the way. The server here does only what
+// any enrollment server on these libraries must: the DTLS handshake with
+// provisiond's configuration, the CoAP exchange (the answer goes in two
+// Block2 blocks, as provisiond's does), the CBOR request and answer, the
+// CSR's check and the certificate's signature by an intermediate. It has
+// no inventory, no claim-token check, no IP lease and no audit. The
+// devices are the simulator's, in a process of their own, so that this
+// process's CPU time is the server's alone.
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	piondtls "github.com/pion/dtls/v3"
+	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	coapnet "github.com/plgd-dev/go-coap/v3/net"
+	"github.com/plgd-dev/go-coap/v3/options"
+
+	"github.com/provisiond/provisiond/internal/floor"
+	"github.com/provisiond/provisiond/simulator"
+	"github.com/provisiond/provisiond/transport/coap"
+	"github.com/provisiond/provisiond/transport/wire"
+)
+
+// The devices' process is this test binary again, told so by these.
+const (
+	envBareAddr = "FLOOR_BARE_DEVICES_ADDR"
+	envBareRoot = "FLOOR_BARE_DEVICES_ROOT"
+	envBareN    = "FLOOR_BARE_DEVICES_N"
+)
+
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(envBareAddr); addr != "" {
+		if err := bareDevices(addr); err != nil {
+			fmt.Fprintln(os.Stderr, "bare devices:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// bareCA is a root, an intermediate that signs device certificates, and
+// the server's certificate, shaped as provisiond's embedded CA makes them.
+type bareCA struct {
+	rootPEM    []byte
+	root       *x509.Certificate
+	inter      *x509.Certificate
+	interKey   *ecdsa.PrivateKey
+	serverCert tls.Certificate
+}
+
+func newBareCA() (*bareCA, error) {
+	mk := func(tpl, parent *x509.Certificate, pub, signer any) (*x509.Certificate, error) {
+		der, err := x509.CreateCertificate(rand.Reader, tpl, parent, pub, signer)
+		if err != nil {
+			return nil, err
+		}
+		return x509.ParseCertificate(der)
+	}
+	key := func() *ecdsa.PrivateKey { k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader); return k }
+	now := time.Now()
+	rootKey, interKey, serverKey := key(), key(), key()
+	caTpl := func(cn string, serial int64) *x509.Certificate {
+		return &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn, Organization: []string{"provisiond"}},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	}
+	rootTpl := caTpl("provisiond Root CA", 1)
+	rootTpl.MaxPathLen = 1
+	root, err := mk(rootTpl, rootTpl, &rootKey.PublicKey, rootKey)
+	if err != nil {
+		return nil, err
+	}
+	interTpl := caTpl("provisiond Intermediate CA", 2)
+	interTpl.MaxPathLenZero = true
+	inter, err := mk(interTpl, root, &interKey.PublicKey, rootKey)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := mk(&x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "localhost"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, inter, &serverKey.PublicKey, interKey)
+	if err != nil {
+		return nil, err
+	}
+	return &bareCA{
+		rootPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}),
+		root:    root, inter: inter, interKey: interKey,
+		serverCert: tls.Certificate{Certificate: [][]byte{srv.Raw, inter.Raw}, PrivateKey: serverKey, Leaf: srv},
+	}, nil
+}
+
+// enroll is the bare server's answer to POST /enroll: the CSR checked, a
+// certificate like provisiond's default (the device's UUID as common name
+// and URI, its serial, clientAuth) signed, and the same answer's fields.
+func (ca *bareCA) enroll(body []byte) ([]byte, error) {
+	var req wire.EnrollRequest
+	if err := wire.Unmarshal(wire.CBOR, body, &req); err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(req.CSR)
+	if err != nil {
+		return nil, err
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, err
+	}
+	id := uuid.New()
+	serial := make([]byte, 16)
+	if _, err := rand.Read(serial); err != nil {
+		return nil, err
+	}
+	now := time.Now().Truncate(time.Second)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: new(big.Int).SetBytes(serial),
+		Subject:      pkix.Name{CommonName: id.String(), SerialNumber: req.Serial},
+		URIs:         []*url.URL{{Scheme: "urn", Opaque: "uuid:" + id.String()}},
+		NotBefore:    now.Add(-time.Minute), NotAfter: now.Add(365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, ca.inter, csr.PublicKey, ca.interKey)
+	if err != nil {
+		return nil, err
+	}
+	return wire.Marshal(wire.CBOR, wire.EnrollResponse{
+		DeviceID: id.String(), Certificate: wire.Chain{der, ca.inter.Raw}, CA: ca.root.Raw,
+		WiFi:          wire.WiFi{SSID: "Big", Security: "wpa3-sae", Passphrase: "big-site-pass"},
+		Network:       wire.Network{Address: "10.128.0.17", PrefixLen: 14, Gateway: "10.128.0.1", DNS: []string{"10.128.0.1"}},
+		Lease:         wire.Lease{Address: "10.128.0.17", ExpiresAt: now.Add(24 * time.Hour).UTC()},
+		ConfigVersion: 1,
+	})
+}
+
+// serveBare starts the bare server on a loopback port: pion with
+// provisiond's DTLS configuration, go-coap's server and router.
+func serveBare(ca *bareCA) (addr string, stop func(), answered *atomic.Int64, err error) {
+	cfg := &piondtls.Config{
+		Certificates:         []tls.Certificate{ca.serverCert},
+		CipherSuites:         coap.CipherSuites,
+		ExtendedMasterSecret: piondtls.RequireExtendedMasterSecret,
+		ClientAuth:           piondtls.RequestClientCert,
+	}
+	l, err := coapnet.NewDTLSListener("udp", "127.0.0.1:0", cfg)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	answered = new(atomic.Int64)
+	r := mux.NewRouter()
+	_ = r.Handle("/enroll", mux.HandlerFunc(func(w mux.ResponseWriter, m *mux.Message) {
+		var body []byte
+		var err error
+		if m.Body() != nil {
+			body, err = io.ReadAll(io.LimitReader(m.Body(), wire.MaxRequestBytes))
+		}
+		var out []byte
+		if err == nil {
+			out, err = ca.enroll(body)
+		}
+		if err != nil {
+			_ = w.SetResponse(codes.BadRequest, message.TextPlain, strings.NewReader(err.Error()))
+			return
+		}
+		answered.Add(1)
+		_ = w.SetResponse(codes.Created, message.AppCBOR, bytes.NewReader(out))
+	}))
+	srv := coapdtls.NewServer(options.WithMux(r), options.WithErrors(func(error) {}))
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(l); close(done) }()
+	return l.Addr().String(), func() { srv.Stop(); <-done }, answered, nil
+}
+
+// bareDevices is the devices' process: n simulated devices enroll at the
+// address, 64 at a time, as devsim's storms do; it prints its own CPU time.
+func bareDevices(addr string) error {
+	root, err := os.ReadFile(os.Getenv(envBareRoot))
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(os.Getenv(envBareN))
+	if err != nil {
+		return err
+	}
+	var next, failed atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				d, err := simulator.NewDevice(wire.Bundle{Serial: fmt.Sprintf("BARE-%07d", i), ClaimToken: "unused",
+					RootCA: string(root), Endpoints: []string{"coaps://" + addr}})
+				if err == nil {
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					_, err = d.Enroll(ctx, simulator.EnrollOptions{})
+					cancel()
+				}
+				if err != nil {
+					failed.Add(1)
+					once.Do(func() { firstErr = err })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		return fmt.Errorf("%d of %d enrollments failed, the first: %w", f, n, firstErr)
+	}
+	fmt.Println(ownCPU().Nanoseconds())
+	return nil
+}
+
+func ownCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// bareRun enrolls n devices at the bare server and returns the server's
+// and the devices' CPU time per enrollment.
+func bareRun(dir string, n int) (server, devices time.Duration, err error) {
+	ca, err := newBareCA()
+	if err != nil {
+		return 0, 0, err
+	}
+	rootFile := filepath.Join(dir, "root.pem")
+	if err := os.WriteFile(rootFile, ca.rootPEM, 0o600); err != nil {
+		return 0, 0, err
+	}
+	addr, stop, answered, err := serveBare(ca)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer stop()
+	self, err := os.Executable()
+	if err != nil {
+		return 0, 0, err
+	}
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envBareAddr+"="+addr, envBareRoot+"="+rootFile, envBareN+"="+strconv.Itoa(n))
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	before := ownCPU()
+	if err := cmd.Run(); err != nil {
+		return 0, 0, fmt.Errorf("devices: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	server = (ownCPU() - before) / time.Duration(n)
+	if got := answered.Load(); got != int64(n) {
+		return 0, 0, fmt.Errorf("the server answered %d enrollments, want %d", got, n)
+	}
+	ns, err := strconv.ParseInt(strings.TrimSpace(out.String()), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("devices' CPU time %q: %w", out.String(), err)
+	}
+	return server, time.Duration(ns) / time.Duration(n), nil
+}
+
+// TestBareTransport runs the bare server with a few devices: each gets a
+// certificate that verifies to the root, and both sides' CPU is counted.
+func TestBareTransport(t *testing.T) {
+	server, devices, err := bareRun(t.TempDir(), 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if server <= 0 || devices <= 0 {
+		t.Fatalf("CPU per enrollment: server %v, devices %v", server, devices)
+	}
+	t.Logf("CPU per enrollment: server %v, devices %v", server, devices)
+}
+
+// TestBareServerRefusesBadCSR checks the bare server does the CSR check it
+// is meant to measure: a request whose CSR signature is broken is refused.
+func TestBareServerRefusesBadCSR(t *testing.T) {
+	ca, err := newBareCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := simulator.NewDevice(wire.Bundle{Serial: "BARE-1", ClaimToken: "unused", RootCA: string(ca.rootPEM)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := d.CSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr[len(csr)-3] ^= 0xff // inside the signature
+	body, err := wire.Marshal(wire.CBOR, wire.EnrollRequest{Serial: "BARE-1", CSR: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.enroll(body); err == nil {
+		t.Fatal("a CSR with a broken signature was signed")
+	}
+	var good wire.EnrollResponse
+	csr[len(csr)-3] ^= 0xff
+	body, _ = wire.Marshal(wire.CBOR, wire.EnrollRequest{Serial: "BARE-1", CSR: csr})
+	out, err := ca.enroll(body)
+	if err == nil {
+		err = wire.Unmarshal(wire.CBOR, out, &good)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) <= 1024 {
+		t.Fatalf("the answer is %d bytes: provisiond's takes two 1,024-byte blocks, so must this one", len(out))
+	}
+	if len(good.Certificate) != 2 {
+		t.Fatalf("answer chain of %d certificates", len(good.Certificate))
+	}
+}
+
+// BenchmarkBareDTLS is the bare transport's CPU per enrollment against the
+// public-key floor measured in the same run (docs/performance.md, issue
+// 17): what go-coap and pion cost before provisiond does anything. Run it
+// with -benchtime 5000x, as make bench does.
+func BenchmarkBareDTLS(b *testing.B) {
+	fl, err := floor.Measure(2*time.Second, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	server, devices, err := bareRun(b.TempDir(), b.N)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(fl.Microseconds()), "floor-µs")
+	b.ReportMetric(float64(server.Microseconds()), "server-µs/enroll")
+	b.ReportMetric(float64(server)/float64(fl), "server/floor")
+	b.ReportMetric(float64(devices.Microseconds()), "devices-µs/enroll")
+}
