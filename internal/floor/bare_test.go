@@ -59,6 +59,7 @@ const (
 	envBareAddr = "FLOOR_BARE_DEVICES_ADDR"
 	envBareRoot = "FLOOR_BARE_DEVICES_ROOT"
 	envBareN    = "FLOOR_BARE_DEVICES_N"
+	envBareEST  = "FLOOR_BARE_DEVICES_EST"
 )
 
 func TestMain(m *testing.M) {
@@ -124,43 +125,56 @@ func newBareCA() (*bareCA, error) {
 	}, nil
 }
 
-// enroll is the bare server's answer to POST /enroll: the CSR checked, a
-// certificate like provisiond's default (the device's UUID as common name
-// and URI, its serial, clientAuth) signed, and the same answer's fields.
+// issue checks a CSR and signs a certificate like provisiond's default
+// (the device's UUID as common name and URI, its serial, clientAuth) with
+// the intermediate.
+func (ca *bareCA) issue(csrDER []byte, serial string) (id uuid.UUID, der []byte, err error) {
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return id, nil, err
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return id, nil, err
+	}
+	id = uuid.New()
+	sn := make([]byte, 16)
+	if _, err := rand.Read(sn); err != nil {
+		return id, nil, err
+	}
+	now := time.Now().Truncate(time.Second)
+	der, err = x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: new(big.Int).SetBytes(sn),
+		Subject:      pkix.Name{CommonName: id.String(), SerialNumber: serial},
+		URIs:         []*url.URL{{Scheme: "urn", Opaque: "uuid:" + id.String()}},
+		NotBefore:    now.Add(-time.Minute), NotAfter: now.Add(365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, ca.inter, csr.PublicKey, ca.interKey)
+	return id, der, err
+}
+
+// config is the Wi-Fi, network and lease part of every answer.
+func bareConfig(id uuid.UUID) wire.DeviceConfig {
+	return wire.DeviceConfig{DeviceID: id.String(), ConfigVersion: 1,
+		WiFi:    wire.WiFi{SSID: "Big", Security: "wpa3-sae", Passphrase: "big-site-pass"},
+		Network: wire.Network{Address: "10.128.0.17", PrefixLen: 14, Gateway: "10.128.0.1", DNS: []string{"10.128.0.1"}},
+		Lease:   wire.Lease{Address: "10.128.0.17", ExpiresAt: time.Now().Add(24 * time.Hour).UTC().Truncate(time.Second)},
+	}
+}
+
+// enroll is the bare server's answer to POST /enroll.
 func (ca *bareCA) enroll(body []byte) ([]byte, error) {
 	var req wire.EnrollRequest
 	if err := wire.Unmarshal(wire.CBOR, body, &req); err != nil {
 		return nil, err
 	}
-	csr, err := x509.ParseCertificateRequest(req.CSR)
+	id, der, err := ca.issue(req.CSR, req.Serial)
 	if err != nil {
 		return nil, err
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, err
-	}
-	id := uuid.New()
-	serial := make([]byte, 16)
-	if _, err := rand.Read(serial); err != nil {
-		return nil, err
-	}
-	now := time.Now().Truncate(time.Second)
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: new(big.Int).SetBytes(serial),
-		Subject:      pkix.Name{CommonName: id.String(), SerialNumber: req.Serial},
-		URIs:         []*url.URL{{Scheme: "urn", Opaque: "uuid:" + id.String()}},
-		NotBefore:    now.Add(-time.Minute), NotAfter: now.Add(365 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, ca.inter, csr.PublicKey, ca.interKey)
-	if err != nil {
-		return nil, err
-	}
+	cfg := bareConfig(id)
 	return wire.Marshal(wire.CBOR, wire.EnrollResponse{
-		DeviceID: id.String(), Certificate: wire.Chain{der, ca.inter.Raw}, CA: ca.root.Raw,
-		WiFi:          wire.WiFi{SSID: "Big", Security: "wpa3-sae", Passphrase: "big-site-pass"},
-		Network:       wire.Network{Address: "10.128.0.17", PrefixLen: 14, Gateway: "10.128.0.1", DNS: []string{"10.128.0.1"}},
-		Lease:         wire.Lease{Address: "10.128.0.17", ExpiresAt: now.Add(24 * time.Hour).UTC()},
-		ConfigVersion: 1,
+		DeviceID: cfg.DeviceID, Certificate: wire.Chain{der, ca.inter.Raw}, CA: ca.root.Raw,
+		WiFi: cfg.WiFi, Network: cfg.Network, Lease: cfg.Lease, ConfigVersion: cfg.ConfigVersion,
 	})
 }
 
@@ -203,8 +217,15 @@ func serveBare(ca *bareCA) (addr string, stop func(), answered *atomic.Int64, er
 }
 
 // bareDevices is the devices' process: n simulated devices enroll at the
-// address, 64 at a time, as devsim's storms do; it prints its own CPU time.
+// address, 64 at a time, as devsim's storms do, over CoAP and DTLS or, when
+// told, over EST (then reading their config over mutual TLS); it prints
+// its own CPU time.
 func bareDevices(addr string) error {
+	est := os.Getenv(envBareEST) != ""
+	endpoint := "coaps://" + addr
+	if est {
+		endpoint = "https://" + addr
+	}
 	root, err := os.ReadFile(os.Getenv(envBareRoot))
 	if err != nil {
 		return err
@@ -221,10 +242,14 @@ func bareDevices(addr string) error {
 		wg.Go(func() {
 			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
 				d, err := simulator.NewDevice(wire.Bundle{Serial: fmt.Sprintf("BARE-%07d", i), ClaimToken: "unused",
-					RootCA: string(root), Endpoints: []string{"coaps://" + addr}})
+					RootCA: string(root), Endpoints: []string{endpoint}})
 				if err == nil {
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					_, err = d.Enroll(ctx, simulator.EnrollOptions{})
+					if est {
+						_, err = d.EnrollEST(ctx, simulator.ESTOptions{})
+					} else {
+						_, err = d.Enroll(ctx, simulator.EnrollOptions{})
+					}
 					cancel()
 				}
 				if err != nil {
@@ -250,9 +275,9 @@ func ownCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// bareRun enrolls n devices at the bare server and returns the server's
-// and the devices' CPU time per enrollment.
-func bareRun(dir string, n int) (server, devices time.Duration, err error) {
+// bareRun enrolls n devices at the bare CoAP server (EST server when est)
+// and returns the server's and the devices' CPU time per enrollment.
+func bareRun(dir string, n int, est bool) (server, devices time.Duration, err error) {
 	ca, err := newBareCA()
 	if err != nil {
 		return 0, 0, err
@@ -261,7 +286,11 @@ func bareRun(dir string, n int) (server, devices time.Duration, err error) {
 	if err := os.WriteFile(rootFile, ca.rootPEM, 0o600); err != nil {
 		return 0, 0, err
 	}
-	addr, stop, answered, err := serveBare(ca)
+	serve := serveBare
+	if est {
+		serve = serveBareEST
+	}
+	addr, stop, answered, err := serve(ca)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -272,6 +301,9 @@ func bareRun(dir string, n int) (server, devices time.Duration, err error) {
 	}
 	cmd := exec.Command(self, "-test.run=^$")
 	cmd.Env = append(os.Environ(), envBareAddr+"="+addr, envBareRoot+"="+rootFile, envBareN+"="+strconv.Itoa(n))
+	if est {
+		cmd.Env = append(cmd.Env, envBareEST+"=1")
+	}
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	before := ownCPU()
@@ -289,17 +321,20 @@ func bareRun(dir string, n int) (server, devices time.Duration, err error) {
 	return server, time.Duration(ns) / time.Duration(n), nil
 }
 
-// TestBareTransport runs the bare server with a few devices: each gets a
-// certificate that verifies to the root, and both sides' CPU is counted.
+// TestBareTransport runs the bare servers with a few devices: each gets a
+// certificate that verifies to the root (over EST, then reads its config
+// with it), and both sides' CPU is counted.
 func TestBareTransport(t *testing.T) {
-	server, devices, err := bareRun(t.TempDir(), 20)
-	if err != nil {
-		t.Fatal(err)
+	for _, est := range []bool{false, true} {
+		server, devices, err := bareRun(t.TempDir(), 20, est)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if server <= 0 || devices <= 0 {
+			t.Fatalf("est %v: CPU per enrollment: server %v, devices %v", est, server, devices)
+		}
+		t.Logf("est %v: CPU per enrollment: server %v, devices %v", est, server, devices)
 	}
-	if server <= 0 || devices <= 0 {
-		t.Fatalf("CPU per enrollment: server %v, devices %v", server, devices)
-	}
-	t.Logf("CPU per enrollment: server %v, devices %v", server, devices)
 }
 
 // TestBareServerRefusesBadCSR checks the bare server does the CSR check it
@@ -347,12 +382,19 @@ func TestBareServerRefusesBadCSR(t *testing.T) {
 // public-key floor measured in the same run (docs/performance.md, issue
 // 17): what go-coap and pion cost before provisiond does anything. Run it
 // with -benchtime 5000x, as make bench does.
-func BenchmarkBareDTLS(b *testing.B) {
-	fl, err := floor.Measure(2*time.Second, false)
+func BenchmarkBareDTLS(b *testing.B) { benchBare(b, false) }
+
+// BenchmarkBareEST is the same for EST over Go's crypto/tls and net/http,
+// the device then reading its config over mutual TLS, against the floor
+// with that second handshake.
+func BenchmarkBareEST(b *testing.B) { benchBare(b, true) }
+
+func benchBare(b *testing.B, est bool) {
+	fl, err := floor.Measure(2*time.Second, est)
 	if err != nil {
 		b.Fatal(err)
 	}
-	server, devices, err := bareRun(b.TempDir(), b.N)
+	server, devices, err := bareRun(b.TempDir(), b.N, est)
 	if err != nil {
 		b.Fatal(err)
 	}
