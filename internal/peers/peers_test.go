@@ -88,3 +88,69 @@ func TestClassify(t *testing.T) {
 		t.Error("a factory certificate with no factory check accepted")
 	}
 }
+
+// provisiondPool is a device pool as provisiond builds it: its root and,
+// trusted directly, its intermediate (devices that present only their
+// leaf verify); dev is a device certificate the intermediate issued.
+func provisiondPool(t testing.TB) (pool *x509.CertPool, dev, inter *x509.Certificate) {
+	root, err := mfr.New("provisiond Root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := root.Intermediate("provisiond Intermediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := in.Issue("D-1", mfr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(root.Cert)
+	pool.AddCert(in.Cert)
+	return pool, leaf.Cert, in.Cert
+}
+
+// A device presenting its leaf and provisiond's intermediate, or its leaf
+// alone, verifies against a pool that trusts the intermediate directly.
+func TestVerifyDirectlyTrustedIssuer(t *testing.T) {
+	pool, dev, inter := provisiondPool(t)
+	for _, certs := range [][]*x509.Certificate{{dev, inter}, {dev}} {
+		if chains := peers.Verify(certs, pool); len(chains) == 0 || chains[0][0] != dev {
+			t.Fatalf("%d certificates: chains %v", len(certs), chains)
+		}
+	}
+	maker, _ := mfr.New("Maker")
+	makerInter, _ := maker.Intermediate("Maker Intermediate")
+	idev, _ := makerInter.Issue("S-1", mfr.Options{})
+	if peers.Verify([]*x509.Certificate{idev.Cert, makerInter.Cert}, pool) != nil {
+		t.Fatal("another maker's chain verified against provisiond's pool")
+	}
+}
+
+// BenchmarkVerifyDevice is the check of a device's certificate at every
+// mutual-TLS or DTLS session it opens (EST config reads, MQTT, renewals);
+// factory is the same check refusing a factory certificate's chain, before
+// the factory check takes it.
+func BenchmarkVerifyDevice(b *testing.B) {
+	pool, dev, inter := provisiondPool(b)
+	b.Run("device", func(b *testing.B) {
+		certs := []*x509.Certificate{dev, inter}
+		for b.Loop() {
+			if peers.Verify(certs, pool) == nil {
+				b.Fatal("did not verify")
+			}
+		}
+	})
+	maker, _ := mfr.New("Maker")
+	makerInter, _ := maker.Intermediate("Maker Intermediate")
+	idev, _ := makerInter.Issue("S-1", mfr.Options{})
+	b.Run("factory", func(b *testing.B) {
+		certs := []*x509.Certificate{idev.Cert, makerInter.Cert}
+		for b.Loop() {
+			if peers.Verify(certs, pool) != nil {
+				b.Fatal("verified")
+			}
+		}
+	})
+}
