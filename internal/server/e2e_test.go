@@ -300,9 +300,13 @@ func TestDeviceRefusesServerOfAnotherCA(t *testing.T) {
 	env := servertest.Start(t)
 	other := servertest.Start(t)
 	env.Site("hq", "10.20.0.0/24")
-	bundles := env.Mint(2, "hq")
+	bundles := env.Mint(3, "hq")
 	good, _ := simulator.NewDevice(bundles[0])
 	if _, err := good.Enroll(ctxT(t), simulator.EnrollOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	goodEST, _ := simulator.NewDevice(bundles[2])
+	if _, err := goodEST.EnrollEST(ctxT(t), simulator.ESTOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	foreign := bundles[1]
@@ -310,6 +314,11 @@ func TestDeviceRefusesServerOfAnotherCA(t *testing.T) {
 	d, err := simulator.NewDevice(foreign)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Over EST too: the device's HTTPS check remembers verified chains as
+	// its DTLS check does, and must not take this server's for its root's.
+	if _, err := d.EnrollEST(ctxT(t), simulator.ESTOptions{}); err == nil || !strings.Contains(err.Error(), "server certificate: x509: certificate signed by unknown authority") {
+		t.Fatalf("device trusting another root, over EST: %v, want the server's certificate refused", err)
 	}
 	// The handshake fails on the device's side, so no CoAP answer ever comes
 	// back (how the failure surfaces, at dial or at the first write, varies).
