@@ -55,8 +55,9 @@ func (c *chainCache) add(k [32]byte) {
 	c.verified[k] = true
 }
 
-// verifyServer is the server-certificate check (DTLS, TLS for MQTT and HTTPS): the chain must verify
-// to the flashed root for host, with serverAuth usage.
+// verifyServer is the server-certificate check of every session (DTLS, and
+// TLS for MQTT and HTTPS): the chain must verify to the flashed root for
+// host, with serverAuth usage.
 func verifyServer(root []byte, roots *x509.CertPool, host string, raw [][]byte) error {
 	if len(raw) == 0 {
 		return errors.New("server sent no certificate")

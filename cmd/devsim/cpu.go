@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/provisiond/provisiond/internal/floor"
@@ -44,7 +43,7 @@ func startCPU(ctx context.Context, api *httpapi.Client, transport string) (cpuRe
 	if r.ServerBefore, err = serverMetric(ctx, api, "process_cpu_seconds_total"); err != nil {
 		return r, err
 	}
-	r.DevsimBefore = ownCPU()
+	r.DevsimBefore = floor.ProcessCPU()
 	return r, nil
 }
 
@@ -58,20 +57,12 @@ func (r cpuReport) finish(ctx context.Context, api *httpapi.Client, enrolled int
 		return r, err
 	}
 	r.Server = time.Duration((after - r.ServerBefore) * float64(time.Second) / float64(enrolled))
-	r.Devsim = (ownCPU() - r.DevsimBefore) / time.Duration(enrolled)
+	r.Devsim = (floor.ProcessCPU() - r.DevsimBefore) / time.Duration(enrolled)
 	r.ServerRatio = float64(r.Server) / float64(r.Floor)
 	if r.Server > 0 {
 		r.DevsimRatio = float64(r.Devsim) / float64(r.Server)
 	}
 	return r, nil
-}
-
-func ownCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // serverMetric reads one unlabelled value from the server's /metrics.

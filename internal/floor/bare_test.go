@@ -35,7 +35,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -263,16 +262,8 @@ func bareDevices(addr string) error {
 	if f := failed.Load(); f > 0 {
 		return fmt.Errorf("%d of %d enrollments failed, the first: %w", f, n, firstErr)
 	}
-	fmt.Println(ownCPU().Nanoseconds())
+	fmt.Println(floor.ProcessCPU().Nanoseconds())
 	return nil
-}
-
-func ownCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // bareRun enrolls n devices at the bare CoAP server (EST server when est)
@@ -306,11 +297,11 @@ func bareRun(dir string, n int, est bool) (server, devices time.Duration, err er
 	}
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
-	before := ownCPU()
+	before := floor.ProcessCPU()
 	if err := cmd.Run(); err != nil {
 		return 0, 0, fmt.Errorf("devices: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
-	server = (ownCPU() - before) / time.Duration(n)
+	server = (floor.ProcessCPU() - before) / time.Duration(n)
 	if got := answered.Load(); got != int64(n) {
 		return 0, 0, fmt.Errorf("the server answered %d enrollments, want %d", got, n)
 	}

@@ -15,6 +15,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"syscall"
 	"time"
 )
 
@@ -120,4 +121,14 @@ func Measure(d time.Duration, mutual bool) (time.Duration, error) {
 		n++
 	}
 	return time.Since(start) / time.Duration(n), nil
+}
+
+// ProcessCPU is the user and system CPU time this process has spent so far:
+// read around a run, the CPU time one side of it spent.
+func ProcessCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
