@@ -132,6 +132,7 @@ INVENTORY_DEVICES ?= 1000000
 bench: build etcd
 	$(GO) test -run XXX -bench . -benchtime 2s ./pki/ ./enroll/
 	$(GO) test -run XXX -bench 'EnrollmentFloor|Bare' -benchtime 5000x ./internal/floor/
+	$(GO) test -run XXX -bench VerifyDevice -benchtime 2s ./internal/peers/
 	$(GO) test -run XXX -bench 'Provision|LeaseExpires' -benchtime 5000x ./devices/
 	$(GO) test -run XXX -bench 'EnrollDTLS|EnrollMQTT' -benchtime 5000x ./internal/server/
 	$(GO) test -run XXX -bench 'EnrollTransports' -benchtime 3000x ./internal/server/

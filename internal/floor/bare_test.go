@@ -16,13 +16,13 @@ package floor_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"math/big"
@@ -48,6 +48,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/options"
 
 	"github.com/provisiond/provisiond/internal/floor"
+	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/coap"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -73,54 +74,41 @@ func TestMain(m *testing.M) {
 }
 
 // bareCA is a root, an intermediate that signs device certificates, and
-// the server's certificate, shaped as provisiond's embedded CA makes them.
+// the server's certificate, shaped as provisiond's embedded CA makes them
+// (P-256 throughout; the root and intermediate are pki/mfr's).
 type bareCA struct {
 	rootPEM    []byte
 	root       *x509.Certificate
 	inter      *x509.Certificate
-	interKey   *ecdsa.PrivateKey
+	interKey   crypto.Signer
 	serverCert tls.Certificate
 }
 
 func newBareCA() (*bareCA, error) {
-	mk := func(tpl, parent *x509.Certificate, pub, signer any) (*x509.Certificate, error) {
-		der, err := x509.CreateCertificate(rand.Reader, tpl, parent, pub, signer)
-		if err != nil {
-			return nil, err
-		}
-		return x509.ParseCertificate(der)
+	root, err := mfr.New("provisiond Root CA")
+	if err != nil {
+		return nil, err
 	}
-	key := func() *ecdsa.PrivateKey { k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader); return k }
+	inter, err := root.Intermediate("provisiond Intermediate CA")
+	if err != nil {
+		return nil, err
+	}
+	serverKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
-	rootKey, interKey, serverKey := key(), key(), key()
-	caTpl := func(cn string, serial int64) *x509.Certificate {
-		return &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn, Organization: []string{"provisiond"}},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	}
-	rootTpl := caTpl("provisiond Root CA", 1)
-	rootTpl.MaxPathLen = 1
-	root, err := mk(rootTpl, rootTpl, &rootKey.PublicKey, rootKey)
-	if err != nil {
-		return nil, err
-	}
-	interTpl := caTpl("provisiond Intermediate CA", 2)
-	interTpl.MaxPathLenZero = true
-	inter, err := mk(interTpl, root, &interKey.PublicKey, rootKey)
-	if err != nil {
-		return nil, err
-	}
-	srv, err := mk(&x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "localhost"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), DNSNames: []string{"localhost"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, inter, &serverKey.PublicKey, interKey)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(3),
+		Subject: pkix.Name{CommonName: "localhost"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
+		inter.Cert, &serverKey.PublicKey, inter.Key)
 	if err != nil {
 		return nil, err
 	}
 	return &bareCA{
-		rootPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}),
-		root:    root, inter: inter, interKey: interKey,
-		serverCert: tls.Certificate{Certificate: [][]byte{srv.Raw, inter.Raw}, PrivateKey: serverKey, Leaf: srv},
+		rootPEM: root.CertPEM(), root: root.Cert, inter: inter.Cert, interKey: inter.Key,
+		serverCert: tls.Certificate{Certificate: [][]byte{der, inter.Cert.Raw}, PrivateKey: serverKey},
 	}, nil
 }
 
