@@ -30,6 +30,45 @@ type options struct {
 	printConfig bool
 	logLevel    string
 	logFormat   string
+	gcHeadroom  byteSize
+}
+
+// defaultGCHeadroom is --gc-headroom's default: the heap may grow by this
+// much between collections however little is live (internal/gcfloor).
+const defaultGCHeadroom = 128 << 20
+
+// byteSize is a flag of bytes: a number with an optional KiB, MiB or GiB
+// (or KB, MB, GB: powers of ten).
+type byteSize uint64
+
+var sizeUnits = []struct {
+	suffix string
+	mult   uint64
+}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+
+func (b *byteSize) Set(v string) error {
+	num, mult := strings.TrimSpace(v), uint64(1)
+	for _, u := range sizeUnits {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || (mult > 1 && n > (1<<63)/mult) {
+		return fmt.Errorf("%q: want a size such as 128MiB, 1GiB or 0", v)
+	}
+	*b = byteSize(n * mult)
+	return nil
+}
+
+func (b *byteSize) String() string {
+	for _, u := range sizeUnits[:3] {
+		if n := uint64(*b); n >= u.mult && n%u.mult == 0 && (u.mult == 1<<30 || n%(u.mult<<10) != 0) {
+			return strconv.FormatUint(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatUint(uint64(*b), 10)
 }
 
 // secretFlags are never printed.
@@ -44,6 +83,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the effective settings as a config file (secrets left out) and exit")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	fs.Var(&o.gcHeadroom, "gc-headroom", "let the heap grow by at least this much between garbage collections, however little is live (e.g. 128MiB; 0: Go's GOGC alone, as when GOGC is set)")
 
 	fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data directory: inventory, CA, admin token")
 	fs.StringVar(&cfg.CoAPSAddr, "coaps-addr", cfg.CoAPSAddr, "CoAP over DTLS listen address (empty disables)")
@@ -119,7 +159,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 // server's configuration, and checks it.
 func loadConfig(args []string, stdout, stderr io.Writer) (server.Config, options, error) {
 	cfg := server.Defaults()
-	var o options
+	o := options{gcHeadroom: defaultGCHeadroom}
 	fs := newFlags(&cfg, &o, stderr)
 	err := ff.Parse(fs, args,
 		ff.WithEnvVarPrefix("PROVISIOND"),
@@ -162,7 +202,7 @@ func loadConfig(args []string, stdout, stderr io.Writer) (server.Config, options
 	}
 	if o.printConfig {
 		// Flags print as their final values, so the file reproduces them.
-		fs = newFlags(&cfg, &options{configFile: o.configFile, logLevel: o.logLevel, logFormat: o.logFormat}, stderr)
+		fs = newFlags(&cfg, &options{configFile: o.configFile, logLevel: o.logLevel, logFormat: o.logFormat, gcHeadroom: o.gcHeadroom}, stderr)
 		return cfg, o, printConfig(stdout, fs, cfg)
 	}
 	return cfg, o, nil

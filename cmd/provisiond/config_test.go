@@ -79,6 +79,8 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"short audit retention", "", nil, []string{"--audit-retention", "1h"}, "audit-retention"},
 		{"store that is not etcd", "", nil, []string{"--store", "redis://r:6379"}, "store"},
 		{"etcd host without a port", "store: etcd://e1\n", nil, nil, "store"},
+		{"size that is not one", "", nil, []string{"--gc-headroom", "lots"}, "gc-headroom"},
+		{"negative size", "gc-headroom: -5MiB\n", nil, nil, "gc-headroom"},
 		{"missing config file", "", nil, []string{"--config", "/nonexistent/provisiond.yaml"}, "provisiond.yaml"},
 	}
 	for _, c := range cases {
@@ -122,7 +124,7 @@ func TestEverySettingIsLive(t *testing.T) {
 	fs := newFlags(&server.Config{}, &options{}, io.Discard)
 	fs.VisitAll(func(f *flag.Flag) {
 		switch f.Name {
-		case "config", "print-config", "log-level", "log-format": // not server settings
+		case "config", "print-config", "log-level", "log-format", "gc-headroom": // not server settings (TestGCHeadroom)
 			return
 		}
 		t.Run(f.Name, func(t *testing.T) {
@@ -175,5 +177,46 @@ func TestPrintConfig(t *testing.T) {
 	want, _, _ := loadConfig([]string{"--max-failures", "9", "--server-names", "a.example,b.example", "--retry-window", "7m", "--lb-addrs", "10.0.0.5,10.0.1.0/24"}, io.Discard, io.Discard)
 	if !reflect.DeepEqual(again, want) {
 		t.Errorf("round trip: %+v\nwant %+v", again, want)
+	}
+}
+
+// TestGCHeadroom: --gc-headroom reads sizes from the flag, the environment
+// and the file, defaults to 128 MiB, and prints back as it was given.
+func TestGCHeadroom(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  string
+		want uint64
+		text string
+	}{
+		{nil, "", 128 << 20, "128MiB"},
+		{[]string{"--gc-headroom", "0"}, "", 0, "0"},
+		{[]string{"--gc-headroom", "64MiB"}, "1GiB", 64 << 20, "64MiB"},
+		{nil, "1GiB", 1 << 30, "1GiB"},
+		{[]string{"--gc-headroom=200MB"}, "", 200e6, "200000000"},
+		{[]string{"--gc-headroom", "1536KiB"}, "", 1536 << 10, "1536KiB"},
+		{[]string{"--gc-headroom", "4096"}, "", 4096, "4KiB"},
+	} {
+		if c.env != "" {
+			t.Setenv("PROVISIOND_GC_HEADROOM", c.env)
+		} else {
+			os.Unsetenv("PROVISIOND_GC_HEADROOM")
+		}
+		_, o, err := loadConfig(c.args, io.Discard, io.Discard)
+		if err != nil {
+			t.Fatalf("%v (env %q): %v", c.args, c.env, err)
+		}
+		if uint64(o.gcHeadroom) != c.want || o.gcHeadroom.String() != c.text {
+			t.Errorf("%v (env %q): %d bytes, %q; want %d, %q", c.args, c.env, o.gcHeadroom, o.gcHeadroom.String(), c.want, c.text)
+		}
+		var out bytes.Buffer
+		if _, _, err := loadConfig(append([]string{"--print-config"}, c.args...), &out, io.Discard); err != errPrinted {
+			t.Fatal(err)
+		}
+		os.Unsetenv("PROVISIOND_GC_HEADROOM") // it would override the file
+		_, again, err := loadConfig([]string{"--config", writeConfig(t, out.String())}, io.Discard, io.Discard)
+		if err != nil || again.gcHeadroom != o.gcHeadroom {
+			t.Errorf("%v: printed config gives %d bytes (%v), want %d", c.args, again.gcHeadroom, err, o.gcHeadroom)
+		}
 	}
 }

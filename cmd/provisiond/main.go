@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/provisiond/provisiond/internal/gcfloor"
 	"github.com/provisiond/provisiond/internal/server"
 )
 
@@ -53,6 +54,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	if o.gcHeadroom > 0 && os.Getenv("GOGC") == "" {
+		defer gcfloor.Start(uint64(o.gcHeadroom), 100).Stop()
+	}
 	srv, err := server.Start(ctx, cfg, log)
 	if err != nil {
 		return err
