@@ -19,7 +19,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -225,9 +224,7 @@ func (d *Device) dialWith(ctx context.Context, override string, set func(*piondt
 
 // CSR returns a DER PKCS#10 request for the device key, naming the serial.
 func (d *Device) CSR() ([]byte, error) {
-	return x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: d.Bundle.Serial},
-	}, d.Key)
+	return buildCSR(d.Bundle.Serial, d.Key)
 }
 
 // enrollRequest is the device's enrollment request (a fresh CSR for its

@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -86,6 +87,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	quiet := fs.Bool("quiet", false, "no progress line")
 	pq := fs.Bool("pq", false, "devices offer the hybrid post-quantum TLS key exchange (X25519MLKEM768) as Go's TLS does by default; without: X25519 and P-256, as device TLS stacks such as mbedTLS offer")
 	cpu := fs.Bool("cpu", false, "report the CPU time server and devsim spent per enrollment, against the server's public-key floor measured first (needs the ops API: --data or --api/--token-file)")
+	cpuProfile := fs.String("cpu-profile", "", "write devsim's own CPU profile of the enrollments (go tool pprof) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -164,7 +166,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cpuR = &r
 	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+	}
 	outs, sum := simulator.Run(ctx, list, opts)
+	if *cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	if cpuR != nil {
 		r, err := cpuR.finish(ctx, c, sum.Enrolled)
 		if err != nil {
