@@ -35,7 +35,7 @@ type options struct {
 
 // defaultGCHeadroom is --gc-headroom's default: the heap may grow by this
 // much between collections however little is live (internal/gcfloor).
-const defaultGCHeadroom = 128 << 20
+const defaultGCHeadroom = 64 << 20
 
 // byteSize is a flag of bytes: a number with an optional KiB, MiB or GiB
 // (or KB, MB, GB: powers of ten).
@@ -83,7 +83,7 @@ func newFlags(cfg *server.Config, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the effective settings as a config file (secrets left out) and exit")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	fs.Var(&o.gcHeadroom, "gc-headroom", "let the heap grow by at least this much between garbage collections, however little is live (e.g. 128MiB; 0: Go's GOGC alone, as when GOGC is set)")
+	fs.Var(&o.gcHeadroom, "gc-headroom", "let the heap grow by at least this much between garbage collections, however little is live (e.g. 64MiB; 0: Go's GOGC alone, as when GOGC is set)")
 
 	fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data directory: inventory, CA, admin token")
 	fs.StringVar(&cfg.CoAPSAddr, "coaps-addr", cfg.CoAPSAddr, "CoAP over DTLS listen address (empty disables)")

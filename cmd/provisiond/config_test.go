@@ -181,7 +181,7 @@ func TestPrintConfig(t *testing.T) {
 }
 
 // TestGCHeadroom: --gc-headroom reads sizes from the flag, the environment
-// and the file, defaults to 128 MiB, and prints back as it was given.
+// and the file, defaults to 64 MiB, and prints back as it was given.
 func TestGCHeadroom(t *testing.T) {
 	for _, c := range []struct {
 		args []string
@@ -189,9 +189,9 @@ func TestGCHeadroom(t *testing.T) {
 		want uint64
 		text string
 	}{
-		{nil, "", 128 << 20, "128MiB"},
+		{nil, "", 64 << 20, "64MiB"},
 		{[]string{"--gc-headroom", "0"}, "", 0, "0"},
-		{[]string{"--gc-headroom", "64MiB"}, "1GiB", 64 << 20, "64MiB"},
+		{[]string{"--gc-headroom", "128MiB"}, "1GiB", 128 << 20, "128MiB"},
 		{nil, "1GiB", 1 << 30, "1GiB"},
 		{[]string{"--gc-headroom=200MB"}, "", 200e6, "200000000"},
 		{[]string{"--gc-headroom", "1536KiB"}, "", 1536 << 10, "1536KiB"},
