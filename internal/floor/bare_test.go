@@ -48,6 +48,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/options"
 
 	"github.com/provisiond/provisiond/internal/floor"
+	"github.com/provisiond/provisiond/internal/gcfloor"
 	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/coap"
@@ -360,7 +361,10 @@ func TestBareServerRefusesBadCSR(t *testing.T) {
 // BenchmarkBareDTLS is the bare transport's CPU per enrollment against the
 // public-key floor measured in the same run (docs/performance.md, issue
 // 17): what go-coap and pion cost before provisiond does anything. Run it
-// with -benchtime 5000x, as make bench does.
+// with -benchtime 5000x, as make bench does. Each runs twice: on Go's
+// default collector (GOGC=100), and with provisiond's default
+// --gc-headroom, so that provisiond is compared with the libraries on the
+// same runtime setting.
 func BenchmarkBareDTLS(b *testing.B) { benchBare(b, false) }
 
 // BenchmarkBareEST is the same for EST over Go's crypto/tls and net/http,
@@ -369,6 +373,12 @@ func BenchmarkBareDTLS(b *testing.B) { benchBare(b, false) }
 func BenchmarkBareEST(b *testing.B) { benchBare(b, true) }
 
 func benchBare(b *testing.B, est bool) {
+	b.Run("gogc=100", func(b *testing.B) { benchBareGC(b, est, 0) })
+	b.Run("gc-headroom=64MiB", func(b *testing.B) { benchBareGC(b, est, 64<<20) })
+}
+
+func benchBareGC(b *testing.B, est bool, headroom uint64) {
+	defer gcfloor.Start(headroom, 100).Stop()
 	fl, err := floor.Measure(2*time.Second, est)
 	if err != nil {
 		b.Fatal(err)
