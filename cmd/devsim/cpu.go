@@ -22,13 +22,14 @@ type cpuReport struct {
 	Devsim       time.Duration `json:"devsim_ns"` // per enrollment, this process's user+system time
 	ServerRatio  float64       `json:"server_to_floor"`
 	DevsimRatio  float64       `json:"devsim_to_server"`
+	ServerRSS    int64         `json:"server_rss_bytes"` // the server's resident memory when the run ended
 	ServerBefore float64       `json:"-"`
 	DevsimBefore time.Duration `json:"-"`
 }
 
 func (r cpuReport) String() string {
-	return fmt.Sprintf("CPU per enrollment: server %v (%.2fx the public-key floor of %v), devsim %v (%.2fx the server's)",
-		r.Server.Round(time.Microsecond), r.ServerRatio, r.Floor.Round(time.Microsecond), r.Devsim.Round(time.Microsecond), r.DevsimRatio)
+	return fmt.Sprintf("CPU per enrollment: server %v (%.2fx the public-key floor of %v), devsim %v (%.2fx the server's); server RSS %d MB at the end",
+		r.Server.Round(time.Microsecond), r.ServerRatio, r.Floor.Round(time.Microsecond), r.Devsim.Round(time.Microsecond), r.DevsimRatio, r.ServerRSS>>20)
 }
 
 // startCPU measures the floor of the transport's enrollment (EST devices
@@ -54,6 +55,9 @@ func (r cpuReport) finish(ctx context.Context, api *httpapi.Client, enrolled int
 	}
 	after, err := serverMetric(ctx, api, "process_cpu_seconds_total")
 	if err != nil {
+		return r, err
+	}
+	if r.ServerRSS, err = serverRSS(ctx, api); err != nil {
 		return r, err
 	}
 	r.Server = time.Duration((after - r.ServerBefore) * float64(time.Second) / float64(enrolled))

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/provisiond/provisiond/devices"
@@ -45,6 +47,35 @@ func TestDevsimMintsAndEnrolls(t *testing.T) {
 		if err := run(context.Background(), append(args, "--data", env.DataDir), &out, &out); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestDevsimCPU: --cpu reports the floor, both sides' CPU and the server's
+// RSS; --cpu-profile writes a profile pprof reads (gzip'd protobuf).
+func TestDevsimCPU(t *testing.T) {
+	env := servertest.Start(t)
+	env.Site("hq", "10.20.0.0/24")
+	prof := filepath.Join(t.TempDir(), "devsim.prof")
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"--mint", "20", "--site", "hq", "--data", env.DataDir, "--json", "--cpu", "--cpu-profile", prof}, &out, &errOut); err != nil {
+		t.Fatalf("devsim --cpu: %v\n%s", err, errOut.String())
+	}
+	var got struct {
+		Enrolled int        `json:"enrolled"`
+		CPU      *cpuReport `json:"cpu"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil || got.CPU == nil {
+		t.Fatalf("summary: %v\n%s", err, out.String())
+	}
+	if c := got.CPU; got.Enrolled != 20 || c.Floor <= 0 || c.Server <= 0 || c.Devsim <= 0 || c.ServerRatio <= 0 || c.ServerRSS < 1<<20 {
+		t.Errorf("--cpu report: %d enrolled, %+v", got.Enrolled, *c)
+	}
+	raw, err := os.ReadFile(prof)
+	if err != nil || len(raw) < 100 || raw[0] != 0x1f || raw[1] != 0x8b {
+		t.Errorf("--cpu-profile wrote %d bytes (%v), want a gzip'd profile", len(raw), err)
+	}
+	if err := run(context.Background(), []string{"--mint", "1", "--site", "hq", "--data", env.DataDir, "--cpu-profile", filepath.Join(prof, "x")}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "--cpu-profile") {
+		t.Errorf("an unwritable --cpu-profile: %v, want an error naming it", err)
 	}
 }
 
