@@ -9,7 +9,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/provisiond/provisiond/transport/wire"
 )
 
 // TestBuildCSR: the device's own CSR has the very bytes x509 would sign
@@ -49,5 +55,41 @@ func TestBuildCSR(t *testing.T) {
 				t.Error("a CSR with a flipped signature byte still verifies")
 			}
 		})
+	}
+}
+
+// TestSharedParsing: devices of one fleet share their root's pool and the
+// answer's CA certificates, parsed once; a bad root or certificate is
+// still refused.
+func TestSharedParsing(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"}, IsCA: true,
+		BasicConstraintsValid: true, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	a, err := NewDevice(wire.Bundle{Serial: "A", RootCA: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewDevice(wire.Bundle{Serial: "B", RootCA: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.roots != b.roots || a.Key == b.Key {
+		t.Errorf("devices of one root: pools shared %v, keys shared %v; want the pool shared, not the key", a.roots == b.roots, a.Key == b.Key)
+	}
+	if _, err := NewDevice(wire.Bundle{Serial: "C", RootCA: "not a certificate"}); err == nil || !strings.Contains(err.Error(), "root_ca") {
+		t.Errorf("a bundle without a root: %v", err)
+	}
+	c1, err1 := parseCA(der)
+	c2, err2 := parseCA(bytes.Clone(der))
+	if err1 != nil || err2 != nil || c1 != c2 || c1.Subject.CommonName != "root" {
+		t.Errorf("parseCA: %v %v, same certificate %v", err1, err2, c1 == c2)
+	}
+	if _, err := parseCA(der[:len(der)-10]); err == nil {
+		t.Error("parseCA took a truncated certificate")
 	}
 }

@@ -71,9 +71,9 @@ type Device struct {
 
 // NewDevice prepares a device from its flash bundle, generating its key.
 func NewDevice(b wire.Bundle) (*Device, error) {
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM([]byte(b.RootCA)) {
-		return nil, fmt.Errorf("bundle %s: root_ca holds no PEM certificate", b.Serial)
+	roots, err := rootPool(b.RootCA)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", b.Serial, err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -296,8 +296,12 @@ func (d *Device) verifyFor(key crypto.Signer, r wire.EnrollResponse) ([]*x509.Ce
 		return nil, errors.New("answer has no certificate")
 	}
 	var chain []*x509.Certificate
-	for _, der := range r.Certificate {
-		c, err := x509.ParseCertificate(der)
+	for i, der := range r.Certificate {
+		parse := x509.ParseCertificate // the device's own leaf
+		if i > 0 {
+			parse = parseCA
+		}
+		c, err := parse(der)
 		if err != nil {
 			return nil, fmt.Errorf("answer certificate: %w", err)
 		}

@@ -120,3 +120,53 @@ func verifyIssued(root []byte, roots *x509.CertPool, chain []*x509.Certificate) 
 	}
 	return errors.New("issued certificate lacks clientAuth usage")
 }
+
+// shared holds what every simulated device of one fleet would otherwise
+// parse for itself: the flashed root's pool (a device parses it once, at
+// boot, not per enrollment) and the CA certificates an answer carries
+// beside the device's own leaf. Parsed certificates and pools are only
+// read once made, so devices share them; a leaf is always parsed afresh.
+var shared = struct {
+	mu    sync.Mutex
+	pools map[string]*x509.CertPool
+	certs map[string]*x509.Certificate
+}{pools: map[string]*x509.CertPool{}, certs: map[string]*x509.Certificate{}}
+
+// rootPool is the pool of the PEM root certificates of a bundle.
+func rootPool(pem string) (*x509.CertPool, error) {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if p, ok := shared.pools[pem]; ok {
+		return p, nil
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM([]byte(pem)) {
+		return nil, errors.New("root_ca holds no PEM certificate")
+	}
+	if len(shared.pools) > 64 {
+		clear(shared.pools)
+	}
+	shared.pools[pem] = p
+	return p, nil
+}
+
+// parseCA parses a CA certificate of an answer, once per distinct DER.
+func parseCA(der []byte) (*x509.Certificate, error) {
+	shared.mu.Lock()
+	c, ok := shared.certs[string(der)]
+	shared.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if len(shared.certs) > 256 {
+		clear(shared.certs)
+	}
+	shared.certs[string(der)] = c
+	return c, nil
+}
