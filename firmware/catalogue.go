@@ -1,6 +1,7 @@
 package firmware
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -39,6 +40,7 @@ type Catalogue struct {
 	dir string
 	key ed25519.PrivateKey
 	pub ed25519.PublicKey
+	pem []byte // pub as PEM, made once: every enrollment's answer carries it
 	now func() time.Time
 	mu  sync.Mutex // serialises Add
 
@@ -89,6 +91,11 @@ func Open(dir string, passphrase []byte) (*Catalogue, error) {
 		return nil, fmt.Errorf("firmware signing key %s is a %T, not Ed25519", keyPath, k)
 	}
 	c := &Catalogue{dir: dir, key: key, pub: key.Public().(ed25519.PublicKey), now: time.Now, manifest: map[string]entry{}}
+	block, err := pemutil.Serialize(c.pub)
+	if err != nil {
+		return nil, err
+	}
+	c.pem = pem.EncodeToMemory(block)
 	if err := atomicfile.Write(filepath.Join(dir, PublicKeyFile), c.PublicKeyPEM(), 0o600); err != nil {
 		return nil, err
 	}
@@ -108,11 +115,9 @@ func (c *Catalogue) Has(model, version string) error {
 // PublicKey is the key devices verify manifests with.
 func (c *Catalogue) PublicKey() ed25519.PublicKey { return c.pub }
 
-// PublicKeyPEM is the public key as a PEM "PUBLIC KEY" block (PKIX).
-func (c *Catalogue) PublicKeyPEM() []byte {
-	block, _ := pemutil.Serialize(c.pub)
-	return pem.EncodeToMemory(block)
-}
+// PublicKeyPEM is the public key as a PEM "PUBLIC KEY" block (PKIX), a
+// copy the caller may keep.
+func (c *Catalogue) PublicKeyPEM() []byte { return bytes.Clone(c.pem) }
 
 // Meta is what an operator says about an image besides its bytes.
 type Meta struct {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.step.sm/crypto/pemutil"
 
 	"github.com/provisiond/provisiond/devices"
 )
@@ -319,5 +320,32 @@ func TestModelNamesAgree(t *testing.T) {
 				t.Errorf("ValidModel(%q) = %v, devices.ValidName = %v", m, got, want)
 			}
 		})
+	}
+}
+
+// TestPublicKeyPEM: the PEM every enrollment answer carries is the signing
+// key's, the same as signing.pub, and a caller changing its copy changes
+// nothing for the next.
+func TestPublicKeyPEM(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(dir, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.PublicKeyPEM()
+	k, err := pemutil.ParseKey(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub, ok := k.(ed25519.PublicKey); !ok || !pub.Equal(c.PublicKey()) {
+		t.Fatalf("PublicKeyPEM holds %T, not the catalogue's key", k)
+	}
+	file, err := os.ReadFile(filepath.Join(dir, PublicKeyFile))
+	if err != nil || !bytes.Equal(file, got) {
+		t.Errorf("%s differs from PublicKeyPEM (%v)", PublicKeyFile, err)
+	}
+	got[20] ^= 1
+	if !bytes.Equal(c.PublicKeyPEM(), file) {
+		t.Error("changing a returned PEM changed the catalogue's")
 	}
 }
