@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"strings"
 	"testing"
@@ -22,9 +23,12 @@ import (
 // for the same subject and key, a signature that verifies, and parses as
 // Go's does; keys other than P-256 still get a CSR, from x509.
 func TestBuildCSR(t *testing.T) {
-	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	p256, err1 := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p384, err2 := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	_, ed, err3 := ed25519.GenerateKey(rand.Reader)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		t.Fatal(err)
+	}
 	for name, key := range map[string]crypto.Signer{"P-256": p256, "P-384": p384, "Ed25519": ed} {
 		t.Run(name, func(t *testing.T) {
 			der, err := buildCSR("SN-0001", key)
@@ -42,7 +46,10 @@ func TestBuildCSR(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want, _ := x509.ParseCertificateRequest(ref)
+			want, err := x509.ParseCertificateRequest(ref)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if !bytes.Equal(got.RawTBSCertificateRequest, want.RawTBSCertificateRequest) {
 				t.Errorf("signed part differs from x509's:\n got %x\nwant %x", got.RawTBSCertificateRequest, want.RawTBSCertificateRequest)
 			}
@@ -62,7 +69,10 @@ func TestBuildCSR(t *testing.T) {
 // answer's CA certificates, parsed once; a bad root or certificate is
 // still refused.
 func TestSharedParsing(t *testing.T) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"}, IsCA: true,
 		BasicConstraintsValid: true, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)

@@ -34,7 +34,7 @@ type options struct {
 }
 
 // defaultGCHeadroom is --gc-headroom's default: the heap may grow by this
-// much between collections however little is live (internal/gcfloor).
+// much between collections however little is live (internal/gcheadroom).
 const defaultGCHeadroom = 64 << 20
 
 // byteSize is a flag of bytes: a number with an optional KiB, MiB or GiB

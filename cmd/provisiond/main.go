@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/provisiond/provisiond/internal/gcfloor"
+	"github.com/provisiond/provisiond/internal/gcheadroom"
 	"github.com/provisiond/provisiond/internal/server"
 )
 
@@ -55,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	if o.gcHeadroom > 0 && os.Getenv("GOGC") == "" {
-		defer gcfloor.Start(uint64(o.gcHeadroom), 100).Stop()
+		defer gcheadroom.Start(uint64(o.gcHeadroom), 100).Stop()
 	}
 	srv, err := server.Start(ctx, cfg, log)
 	if err != nil {

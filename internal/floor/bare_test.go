@@ -48,7 +48,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/options"
 
 	"github.com/provisiond/provisiond/internal/floor"
-	"github.com/provisiond/provisiond/internal/gcfloor"
+	"github.com/provisiond/provisiond/internal/gcheadroom"
 	"github.com/provisiond/provisiond/pki/mfr"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/coap"
@@ -378,7 +378,7 @@ func benchBare(b *testing.B, est bool) {
 }
 
 func benchBareGC(b *testing.B, est bool, headroom uint64) {
-	defer gcfloor.Start(headroom, 100).Stop()
+	defer gcheadroom.Start(headroom, 100).Stop()
 	fl, err := floor.Measure(2*time.Second, est)
 	if err != nil {
 		b.Fatal(err)

@@ -1,4 +1,4 @@
-package gcfloor_test
+package gcheadroom_test
 
 import (
 	"runtime"
@@ -7,25 +7,25 @@ import (
 	"testing"
 	"time"
 
-	"github.com/provisiond/provisiond/internal/gcfloor"
+	"github.com/provisiond/provisiond/internal/gcheadroom"
 )
 
 func TestPercentFor(t *testing.T) {
 	const mib = 1 << 20
 	for _, c := range []struct {
-		live, min  uint64
-		base, want int
+		scan, headroom uint64
+		base, want     int
 	}{
-		{32 * mib, 128 * mib, 100, 400},  // small heap: the goal is live+min
-		{128 * mib, 128 * mib, 100, 100}, // live = min: GOGC's own goal
+		{32 * mib, 128 * mib, 100, 400},  // small heap: the goal is live+headroom
+		{128 * mib, 128 * mib, 100, 100}, // scanned = headroom: GOGC's own goal
 		{512 * mib, 128 * mib, 100, 100}, // large heap: never below base
-		{64 * mib, 128 * mib, 300, 300},  // base above what min asks
-		{0, 128 * mib, 100, 3200},        // nothing live yet: the runtime's 4 MiB minimum heap, scaled, stays under min
+		{64 * mib, 128 * mib, 300, 300},  // base above what the headroom asks
+		{0, 128 * mib, 100, 3200},        // nothing live yet: the runtime's 4 MiB minimum heap, scaled, stays under the headroom
 		{1, 128 * mib, 100, 3200},
-		{1, 2 * mib, 100, 100}, // a minimum under the runtime's own
+		{1, 2 * mib, 100, 100}, // a headroom under the runtime's minimum heap
 	} {
-		if got := gcfloor.PercentFor(c.live, c.min, c.base); got != c.want {
-			t.Errorf("PercentFor(%d MiB live, %d MiB min, %d) = %d, want %d", c.live/mib, c.min/mib, c.base, got, c.want)
+		if got := gcheadroom.PercentFor(c.scan, c.headroom, c.base); got != c.want {
+			t.Errorf("PercentFor(%d MiB scanned, %d MiB headroom, %d) = %d, want %d", c.scan/mib, c.headroom/mib, c.base, got, c.want)
 		}
 	}
 }
@@ -68,9 +68,9 @@ func churn(n int) {
 }
 
 // TestTunerFollowsLiveHeap checks the runtime's own GC percent and cycle
-// count: a small live heap gets the minimum's headroom, so churning 256 MiB
+// count: a small live heap gets the headroom, so churning 256 MiB
 // takes a handful of collections instead of dozens; a live heap larger than
-// the minimum gets GOGC's percent back; Stop restores it too.
+// the headroom gets GOGC's percent back; Stop restores it too.
 func TestTunerFollowsLiveHeap(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	const mib = 1 << 20
@@ -79,11 +79,11 @@ func TestTunerFollowsLiveHeap(t *testing.T) {
 	churn(256 * mib)
 	untuned := gcCycles() - before
 
-	tu := gcfloor.Start(64*mib, 100)
+	tu := gcheadroom.Start(64*mib, 100)
 	defer tu.Stop()
 	p := settle(t, func(p int) bool { return p > 400 })
 	if p <= 400 || p > 1600 {
-		t.Fatalf("GC percent with a few MiB live and a 64 MiB minimum: %d, want well above 100 and at most 1600 (64 MiB over the runtime's 4 MiB minimum heap)", p)
+		t.Fatalf("GC percent with a few MiB live and a 64 MiB headroom: %d, want well above 100 and at most 1600 (64 MiB over the runtime's 4 MiB minimum heap)", p)
 	}
 	if tu.Percent() != p {
 		t.Errorf("Percent() = %d, the runtime has %d", tu.Percent(), p)
@@ -91,12 +91,12 @@ func TestTunerFollowsLiveHeap(t *testing.T) {
 	before = gcCycles()
 	churn(256 * mib)
 	tuned := gcCycles() - before
-	t.Logf("256 MiB of garbage: %d collections at GOGC=100, %d with the 64 MiB minimum (percent %d)", untuned, tuned, p)
+	t.Logf("256 MiB of garbage: %d collections at GOGC=100, %d with a 64 MiB headroom (percent %d)", untuned, tuned, p)
 	if tuned*4 > untuned {
-		t.Errorf("collections with the minimum: %d, want at most a quarter of %d", tuned, untuned)
+		t.Errorf("collections with the headroom: %d, want at most a quarter of %d", tuned, untuned)
 	}
 
-	live := make([][]byte, 0, 128) // 128 MiB live: past the minimum
+	live := make([][]byte, 0, 128) // 128 MiB live: past the headroom
 	for range 128 {
 		live = append(live, make([]byte, mib))
 	}
@@ -118,12 +118,12 @@ func TestTunerFollowsLiveHeap(t *testing.T) {
 	}
 }
 
-func TestZeroMinimumDoesNothing(t *testing.T) {
+func TestZeroHeadroomDoesNothing(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
-	tu := gcfloor.Start(0, 100)
+	tu := gcheadroom.Start(0, 100)
 	settle(t, func(int) bool { return true })
 	if p := gcPercent(); p != 100 {
-		t.Errorf("GC percent with no minimum: %d, want 100", p)
+		t.Errorf("GC percent with no headroom: %d, want 100", p)
 	}
 	tu.Stop()
 }

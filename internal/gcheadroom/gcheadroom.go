@@ -1,4 +1,5 @@
-// Package gcfloor gives the Go collector a minimum heap to grow into.
+// Package gcheadroom gives the Go collector a minimum heap growth between
+// collections (provisiond --gc-headroom).
 //
 // With GOGC=100 the runtime collects each time the heap has grown by as much
 // as is live. A server whose live heap is small but which allocates fast (an
@@ -9,12 +10,12 @@
 // megabytes) grow fourfold.
 //
 // Start keeps the collector's goal at the larger of the two: GOGC's, or
-// the live heap plus a minimum. After each collection it reads what the
+// the live heap plus a headroom. After each collection it reads what the
 // pacer scales the percent by (the live heap, stacks and globals) and sets
-// the percent so that the heap may grow by at least the minimum before the
-// next; once those are past minimum×100/GOGC, the percent is GOGC's again.
+// the percent so that the heap may grow by at least the headroom before the
+// next; once those are past headroom×100/GOGC, the percent is GOGC's again.
 // It is the effect of a heap "ballast", without the ballast.
-package gcfloor
+package gcheadroom
 
 import (
 	"runtime"
@@ -26,9 +27,9 @@ import (
 
 // Tuner adjusts the GC percent after each collection; Stop ends it.
 type Tuner struct {
-	min     uint64 // bytes of growth the goal allows at least
-	base    int    // the GC percent when the live heap is large
-	stopped atomic.Bool
+	headroom uint64 // bytes of growth the goal allows at least
+	base     int    // the GC percent when the live heap is large
+	stopped  atomic.Bool
 
 	mu      sync.Mutex // one adjust at a time, and none after Stop
 	percent int
@@ -40,13 +41,13 @@ type Tuner struct {
 // ended. It is large enough not to share a tiny-allocator block.
 type sentinel struct{ _ [64]byte }
 
-// Start begins tuning with at least min bytes of heap growth between
+// Start begins tuning with at least headroom bytes of heap growth between
 // collections, and base as the percent a large heap collects at (Go's
-// GOGC, 100 by default). min 0 returns a Tuner that does nothing.
-func Start(min uint64, base int) *Tuner {
-	t := &Tuner{min: min, base: base, percent: base,
+// GOGC, 100 by default). A headroom of 0 returns a Tuner that does nothing.
+func Start(headroom uint64, base int) *Tuner {
+	t := &Tuner{headroom: headroom, base: base, percent: base,
 		samples: []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"}}}
-	if min == 0 || base <= 0 {
+	if headroom == 0 || base <= 0 {
 		t.stopped.Store(true)
 		return t
 	}
@@ -88,7 +89,7 @@ func (t *Tuner) adjust() {
 		}
 		scan += s.Value.Uint64()
 	}
-	want := PercentFor(scan, t.min, t.base)
+	want := PercentFor(scan, t.headroom, t.base)
 	// SetGCPercent recomputes the pacer; skip changes of under 5 %.
 	if d := want - t.percent; d > t.percent/20 || -d > t.percent/20 {
 		debug.SetGCPercent(want)
@@ -98,19 +99,19 @@ func (t *Tuner) adjust() {
 
 // heapMinimum is the runtime's smallest heap goal at GOGC=100 (4 MiB).
 // The runtime scales it with the percent, so while little is live, a large
-// percent would set a goal far above live+min; PercentFor stays under
-// min×100/heapMinimum.
+// percent would set a goal far above live+headroom; PercentFor stays under
+// headroom×100/heapMinimum.
 const heapMinimum = 4 << 20
 
-// PercentFor is the GC percent that lets the heap grow by about min bytes
-// before the next collection, and never less than base. scan is what the
+// PercentFor is the GC percent that lets the heap grow by about headroom
+// bytes before the next collection, and never less than base. scan is what the
 // runtime's pacer multiplies the percent by: the live heap, the stacks and
 // the globals (runtime/metrics' /gc/heap/live, /gc/scan/stack and
 // /gc/scan/globals).
-func PercentFor(scan, min uint64, base int) int {
-	p := min * 100 / heapMinimum
-	if scan > 0 && min*100/scan < p {
-		p = min * 100 / scan
+func PercentFor(scan, headroom uint64, base int) int {
+	p := headroom * 100 / heapMinimum
+	if scan > 0 && headroom*100/scan < p {
+		p = headroom * 100 / scan
 	}
 	if p < uint64(base) {
 		return base
