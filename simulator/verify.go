@@ -8,23 +8,44 @@ import (
 	"sync"
 )
 
-// chainCache remembers certificate chains that were fully verified against
-// the flashed root, so that a fleet of simulated devices on one machine does
-// not repeat the same ECDSA verifications for every device. A chain is only
-// ever trusted after a complete x509 verification of exactly those bytes; a
-// different server certificate or intermediate is verified again. Each
-// device still checks that its own issued leaf is signed by the (cached)
-// intermediate.
-type chainCache struct {
-	mu       sync.Mutex
-	verified map[[32]byte]bool
+// memo is a map the simulated devices of one process share, emptied when
+// it reaches limit entries (a fleet has a handful of roots and chains).
+type memo[V any] struct {
+	mu    sync.Mutex
+	limit int
+	m     map[string]V
 }
 
-var verifiedChains = &chainCache{verified: map[[32]byte]bool{}}
+func newMemo[V any](limit int) *memo[V] { return &memo[V]{limit: limit, m: map[string]V{}} }
+
+func (c *memo[V]) get(k string) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.m[k]
+	return v, ok
+}
+
+func (c *memo[V]) put(k string, v V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= c.limit {
+		clear(c.m)
+	}
+	c.m[k] = v
+}
+
+// verifiedChains remembers certificate chains that were fully verified
+// against the flashed root, so that a fleet of simulated devices on one
+// machine does not repeat the same ECDSA verifications for every device. A
+// chain is only ever trusted after a complete x509 verification of exactly
+// those bytes; a different server certificate or intermediate is verified
+// again. Each device still checks that its own issued leaf is signed by the
+// (cached) intermediate.
+var verifiedChains = newMemo[bool](1024)
 
 // chainKey names a verification: which trust anchor (the flashed root's
 // bytes), for what purpose and host, of exactly which chain.
-func chainKey(root []byte, kind string, host string, raw [][]byte) [32]byte {
+func chainKey(root []byte, kind string, host string, raw [][]byte) string {
 	h := sha256.New()
 	h.Write(root)
 	h.Write([]byte{0})
@@ -35,24 +56,7 @@ func chainKey(root []byte, kind string, host string, raw [][]byte) [32]byte {
 		h.Write([]byte{0})
 		h.Write(c)
 	}
-	var k [32]byte
-	copy(k[:], h.Sum(nil))
-	return k
-}
-
-func (c *chainCache) seen(k [32]byte) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.verified[k]
-}
-
-func (c *chainCache) add(k [32]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.verified) > 1024 {
-		clear(c.verified)
-	}
-	c.verified[k] = true
+	return string(h.Sum(nil))
 }
 
 // verifyServer is the server-certificate check of every session (DTLS, and
@@ -63,7 +67,7 @@ func verifyServer(root []byte, roots *x509.CertPool, host string, raw [][]byte) 
 		return errors.New("server sent no certificate")
 	}
 	k := chainKey(root, "server", host, raw)
-	if verifiedChains.seen(k) {
+	if _, ok := verifiedChains.get(k); ok {
 		return nil
 	}
 	certs := make([]*x509.Certificate, len(raw))
@@ -82,7 +86,7 @@ func verifyServer(root []byte, roots *x509.CertPool, host string, raw [][]byte) 
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 		return fmt.Errorf("server certificate: %w", err)
 	}
-	verifiedChains.add(k)
+	verifiedChains.put(k, true)
 	return nil
 }
 
@@ -98,7 +102,7 @@ func verifyIssued(root []byte, roots *x509.CertPool, chain []*x509.Certificate) 
 		raw = append(raw, c.Raw)
 	}
 	k := chainKey(root, "issuer", "", raw)
-	if !verifiedChains.seen(k) {
+	if _, ok := verifiedChains.get(k); !ok {
 		inter := x509.NewCertPool()
 		for _, c := range chain[1:] {
 			inter.AddCert(c)
@@ -107,7 +111,7 @@ func verifyIssued(root []byte, roots *x509.CertPool, chain []*x509.Certificate) 
 			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 			return err
 		}
-		verifiedChains.add(k)
+		verifiedChains.put(k, true)
 		return nil
 	}
 	if err := chain[0].CheckSignatureFrom(chain[1]); err != nil {
@@ -121,52 +125,38 @@ func verifyIssued(root []byte, roots *x509.CertPool, chain []*x509.Certificate) 
 	return errors.New("issued certificate lacks clientAuth usage")
 }
 
-// shared holds what every simulated device of one fleet would otherwise
-// parse for itself: the flashed root's pool (a device parses it once, at
-// boot, not per enrollment) and the CA certificates an answer carries
-// beside the device's own leaf. Parsed certificates and pools are only
-// read once made, so devices share them; a leaf is always parsed afresh.
-var shared = struct {
-	mu    sync.Mutex
-	pools map[string]*x509.CertPool
-	certs map[string]*x509.Certificate
-}{pools: map[string]*x509.CertPool{}, certs: map[string]*x509.Certificate{}}
+// What every simulated device of a fleet would otherwise parse for itself:
+// the flashed root's pool (a device parses it once, at boot, not per
+// enrollment), and the CA certificates an answer carries beside the
+// device's own leaf. Parsed certificates and pools are only read once
+// made, so devices share them; a leaf is always parsed afresh.
+var (
+	rootPools = newMemo[*x509.CertPool](64)
+	caCerts   = newMemo[*x509.Certificate](256)
+)
 
 // rootPool is the pool of the PEM root certificates of a bundle.
 func rootPool(pem string) (*x509.CertPool, error) {
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if p, ok := shared.pools[pem]; ok {
+	if p, ok := rootPools.get(pem); ok {
 		return p, nil
 	}
 	p := x509.NewCertPool()
 	if !p.AppendCertsFromPEM([]byte(pem)) {
 		return nil, errors.New("root_ca holds no PEM certificate")
 	}
-	if len(shared.pools) > 64 {
-		clear(shared.pools)
-	}
-	shared.pools[pem] = p
+	rootPools.put(pem, p)
 	return p, nil
 }
 
 // parseCA parses a CA certificate of an answer, once per distinct DER.
 func parseCA(der []byte) (*x509.Certificate, error) {
-	shared.mu.Lock()
-	c, ok := shared.certs[string(der)]
-	shared.mu.Unlock()
-	if ok {
+	if c, ok := caCerts.get(string(der)); ok {
 		return c, nil
 	}
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, err
 	}
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if len(shared.certs) > 256 {
-		clear(shared.certs)
-	}
-	shared.certs[string(der)] = c
+	caCerts.put(string(der), c)
 	return c, nil
 }

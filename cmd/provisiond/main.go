@@ -54,7 +54,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	if o.gcHeadroom > 0 && os.Getenv("GOGC") == "" {
+	switch gogc := os.Getenv("GOGC"); {
+	case gogc != "" && o.gcHeadroom > 0:
+		log.Info("GOGC is set: the collector runs on it alone, without --gc-headroom", "GOGC", gogc)
+	case o.gcHeadroom > 0:
 		defer gcheadroom.Start(uint64(o.gcHeadroom), 100).Stop()
 	}
 	srv, err := server.Start(ctx, cfg, log)

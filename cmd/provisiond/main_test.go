@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/metrics"
 	"strings"
 	"testing"
 	"time"
@@ -129,5 +131,47 @@ func waitUp(t *testing.T, dir string) {
 			t.Fatal("server did not come up")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// gcPercent is the runtime's GC percent.
+func gcPercent() int {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return int(s[0].Value.Uint64())
+}
+
+// TestRunGCHeadroom: a running provisiond raises the GC percent for its
+// small heap (--gc-headroom) and puts it back when it stops; with GOGC in
+// its environment it leaves the collector alone and says so.
+func TestRunGCHeadroom(t *testing.T) {
+	t.Setenv("PROVISIOND_CA_PASSPHRASE", "env-passphrase-0123456789")
+	for _, gogc := range []string{"", "150"} {
+		if gogc != "" {
+			t.Setenv("GOGC", gogc) // read by run; the runtime read its own at start
+		}
+		dir := t.TempDir()
+		ctx, cancel := context.WithCancel(context.Background())
+		var logs bytes.Buffer
+		done := make(chan error, 1)
+		go func() {
+			done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "", "--log-format", "json"}, io.Discard, &logs)
+		}()
+		waitUp(t, dir)
+		runtime.GC()
+		time.Sleep(50 * time.Millisecond) // the tuner runs after the collection
+		running := gcPercent()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		stopped := gcPercent()
+		said := strings.Contains(logs.String(), "GOGC is set")
+		if gogc == "" && (running <= 100 || stopped != 100 || said) {
+			t.Errorf("default: GC percent %d running, %d stopped (want over 100, then 100); GOGC message %v", running, stopped, said)
+		}
+		if gogc != "" && (running != 100 || !said) {
+			t.Errorf("GOGC=%s: GC percent %d running (want 100, untouched); GOGC message %v", gogc, running, said)
+		}
 	}
 }
