@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -19,13 +20,8 @@ import (
 func TestRunStartsAndStopsCleanly(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("PROVISIOND_CA_PASSPHRASE", "env-passphrase-0123456789")
-	ctx, cancel := context.WithCancel(context.Background())
 	var logs bytes.Buffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-format", "json"}, io.Discard, &logs)
-	}()
-	waitUp(t, dir)
+	stop := startRun(t, dir, &logs, "--log-format", "json")
 	for _, f := range []string{"admin.token", "root.pem", "inventory.db", "ca/intermediate.key"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Errorf("%s: %v", f, err)
@@ -34,14 +30,8 @@ func TestRunStartsAndStopsCleanly(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "ca.passphrase")); err == nil {
 		t.Error("a passphrase file was written although PROVISIOND_CA_PASSPHRASE was set")
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run returned %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not return after cancel")
+	if err := stop(); err != nil {
+		t.Fatalf("run returned %v", err)
 	}
 	if !strings.Contains(logs.String(), `"msg":"shutting down"`) {
 		t.Errorf("logs: %s", logs.String())
@@ -72,14 +62,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 func TestDataDirModes(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	t.Setenv("PROVISIOND_CA_PASSPHRASE", "") // generated into ca.passphrase
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, io.Discard, io.Discard)
-	}()
-	waitUp(t, dir)
-	cancel()
-	if err := <-done; err != nil {
+	if err := startRun(t, dir, io.Discard)(); err != nil {
 		t.Fatal(err)
 	}
 	public := map[string]bool{"root.pem": true, "server.json": true, "ca/root.pem": true, "ca/intermediate.pem": true}
@@ -120,6 +103,29 @@ func TestDataDirModes(t *testing.T) {
 }
 
 // waitUp waits for the server started on dir to write its server.json.
+// startRun runs the service on dir with its listeners on free loopback
+// ports (args add flags, or override these), its log to logs, and waits
+// until it is up. stop cancels it and returns run's error.
+func startRun(t *testing.T, dir string, logs io.Writer, args ...string) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, append([]string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, args...), io.Discard, logs)
+	}()
+	waitUp(t, dir)
+	return func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(15 * time.Second):
+			return errors.New("run did not return 15 s after its context ended")
+		}
+	}
+}
+
 func waitUp(t *testing.T, dir string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -150,19 +156,12 @@ func TestRunGCHeadroom(t *testing.T) {
 		if gogc != "" {
 			t.Setenv("GOGC", gogc) // read by run; the runtime read its own at start
 		}
-		dir := t.TempDir()
-		ctx, cancel := context.WithCancel(context.Background())
 		var logs bytes.Buffer
-		done := make(chan error, 1)
-		go func() {
-			done <- run(ctx, []string{"--data", dir, "--coaps-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "", "--log-format", "json"}, io.Discard, &logs)
-		}()
-		waitUp(t, dir)
+		stop := startRun(t, t.TempDir(), &logs, "--log-format", "json")
 		runtime.GC()
 		time.Sleep(50 * time.Millisecond) // the tuner runs after the collection
 		running := gcPercent()
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 		stopped := gcPercent()
