@@ -60,8 +60,13 @@ const (
 	envBareAddr = "FLOOR_BARE_DEVICES_ADDR"
 	envBareRoot = "FLOOR_BARE_DEVICES_ROOT"
 	envBareN    = "FLOOR_BARE_DEVICES_N"
-	envBareEST  = "FLOOR_BARE_DEVICES_EST"
+	envBareOver = "FLOOR_BARE_DEVICES_TRANSPORT"
 )
+
+// The bare servers, by the devsim transport their devices enroll over.
+var bareServers = map[string]func(*bareCA) (string, func(), *atomic.Int64, error){
+	"coap": serveBare, "mqtt": serveBareMQTT, "est": serveBareEST,
+}
 
 func TestMain(m *testing.M) {
 	if addr := os.Getenv(envBareAddr); addr != "" {
@@ -149,8 +154,8 @@ func bareConfig(id uuid.UUID) wire.DeviceConfig {
 	}
 }
 
-// enroll is the bare server's answer to POST /enroll.
-func (ca *bareCA) enroll(body []byte) ([]byte, error) {
+// enrollResponse is the bare servers' answer to a CBOR enrollment request.
+func (ca *bareCA) enrollResponse(body []byte) (*wire.EnrollResponse, error) {
 	var req wire.EnrollRequest
 	if err := wire.Unmarshal(wire.CBOR, body, &req); err != nil {
 		return nil, err
@@ -160,10 +165,19 @@ func (ca *bareCA) enroll(body []byte) ([]byte, error) {
 		return nil, err
 	}
 	cfg := bareConfig(id)
-	return wire.Marshal(wire.CBOR, wire.EnrollResponse{
+	return &wire.EnrollResponse{
 		DeviceID: cfg.DeviceID, Certificate: wire.Chain{der, ca.inter.Raw}, CA: ca.root.Raw,
 		WiFi: cfg.WiFi, Network: cfg.Network, Lease: cfg.Lease, ConfigVersion: cfg.ConfigVersion,
-	})
+	}, nil
+}
+
+// enroll is the bare CoAP server's answer to POST /enroll.
+func (ca *bareCA) enroll(body []byte) ([]byte, error) {
+	r, err := ca.enrollResponse(body)
+	if err != nil {
+		return nil, err
+	}
+	return wire.Marshal(wire.CBOR, r)
 }
 
 // serveBare starts the bare server on a loopback port: pion with
@@ -205,15 +219,16 @@ func serveBare(ca *bareCA) (addr string, stop func(), answered *atomic.Int64, er
 }
 
 // bareDevices is the devices' process: n simulated devices enroll at the
-// address, 64 at a time, as devsim's storms do, over CoAP and DTLS or, when
-// told, over EST (then reading their config over mutual TLS); it prints
-// its own CPU time.
+// address, 64 at a time, as devsim's storms do, over CoAP and DTLS, over
+// MQTT (CBOR, as devsim's default) or over EST (then reading their config
+// over mutual TLS); it prints its own CPU time.
 func bareDevices(addr string) error {
-	est := os.Getenv(envBareEST) != ""
-	endpoint := "coaps://" + addr
-	if est {
-		endpoint = "https://" + addr
+	transport := os.Getenv(envBareOver)
+	scheme := map[string]string{"coap": "coaps", "mqtt": "mqtts", "est": "https"}[transport]
+	if scheme == "" {
+		return fmt.Errorf("no bare server for transport %q", transport)
 	}
+	endpoint := scheme + "://" + addr
 	root, err := os.ReadFile(os.Getenv(envBareRoot))
 	if err != nil {
 		return err
@@ -233,9 +248,12 @@ func bareDevices(addr string) error {
 					RootCA: string(root), Endpoints: []string{endpoint}})
 				if err == nil {
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					if est {
+					switch transport {
+					case "est":
 						_, err = d.EnrollEST(ctx, simulator.ESTOptions{})
-					} else {
+					case "mqtt":
+						_, err = d.EnrollMQTT(ctx, simulator.MQTTOptions{Format: wire.CBOR})
+					default:
 						_, err = d.Enroll(ctx, simulator.EnrollOptions{})
 					}
 					cancel()
@@ -255,9 +273,13 @@ func bareDevices(addr string) error {
 	return nil
 }
 
-// bareRun enrolls n devices at the bare CoAP server (EST server when est)
-// and returns the server's and the devices' CPU time per enrollment.
-func bareRun(dir string, n int, est bool) (server, devices time.Duration, err error) {
+// bareRun enrolls n devices at the bare server for the transport and
+// returns the server's and the devices' CPU time per enrollment.
+func bareRun(dir string, n int, transport string) (server, devices time.Duration, err error) {
+	serve := bareServers[transport]
+	if serve == nil {
+		return 0, 0, fmt.Errorf("no bare server for transport %q", transport)
+	}
 	ca, err := newBareCA()
 	if err != nil {
 		return 0, 0, err
@@ -265,10 +287,6 @@ func bareRun(dir string, n int, est bool) (server, devices time.Duration, err er
 	rootFile := filepath.Join(dir, "root.pem")
 	if err := os.WriteFile(rootFile, ca.rootPEM, 0o600); err != nil {
 		return 0, 0, err
-	}
-	serve := serveBare
-	if est {
-		serve = serveBareEST
 	}
 	addr, stop, answered, err := serve(ca)
 	if err != nil {
@@ -280,10 +298,8 @@ func bareRun(dir string, n int, est bool) (server, devices time.Duration, err er
 		return 0, 0, err
 	}
 	cmd := exec.Command(self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envBareAddr+"="+addr, envBareRoot+"="+rootFile, envBareN+"="+strconv.Itoa(n))
-	if est {
-		cmd.Env = append(cmd.Env, envBareEST+"=1")
-	}
+	cmd.Env = append(os.Environ(), envBareAddr+"="+addr, envBareRoot+"="+rootFile, envBareN+"="+strconv.Itoa(n),
+		envBareOver+"="+transport)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	before := floor.ProcessCPU()
@@ -305,15 +321,15 @@ func bareRun(dir string, n int, est bool) (server, devices time.Duration, err er
 // certificate that verifies to the root (over EST, then reads its config
 // with it), and both sides' CPU is counted.
 func TestBareTransport(t *testing.T) {
-	for _, est := range []bool{false, true} {
-		server, devices, err := bareRun(t.TempDir(), 20, est)
+	for _, transport := range []string{"coap", "mqtt", "est"} {
+		server, devices, err := bareRun(t.TempDir(), 20, transport)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", transport, err)
 		}
 		if server <= 0 || devices <= 0 {
-			t.Fatalf("est %v: CPU per enrollment: server %v, devices %v", est, server, devices)
+			t.Fatalf("%s: CPU per enrollment: server %v, devices %v", transport, server, devices)
 		}
-		t.Logf("est %v: CPU per enrollment: server %v, devices %v", est, server, devices)
+		t.Logf("%s: CPU per enrollment: server %v, devices %v", transport, server, devices)
 	}
 }
 
@@ -365,25 +381,30 @@ func TestBareServerRefusesBadCSR(t *testing.T) {
 // default collector (GOGC=100), and with provisiond's default
 // --gc-headroom, so that provisiond is compared with the libraries on the
 // same runtime setting.
-func BenchmarkBareDTLS(b *testing.B) { benchBare(b, false) }
+func BenchmarkBareDTLS(b *testing.B) { benchBare(b, "coap") }
+
+// BenchmarkBareMQTT is the same for MQTT over TLS: mochi's broker on Go's
+// crypto/tls, against the same floor as DTLS (the TLS handshake's
+// signature stands for the ServerKeyExchange's).
+func BenchmarkBareMQTT(b *testing.B) { benchBare(b, "mqtt") }
 
 // BenchmarkBareEST is the same for EST over Go's crypto/tls and net/http,
 // the device then reading its config over mutual TLS, against the floor
 // with that second handshake.
-func BenchmarkBareEST(b *testing.B) { benchBare(b, true) }
+func BenchmarkBareEST(b *testing.B) { benchBare(b, "est") }
 
-func benchBare(b *testing.B, est bool) {
-	b.Run("gogc=100", func(b *testing.B) { benchBareGC(b, est, 0) })
-	b.Run("gc-headroom=64MiB", func(b *testing.B) { benchBareGC(b, est, 64<<20) })
+func benchBare(b *testing.B, transport string) {
+	b.Run("gogc=100", func(b *testing.B) { benchBareGC(b, transport, 0) })
+	b.Run("gc-headroom=64MiB", func(b *testing.B) { benchBareGC(b, transport, 64<<20) })
 }
 
-func benchBareGC(b *testing.B, est bool, headroom uint64) {
+func benchBareGC(b *testing.B, transport string, headroom uint64) {
 	defer gcheadroom.Start(headroom, 100).Stop()
-	fl, err := floor.Measure(2*time.Second, est)
+	fl, err := floor.Measure(2*time.Second, transport == "est")
 	if err != nil {
 		b.Fatal(err)
 	}
-	server, devices, err := bareRun(b.TempDir(), b.N, est)
+	server, devices, err := bareRun(b.TempDir(), b.N, transport)
 	if err != nil {
 		b.Fatal(err)
 	}
