@@ -131,7 +131,8 @@ test: deps size-check fmt-check vet lint vuln
 INVENTORY_DEVICES ?= 1000000
 bench: build etcd
 	$(GO) test -run XXX -bench . -benchtime 2s ./pki/ ./enroll/
-	$(GO) test -run XXX -bench 'EnrollmentFloor|Bare' -benchtime 5000x ./internal/floor/
+	$(GO) test -run XXX -bench 'EnrollmentFloor|Bare(DTLS|MQTT|EST)$$' -benchtime 5000x ./internal/floor/
+	$(GO) test -run XXX -bench 'BareMQTTOnline' -benchtime 10000x ./internal/floor/
 	$(GO) test -run XXX -bench VerifyDevice -benchtime 2s ./internal/peers/
 	$(GO) test -run XXX -bench 'Provision|LeaseExpires' -benchtime 5000x ./devices/
 	$(GO) test -run XXX -bench 'EnrollDTLS|EnrollMQTT' -benchtime 5000x ./internal/server/

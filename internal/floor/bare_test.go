@@ -61,6 +61,8 @@ const (
 	envBareRoot = "FLOOR_BARE_DEVICES_ROOT"
 	envBareN    = "FLOOR_BARE_DEVICES_N"
 	envBareOver = "FLOOR_BARE_DEVICES_TRANSPORT"
+	// envBareOnline keeps MQTT devices online after they enroll.
+	envBareOnline = "FLOOR_BARE_DEVICES_ONLINE"
 )
 
 // The bare servers, by the devsim transport their devices enroll over.
@@ -221,7 +223,10 @@ func serveBare(ca *bareCA) (addr string, stop func(), answered *atomic.Int64, er
 // bareDevices is the devices' process: n simulated devices enroll at the
 // address, 64 at a time, as devsim's storms do, over CoAP and DTLS, over
 // MQTT (CBOR, as devsim's default) or over EST (then reading their config
-// over mutual TLS); it prints its own CPU time.
+// over mutual TLS); it prints its own CPU time. Told to stay online (MQTT),
+// every device then opens its mutual-TLS session and subscribes to its
+// config and lease topics, as devsim's soak does; the process prints
+// "online" and keeps the sessions until its standard input closes.
 func bareDevices(addr string) error {
 	transport := os.Getenv(envBareOver)
 	scheme := map[string]string{"coap": "coaps", "mqtt": "mqtts", "est": "https"}[transport]
@@ -237,27 +242,64 @@ func bareDevices(addr string) error {
 	if err != nil {
 		return err
 	}
+	devs := make([]*simulator.Device, n)
+	err = each(n, func(ctx context.Context, i int) error {
+		d, err := simulator.NewDevice(wire.Bundle{Serial: fmt.Sprintf("BARE-%07d", i+1), ClaimToken: "unused",
+			RootCA: string(root), Endpoints: []string{endpoint}})
+		if err != nil {
+			return err
+		}
+		devs[i] = d
+		switch transport {
+		case "est":
+			_, err = d.EnrollEST(ctx, simulator.ESTOptions{})
+		case "mqtt":
+			_, err = d.EnrollMQTT(ctx, simulator.MQTTOptions{Format: wire.CBOR})
+		default:
+			_, err = d.Enroll(ctx, simulator.EnrollOptions{})
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("enrollments: %w", err)
+	}
+	fmt.Println(floor.ProcessCPU().Nanoseconds())
+	if os.Getenv(envBareOnline) == "" {
+		return nil
+	}
+	sessions := make([]*simulator.Session, n)
+	defer func() {
+		for _, s := range sessions {
+			if s != nil {
+				s.Close()
+			}
+		}
+	}()
+	err = each(n, func(ctx context.Context, i int) (err error) {
+		sessions[i], err = devs[i].ConnectMQTT(ctx, simulator.MQTTOptions{})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("sessions: %w", err)
+	}
+	fmt.Println("online")
+	_, err = io.Copy(io.Discard, os.Stdin)
+	return err
+}
+
+// each runs fn for 0..n-1, 64 at a time, each with 30 s, and reports how
+// many failed and the first error.
+func each(n int, fn func(ctx context.Context, i int) error) error {
 	var next, failed atomic.Int64
 	var firstErr error
 	var once sync.Once
 	var wg sync.WaitGroup
 	for range 64 {
 		wg.Go(func() {
-			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				d, err := simulator.NewDevice(wire.Bundle{Serial: fmt.Sprintf("BARE-%07d", i), ClaimToken: "unused",
-					RootCA: string(root), Endpoints: []string{endpoint}})
-				if err == nil {
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					switch transport {
-					case "est":
-						_, err = d.EnrollEST(ctx, simulator.ESTOptions{})
-					case "mqtt":
-						_, err = d.EnrollMQTT(ctx, simulator.MQTTOptions{Format: wire.CBOR})
-					default:
-						_, err = d.Enroll(ctx, simulator.EnrollOptions{})
-					}
-					cancel()
-				}
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				err := fn(ctx, int(i))
+				cancel()
 				if err != nil {
 					failed.Add(1)
 					once.Do(func() { firstErr = err })
@@ -267,9 +309,8 @@ func bareDevices(addr string) error {
 	}
 	wg.Wait()
 	if f := failed.Load(); f > 0 {
-		return fmt.Errorf("%d of %d enrollments failed, the first: %w", f, n, firstErr)
+		return fmt.Errorf("%d of %d failed, the first: %w", f, n, firstErr)
 	}
-	fmt.Println(floor.ProcessCPU().Nanoseconds())
 	return nil
 }
 
