@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -71,16 +72,33 @@ func (r cpuReport) finish(ctx context.Context, api *httpapi.Client, enrolled int
 
 // serverMetric reads one unlabelled value from the server's /metrics.
 func serverMetric(ctx context.Context, api *httpapi.Client, name string) (float64, error) {
+	v, err := serverMetrics(ctx, api, name)
+	return v[0], err
+}
+
+// serverMetrics reads unlabelled values from one scrape of the server's
+// /metrics, in the order named.
+func serverMetrics(ctx context.Context, api *httpapi.Client, names ...string) ([]float64, error) {
 	var raw []byte
+	vals := make([]float64, len(names))
 	if err := api.Do(ctx, "GET", "/metrics", nil, &raw); err != nil {
-		return 0, err
+		return vals, err
 	}
+	found := make([]bool, len(names))
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(v, 64)
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if i := slices.Index(names, name); ok && i >= 0 {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return vals, fmt.Errorf("%s %q: %w", name, v, err)
+			}
+			vals[i], found[i] = f, true
 		}
 	}
-	return 0, fmt.Errorf("no %s in /metrics", name)
+	if i := slices.Index(found, false); i >= 0 {
+		return vals, fmt.Errorf("no %s in /metrics", names[i])
+	}
+	return vals, sc.Err()
 }

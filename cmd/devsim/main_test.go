@@ -155,6 +155,9 @@ func soakOnce(t *testing.T, env *servertest.Env, transport []string) {
 		t.Errorf("too little happened: %+v", s.Stats)
 	case s.ServerRSSBytes < 1<<20:
 		t.Errorf("server RSS %d", s.ServerRSSBytes)
+	case s.Server.LiveHeapBytes <= 0 || s.Server.StackBytes < s.Server.StackInUseBytes || s.Server.StackInUseBytes <= 0 ||
+		s.Server.Goroutines < 9 || s.Server.LiveHeapBytes >= s.ServerRSSBytes:
+		t.Errorf("server memory %+v beside RSS %d: want a live heap under the RSS, stacks and a goroutine for each of 9 devices online", s.Server, s.ServerRSSBytes)
 	case len(s.Problems) > 0:
 		t.Errorf("problems: %v", s.Problems)
 	}

@@ -33,6 +33,7 @@ type soakReport struct {
 	Push           simulator.Latencies   `json:"push"`
 	Revocation     simulator.Latencies   `json:"revocation"`
 	ServerRSSBytes int64                 `json:"server_rss_bytes,omitempty"`
+	Server         serverMemory          `json:"server_memory"`
 	OtherRSSBytes  int64                 `json:"other_rss_bytes,omitempty"` // --rss-pid's process
 	Problems       []string              `json:"problems,omitempty"`
 }
@@ -56,6 +57,10 @@ func (r soakReport) String() string {
 	}
 	if r.ServerRSSBytes > 0 {
 		fmt.Fprintf(&b, "\n  server RSS %d MB", r.ServerRSSBytes>>20)
+		if m := r.Server; m.Goroutines > 0 {
+			fmt.Fprintf(&b, ": live heap %d MB at the last collection, goroutine stacks %d MB (%d goroutines, %d MB of their stacks in use)",
+				m.LiveHeapBytes>>20, m.StackBytes>>20, m.Goroutines, m.StackInUseBytes>>20)
+		}
 	}
 	if r.OtherRSSBytes > 0 {
 		fmt.Fprintf(&b, "\n  --rss-pid process RSS %d MB", r.OtherRSSBytes>>20)
@@ -108,10 +113,10 @@ func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io
 		r.Pushes = append(r.Pushes, simulator.Percentiles(lat))
 	}
 	r.Push = simulator.Percentiles(all)
-	if rss, err := serverRSS(ctx, p.api); err == nil {
-		r.ServerRSSBytes = rss
+	if m, err := readServerMemory(ctx, p.api); err == nil {
+		r.ServerRSSBytes, r.Server = m.RSSBytes, m
 	} else {
-		problem("server RSS: %v", err)
+		problem("server memory: %v", err)
 	}
 	if p.rssPID > 0 {
 		if rss, err := processRSS(p.rssPID); err == nil {
@@ -171,6 +176,24 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// serverMemory is what the server's process holds, from its /metrics:
+// RSS, the heap its last collection found live, and its goroutine stacks
+// (allocated, and the part its last collection scanned).
+type serverMemory struct {
+	RSSBytes        int64 `json:"-"` // soakReport.ServerRSSBytes
+	LiveHeapBytes   int64 `json:"live_heap_bytes"`
+	StackBytes      int64 `json:"stack_bytes"`
+	StackInUseBytes int64 `json:"stack_in_use_bytes"`
+	Goroutines      int64 `json:"goroutines"`
+}
+
+func readServerMemory(ctx context.Context, api *httpapi.Client) (serverMemory, error) {
+	v, err := serverMetrics(ctx, api, "process_resident_memory_bytes", "go_gc_heap_live_bytes",
+		"go_memstats_stack_inuse_bytes", "go_gc_scan_stack_bytes", "go_goroutines")
+	return serverMemory{RSSBytes: int64(v[0]), LiveHeapBytes: int64(v[1]), StackBytes: int64(v[2]),
+		StackInUseBytes: int64(v[3]), Goroutines: int64(v[4])}, err
 }
 
 // serverRSS reads process_resident_memory_bytes from the server's /metrics.

@@ -6,6 +6,7 @@ package metrics
 import (
 	"log/slog"
 	"net/http"
+	"regexp"
 	"sync"
 	"time"
 
@@ -53,7 +54,14 @@ func New(src Sources, log *slog.Logger) *Metrics {
 		}),
 	}
 	m.reg.MustRegister(m.enrollments, m.latency, m.revocations,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.GoRuntimeMetricsRule{
+			// The heap the last collection found live, and the goroutine
+			// stacks it scanned: what memory the service needs, apart from
+			// the collector's headroom (go_gc_heap_live_bytes,
+			// go_gc_scan_stack_bytes).
+			Matcher: regexp.MustCompile(`^/gc/(heap/live|scan/stack):bytes$`),
+		})),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(&leases{src: src.LeasesInUse, log: log,
 		desc: prometheus.NewDesc("provisiond_leases_in_use", "Unexpired IP leases per site.", []string{"site"}, nil)})
 	sessions := prometheus.NewDesc("provisiond_connected_devices", "Devices with a live session, by transport.", []string{"transport"}, nil)

@@ -51,6 +51,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		`provisiond_handshakes_dropped_total{transport="coaps"} 0`,
 		`provisiond_handshakes_in_progress{transport="mqtts"} 0`,
 		`provisiond_handshakes_dropped_total{transport="mqtts"} 0`,
+		"\ngo_gc_heap_live_bytes ", "\ngo_gc_scan_stack_bytes ", "\ngo_memstats_stack_inuse_bytes ", "\ngo_goroutines ",
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q", want)
