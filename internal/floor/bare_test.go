@@ -65,9 +65,13 @@ const (
 	envBareOnline = "FLOOR_BARE_DEVICES_ONLINE"
 )
 
-// The bare servers, by the devsim transport their devices enroll over.
-var bareServers = map[string]func(*bareCA) (string, func(), *atomic.Int64, error){
-	"coap": serveBare, "mqtt": serveBareMQTT, "est": serveBareEST,
+// The bare servers, by the devsim transport their devices enroll over,
+// and the scheme of the devices' endpoint.
+var bareServers = map[string]struct {
+	scheme string
+	serve  func(*bareCA) (addr string, stop func(), answered *atomic.Int64, err error)
+}{
+	"coap": {"coaps", serveBare}, "mqtt": {"mqtts", serveBareMQTT}, "est": {"https", serveBareEST},
 }
 
 func TestMain(m *testing.M) {
@@ -229,11 +233,11 @@ func serveBare(ca *bareCA) (addr string, stop func(), answered *atomic.Int64, er
 // "online" and keeps the sessions until its standard input closes.
 func bareDevices(addr string) error {
 	transport := os.Getenv(envBareOver)
-	scheme := map[string]string{"coap": "coaps", "mqtt": "mqtts", "est": "https"}[transport]
-	if scheme == "" {
+	bare, ok := bareServers[transport]
+	if !ok {
 		return fmt.Errorf("no bare server for transport %q", transport)
 	}
-	endpoint := scheme + "://" + addr
+	endpoint := bare.scheme + "://" + addr
 	root, err := os.ReadFile(os.Getenv(envBareRoot))
 	if err != nil {
 		return err
@@ -317,8 +321,8 @@ func each(n int, fn func(ctx context.Context, i int) error) error {
 // bareRun enrolls n devices at the bare server for the transport and
 // returns the server's and the devices' CPU time per enrollment.
 func bareRun(dir string, n int, transport string) (server, devices time.Duration, err error) {
-	serve := bareServers[transport]
-	if serve == nil {
+	bare, ok := bareServers[transport]
+	if !ok {
 		return 0, 0, fmt.Errorf("no bare server for transport %q", transport)
 	}
 	ca, err := newBareCA()
@@ -329,7 +333,7 @@ func bareRun(dir string, n int, transport string) (server, devices time.Duration
 	if err := os.WriteFile(rootFile, ca.rootPEM, 0o600); err != nil {
 		return 0, 0, err
 	}
-	addr, stop, answered, err := serve(ca)
+	addr, stop, answered, err := bare.serve(ca)
 	if err != nil {
 		return 0, 0, err
 	}
