@@ -152,10 +152,12 @@ bench: build etcd
 	$(MAKE) soak-mosquitto
 
 # $(call bench_server,DIR): in a recipe line, start provisiond on a fresh
-# DIR/data with a site "big" (a /14 pool); it stops when the line ends.
+# DIR/data with a site "big" (a /14 pool), its pprof endpoint on DEBUG_ADDR;
+# it stops when the line ends.
+DEBUG_ADDR ?= 127.0.0.1:16060
 bench_server = rm -rf $(1); mkdir -p $(1); \
 	bin/provisiond --data $(1)/data --log-level warn --http-addr 127.0.0.1:18443 \
-		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 & pid=$$!; \
+		--coaps-addr 127.0.0.1:15684 --mqtt-addr 127.0.0.1:18883 --debug-addr $(DEBUG_ADDR) & pid=$$!; \
 	trap "kill $$pid" EXIT; sleep 2; \
 	bin/provctl --data $(1)/data site create big --ssid Big --security wpa3-sae \
 		--passphrase big-site-pass --cidr 10.128.0.0/14 \
@@ -183,7 +185,8 @@ cpu: build
 
 # SOAK_N devices enrolled over MQTT stay online SOAK_FOR: three site-wide
 # pushes, lease renewals, then 100 revocations one by one; prints push and
-# revocation latency and the server's RSS.
+# revocation latency and the server's memory: online before the first push,
+# after three collections (live heap, stacks), and after the pushes.
 SOAK_N   ?= 10000
 SOAK_FOR ?= 60s
 SOAK_DIR ?= /tmp/provisiond-soak
@@ -192,7 +195,7 @@ SOAK_TRANSPORT ?= mqtt
 soak: build
 	@$(call bench_server,$(SOAK_DIR)) && \
 	bin/devsim --mint $(SOAK_N) --site big --data $(SOAK_DIR)/data $(call transport_flags,$(SOAK_TRANSPORT)) --soak $(SOAK_FOR) \
-		--pushes 3 --revoke 100 --renew-lease-every 60s --quiet
+		--pushes 3 --revoke 100 --renew-lease-every 60s --server-debug $(DEBUG_ADDR) --quiet
 
 # The same fleet online on Mosquitto 2.0 (docs/mosquitto, provisiond
 # --mqtt-broker): the devices enroll over DTLS, then SOAK_N stay online on

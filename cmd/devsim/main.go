@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	revoke := fs.Int("revoke", 10, "with --soak: devices revoked one by one at the end")
 	leaseEvery := fs.Duration("renew-lease-every", time.Minute, "with --soak: each device renews its lease this often (0: never)")
 	certEvery := fs.Duration("renew-cert-every", 0, "with --soak: each device renews its certificate this often (0: never)")
+	serverDebug := fs.String("server-debug", "", "with --soak: the server's --debug-addr (host:port); once every device is online, have it collect three times and report its memory then")
 	rssPID := fs.Int("rss-pid", 0, "with --soak: also report the resident memory of this process on this machine (an external MQTT broker's), read when the server's is")
 	fwCoAP := fs.Bool("firmware-coap", false, "with --soak: download firmware targets over CoAP block-wise (default HTTPS)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
@@ -119,6 +120,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		f = wire.JSON
 	default:
 		return fmt.Errorf("--format: %q is neither cbor nor json", *format)
+	}
+	if *serverDebug != "" && *soakFor == 0 {
+		return errors.New("--server-debug is read during --soak: give --soak too")
 	}
 	if *soakFor > 0 && *pushes > 0 && *site == "" {
 		return errors.New("--soak with --pushes needs --site (the site whose config is pushed)")
@@ -189,7 +193,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var soaked *soakReport
 	if *soakFor > 0 {
-		r := soak(ctx, outs, soakPlan{duration: *soakFor, site: *site, pushes: *pushes, revocations: *revoke, api: c, rssPID: *rssPID,
+		r := soak(ctx, outs, soakPlan{duration: *soakFor, site: *site, pushes: *pushes, revocations: *revoke, api: c, rssPID: *rssPID, serverDebug: *serverDebug,
 			opts: simulator.SoakOptions{Broker: *broker, Concurrency: *conc, LeaseEvery: *leaseEvery, CertEvery: *certEvery, FirmwareOverCoAP: *fwCoAP}}, opts.Progress)
 		soaked = &r
 	}

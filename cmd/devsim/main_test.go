@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/provisiond/provisiond/devices"
@@ -118,16 +121,40 @@ func TestDevsimSoak(t *testing.T) {
 	env.Site("hq", "10.21.0.0/24")
 	// Devices enrolled over CoAP and MQTT, and over EST-coaps with factory
 	// certificates, then online over MQTT with the certificates they got.
-	for _, tr := range [][]string{{"--transport", "mix"}, {"--transport", "estcoaps", "--idevid"}} {
-		t.Run(tr[1], func(t *testing.T) { soakOnce(t, env, tr) })
-	}
+	// The server's pprof endpoint (--debug-addr), in this process as the
+	// server is: devsim has it collect once every device is online.
+	var collections atomic.Int32
+	debug := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/debug/pprof/heap" && r.URL.Query().Get("gc") == "1" {
+			collections.Add(1)
+		}
+		pprof.Handler("heap").ServeHTTP(w, r)
+	}))
+	defer debug.Close()
+	t.Run("mix", func(t *testing.T) {
+		s := soakOnce(t, env, []string{"--transport", "mix", "--server-debug", strings.TrimPrefix(debug.URL, "http://")})
+		if n := collections.Load(); n != 3 {
+			t.Errorf("the server was asked to collect %d times, want 3", n)
+		}
+		if m := s.OnlineCollected; m == nil || m.LiveHeapBytes <= 0 || m.StackInUseBytes <= 0 || m.Goroutines < 12 || m.RSSBytes <= m.LiveHeapBytes {
+			t.Errorf("server memory with 12 devices online, after collections: %+v", m)
+		}
+	})
+	t.Run("estcoaps", func(t *testing.T) {
+		if s := soakOnce(t, env, []string{"--transport", "estcoaps", "--idevid"}); s.OnlineCollected != nil {
+			t.Error("memory after collections reported without --server-debug")
+		}
+	})
 	var bad bytes.Buffer
 	if err := run(context.Background(), []string{"--mint", "1", "--data", env.DataDir, "--soak", "1s"}, &bad, &bad); err == nil {
 		t.Error("--soak with pushes but no --site: accepted")
 	}
+	if err := run(context.Background(), []string{"--mint", "1", "--data", env.DataDir, "--server-debug", "127.0.0.1:1"}, &bad, &bad); err == nil {
+		t.Error("--server-debug without --soak: accepted")
+	}
 }
 
-func soakOnce(t *testing.T, env *servertest.Env, transport []string) {
+func soakOnce(t *testing.T, env *servertest.Env, transport []string) soakReport {
 	var out, errOut bytes.Buffer
 	err := run(context.Background(), append([]string{"--mint", "12", "--site", "hq", "--data", env.DataDir, "--json",
 		"--soak", "1500ms", "--pushes", "2", "--revoke", "3", "--renew-lease-every", "400ms", "--renew-cert-every", "1s"}, transport...), &out, &errOut)
@@ -161,6 +188,7 @@ func soakOnce(t *testing.T, env *servertest.Env, transport []string) {
 	case len(s.Problems) > 0:
 		t.Errorf("problems: %v", s.Problems)
 	}
+	return s
 }
 
 // devsim bootstraps LwM2M clients, with bootstrap PSKs or IDevIDs, in each

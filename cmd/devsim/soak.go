@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -21,7 +22,8 @@ type soakPlan struct {
 	pushes      int    // site-wide config pushes, spread over the duration
 	revocations int    // devices revoked one by one at the end
 	api         *httpapi.Client
-	rssPID      int // a local process whose RSS is read beside the server's (0: none)
+	rssPID      int    // a local process whose RSS is read beside the server's (0: none)
+	serverDebug string // the server's --debug-addr: collect there once all are online ("": no)
 }
 
 // soakReport is the soak part of devsim's summary.
@@ -34,8 +36,11 @@ type soakReport struct {
 	Revocation     simulator.Latencies   `json:"revocation"`
 	ServerRSSBytes int64                 `json:"server_rss_bytes,omitempty"`
 	Server         serverMemory          `json:"server_memory"`
-	OtherRSSBytes  int64                 `json:"other_rss_bytes,omitempty"` // --rss-pid's process
-	Problems       []string              `json:"problems,omitempty"`
+	// OnlineCollected is the server's memory with every device online,
+	// before the first push, after three collections (--server-debug).
+	OnlineCollected *serverMemory `json:"server_memory_online_collected,omitempty"`
+	OtherRSSBytes   int64         `json:"other_rss_bytes,omitempty"` // --rss-pid's process
+	Problems        []string      `json:"problems,omitempty"`
 }
 
 func (r soakReport) String() string {
@@ -61,6 +66,10 @@ func (r soakReport) String() string {
 			fmt.Fprintf(&b, ": live heap %d MB at the last collection, goroutine stacks %d MB (%d goroutines, %d MB of their stacks in use)",
 				m.LiveHeapBytes>>20, m.StackBytes>>20, m.Goroutines, m.StackInUseBytes>>20)
 		}
+	}
+	if m := r.OnlineCollected; m != nil {
+		fmt.Fprintf(&b, "\n  server with every device online, before the pushes, after three collections: RSS %d MB, live heap %d MB, goroutine stacks %d MB (%d goroutines, %d MB of their stacks in use)",
+			m.RSSBytes>>20, m.LiveHeapBytes>>20, m.StackBytes>>20, m.Goroutines, m.StackInUseBytes>>20)
 	}
 	if r.OtherRSSBytes > 0 {
 		fmt.Fprintf(&b, "\n  --rss-pid process RSS %d MB", r.OtherRSSBytes>>20)
@@ -91,6 +100,15 @@ func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io
 	}
 	defer fleet.Close()
 	start := time.Now()
+	// The server's memory online, once the devices' first exchanges are
+	// over: just before the first push (at the end with none).
+	if p.serverDebug != "" && sleep(ctx, time.Until(start.Add(p.duration/time.Duration(p.pushes+1)))) {
+		if m, err := collectedServerMemory(ctx, p.serverDebug, p.api); err == nil {
+			r.OnlineCollected = &m
+		} else {
+			problem("server memory after collections: %v", err)
+		}
+	}
 	var all []time.Duration
 	for i := range p.pushes {
 		if !sleep(ctx, time.Until(start.Add(p.duration*time.Duration(i+1)/time.Duration(p.pushes+1)))) {
@@ -182,7 +200,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // RSS, the heap its last collection found live, and its goroutine stacks
 // (allocated, and the part its last collection scanned).
 type serverMemory struct {
-	RSSBytes        int64 `json:"-"` // soakReport.ServerRSSBytes
+	RSSBytes        int64 `json:"rss_bytes"`
 	LiveHeapBytes   int64 `json:"live_heap_bytes"`
 	StackBytes      int64 `json:"stack_bytes"`
 	StackInUseBytes int64 `json:"stack_in_use_bytes"`
@@ -194,6 +212,31 @@ func readServerMemory(ctx context.Context, api *httpapi.Client) (serverMemory, e
 		"go_memstats_stack_inuse_bytes", "go_gc_scan_stack_bytes", "go_goroutines")
 	return serverMemory{RSSBytes: int64(v[0]), LiveHeapBytes: int64(v[1]), StackBytes: int64(v[2]),
 		StackInUseBytes: int64(v[3]), Goroutines: int64(v[4])}, err
+}
+
+// collectedServerMemory has the server collect three times through its
+// pprof endpoint (a heap profile with gc=1; a stack halves at most once a
+// collection), then reads its memory.
+func collectedServerMemory(ctx context.Context, debugAddr string, api *httpapi.Client) (serverMemory, error) {
+	for range 3 {
+		req, err := http.NewRequestWithContext(ctx, "GET", "http://"+debugAddr+"/debug/pprof/heap?gc=1", nil)
+		if err != nil {
+			return serverMemory{}, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return serverMemory{}, err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %s", req.URL, resp.Status)
+		}
+		if err != nil {
+			return serverMemory{}, err
+		}
+	}
+	return readServerMemory(ctx, api)
 }
 
 // serverRSS reads process_resident_memory_bytes from the server's /metrics.
