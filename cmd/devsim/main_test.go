@@ -225,15 +225,3 @@ func TestDevsimLwM2M(t *testing.T) {
 		}
 	}
 }
-
-// processRSS reads this test process's own resident memory the way --rss-pid
-// reads an external broker's.
-func TestProcessRSS(t *testing.T) {
-	rss, err := processRSS(os.Getpid())
-	if err != nil || rss < 1<<20 {
-		t.Fatalf("own RSS %d, %v", rss, err)
-	}
-	if _, err := processRSS(1 << 30); err == nil {
-		t.Error("a process that does not exist: no error")
-	}
-}

@@ -5,11 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/provisiond/provisiond/internal/floor"
 	"github.com/provisiond/provisiond/simulator"
 	"github.com/provisiond/provisiond/transport/httpapi"
 )
@@ -137,7 +136,7 @@ func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io
 		problem("server memory: %v", err)
 	}
 	if p.rssPID > 0 {
-		if rss, err := processRSS(p.rssPID); err == nil {
+		if rss, err := floor.ProcessRSS(p.rssPID); err == nil {
 			r.OtherRSSBytes = rss
 		} else {
 			problem("--rss-pid: %v", err)
@@ -164,24 +163,6 @@ func soak(ctx context.Context, outs []simulator.Outcome, p soakPlan, progress io
 	r.Duration = time.Since(start)
 	r.Stats = fleet.Stats()
 	return r
-}
-
-// processRSS reads a local process's resident set size (VmRSS) from /proc.
-func processRSS(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("process %d: VmRSS %q: %w", pid, v, err)
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("process %d: no VmRSS in /proc/%d/status", pid, pid)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -4,17 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/metrics"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -24,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/provisiond/provisiond/internal/floor"
 	"github.com/provisiond/provisiond/internal/gcheadroom"
 	"github.com/provisiond/provisiond/transport/mqtt/topics"
 	"github.com/provisiond/provisiond/transport/wire"
@@ -145,21 +142,9 @@ func memoryNow() (onlineMemory, error) {
 	metrics.Read(s)
 	m := onlineMemory{stacks: float64(s[0].Value.Uint64()), scannedStacks: float64(s[1].Value.Uint64()),
 		heap: float64(s[2].Value.Uint64()), goroutines: float64(s[3].Value.Uint64())}
-	status, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return m, err
-	}
-	for line := range strings.Lines(string(status)) {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			if err != nil {
-				return m, fmt.Errorf("VmRSS %q: %w", v, err)
-			}
-			m.rss = kb * 1024
-			return m, nil
-		}
-	}
-	return m, errors.New("no VmRSS in /proc/self/status")
+	rss, err := floor.ProcessRSS(os.Getpid())
+	m.rss = float64(rss)
+	return m, err
 }
 
 // bareOnline enrolls n devices at the bare MQTT server, keeps them online
@@ -167,12 +152,8 @@ func memoryNow() (onlineMemory, error) {
 // returns what the server holds per online device, and the process's RSS
 // with them online.
 func bareOnline(dir string, n int) (per onlineMemory, rss float64, err error) {
-	ca, err := newBareCA()
+	ca, rootFile, err := newBareSetup(dir)
 	if err != nil {
-		return per, 0, err
-	}
-	rootFile := filepath.Join(dir, "root.pem")
-	if err := os.WriteFile(rootFile, ca.rootPEM, 0o600); err != nil {
 		return per, 0, err
 	}
 	m, err := startBareMQTT(ca)
@@ -184,13 +165,10 @@ func bareOnline(dir string, n int) (per onlineMemory, rss float64, err error) {
 	if err != nil {
 		return per, 0, err
 	}
-	self, err := os.Executable()
+	cmd, err := devicesCommand(rootFile, m.addr, n, "mqtt", envBareOnline+"=1")
 	if err != nil {
 		return per, 0, err
 	}
-	cmd := exec.Command(self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envBareAddr+"="+m.addr, envBareRoot+"="+rootFile, envBareN+"="+strconv.Itoa(n),
-		envBareOver+"=mqtt", envBareOnline+"=1")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return per, 0, err

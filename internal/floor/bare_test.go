@@ -318,6 +318,30 @@ func each(n int, fn func(ctx context.Context, i int) error) error {
 	return nil
 }
 
+// newBareSetup makes a bare CA and writes its root, which the devices are
+// flashed with, into dir.
+func newBareSetup(dir string) (ca *bareCA, rootFile string, err error) {
+	if ca, err = newBareCA(); err != nil {
+		return nil, "", err
+	}
+	rootFile = filepath.Join(dir, "root.pem")
+	return ca, rootFile, os.WriteFile(rootFile, ca.rootPEM, 0o600)
+}
+
+// devicesCommand is the devices' process (this test binary again) for n
+// devices enrolling at addr over the transport, with more of its
+// environment in env.
+func devicesCommand(rootFile, addr string, n int, transport string, env ...string) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), envBareAddr+"="+addr, envBareRoot+"="+rootFile, envBareN+"="+strconv.Itoa(n),
+		envBareOver+"="+transport), env...)
+	return cmd, nil
+}
+
 // bareRun enrolls n devices at the bare server for the transport and
 // returns the server's and the devices' CPU time per enrollment.
 func bareRun(dir string, n int, transport string) (server, devices time.Duration, err error) {
@@ -325,12 +349,8 @@ func bareRun(dir string, n int, transport string) (server, devices time.Duration
 	if !ok {
 		return 0, 0, fmt.Errorf("no bare server for transport %q", transport)
 	}
-	ca, err := newBareCA()
+	ca, rootFile, err := newBareSetup(dir)
 	if err != nil {
-		return 0, 0, err
-	}
-	rootFile := filepath.Join(dir, "root.pem")
-	if err := os.WriteFile(rootFile, ca.rootPEM, 0o600); err != nil {
 		return 0, 0, err
 	}
 	addr, stop, answered, err := bare.serve(ca)
@@ -338,13 +358,10 @@ func bareRun(dir string, n int, transport string) (server, devices time.Duration
 		return 0, 0, err
 	}
 	defer stop()
-	self, err := os.Executable()
+	cmd, err := devicesCommand(rootFile, addr, n, transport)
 	if err != nil {
 		return 0, 0, err
 	}
-	cmd := exec.Command(self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envBareAddr+"="+addr, envBareRoot+"="+rootFile, envBareN+"="+strconv.Itoa(n),
-		envBareOver+"="+transport)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	before := floor.ProcessCPU()

@@ -15,6 +15,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -121,6 +125,24 @@ func Measure(d time.Duration, mutual bool) (time.Duration, error) {
 		n++
 	}
 	return time.Since(start) / time.Duration(n), nil
+}
+
+// ProcessRSS reads a local process's resident set size (VmRSS) from /proc.
+func ProcessRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("process %d: VmRSS %q: %w", pid, v, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("process %d: no VmRSS in /proc/%d/status", pid, pid)
 }
 
 // ProcessCPU is the user and system CPU time this process has spent so far:

@@ -1,6 +1,7 @@
 package floor
 
 import (
+	"os"
 	"testing"
 	"time"
 )
@@ -45,5 +46,17 @@ func BenchmarkEnrollmentFloor(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// ProcessRSS reads this test process's own resident memory the way devsim
+// --rss-pid reads an external broker's.
+func TestProcessRSS(t *testing.T) {
+	rss, err := ProcessRSS(os.Getpid())
+	if err != nil || rss < 1<<20 {
+		t.Fatalf("own RSS %d, %v", rss, err)
+	}
+	if _, err := ProcessRSS(1 << 30); err == nil {
+		t.Error("a process that does not exist: no error")
 	}
 }
