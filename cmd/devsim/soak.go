@@ -189,10 +189,17 @@ type serverMemory struct {
 }
 
 func readServerMemory(ctx context.Context, api *httpapi.Client) (serverMemory, error) {
-	v, err := serverMetrics(ctx, api, "process_resident_memory_bytes", "go_gc_heap_live_bytes",
-		"go_memstats_stack_inuse_bytes", "go_gc_scan_stack_bytes", "go_goroutines")
-	return serverMemory{RSSBytes: int64(v[0]), LiveHeapBytes: int64(v[1]), StackBytes: int64(v[2]),
-		StackInUseBytes: int64(v[3]), Goroutines: int64(v[4])}, err
+	rss, err := serverRSS(ctx, api)
+	if err != nil {
+		return serverMemory{}, err
+	}
+	m := serverMemory{RSSBytes: rss}
+	// A server older than these metrics still gives its RSS.
+	if v, err := serverMetrics(ctx, api, "go_gc_heap_live_bytes", "go_memstats_stack_inuse_bytes",
+		"go_gc_scan_stack_bytes", "go_goroutines"); err == nil {
+		m.LiveHeapBytes, m.StackBytes, m.StackInUseBytes, m.Goroutines = int64(v[0]), int64(v[1]), int64(v[2]), int64(v[3])
+	}
+	return m, nil
 }
 
 // collectedServerMemory has the server collect three times through its
