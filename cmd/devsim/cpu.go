@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,7 +41,11 @@ func startCPU(ctx context.Context, api *httpapi.Client, transport string) (cpuRe
 	if r.Floor, err = floor.Measure(2*time.Second, transport == "est"); err != nil {
 		return r, err
 	}
-	if r.ServerBefore, err = serverMetric(ctx, api, "process_cpu_seconds_total"); err != nil {
+	m, err := scrapeServer(ctx, api)
+	if err != nil {
+		return r, err
+	}
+	if r.ServerBefore, err = m.get("process_cpu_seconds_total"); err != nil {
 		return r, err
 	}
 	r.DevsimBefore = floor.ProcessCPU()
@@ -54,13 +57,19 @@ func (r cpuReport) finish(ctx context.Context, api *httpapi.Client, enrolled int
 	if enrolled == 0 {
 		return r, fmt.Errorf("no enrollment to divide by")
 	}
-	after, err := serverMetric(ctx, api, "process_cpu_seconds_total")
+	m, err := scrapeServer(ctx, api)
 	if err != nil {
 		return r, err
 	}
-	if r.ServerRSS, err = serverRSS(ctx, api); err != nil {
+	after, err := m.get("process_cpu_seconds_total")
+	if err != nil {
 		return r, err
 	}
+	rss, err := m.get("process_resident_memory_bytes")
+	if err != nil {
+		return r, err
+	}
+	r.ServerRSS = int64(rss)
 	r.Server = time.Duration((after - r.ServerBefore) * float64(time.Second) / float64(enrolled))
 	r.Devsim = (floor.ProcessCPU() - r.DevsimBefore) / time.Duration(enrolled)
 	r.ServerRatio = float64(r.Server) / float64(r.Floor)
@@ -70,35 +79,37 @@ func (r cpuReport) finish(ctx context.Context, api *httpapi.Client, enrolled int
 	return r, nil
 }
 
-// serverMetric reads one unlabelled value from the server's /metrics.
-func serverMetric(ctx context.Context, api *httpapi.Client, name string) (float64, error) {
-	v, err := serverMetrics(ctx, api, name)
-	return v[0], err
-}
+// serverMetrics is one scrape of the server's /metrics: its unlabelled
+// samples by name.
+type serverMetrics map[string]float64
 
-// serverMetrics reads unlabelled values from one scrape of the server's
-// /metrics, in the order named.
-func serverMetrics(ctx context.Context, api *httpapi.Client, names ...string) ([]float64, error) {
+func scrapeServer(ctx context.Context, api *httpapi.Client) (serverMetrics, error) {
 	var raw []byte
-	vals := make([]float64, len(names))
 	if err := api.Do(ctx, "GET", "/metrics", nil, &raw); err != nil {
-		return vals, err
+		return nil, err
 	}
-	found := make([]bool, len(names))
+	m := serverMetrics{}
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		name, v, ok := strings.Cut(sc.Text(), " ")
-		if i := slices.Index(names, name); ok && i >= 0 {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				return vals, fmt.Errorf("%s %q: %w", name, v, err)
-			}
-			vals[i], found[i] = f, true
+		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+			continue
 		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", name, v, err)
+		}
+		m[name] = f
 	}
-	if i := slices.Index(found, false); i >= 0 {
-		return vals, fmt.Errorf("no %s in /metrics", names[i])
+	return m, sc.Err()
+}
+
+// get is a sample the server must have.
+func (m serverMetrics) get(name string) (float64, error) {
+	v, ok := m[name]
+	if !ok {
+		return 0, fmt.Errorf("no %s in /metrics", name)
 	}
-	return vals, sc.Err()
+	return v, nil
 }

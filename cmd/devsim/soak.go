@@ -189,17 +189,16 @@ type serverMemory struct {
 }
 
 func readServerMemory(ctx context.Context, api *httpapi.Client) (serverMemory, error) {
-	rss, err := serverRSS(ctx, api)
+	m, err := scrapeServer(ctx, api)
 	if err != nil {
 		return serverMemory{}, err
 	}
-	m := serverMemory{RSSBytes: rss}
-	// A server older than these metrics still gives its RSS.
-	if v, err := serverMetrics(ctx, api, "go_gc_heap_live_bytes", "go_memstats_stack_inuse_bytes",
-		"go_gc_scan_stack_bytes", "go_goroutines"); err == nil {
-		m.LiveHeapBytes, m.StackBytes, m.StackInUseBytes, m.Goroutines = int64(v[0]), int64(v[1]), int64(v[2]), int64(v[3])
-	}
-	return m, nil
+	rss, err := m.get("process_resident_memory_bytes")
+	// A server older than the Go runtime metrics still gives its RSS; they
+	// read as 0.
+	return serverMemory{RSSBytes: int64(rss), LiveHeapBytes: int64(m["go_gc_heap_live_bytes"]),
+		StackBytes: int64(m["go_memstats_stack_inuse_bytes"]), StackInUseBytes: int64(m["go_gc_scan_stack_bytes"]),
+		Goroutines: int64(m["go_goroutines"])}, err
 }
 
 // collectedServerMemory has the server collect three times through its
@@ -225,10 +224,4 @@ func collectedServerMemory(ctx context.Context, debugAddr string, api *httpapi.C
 		}
 	}
 	return readServerMemory(ctx, api)
-}
-
-// serverRSS reads process_resident_memory_bytes from the server's /metrics.
-func serverRSS(ctx context.Context, api *httpapi.Client) (int64, error) {
-	v, err := serverMetric(ctx, api, "process_resident_memory_bytes")
-	return int64(v), err
 }

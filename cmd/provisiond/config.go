@@ -44,7 +44,7 @@ type byteSize uint64
 var sizeUnits = []struct {
 	suffix string
 	mult   uint64
-}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
 
 func (b *byteSize) Set(v string) error {
 	num, mult := strings.TrimSpace(v), uint64(1)
@@ -63,8 +63,8 @@ func (b *byteSize) Set(v string) error {
 }
 
 func (b *byteSize) String() string {
-	for _, u := range sizeUnits[:3] {
-		if n := uint64(*b); n >= u.mult && n%u.mult == 0 && (u.mult == 1<<30 || n%(u.mult<<10) != 0) {
+	for _, u := range sizeUnits[:3] { // the largest binary unit that divides it
+		if n := uint64(*b); n > 0 && n%u.mult == 0 {
 			return strconv.FormatUint(n/u.mult, 10) + u.suffix
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -91,8 +92,8 @@ type bareHook struct {
 func (h *bareHook) ID() string { return "bare" }
 
 func (h *bareHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish,
-		mochi.OnSessionEstablished, mochi.OnDisconnect}, []byte{b})
+	return slices.Contains([]byte{mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish,
+		mochi.OnSessionEstablished, mochi.OnDisconnect}, b)
 }
 
 func (h *bareHook) OnSessionEstablished(*mochi.Client, packets.Packet) { h.online.Add(1) }
